@@ -1,0 +1,87 @@
+"""The command and reply models. One input model per command."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chiffon.events.envelope import AGGREGATE_ID_PATTERN, Actor
+from chiffon.events.runs import TriggerRef
+
+
+class Command(BaseModel):
+    """Base of every command: who asks, within which trace, under which idempotency key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    owner: ClassVar[str]  # the service that handles it
+    name: ClassVar[str]
+
+    actor: Actor
+    trace: str | None = None
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class RegisterWorkflow(Command):
+    owner = "executor"
+    name = "register_workflow"
+
+    source: str = Field(max_length=1_048_576)
+    source_format: Literal["yaml", "json"] = "yaml"
+
+
+class StartRun(Command):
+    owner = "executor"
+    name = "start_run"
+
+    workflow: str = Field(min_length=1, max_length=63)
+    version: int | None = Field(default=None, ge=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    trigger: TriggerRef | None = None
+
+
+class CancelRun(Command):
+    owner = "executor"
+    name = "cancel_run"
+
+    run_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class ApproveNode(Command):
+    owner = "executor"
+    name = "approve_node"
+
+    run_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
+    node_id: str = Field(min_length=1, max_length=100)
+    approve: bool
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+RefusalCode = Literal[
+    "invalid",  # the command or its content is malformed (e.g. a spec with errors)
+    "not_found",  # the aggregate or a referenced thing does not exist
+    "conflict",  # the aggregate's state does not allow it (already ended, key reused…)
+    "unavailable",  # the owner could not do it now; retry later
+]
+
+
+class Refusal(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: RefusalCode
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class CommandReply(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ok: bool
+    result: dict[str, Any] = Field(default_factory=dict)
+    refusal: Refusal | None = None
+
+
+def command_subject(namespace: str, command: type[Command] | Command) -> str:
+    return f"{namespace}.cmd.{command.owner}.{command.name}"

@@ -1,0 +1,1 @@
+"""Cross-cutting plumbing every Chiffon process shares: settings, logging, telemetry, db."""

@@ -1,0 +1,92 @@
+"""Settings from environment variables (``CHIFFON_*``) and an optional TOML file.
+
+The file is named by ``CHIFFON_CONFIG_FILE``; environment variables win over it.
+Every service prints its effective settings at start with secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)"
+)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a URL such as ``postgresql://user:secret@host/db``."""
+    return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", url)
+
+
+class ChiffonSettings(BaseSettings):
+    """Settings every Chiffon process understands. Services subclass to add their own."""
+
+    model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="ignore", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:54320/chiffon")
+    # Prefix of every JetStream stream and subject, so several Chiffon installations
+    # (or test cases) can share one NATS server without seeing each other's events.
+    namespace: str = Field(default="chiffon", pattern=r"^[a-z][a-z0-9]{0,30}$")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    environment: Literal["development", "production"] = "development"
+    # Stream replicas: 1 on one machine, 3 on a cluster (deploy/).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    # How long JetStream remembers a Nats-Msg-Id for de-duplication.
+    duplicate_window_seconds: float = Field(default=120.0, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    replica: int = Field(default=0, ge=0)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, value: str) -> str:
+        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError("must be a nats:// (or tls://) URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CHIFFON_CONFIG_FILE")
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ValueError(f"CHIFFON_CONFIG_FILE={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def database_dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with every secret hidden, fit for a log line."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                value = mask_url(secret) if "://" in secret else ("***" if secret else "")
+            elif isinstance(value, str):
+                value = mask_url(value)
+            shown[name] = value
+        return shown

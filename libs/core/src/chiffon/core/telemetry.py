@@ -1,0 +1,51 @@
+"""OpenTelemetry set-up, once per process.
+
+Spans are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; otherwise
+the tracer provider still creates real trace ids (for logs and event envelopes) but
+exports nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_configured = False
+
+
+def configure_telemetry(service: str, *, replica: int | None = None) -> TracerProvider:
+    global _configured
+    current = trace.get_tracer_provider()
+    if _configured and isinstance(current, TracerProvider):
+        return current
+    attributes: dict[str, str | int] = {"service.name": f"chiffon-{service}"}
+    if replica is not None:
+        attributes["service.instance.id"] = f"{service}-{replica}"
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _configured = True
+    return provider
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the active span, or None outside a trace."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> object:
+    """An OpenTelemetry context continuing the given traceparent (or the current one)."""
+    if not traceparent:
+        return propagate.extract({})
+    return propagate.extract({"traceparent": traceparent})

@@ -1,0 +1,266 @@
+"""Events of a run. The aggregate id is the run id; ``correlation_id`` is the run id too.
+
+A run's stream is its whole history: an auditor can replay it to see who asked for
+it, which node ran when with which model, what each answer cost in tokens, who
+approved what, and why it ended.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chiffon.events.envelope import EventPayload
+
+RUN_STATUSES = (
+    "pending",
+    "running",
+    "waiting_approval",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+RunStatus = Literal[
+    "pending", "running", "waiting_approval", "paused", "succeeded", "failed", "cancelled"
+]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(max_length=200, description="e.g. timeout, provider_error, invalid_output")
+    message: str = Field(max_length=4000)
+    node_id: str | None = None
+
+
+class TriggerRef(BaseModel):
+    """What started a run when it was not a person: a webhook delivery, a schedule tick."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["api", "cli", "webhook", "schedule", "planner"]
+    id: str | None = Field(default=None, max_length=200)
+
+
+class RunRequested(EventPayload):
+    event_type = "run.requested"
+    aggregate = "run"
+
+    workflow: str
+    version: int = Field(ge=1)
+    digest: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    # The request's fingerprint: a repeat with the same idempotency key must match it.
+    request_digest: str | None = None
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    trigger: TriggerRef | None = None
+
+
+class RunClaimed(EventPayload):
+    """A replica took the run (first start, or resumption after another replica died)."""
+
+    event_type = "run.claimed"
+    aggregate = "run"
+
+    executor: str = Field(description="executor-<replica>, as `chiffon status` names it")
+    pid: int
+    resumed: bool = False
+    # Stream sequence of the work item (the event that made the run runnable) the
+    # replica holds: a redelivery of that same item means the holder stopped.
+    work_seq: int | None = Field(default=None, ge=1)
+
+
+class NodeStarted(EventPayload):
+    event_type = "run.node.started"
+    aggregate = "run"
+
+    node_id: str
+    node_type: str
+    attempt: int = Field(ge=1)
+    iteration: int = Field(default=1, ge=1, description="1 + times this node ran before")
+
+
+class NodeCompleted(EventPayload):
+    event_type = "run.node.completed"
+    aggregate = "run"
+
+    node_id: str
+    attempt: int = Field(ge=1)
+    iteration: int = Field(default=1, ge=1)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    duration_ms: float = Field(ge=0)
+    # Outputs too large for an event are stored in the run outputs object store;
+    # ``outputs`` is then empty and this names the object.
+    outputs_ref: str | None = Field(default=None, max_length=400)
+
+
+class NodeFailed(EventPayload):
+    event_type = "run.node.failed"
+    aggregate = "run"
+
+    node_id: str
+    attempt: int = Field(ge=1)
+    iteration: int = Field(default=1, ge=1)
+    error: ErrorInfo
+    will_retry: bool
+    retry_in_ms: float | None = None
+    duration_ms: float = Field(ge=0)
+
+
+class LlmCalled(EventPayload):
+    """One call to a model (one per try, fallbacks included)."""
+
+    event_type = "run.llm.called"
+    aggregate = "run"
+
+    node_id: str
+    attempt: int = Field(ge=1)
+    provider: str
+    model: str
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    latency_ms: float = Field(ge=0)
+    finish_reason: str | None = None
+    ok: bool = True
+    error: str | None = Field(default=None, max_length=4000)
+    fallback_index: int = Field(default=0, ge=0, description="0: the node's model, 1+: fallbacks")
+
+
+class ApprovalRequested(EventPayload):
+    event_type = "run.approval.requested"
+    aggregate = "run"
+
+    node_id: str
+    message: str = Field(max_length=65_536)
+    iteration: int = Field(default=1, ge=1)
+
+
+class ApprovalDecided(EventPayload):
+    """Who decided is the envelope's actor."""
+
+    event_type = "run.approval.decided"
+    aggregate = "run"
+
+    node_id: str
+    approved: bool
+    comment: str | None = Field(default=None, max_length=4000)
+    iteration: int = Field(default=1, ge=1)
+
+
+class CancelRequested(EventPayload):
+    event_type = "run.cancel_requested"
+    aggregate = "run"
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class RunPaused(EventPayload):
+    event_type = "run.paused"
+    aggregate = "run"
+
+    reason: str = Field(max_length=1000)
+
+
+class RunResumed(EventPayload):
+    event_type = "run.resumed"
+    aggregate = "run"
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class RunSuspended(EventPayload):
+    """The replica stopped executing the run until an outside event (an approval
+    decision) makes it runnable again; no replica holds the run meanwhile."""
+
+    event_type = "run.suspended"
+    aggregate = "run"
+
+    reason: Literal["approval"] = "approval"
+    waiting_for: list[str] = Field(default_factory=list, description="node ids")
+
+
+class AgentTaskRequested(EventPayload):
+    """An ``agent`` node's task, sent to the router (which picks an agent)."""
+
+    event_type = "run.agent_task.requested"
+    aggregate = "run"
+
+    task_id: str = Field(max_length=200)
+    node_id: str
+    attempt: int = Field(ge=1)
+    iteration: int = Field(default=1, ge=1)
+    capabilities: list[str] = Field(default_factory=list)
+    task: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentTaskAssigned(EventPayload):
+    event_type = "run.agent_task.assigned"
+    aggregate = "run"
+
+    task_id: str = Field(max_length=200)
+    node_id: str
+    agent_id: str = Field(max_length=200)
+    agent_name: str | None = Field(default=None, max_length=200)
+
+
+class AgentTaskFinished(EventPayload):
+    event_type = "run.agent_task.finished"
+    aggregate = "run"
+
+    task_id: str = Field(max_length=200)
+    node_id: str
+    ok: bool
+    exit_code: int | None = None
+    summary: str | None = Field(default=None, max_length=4000)
+    error: ErrorInfo | None = None
+
+
+class RunCompleted(EventPayload):
+    event_type = "run.completed"
+    aggregate = "run"
+
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    duration_ms: float = Field(ge=0)
+
+
+class RunFailed(EventPayload):
+    event_type = "run.failed"
+    aggregate = "run"
+
+    error: ErrorInfo
+    duration_ms: float = Field(ge=0)
+
+
+class RunCancelled(EventPayload):
+    event_type = "run.cancelled"
+    aggregate = "run"
+
+    reason: str | None = Field(default=None, max_length=1000)
+    duration_ms: float = Field(ge=0)
+
+
+RUN_ENDINGS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+RUN_EVENTS: tuple[type[EventPayload], ...] = (
+    RunRequested,
+    RunClaimed,
+    NodeStarted,
+    NodeCompleted,
+    NodeFailed,
+    LlmCalled,
+    ApprovalRequested,
+    ApprovalDecided,
+    CancelRequested,
+    RunPaused,
+    RunResumed,
+    RunSuspended,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    AgentTaskRequested,
+    AgentTaskAssigned,
+    AgentTaskFinished,
+)

@@ -1,0 +1,27 @@
+"""Chiffon's event store: append and read events on NATS JetStream."""
+
+from chiffon.eventstore.errors import (
+    AppendFailed,
+    ConcurrencyConflict,
+    EventStoreError,
+    EventStoreUnavailable,
+)
+from chiffon.eventstore.jetstream import JetStreamEventStore
+from chiffon.eventstore.model import ANY, NO_EVENTS, AggregateKey, AppendResult, RecordedEvent
+from chiffon.eventstore.streams import STREAMS, Streams, StreamSpec
+
+__all__ = [
+    "ANY",
+    "NO_EVENTS",
+    "STREAMS",
+    "AggregateKey",
+    "AppendFailed",
+    "AppendResult",
+    "ConcurrencyConflict",
+    "EventStoreError",
+    "EventStoreUnavailable",
+    "JetStreamEventStore",
+    "RecordedEvent",
+    "StreamSpec",
+    "Streams",
+]

@@ -1,0 +1,431 @@
+"""The event store on NATS JetStream.
+
+Appends are checked per aggregate (``Nats-Expected-Last-Subject-Sequence`` with the
+aggregate's wildcard subject) and de-duplicated (``Nats-Msg-Id``). Reads use
+ephemeral, ack-less pull consumers: the reader owns its position (a projection keeps
+it in PostgreSQL), and pulling gives back-pressure for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from chiffon.core.telemetry import current_traceparent
+from chiffon.events import Catalog, Envelope, EventValidationError
+from chiffon.eventstore.errors import (
+    AppendFailed,
+    ConcurrencyConflict,
+    EventStoreError,
+    EventStoreUnavailable,
+)
+from chiffon.eventstore.model import ANY, AggregateKey, AppendResult, RecordedEvent, _Any
+from chiffon.eventstore.puller import ConsumerLost, Puller
+from chiffon.eventstore.streams import Streams
+
+WRONG_LAST_SEQUENCE = 10071
+_LAST_SEQ = re.compile(r"(\d+)\s*$")
+
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,
+    asyncio.TimeoutError,
+)
+
+
+def connect_options(name: str) -> dict[str, Any]:
+    """Reconnect forever, quickly: a NATS restart must not take the process down."""
+    return {
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.2,
+        "connect_timeout": 2,
+        # Buffer publishes made while reconnecting (up to 64 MiB) instead of failing.
+        "pending_size": 64 * 1024 * 1024,
+    }
+
+
+class JetStreamEventStore:
+    """Append and read Chiffon events on JetStream. See the module docstring."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        catalog: Catalog,
+        *,
+        namespace: str = "chiffon",
+        publish_timeout: float = 5.0,
+        retry_for: float = 15.0,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=publish_timeout, publish_async_max_pending=8192)
+        self.catalog = catalog
+        self.streams = Streams(namespace)
+        self._timeout = publish_timeout
+        self._retry_for = retry_for
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, url: str, catalog: Catalog, *, namespace: str = "chiffon", name: str = "chiffon"
+    ) -> AsyncIterator[JetStreamEventStore]:
+        try:
+            nc = await nats.connect(url, **connect_options(name))
+        except (TimeoutError, OSError, nats.errors.NoServersError) as error:
+            raise EventStoreUnavailable(f"cannot reach NATS at {url}: {error}") from None
+        try:
+            yield cls(nc, catalog, namespace=namespace)
+        finally:
+            if not nc.is_closed:
+                await nc.drain()
+
+    # -- streams -------------------------------------------------------------------
+
+    async def setup(self, *, replicas: int = 1, duplicate_window: float = 120.0) -> None:
+        """Create or update every stream. Idempotent; safe from many processes at once."""
+        for spec in self.streams.specs:
+            config = api.StreamConfig(
+                name=self.streams.stream_name(spec.context),
+                subjects=self.streams.subjects(spec),
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=replicas,
+                duplicate_window=duplicate_window,
+                discard=api.DiscardPolicy.OLD,
+                allow_direct=True,
+                max_msg_size=-1,
+            )
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Exists with another configuration (say, a new duplicate window).
+                await self.js.update_stream(config)
+
+    async def last_sequence(self, context: str) -> int:
+        info = await self._call(self.js.stream_info(self.streams.stream_name(context)))
+        return int(info.state.last_seq)
+
+    # -- appending -----------------------------------------------------------------
+
+    def encode(self, key: AggregateKey, event: Envelope[Any]) -> bytes:
+        """Check an event against the catalog and serialise it, or raise before any I/O."""
+        if (event.aggregate, event.aggregate_id) != (key.aggregate, key.aggregate_id):
+            raise EventValidationError(
+                event.type,
+                f"belongs to {event.aggregate}/{event.aggregate_id}, not {key}",
+            )
+        self.catalog.check(event)
+        model = type(event.payload)
+        try:
+            # Re-validate: a payload built with model_construct skips validation.
+            model.model_validate(dict(event.payload))
+        except Exception as error:  # pydantic.ValidationError, described by the catalog
+            raise EventValidationError(event.type, str(error).splitlines()[0]) from None
+        return event.model_dump_json().encode()
+
+    def _headers(
+        self,
+        key: AggregateKey,
+        event: Envelope[Any],
+        msg_id: str,
+        expected: int | None,
+        *,
+        trace: str | None = None,
+    ) -> dict[str, str]:
+        headers: dict[str, str] = {api.Header.MSG_ID.value: msg_id}
+        if expected is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value] = str(expected)
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.streams.aggregate_filter(
+                key.aggregate, key.aggregate_id
+            )
+        trace = event.trace or trace or current_traceparent()
+        if trace:
+            headers["traceparent"] = trace
+        return headers
+
+    async def append(
+        self,
+        key: AggregateKey,
+        events: Sequence[Envelope[Any]],
+        expected_version: int | _Any = ANY,
+        *,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to one aggregate after ``expected_version``.
+
+        ``expected_version`` is the aggregate's version when the caller decided (0 for
+        a new aggregate) or ``ANY`` for no check. ``idempotency_key`` names the command:
+        appending the same command again stores nothing new (the i-th event's message
+        id is ``<key>:<i>``). Raises ``ConcurrencyConflict`` with the actual version.
+        """
+        if not events:
+            return AppendResult(sequences=())
+        encoded = [self.encode(key, event) for event in events]
+        expected: int | None = None if isinstance(expected_version, _Any) else expected_version
+        sequences: list[int] = []
+        duplicates: list[bool] = []
+        for index, (event, data) in enumerate(zip(events, encoded, strict=True)):
+            msg_id = f"{idempotency_key}:{index}" if idempotency_key else str(event.event_id)
+            subject = self.streams.subject(key.aggregate, key.aggregate_id, event.type)
+            headers = self._headers(key, event, msg_id, expected)
+            try:
+                ack = await self._publish(key, subject, data, headers, expected)
+                sequence, duplicate = ack.seq, bool(ack.duplicate)
+            except ConcurrencyConflict:
+                # JetStream checks the expected sequence before de-duplicating, so a
+                # retried command whose first attempt landed looks like a conflict.
+                # It is a duplicate if the aggregate already holds this message id.
+                earlier = await self._find_message(key, msg_id)
+                if earlier is None:
+                    raise
+                sequence, duplicate = earlier, True
+            sequences.append(sequence)
+            duplicates.append(duplicate)
+            if expected is not None:
+                expected = sequence
+        return AppendResult(sequences=tuple(sequences), duplicates=tuple(duplicates))
+
+    async def append_many(
+        self,
+        batch: Sequence[tuple[AggregateKey, Envelope[Any], int | _Any]],
+    ) -> list[AppendResult | EventStoreError]:
+        """Append one event to each of many aggregates, pipelined.
+
+        Each item is checked on its own; the result list holds, per item, its
+        ``AppendResult`` or the error (a conflict on one item does not stop others).
+        Every item is encoded (and so validated) before anything is sent.
+        """
+        trace = current_traceparent()  # one context for the whole batch
+        prepared = []
+        for key, event, expected_version in batch:
+            data = self.encode(key, event)
+            expected = None if isinstance(expected_version, _Any) else expected_version
+            subject = self.streams.subject(key.aggregate, key.aggregate_id, event.type)
+            headers = self._headers(key, event, str(event.event_id), expected, trace=trace)
+            prepared.append((key, subject, data, headers, expected))
+        futures = [
+            await self.js.publish_async(subject, data, headers=headers)
+            for _key, subject, data, headers, _expected in prepared
+        ]
+        if futures:
+            await asyncio.wait(futures, timeout=self._timeout)
+        results: list[AppendResult | EventStoreError] = []
+        for (key, subject, data, headers, expected), future in zip(prepared, futures, strict=True):
+            error = future.exception() if future.done() else None
+            if future.done() and error is None:
+                ack = future.result()
+            elif isinstance(error, nats.js.errors.APIError):
+                results.append(self._translate(key, expected, error))
+                continue
+            else:
+                future.cancel()
+                # No answer in time: retry; the message id makes a second copy a no-op.
+                try:
+                    ack = await self._publish(key, subject, data, headers, expected)
+                except EventStoreError as failure:
+                    results.append(failure)
+                    continue
+            results.append(AppendResult(sequences=(ack.seq,), duplicates=(bool(ack.duplicate),)))
+        return results
+
+    async def _publish(
+        self,
+        key: AggregateKey,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        expected: int | None,
+    ) -> api.PubAck:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_TRANSIENT),
+                stop=stop_after_delay(self._retry_for),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self.js.publish(subject, data, headers=headers)
+        except nats.js.errors.APIError as error:
+            raise self._translate(key, expected, error) from None
+        except _TRANSIENT as error:
+            raise EventStoreUnavailable(
+                f"append to {key} timed out: {type(error).__name__}"
+            ) from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _translate(
+        key: AggregateKey, expected: int | None, error: nats.js.errors.APIError
+    ) -> EventStoreError:
+        if error.err_code == WRONG_LAST_SEQUENCE:
+            match = _LAST_SEQ.search(error.description or "")
+            actual = int(match.group(1)) if match else None
+            return ConcurrencyConflict(key.aggregate, key.aggregate_id, expected or 0, actual)
+        return AppendFailed(f"append to {key} refused: {error.description} (code {error.err_code})")
+
+    async def _find_message(self, key: AggregateKey, msg_id: str) -> int | None:
+        events, _ = await self.read_aggregate(key)
+        return next((e.sequence for e in events if e.msg_id == msg_id), None)
+
+    # -- reading -------------------------------------------------------------------
+
+    async def read_aggregate(self, key: AggregateKey) -> tuple[list[RecordedEvent], int]:
+        """An aggregate's events in order, and its version (0 if it has none)."""
+        stream = self.streams.stream_for(key.aggregate)
+        subject = self.streams.aggregate_filter(key.aggregate, key.aggregate_id)
+        events = [e async for e in self._consume(stream, [subject], start=1, live=False)]
+        return events, (events[-1].sequence if events else 0)
+
+    async def read_stream(
+        self,
+        context: str,
+        *,
+        start: int = 1,
+        subjects: Sequence[str] | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[RecordedEvent]:
+        """A stream's events from sequence ``start`` up to its current end."""
+        stream = self.streams.stream_name(context)
+        async for event in self._consume(stream, subjects, start=start, live=False, batch=batch):
+            yield event
+
+    async def subscribe(
+        self,
+        context: str,
+        *,
+        start: int = 1,
+        subjects: Sequence[str] | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Catch up from ``start``, then follow live. Pulls a batch when the caller is ready."""
+        stream = self.streams.stream_name(context)
+        async for event in self._consume(stream, subjects, start=start, live=True, batch=batch):
+            yield event
+
+    async def subscribe_batches(
+        self,
+        context: str,
+        *,
+        start: int = 1,
+        subjects: Sequence[str] | None = None,
+        batch: int = 500,
+        live: bool = True,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Like ``subscribe`` but yields whole fetched batches (for projections)."""
+        stream = self.streams.stream_name(context)
+        async for chunk in self._consume_batches(
+            stream, subjects, start=start, live=live, batch=batch
+        ):
+            yield chunk
+
+    async def _consume(
+        self,
+        stream: str,
+        subjects: Sequence[str] | None,
+        *,
+        start: int,
+        live: bool,
+        batch: int = 500,
+    ) -> AsyncIterator[RecordedEvent]:
+        async for chunk in self._consume_batches(
+            stream, subjects, start=start, live=live, batch=batch
+        ):
+            for event in chunk:
+                yield event
+
+    async def _consume_batches(
+        self,
+        stream: str,
+        subjects: Sequence[str] | None,
+        *,
+        start: int,
+        live: bool,
+        batch: int,
+        expires: float = 5.0,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        next_seq = max(1, start)
+        while True:
+            try:
+                name, pending = await self._open_consumer(stream, subjects, next_seq)
+            except nats.js.errors.NotFoundError:
+                raise EventStoreError(f"stream {stream} does not exist (run setup first)") from None
+            except EventStoreUnavailable:
+                if not live:
+                    raise
+                await asyncio.sleep(0.5)  # NATS is restarting: try again shortly
+                continue
+            try:
+                async with Puller(self.nc, stream, name, batch=batch, expires=expires) as puller:
+                    async for msgs in puller.chunks(live=live, pending=pending):
+                        chunk = [self._record(stream, msg) for msg in msgs]
+                        next_seq = chunk[-1].sequence + 1
+                        yield chunk
+                return
+            except ConsumerLost:
+                if not live:
+                    raise EventStoreUnavailable(
+                        f"reading {stream}: the consumer was lost"
+                    ) from None
+            finally:
+                self._forget_consumer(stream, name)
+
+    async def _open_consumer(
+        self, stream: str, subjects: Sequence[str] | None, start: int
+    ) -> tuple[str, int]:
+        name = self.nc._nuid.next().decode()
+        config = api.ConsumerConfig(
+            name=name,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=api.AckPolicy.NONE,
+            filter_subjects=list(subjects) if subjects else None,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        info = await self._call(self.js._jsm.add_consumer(stream, config))
+        return name, int(info.num_pending)
+
+    def _forget_consumer(self, stream: str, consumer: str) -> None:
+        """Delete the consumer in the background; inactive_threshold expires it anyway."""
+        if self.nc.is_connected:
+            task = asyncio.ensure_future(self._delete_consumer(stream, consumer))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _delete_consumer(self, stream: str, consumer: str) -> None:
+        with contextlib.suppress(Exception):  # it expires by inactive_threshold anyway
+            await self.js.delete_consumer(stream, consumer)
+
+    def _record(self, stream: str, msg: Msg) -> RecordedEvent:
+        envelope = self.catalog.decode(msg.data)
+        return RecordedEvent(
+            envelope=envelope,
+            stream=stream,
+            sequence=msg.metadata.sequence.stream,
+            subject=msg.subject,
+            msg_id=(msg.headers or {}).get(api.Header.MSG_ID),
+        )
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except nats.js.errors.NotFoundError:
+            raise
+        except _TRANSIENT as error:
+            raise EventStoreUnavailable(f"NATS did not answer: {type(error).__name__}") from None

@@ -1,0 +1,68 @@
+"""Value types of the event store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from chiffon.events import Envelope
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _Any()
+"""Append without a concurrency check (for facts that cannot conflict)."""
+
+NO_EVENTS: Final = 0
+"""The expected version of an aggregate that has no events yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateKey:
+    aggregate: str
+    aggregate_id: str
+
+    def __str__(self) -> str:
+        return f"{self.aggregate}/{self.aggregate_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored: its envelope and its position in the stream.
+
+    ``sequence`` is the stream sequence. An aggregate's *version* is the sequence of
+    its last event (0 for none): a monotonic token, like a KV revision, not a count.
+    """
+
+    envelope: Envelope[Any]
+    stream: str
+    sequence: int
+    subject: str
+    msg_id: str | None = None  # the Nats-Msg-Id it was appended with
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @property
+    def payload(self) -> Any:
+        return self.envelope.payload
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed. ``version`` is the aggregate's version after it."""
+
+    sequences: tuple[int, ...]
+    duplicates: tuple[bool, ...] = field(default=())
+
+    @property
+    def version(self) -> int:
+        return self.sequences[-1] if self.sequences else 0
+
+    @property
+    def all_duplicates(self) -> bool:
+        return bool(self.duplicates) and all(self.duplicates)

@@ -1,0 +1,29 @@
+"""The projection port: what a read model must say about itself."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chiffon.eventstore import RecordedEvent
+
+
+class Projection(ABC):
+    """Folds one stream's events into tables.
+
+    ``apply`` gets a batch of events in stream order and a connection inside the
+    transaction that also moves the checkpoint, so a batch is applied whole or not at
+    all. It must be deterministic: replaying the stream must give the same rows.
+    """
+
+    name: ClassVar[str]
+    context: ClassVar[str]  # the stream, e.g. "AGENTS"
+    event_types: ClassVar[frozenset[str] | None] = None  # None: every event of the stream
+    tables: ClassVar[Sequence[Table]]  # what ``rebuild`` truncates
+
+    @abstractmethod
+    async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None: ...

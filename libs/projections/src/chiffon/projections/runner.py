@@ -1,0 +1,258 @@
+"""Runs a projection: follow its stream, apply batches, move the checkpoint atomically.
+
+The checkpoint (last stream sequence applied) is written in the same transaction as
+the projection's rows and read back ``FOR UPDATE`` first, so a crash anywhere loses
+nothing and applies nothing twice, and two processes running the same projection
+serialise instead of double-applying. An event that cannot be applied stops the
+projection: it is logged with its id, recorded on the checkpoint row, and the runner
+reports itself unhealthy and retries with back-off; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chiffon.core.logging import get_logger
+from chiffon.eventstore import JetStreamEventStore, RecordedEvent
+from chiffon.projections.base import Projection
+from chiffon.projections.tables import checkpoints
+
+log = get_logger(__name__)
+
+
+class ProjectionFailed(Exception):
+    def __init__(self, name: str, event: RecordedEvent, error: BaseException) -> None:
+        super().__init__(
+            f"projection {name} stopped at event {event.envelope.event_id} "
+            f"({event.type}, sequence {event.sequence}): {type(error).__name__}: {error}"
+        )
+        self.event = event
+        self.error = error
+
+
+class _Reset(Exception):
+    """The checkpoint moved back (a rebuild): restart the subscription from it."""
+
+
+@dataclass
+class ProjectionStatus:
+    name: str
+    position: int = 0
+    healthy: bool = True
+    error: str | None = None
+    applied: int = 0
+    last_applied_at: float = field(default_factory=time.monotonic)
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        store: JetStreamEventStore,
+        engine: AsyncEngine,
+        projection: Projection,
+        *,
+        batch_size: int = 1000,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.projection = projection
+        self.batch_size = batch_size
+        self.max_backoff = max_backoff
+        self.status = ProjectionStatus(projection.name)
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    def _subjects(self) -> list[str] | None:
+        types = self.projection.event_types
+        if types is None:
+            return None
+        catalog = self.store.catalog
+        return sorted(self.store.streams.type_filter(catalog.model(t).aggregate, t) for t in types)
+
+    async def ensure_checkpoint(self) -> tuple[int, bool]:
+        """The stored position, and whether the projection is stopped on a poison event."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(checkpoints).values(name=self.name, position=0).on_conflict_do_nothing()
+            )
+            row = (
+                await conn.execute(
+                    select(checkpoints.c.position, checkpoints.c.failed_sequence).where(
+                        checkpoints.c.name == self.name
+                    )
+                )
+            ).one()
+        return int(row.position), row.failed_sequence is not None
+
+    async def run(self) -> None:
+        """Follow the stream forever. Cancel the task to stop."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._follow(live=True)
+            except _Reset:
+                continue
+            except ProjectionFailed as failure:
+                self._mark_failed(str(failure))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 — database or NATS down: report, retry
+                self._mark_failed(f"{type(error).__name__}: {error}")
+                log.error("projection.error", projection=self.name, error=str(error))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def catch_up(self) -> int:
+        """Apply everything up to the stream's current end, then return the position."""
+        while True:
+            try:
+                await self._follow(live=False)
+                return self.status.position
+            except _Reset:
+                continue
+
+    async def rebuild(self) -> int:
+        """Truncate the projection's tables and replay its stream from the first event."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(checkpoints).values(name=self.name, position=0).on_conflict_do_nothing()
+            )
+            await conn.execute(
+                select(checkpoints.c.position)
+                .where(checkpoints.c.name == self.name)
+                .with_for_update()
+            )
+            names = ", ".join(f'"{t.name}"' for t in self.projection.tables)
+            if names:
+                await conn.execute(text(f"TRUNCATE {names}"))
+            await conn.execute(
+                update(checkpoints)
+                .where(checkpoints.c.name == self.name)
+                .values(position=0, failed_event_id=None, failed_sequence=None, error=None)
+            )
+        self.status = ProjectionStatus(self.name)
+        return await self.catch_up()
+
+    async def _follow(self, *, live: bool) -> None:
+        position, stopped_on_poison = await self.ensure_checkpoint()
+        self.status.position = position
+        batches = self.store.subscribe_batches(
+            self.projection.context,
+            start=position + 1,
+            subjects=self._subjects(),
+            batch=self.batch_size,
+            live=live,
+        )
+        if not stopped_on_poison:
+            self._mark_healthy()
+        # Read the next batch from NATS while this one is written to PostgreSQL.
+        prefetched: asyncio.Queue[Sequence[RecordedEvent] | None] = asyncio.Queue(maxsize=2)
+
+        async def read() -> None:
+            async for batch in batches:
+                await prefetched.put(batch)
+            await prefetched.put(None)
+
+        reader = asyncio.create_task(read(), name=f"read:{self.name}")
+        try:
+            while True:
+                next_batch = asyncio.ensure_future(prefetched.get())
+                await asyncio.wait({next_batch, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_batch.done():
+                    next_batch.cancel()
+                    reader.result()  # the reader failed: raise its error
+                    continue
+                batch = next_batch.result()
+                if batch is None:
+                    return
+                await self._apply(batch)
+                self._mark_healthy()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _apply(self, batch: Sequence[RecordedEvent]) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await self._apply_in(conn, batch)
+        except (_Reset, asyncio.CancelledError):
+            raise
+        except Exception:  # noqa: BLE001 — find the one event that fails, apply those before it
+            for event in batch:
+                try:
+                    async with self.engine.begin() as conn:
+                        await self._apply_in(conn, [event])
+                except _Reset:
+                    raise
+                except Exception as error:
+                    await self._record_failure(event, error)
+                    raise ProjectionFailed(self.name, event, error) from error
+
+    async def _apply_in(self, conn: AsyncConnection, batch: Sequence[RecordedEvent]) -> None:
+        stored = await conn.scalar(
+            select(checkpoints.c.position).where(checkpoints.c.name == self.name).with_for_update()
+        )
+        stored = int(stored or 0)
+        if stored < self.status.position:
+            raise _Reset()
+        fresh = [event for event in batch if event.sequence > stored]
+        if not fresh:
+            self.status.position = stored
+            return
+        await self.projection.apply(conn, fresh)
+        last = fresh[-1].sequence
+        await conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.name == self.name)
+            .values(
+                position=last,
+                updated_at=text("now()"),
+                failed_event_id=None,
+                failed_sequence=None,
+                error=None,
+            )
+        )
+        self.status.position = last
+        self.status.applied += len(fresh)
+        self.status.last_applied_at = time.monotonic()
+
+    async def _record_failure(self, event: RecordedEvent, error: BaseException) -> None:
+        log.error(
+            "projection.poison_event",
+            projection=self.name,
+            event_id=str(event.envelope.event_id),
+            event_type=event.type,
+            sequence=event.sequence,
+            error=f"{type(error).__name__}: {error}",
+        )
+        # Best effort: the log line above already names the event if this fails too.
+        with contextlib.suppress(Exception):
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(checkpoints)
+                    .where(checkpoints.c.name == self.name)
+                    .values(
+                        failed_event_id=str(event.envelope.event_id),
+                        failed_sequence=event.sequence,
+                        error=f"{type(error).__name__}: {error}"[:2000],
+                    )
+                )
+
+    def _mark_failed(self, error: str) -> None:
+        self.status.healthy = False
+        self.status.error = error
+
+    def _mark_healthy(self) -> None:
+        self.status.healthy = True
+        self.status.error = None

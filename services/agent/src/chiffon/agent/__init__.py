@@ -1,0 +1,1 @@
+"""The agent service: the agent runtime: executes tasks sent over gRPC."""

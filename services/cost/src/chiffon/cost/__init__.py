@@ -1,0 +1,1 @@
+"""The cost service: prices LLM calls and enforces budgets."""

@@ -1,0 +1,1 @@
+"""The registry service: which agents exist, where, with what capabilities, and whether alive."""

@@ -1,0 +1,1 @@
+"""The trigger service: turns webhooks and schedules into run requests."""
