@@ -1,0 +1,320 @@
+"""Cross-reference and graph checks on a structurally valid spec.
+
+Every check appends to one list, so a user sees all problems at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .errors import Loc, SpecIssue, did_you_mean, issue
+from .expressions import compile_expression
+from .model import END, START, AgentNode, ApprovalNode, Edge, LlmNode, SetNode, _strings
+from .templates import parse_template
+
+if TYPE_CHECKING:
+    from .model import WorkflowSpec
+
+
+def check_spec(spec: WorkflowSpec) -> list[SpecIssue]:
+    issues: list[SpecIssue] = []
+    ids = _check_nodes(spec, issues)
+    _check_edges(spec, ids, issues)
+    dangling = any(i.loc[:1] == ("edges",) or i.loc[-1:] == ("on_reject",) for i in issues)
+    _check_variables(spec, issues)
+    _check_outputs(spec, issues)
+    if spec.nodes and not dangling:
+        _check_graph(spec, issues)
+    return issues
+
+
+def _check_nodes(spec: WorkflowSpec, issues: list[SpecIssue]) -> list[str]:
+    if not spec.nodes:
+        issues.append(issue(("nodes",), "a workflow needs at least one node"))
+    first: dict[str, int] = {}
+    for i, node in enumerate(spec.nodes):
+        if node.id in first:
+            issues.append(
+                issue(
+                    ("nodes", i, "id"),
+                    f"duplicate node id {node.id!r} (first used by nodes[{first[node.id]}])",
+                )
+            )
+        else:
+            first[node.id] = i
+    ids = list(first)
+    for i, node in enumerate(spec.nodes):
+        if isinstance(node, LlmNode) and node.model is None and spec.defaults.model is None:
+            issues.append(
+                issue(
+                    ("nodes", i, "model"), "no model: set 'model' on the node or 'defaults.model'"
+                )
+            )
+        if (
+            isinstance(node, ApprovalNode)
+            and node.on_reject != "fail"
+            and node.on_reject not in first
+        ):
+            issues.append(
+                issue(
+                    ("nodes", i, "on_reject"),
+                    f"unknown node {node.on_reject!r}{did_you_mean(node.on_reject, ids)}; "
+                    f"expected a node id or 'fail'",
+                )
+            )
+    return ids
+
+
+def _check_edges(spec: WorkflowSpec, ids: list[str], issues: list[SpecIssue]) -> None:
+    known = set(ids)
+    for i, edge in enumerate(spec.edges):
+        if len(set(edge.from_)) != len(edge.from_):
+            issues.append(issue(("edges", i, "from"), "a join lists the same node twice"))
+        for k, source in enumerate(edge.from_):
+            loc: Loc = ("edges", i, "from", k) if edge.is_join else ("edges", i, "from")
+            if source == END:
+                issues.append(issue(loc, "END cannot be the source of an edge"))
+            elif source == START:
+                issues.append(issue(loc, _START_HINT))
+            elif source not in known:
+                issues.append(issue(loc, f"unknown node {source!r}{did_you_mean(source, ids)}"))
+        if edge.to == START:
+            issues.append(issue(("edges", i, "to"), _START_HINT))
+        elif edge.to != END and edge.to not in known:
+            issues.append(
+                issue(
+                    ("edges", i, "to"),
+                    f"unknown node {edge.to!r}{did_you_mean(edge.to, [*ids, END])}",
+                )
+            )
+
+
+_START_HINT = "START is not a node: the run starts at every node that has no incoming edge"
+
+
+def _check_variables(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
+    known = spec.state_keys()
+    known_set = set(known)
+    for loc, names in _references(spec):
+        for name in sorted(names - known_set):
+            issues.append(issue(loc, f"unknown variable {name!r}{did_you_mean(name, known)}"))
+
+
+def _references(spec: WorkflowSpec) -> Iterator[tuple[Loc, frozenset[str]]]:
+    for i, node in enumerate(spec.nodes):
+        base: Loc = ("nodes", i)
+        if isinstance(node, LlmNode):
+            if node.system is not None:
+                yield (*base, "system"), parse_template(node.system).names
+            yield (*base, "prompt"), parse_template(node.prompt).names
+        elif isinstance(node, ApprovalNode):
+            yield (*base, "message"), parse_template(node.message).names
+        elif isinstance(node, AgentNode):
+            for sub, text in _strings(node.task, ()):
+                yield (*base, "task", *sub), parse_template(text).names
+        elif isinstance(node, SetNode):
+            for key, src in node.values.items():
+                yield (*base, "values", key), compile_expression(src).names
+    for i, edge in enumerate(spec.edges):
+        if edge.when is not None:
+            yield ("edges", i, "when"), compile_expression(edge.when).names
+
+
+def _check_outputs(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
+    if spec.outputs is None:
+        return
+    keys = spec.state_keys()
+    for k, name in enumerate(spec.outputs):
+        if name not in keys:
+            issues.append(
+                issue(
+                    ("outputs", k),
+                    f"{name!r} is not a state key{did_you_mean(name, keys)}; "
+                    "outputs must name inputs or node output fields",
+                )
+            )
+
+
+# --- graph -----------------------------------------------------------------------------
+
+
+class _Arc:
+    """One source -> target step of an edge (a join gives one arc per source)."""
+
+    __slots__ = ("source", "target", "edge", "breakable")
+
+    def __init__(self, source: str, target: str, edge: int | None, breakable: bool) -> None:
+        self.source, self.target, self.edge, self.breakable = source, target, edge, breakable
+
+
+def _arcs(spec: WorkflowSpec) -> list[_Arc]:
+    arcs = [
+        _Arc(s, e.to, i, e.when is not None or e.max_iterations is not None)
+        for i, e in enumerate(spec.edges)
+        for s in e.from_
+        if e.to != END
+    ]
+    arcs += [
+        _Arc(n.id, n.on_reject, None, True)
+        for n in spec.nodes
+        if isinstance(n, ApprovalNode) and n.on_reject != "fail"
+    ]
+    return arcs
+
+
+def _check_graph(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
+    ids = list(dict.fromkeys(n.id for n in spec.nodes))
+    arcs = _arcs(spec)
+    succ: dict[str, list[_Arc]] = {n: [] for n in ids}
+    for arc in arcs:
+        succ[arc.source].append(arc)
+
+    entries = spec.entry_nodes()
+    if not entries:
+        issues.append(
+            issue(
+                ("edges",),
+                "no entry node: every node has an incoming edge, so the run cannot "
+                "start; at least one node must have no incoming edge",
+            )
+        )
+    else:
+        seen = set(entries)
+        stack = list(entries)
+        while stack:
+            for arc in succ[stack.pop()]:
+                if arc.target not in seen:
+                    seen.add(arc.target)
+                    stack.append(arc.target)
+        index = {n.id: i for i, n in reversed(list(enumerate(spec.nodes)))}
+        for node_id in ids:
+            if node_id not in seen:
+                issues.append(
+                    issue(
+                        ("nodes", index[node_id]),
+                        f"node {node_id!r} can never run: it is not reachable from the entry "
+                        f"nodes ({', '.join(entries)})",
+                    )
+                )
+
+    outgoing: dict[str, list[Edge]] = {n: [] for n in ids}
+    for edge in spec.edges:
+        for source in edge.from_:
+            outgoing[source].append(edge)
+    components = _strongly_connected(ids, succ)
+    member = {node_id: k for k, component in enumerate(components) for node_id in component}
+    for component in components:
+        if len(component) == 1 and not any(a.target == component[0] for a in succ[component[0]]):
+            continue  # a node that is not in a loop
+        inside = set(component)
+        internal = [a for n in component for a in succ[n] if a.target in inside]
+        first_edge = min((a.edge for a in internal if a.edge is not None), default=None)
+        where: Loc = ("edges", first_edge) if first_edge is not None else ("nodes",)
+        cycle = _unbreakable_cycle(component, internal)
+        if cycle is not None:
+            numbered = [(a.edge, k) for k, a in enumerate(cycle) if a.edge is not None]
+            edge_index, turn = min(numbered)
+            cycle = cycle[turn:] + cycle[:turn]
+            path = " -> ".join([*(a.source for a in cycle), cycle[0].source])
+            issues.append(
+                issue(
+                    ("edges", edge_index),
+                    f"loop {path} never stops: none of its edges has 'when' or 'max_iterations'",
+                )
+            )
+            continue
+        limited = any(
+            a.edge is not None and spec.edges[a.edge].max_iterations is not None for a in internal
+        )
+        leaves = any(
+            e.to == END or member.get(e.to) != member[component[0]]
+            for n in component
+            for e in outgoing[n]
+        ) or any(isinstance(spec.node(n), ApprovalNode) for n in component)
+        if not limited and not leaves:
+            names = ", ".join(n for n in ids if n in inside)
+            issues.append(
+                issue(
+                    where,
+                    f"loop through {names} has no exit: no edge leaves it and none of its edges "
+                    f"has 'max_iterations'; add an edge out of the loop (e.g. to END) or a limit",
+                )
+            )
+
+
+def _strongly_connected(ids: list[str], succ: dict[str, list[_Arc]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative (specs can hold thousands of nodes)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    result: list[list[str]] = []
+    counter = 0
+    for root in ids:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, pos = work.pop()
+            if pos == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            arcs = succ[node]
+            if pos < len(arcs):
+                work.append((node, pos + 1))
+                target = arcs[pos].target
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            if low[node] == index[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                result.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return result
+
+
+def _unbreakable_cycle(component: list[str], internal: list[_Arc]) -> list[_Arc] | None:
+    """A cycle made only of unconditional, unlimited edges, if there is one."""
+    succ: dict[str, list[_Arc]] = {n: [] for n in component}
+    for arc in internal:
+        if not arc.breakable:
+            succ[arc.source].append(arc)
+    color: dict[str, int] = {}
+    for root in component:
+        if root in color:
+            continue
+        path: list[_Arc] = []
+        work: list[tuple[str, int]] = [(root, 0)]
+        color[root] = 1
+        while work:
+            node, pos = work.pop()
+            if pos < len(succ[node]):
+                work.append((node, pos + 1))
+                arc = succ[node][pos]
+                if color.get(arc.target) == 1:
+                    start = next(
+                        (k for k, a in enumerate(path) if a.source == arc.target), len(path)
+                    )
+                    return [*path[start:], arc]
+                if arc.target not in color:
+                    color[arc.target] = 1
+                    path.append(arc)
+                    work.append((arc.target, 0))
+            else:
+                color[node] = 2
+                if path:
+                    path.pop()
+    return None
