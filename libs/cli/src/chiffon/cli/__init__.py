@@ -1,0 +1,1 @@
+"""The ``chiffon`` command line."""

@@ -1,0 +1,17 @@
+"""The dev stack: a real NATS server, a real PostgreSQL and every service on one machine.
+
+Modules, each with one job:
+
+- ``ports``: free ports for tests, busy-port checks with a clear message.
+- ``procs``: a recorded process (pid + start time) that is safe against pid reuse.
+- ``servers``: ``NatsServer`` and ``PostgresServer``, also used by the test suites.
+- ``settings``: the stack's settings (ports, replicas, external servers, data folder).
+- ``state``: ``.chiffon/stack.json``, ``.chiffon/config.toml`` and the admin key.
+- ``bootstrap``: create the database, run every migration, create the streams.
+- ``supervisor``: start, stop and health-check the service processes.
+- ``stack``: ``up`` / ``down`` / ``status`` built from the above.
+- ``logs``: tail and follow log files.
+
+``python -m chiffon.cli.devstack status --json`` runs the same commands as ``chiffon``
+without importing the rest of the CLI (faster for scripts that poll).
+"""

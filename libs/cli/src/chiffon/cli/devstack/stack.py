@@ -1,0 +1,431 @@
+"""``up``, ``down`` and ``status`` of the whole stack, built from servers and supervisor.
+
+Output goes through ``say`` (the CLI passes ``typer.echo``); failures raise
+``StackError`` carrying the exit code, so the CLI prints one clear message and no
+traceback.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from chiffon.cli.devstack import bootstrap, supervisor
+from chiffon.cli.devstack.ports import PortInUse, accepts_connections, require_free
+from chiffon.cli.devstack.procs import ProcessRef
+from chiffon.cli.devstack.servers import NatsServer, PostgresServer, ServerError, tail
+from chiffon.cli.devstack.settings import StackPaths, StackSettings, describe, project_root
+from chiffon.cli.devstack.state import (
+    ProcessRecord,
+    StackState,
+    admin_key,
+    load_state,
+    save_state,
+    write_cli_config,
+)
+from chiffon.cli.devstack.supervisor import SERVICES, ServiceSpec
+
+Say = Callable[[str], None]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # a busy port or a bad setting: something for the user to change
+
+
+class StackError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def _locked(paths: StackPaths) -> Iterator[None]:
+    """One ``up`` or ``down`` at a time per data folder (two would race on ports)."""
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with (paths.home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# -- the servers, as the stack runs them --------------------------------------------
+
+
+def nats_server(settings: StackSettings, state: StackState | None) -> NatsServer:
+    """The stack's NATS server; while one runs, on the ports it was started with."""
+    port, monitor = settings.nats_port, settings.nats_monitor_port
+    recorded = state.nats if state else None
+    if recorded and not recorded.external and recorded.alive():
+        port, monitor = recorded.port or port, recorded.monitor_port or monitor
+    return NatsServer(
+        settings.paths.nats,
+        port,
+        monitor,
+        settings.nats_sync_interval,
+        log_file=settings.paths.log("nats"),
+    )
+
+
+def postgres_server(settings: StackSettings, state: StackState | None) -> PostgresServer:
+    port = settings.postgres_port
+    recorded = state.postgres if state else None
+    if recorded and not recorded.external and recorded.alive():
+        port = recorded.port or port
+    return PostgresServer(settings.paths.postgres, port, log_file=settings.paths.log("postgres"))
+
+
+def _server_record(
+    name: str, ref: ProcessRef | None, url: str, port: int, log: str
+) -> ProcessRecord:
+    return ProcessRecord(
+        name=name,
+        replica=0,
+        pid=ref.pid if ref else None,
+        create_time=ref.create_time if ref else None,
+        url=url,
+        port=port,
+        log=log,
+    )
+
+
+def _external_record(name: str, url: str) -> ProcessRecord:
+    return ProcessRecord(name=name, replica=0, pid=None, create_time=None, url=url, external=True)
+
+
+# -- up -----------------------------------------------------------------------------
+
+
+def _replicas(settings: StackSettings, flag: int | None, previous: StackState | None) -> int:
+    """--executors, else CHIFFON_EXECUTOR_REPLICAS if set, else as last time, else 2."""
+    if flag is not None:
+        return flag
+    if "executor_replicas" in settings.model_fields_set or previous is None:
+        return settings.executor_replicas
+    recorded = [record for record in previous.services if record.name == "executor"]
+    return len(recorded) if recorded else settings.executor_replicas
+
+
+def _specs(settings: StackSettings, replicas: int) -> list[ServiceSpec]:
+    specs = []
+    for name in SERVICES:
+        count = replicas if name == "executor" else 1
+        specs += [ServiceSpec(name, n, settings.service_port(name, n)) for n in range(count)]
+    return specs
+
+
+def _order(record: ProcessRecord) -> tuple[int, int]:
+    return SERVICES.index(record.name), record.replica
+
+
+def up(settings: StackSettings, say: Say, executors: int | None = None) -> StackState:
+    """Start whatever is missing and wait until every service is ready."""
+    paths = settings.paths
+    try:
+        with _locked(paths):
+            return _up(settings, paths, say, executors)
+    except PortInUse as error:
+        raise StackError(f"error: {error}", EXIT_USAGE) from None
+    except (ServerError, bootstrap.BootstrapError) as error:
+        raise StackError(f"error: {error}") from None
+
+
+def _check_service_settings(settings: StackSettings) -> None:
+    """Validate the settings every service will read from this environment, before
+    starting anything: a bad CHIFFON_LOG_LEVEL is one line now, not seven crashed
+    services later."""
+    from pydantic import SecretStr, ValidationError
+
+    from chiffon.core.settings import ChiffonSettings
+
+    try:
+        # The URLs and the port are set by `up` itself; the rest comes from the environment.
+        ChiffonSettings(
+            nats_url="nats://127.0.0.1:4222",
+            database_url=SecretStr("postgresql://postgres@127.0.0.1/chiffon"),
+            namespace=settings.namespace,
+        )
+    except ValidationError as error:
+        raise StackError("\n".join(describe(error)), EXIT_USAGE) from None
+    except ValueError as error:  # CHIFFON_CONFIG_FILE naming a missing file
+        raise StackError(f"error: {error}", EXIT_USAGE) from None
+
+
+def _check_ports(
+    settings: StackSettings,
+    nats: NatsServer | None,
+    postgres: PostgresServer | None,
+    missing: list[ServiceSpec],
+) -> None:
+    """Every port first, before anything starts: a busy port must not leave half a stack.
+    Ports of what already runs are ours, so only what is missing is checked."""
+    if nats is not None and not nats.running():
+        require_free(nats.port, "CHIFFON_NATS_PORT", "NATS")
+        if nats.monitor_port:
+            require_free(nats.monitor_port, "CHIFFON_NATS_MONITOR_PORT", "NATS monitoring")
+    if postgres is not None and not postgres.running():
+        require_free(postgres.port, "CHIFFON_POSTGRES_PORT", "PostgreSQL")
+    for spec in missing:
+        require_free(spec.port, settings.port_setting(spec.name), f"{spec.label} HTTP")
+
+
+def _spawn_missing(
+    missing: list[ServiceSpec], state: StackState, paths: StackPaths, admin: str
+) -> set[str]:
+    """Start every missing service with the stack's URLs; returns the labels started."""
+    shared = {
+        "CHIFFON_NATS_URL": state.nats_url,
+        "CHIFFON_DATABASE_URL": state.database_url,
+        "CHIFFON_NAMESPACE": state.namespace,
+    }
+    base = supervisor.current_env()
+    cwd = project_root()
+    for spec in missing:
+        if spec.name == "gateway":
+            env = supervisor.service_env(base, {**shared, "CHIFFON_BOOTSTRAP_ADMIN_KEY": admin})
+        else:
+            # Only the gateway needs the admin key; the others never see it.
+            env = supervisor.service_env(base, shared, drop=["CHIFFON_BOOTSTRAP_ADMIN_KEY"])
+        state.services.append(supervisor.spawn(spec, env, paths.log(spec.label), cwd))
+    state.services.sort(key=_order)
+    return {spec.label for spec in missing}
+
+
+def _up(settings: StackSettings, paths: StackPaths, say: Say, executors: int | None) -> StackState:
+    _check_service_settings(settings)
+    previous = load_state(paths.state_file)
+    specs = _specs(settings, _replicas(settings, executors, previous))
+    wanted = {spec.label for spec in specs}
+    running = {r.label: r for r in (previous.services if previous else []) if supervisor.is_ours(r)}
+    surplus = [record for label, record in running.items() if label not in wanted]
+    missing = [spec for spec in specs if spec.label not in running]
+
+    nats = None if settings.external_nats else nats_server(settings, previous)
+    postgres = None if settings.external_database else postgres_server(settings, previous)
+
+    _check_ports(settings, nats, postgres, missing)
+    nats_record = _start_nats(settings, nats, say)
+    postgres_record, database_url = _start_postgres(settings, postgres, say)
+
+    say("applying database migrations and creating streams ...")
+    bootstrap.prepare_database(database_url)
+    bootstrap.create_streams(nats_record.url, settings.namespace)
+
+    from_env = (
+        settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
+    )
+    key, key_source = admin_key(paths.admin_key, from_env)
+
+    state = StackState(
+        namespace=settings.namespace,
+        nats_url=nats_record.url,
+        database_url=database_url,
+        gateway_url=f"http://127.0.0.1:{settings.service_port('gateway')}",
+        nats=nats_record,
+        postgres=postgres_record,
+        services=[record for label, record in running.items() if label in wanted],
+    )
+    gateway = running.get("gateway")
+    if gateway is not None:
+        state.gateway_url = gateway.url
+
+    if surplus:
+        supervisor.stop(surplus, settings.stop_timeout)
+        say("stopped surplus replicas: " + ", ".join(r.label for r in surplus))
+
+    started = _spawn_missing(missing, state, paths, key)
+    for record in state.services:
+        verb = "started" if record.label in started else "running"
+        say(f"{verb} {record.label:<11} pid {record.pid:<8} {record.url}")
+    # Saved before waiting: if start-up fails, `down` and `status` still see everything.
+    save_state(paths.state_file, state)
+    # Point the CLI at the key file only if that is the key the gateway got.
+    key_file = paths.admin_key if key_source == str(paths.admin_key) else None
+    write_cli_config(paths.cli_config, state, key_file)
+
+    if not missing:
+        say("Chiffon is already up; nothing to start.")
+    say(
+        f"waiting for {len(state.services)} services to be ready (up to {settings.ready_timeout:g}s) ..."
+    )
+    failures = supervisor.wait_ready(state.services, settings.ready_timeout)
+    if failures:
+        raise StackError(_not_ready_report(failures, settings.ready_timeout))
+
+    _print_next_steps(state, paths, key_source, say)
+    return state
+
+
+def _not_ready_report(failures: list[supervisor.NotReady], timeout: float) -> str:
+    """One line naming every service not ready, then the log of the first one."""
+    first = failures[0].record
+    if failures[0].exited:
+        lines = [f"error: {first.label} exited during start-up"]
+    else:
+        names = ", ".join(f"{f.record.label} ({f.reason})" for f in failures)
+        lines = [f"error: not ready after {timeout:g}s: {names}"]
+    if first.log:
+        lines += [f"last lines of {first.log} (this start):", _this_start(first.log)]
+    lines.append("See `chiffon status` and `chiffon logs NAME`; `chiffon down` stops everything.")
+    return "\n".join(lines)
+
+
+def _this_start(log: str, lines: int = 25) -> str:
+    """The end of a service log, from the marker `spawn` wrote at this start on."""
+    text = tail(Path(log), 400).splitlines()
+    starts = [n for n, line in enumerate(text) if line.startswith(supervisor.START_MARKER)]
+    return "\n".join(text[starts[-1] if starts else 0 :][-lines:])
+
+
+def _start_nats(settings: StackSettings, nats: NatsServer | None, say: Say) -> ProcessRecord:
+    if nats is None:
+        assert settings.nats_url is not None
+        say(f"NATS        external   {settings.nats_url}")
+        return _external_record("nats", settings.nats_url)
+    was_running = nats.running()
+    nats.start()
+    record = _server_record("nats", nats.ref, nats.url, nats.port, str(nats.log_file))
+    record.monitor_port = nats.monitor_port
+    verb = "running" if was_running else "started"
+    say(f"{verb} nats        pid {record.pid:<8} {nats.url} (sync_interval {nats.sync_interval})")
+    return record
+
+
+def _start_postgres(
+    settings: StackSettings, postgres: PostgresServer | None, say: Say
+) -> tuple[ProcessRecord, str]:
+    if postgres is None:
+        assert settings.database_url is not None
+        url = settings.database_url.get_secret_value()
+        say("PostgreSQL  external   (CHIFFON_DATABASE_URL)")
+        return _external_record("postgres", _hide_password(url)), url
+    was_running = postgres.running()
+    postgres.start()
+    url = postgres.dsn_for(settings.database_name, driver="postgresql+asyncpg")
+    record = _server_record(
+        "postgres",
+        postgres.ref,
+        postgres.dsn_for(settings.database_name),
+        postgres.port,
+        str(postgres.log_file),
+    )
+    verb = "running" if was_running else "started"
+    say(f"{verb} postgres    pid {record.pid:<8} {record.url}")
+    return record, url
+
+
+def _hide_password(url: str) -> str:
+    from chiffon.core.settings import mask_url
+
+    return mask_url(url)
+
+
+def _print_next_steps(state: StackState, paths: StackPaths, key_source: str, say: Say) -> None:
+    say("")
+    say(f"Chiffon is up: {len(state.services)} services ready (data in {paths.home}).")
+    say(f"  gateway     {state.gateway_url}")
+    say(f"  dashboard   {state.gateway_url}/")
+    say(f"  admin key   {key_source}")
+    say(f"  NATS        {state.nats_url}")
+    if state.postgres is not None:
+        say(f"  PostgreSQL  {state.postgres.url}")
+    say(f"  CLI config  {paths.cli_config}")
+    say("Next: `chiffon status` to check health, `chiffon logs [NAME] -f` to follow logs,")
+    say("      `chiffon down` to stop everything (data is kept).")
+    say("      (chiffon is .venv/bin/chiffon; ./taskw status | logs | down work too.)")
+
+
+# -- down ---------------------------------------------------------------------------
+
+
+def down(settings: StackSettings, say: Say) -> int:
+    """Stop every service, then PostgreSQL, then NATS. Returns how many were stopped."""
+    paths = settings.paths
+    with _locked(paths):
+        state = load_state(paths.state_file)
+        stopped = 0
+        graceful, killed = supervisor.stop(state.services if state else [], settings.stop_timeout)
+        for record in graceful:
+            say(f"stopped {record.label:<11} pid {record.pid}")
+        for record in killed:
+            say(
+                f"killed  {record.label:<11} pid {record.pid} (no exit {settings.stop_timeout:.0f}s after SIGTERM)"
+            )
+        stopped += len(graceful) + len(killed)
+        # The servers are found by their data folders, so they stop even if stack.json
+        # is lost; an external server is never ours to stop.
+        postgres = postgres_server(settings, state)
+        pid = postgres.pid
+        try:
+            if postgres.stop():
+                say(f"stopped postgres    pid {pid}")
+                stopped += 1
+        except ServerError as error:
+            raise StackError(f"error: {error}") from None
+        nats = nats_server(settings, state)
+        pid = nats.pid
+        if nats.stop():
+            say(f"stopped nats        pid {pid}")
+            stopped += 1
+        paths.state_file.unlink(missing_ok=True)
+    if stopped == 0:
+        say("Chiffon is not running; nothing to stop.")
+    else:
+        say(f"Chiffon is down ({stopped} processes stopped; data kept in {paths.home}).")
+    return stopped
+
+
+# -- status -------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    name: str
+    replica: int
+    pid: int | None
+    healthy: bool
+    url: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "replica": self.replica,
+            "pid": self.pid,
+            "healthy": self.healthy,
+            "url": self.url,
+        }
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.port) and accepts_connections(
+        parts.port or 0, parts.hostname or "127.0.0.1", 2.0
+    )
+
+
+def status(settings: StackSettings) -> list[Entry]:
+    """Every recorded process with its health (servers first). Empty: not running."""
+    state = load_state(settings.paths.state_file)
+    if state is None:
+        return []
+    entries = []
+    if state.nats is not None:
+        nats = state.nats
+        ok = (
+            _reachable(nats.url)
+            if nats.external
+            else (nats.alive() and nats_server(settings, state).healthy())
+        )
+        entries.append(Entry("nats", 0, nats.pid, ok, nats.url))
+    if state.postgres is not None:
+        pg = state.postgres
+        ok = (
+            _reachable(pg.url)
+            if pg.external
+            else (pg.alive() and postgres_server(settings, state).healthy())
+        )
+        entries.append(Entry("postgres", 0, pg.pid, ok, pg.url))
+    for record, ok in zip(state.services, supervisor.check_all(state.services), strict=True):
+        entries.append(Entry(record.name, record.replica, record.pid, ok, record.url))
+    return entries
