@@ -41,7 +41,7 @@ class Health:
     async def report(self) -> tuple[bool, dict[str, Any]]:
         components: dict[str, Any] = {}
         ready = True
-        for name, check in self.checks.items():
+        for name, check in list(self.checks.items()):
             try:
                 outcome = check()
                 ok, detail = await outcome if asyncio.iscoroutine(outcome) else outcome  # type: ignore[misc]

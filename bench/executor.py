@@ -1,0 +1,354 @@
+"""Executor benchmark: Chiffon's per-node overhead over bare LangGraph, and throughput.
+
+    ./taskw bench:executor            (or: .venv/bin/python -m bench.executor [--quick])
+
+1. A 10-node linear workflow on the offline model (chiffon/echo, answered in-process), run
+   one at a time: through Chiffon (events, projections, one replica process) and as the
+   same graph in bare LangGraph (same node work: template, offline model call, output
+   validation; no events) in this process. Per-node time is the median over runs; the
+   overhead is the difference.
+2. Node-steps/s with 100 concurrent runs of that workflow, with 1 and 2 replicas.
+3. With LLM latency: an OpenAI-compatible server that sleeps 50 ms per call, a 4-node
+   workflow, each replica executing at most 8 runs at once (CHIFFON_MAX_CONCURRENT_RUNS):
+   runs/s with 2 replicas vs 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+
+from bench.common import row, servers
+from chiffon.cli.devstack.ports import free_port
+from chiffon.commands import CommandBus, RegisterWorkflow, StartRun
+from chiffon.core.db import ensure_database
+from chiffon.events import CATALOG, Actor
+from chiffon.eventstore import AggregateKey, JetStreamEventStore
+from chiffon.projections.host import all_migrations
+
+ACTOR = Actor(kind="user", id="bench")
+
+
+def linear(name: str, nodes: int, model: str = "chiffon/echo") -> str:
+    lines = [
+        f"name: {name}",
+        "version: 1",
+        f"defaults: {{model: {model}}}",
+        "inputs: {topic: {type: string}}",
+        "nodes:",
+    ]
+    for i in range(1, nodes + 1):
+        before = "{topic}" if i == 1 else f"{{n{i - 1}}}"
+        lines.append(
+            f"  - {{id: s{i}, type: llm, prompt: 'step {i} on {before}', output: {{n{i}: string}}}}"
+        )
+    lines.append("edges:")
+    lines += [f"  - {{from: s{i}, to: s{i + 1}}}" for i in range(1, nodes)]
+    return "\n".join(lines) + "\n"
+
+
+# -- bare LangGraph ---------------------------------------------------------------------
+
+
+async def bare_langgraph(nodes: int, runs: int, *, with_llm: bool) -> float:
+    """Median ms per node of the same graph in plain LangGraph (no events, no projections)."""
+    from typing import Annotated, TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from chiffon.executor.graph import parse_output, response_format_for
+    from chiffon.executor.llm import LlmGateway
+    from chiffon.workflow import load_spec
+
+    spec = load_spec(linear("bare", nodes))
+    llm = LlmGateway(offline_mode="always")
+    llm.setup()
+    fields: dict[str, Any] = {k: Annotated[Any, lambda _a, b: b] for k in spec.state_keys()}
+    state_type = TypedDict("BareState", fields)  # type: ignore[misc]
+    graph = StateGraph(state_type)
+    for node in spec.nodes:
+        template = spec.templates(node)["prompt"]
+
+        async def step(
+            state: dict[str, Any], node: Any = node, template: Any = template
+        ) -> dict[str, Any]:
+            prompt = template.render(state)
+            if not with_llm:
+                return {f"n{node.id[1:]}": prompt}
+            reply = await llm.complete(
+                spec.effective_model(node) or "",
+                [{"role": "user", "content": prompt}],
+                response_format=response_format_for(node),
+            )
+            return parse_output(node, reply.text)
+
+        graph.add_node(node.id, step)
+    graph.add_edge(START, "s1")
+    for i in range(1, nodes):
+        graph.add_edge(f"s{i}", f"s{i + 1}")
+    graph.add_edge(f"s{nodes}", END)
+    compiled = graph.compile()
+    samples = []
+    for i in range(runs + 3):
+        started = time.perf_counter()
+        await compiled.ainvoke(spec.initial_state({"topic": f"t{i}"}))
+        if i >= 3:  # warm-up
+            samples.append((time.perf_counter() - started) * 1000 / nodes)
+    return statistics.median(samples)
+
+
+# -- Chiffon ----------------------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, nats_url: str, dsn: str, namespace: str, logs: Path) -> None:
+        self.nats_url, self.dsn, self.namespace, self.logs = nats_url, dsn, namespace, logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start_replicas(self, count: int, env: dict[str, str] | None = None) -> None:
+        ports = []
+        for replica in range(1, count + 1):
+            port = free_port()
+            full = {
+                **os.environ,
+                "CHIFFON_NATS_URL": self.nats_url,
+                "CHIFFON_DATABASE_URL": self.dsn,
+                "CHIFFON_NAMESPACE": self.namespace,
+                "CHIFFON_REPLICA": str(replica),
+                "CHIFFON_PORT": str(port),
+                "CHIFFON_LOG_FORMAT": "json",
+                "CHIFFON_LOG_LEVEL": "warning",
+                **(env or {}),
+            }
+            log = (self.logs / f"executor-{self.namespace}-{replica}.log").open("wb")
+            self.procs.append(
+                subprocess.Popen(  # noqa: ASYNC220
+                    [sys.executable, "-m", "chiffon.executor"],
+                    env=full,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            ports.append(port)
+        async with httpx.AsyncClient() as http:
+            for port in ports:
+                for _ in range(1200):
+                    try:
+                        if (
+                            await http.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                        ).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"executor on port {port} not ready")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+
+
+async def new_stack(srv: Any, name: str, logs: Path) -> Stack:
+    dsn = srv.postgres.dsn_for(name)
+    await ensure_database(dsn)
+    for migrations in all_migrations():
+        await migrations.upgrade_async(dsn)
+    return Stack(srv.nats.url, dsn, name, logs)
+
+
+class Driver:
+    """Sends commands and times run endings (a core NATS subscription on them)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.ended: dict[str, float] = {}
+        self.failed: dict[str, bytes] = {}
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+
+    async def __aenter__(self) -> Driver:
+        self.nc = await nats.connect(self.stack.nats_url)
+        self.bus = CommandBus(self.nc, self.stack.namespace, timeout=30)
+        for kind in ("completed", "failed", "cancelled"):
+            await self.nc.subscribe(f"{self.stack.namespace}.run.*.run.{kind}", cb=self._on_end)
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.nc.drain()
+
+    async def _on_end(self, msg: Any) -> None:
+        run_id = msg.subject.split(".")[2]
+        now = time.perf_counter()
+        self.ended[run_id] = now
+        if msg.subject.endswith("run.failed"):
+            self.failed[run_id] = msg.data
+        waiter = self._waiters.pop(run_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(now)
+
+    async def register(self, source: str) -> None:
+        await self.bus.send(RegisterWorkflow(actor=ACTOR, source=source))
+
+    async def start(self, workflow: str, i: int) -> str:
+        result = await self.bus.send(
+            StartRun(actor=ACTOR, workflow=workflow, inputs={"topic": f"topic {i}"})
+        )
+        return str(result["run_id"])
+
+    async def run_one(self, workflow: str, i: int) -> str:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        run_id = await self.start(workflow, i)
+        if run_id in self.ended:
+            return run_id
+        self._waiters[run_id] = future
+        await asyncio.wait_for(future, 60)
+        return run_id
+
+    async def many(self, workflow: str, count: int) -> float:
+        """Start ``count`` runs at once; seconds from the first start to the last end."""
+        started = time.perf_counter()
+        ids = await asyncio.gather(*(self.start(workflow, i) for i in range(count)))
+        deadline = time.monotonic() + 300
+        while any(r not in self.ended for r in ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError("runs did not finish in 300 s")
+            await asyncio.sleep(0.01)
+        if any(r in self.failed for r in ids):
+            raise RuntimeError(
+                f"a run failed: {next(self.failed[r] for r in ids if r in self.failed)[:500]!r}"
+            )
+        return max(self.ended[r] for r in ids) - started
+
+
+async def per_node_in_chiffon(stack: Stack, nodes: int, runs: int) -> float:
+    """Median ms per node inside Chiffon: first node.started to run.completed, from events."""
+    async with (
+        JetStreamEventStore.connect(stack.nats_url, CATALOG, namespace=stack.namespace) as store,
+        Driver(stack) as driver,
+    ):
+        await driver.register(linear("seq", nodes))
+        samples = []
+        for i in range(runs + 3):
+            run_id = await driver.run_one("seq", i)
+            if run_id in driver.failed:
+                raise RuntimeError(f"run failed: {driver.failed[run_id][:500]!r}")
+            if i < 3:
+                continue
+            events, _ = await store.read_aggregate(AggregateKey("run", run_id))
+            first = next(e for e in events if e.type == "run.node.started").envelope.occurred_at
+            last = next(e for e in events if e.type == "run.completed").envelope.occurred_at
+            samples.append((last - first).total_seconds() * 1000 / nodes)
+        return statistics.median(samples)
+
+
+async def throughput(stack: Stack, nodes: int, runs: int, rounds: int) -> float:
+    async with Driver(stack) as driver:
+        await driver.register(linear("tp", nodes))
+        await driver.many("tp", 10)  # warm-up
+        best = 0.0
+        for _ in range(rounds):
+            seconds = await driver.many("tp", runs)
+            best = max(best, runs * nodes / seconds)
+        return best
+
+
+async def latency_runs_per_second(stack: Stack, runs: int, model: str) -> float:
+    async with Driver(stack) as driver:
+        await driver.register(linear("slow", 4, model=model))
+        await driver.many("slow", 8)
+        seconds = await driver.many("slow", runs)
+        return runs / seconds
+
+
+async def main(quick: bool) -> None:
+    nodes = 10
+    seq_runs = 15 if quick else 40
+    concurrent = 100
+    rounds = 1 if quick else 3
+    print("chiffon executor benchmark (2 cores; NATS, PostgreSQL, executors and driver share them)")
+    with servers() as srv, tempfile.TemporaryDirectory(prefix="chiffon-bench-logs-") as tmp:
+        logs = Path(tmp)
+        bare_plain = await bare_langgraph(nodes, seq_runs, with_llm=False)
+        bare = await bare_langgraph(nodes, seq_runs, with_llm=True)
+
+        print("\n1. per node, 10-node linear workflow on chiffon/echo, one run at a time")
+        stack = await new_stack(srv, "benchone", logs)
+        try:
+            await stack.start_replicas(1)
+            chiffon = await per_node_in_chiffon(stack, nodes, seq_runs)
+            row("bare LangGraph, node = template only", f"{bare_plain:.3f} ms/node")
+            row("bare LangGraph, same node work (LiteLLM)", f"{bare:.3f} ms/node")
+            row("Chiffon (events, projections, 1 replica)", f"{chiffon:.3f} ms/node")
+            row("overhead of Chiffon", f"{chiffon - bare:.3f} ms/node", "goal <= 2 ms")
+
+            print(f"\n2. throughput, {concurrent} concurrent runs x {nodes} nodes")
+            one = await throughput(stack, nodes, concurrent, rounds)
+            row("1 replica", f"{one:,.0f} node-steps/s", "goal >= 1,700")
+        finally:
+            stack.stop()
+        stack = await new_stack(srv, "benchtwo", logs)
+        try:
+            await stack.start_replicas(2)
+            two = await throughput(stack, nodes, concurrent, rounds)
+            row("2 replicas", f"{two:,.0f} node-steps/s")
+        finally:
+            stack.stop()
+
+        print(
+            "\n3. with LLM latency: test server sleeping 50 ms per call, 4-node runs, 8 runs per replica at once"
+        )
+        from tests.integration.executor.openai_server import FakeOpenAI
+
+        server = await FakeOpenAI(delay=0.05).start()
+        env = {
+            "OPENAI_API_BASE": server.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "CHIFFON_LLM_OFFLINE": "never",
+            "CHIFFON_MAX_CONCURRENT_RUNS": "8",
+        }
+        results = {}
+        try:
+            for replicas in (1, 2):
+                stack = await new_stack(srv, f"benchlat{replicas}", logs)
+                try:
+                    await stack.start_replicas(replicas, env)
+                    results[replicas] = await latency_runs_per_second(
+                        stack, 48 if quick else 96, "openai/bench"
+                    )
+                finally:
+                    stack.stop()
+        finally:
+            await server.stop()
+        row("1 replica", f"{results[1]:.1f} runs/s")
+        row("2 replicas", f"{results[2]:.1f} runs/s")
+        row("speed-up", f"{results[2] / results[1]:.2f}x", "goal >= 1.6x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer runs (a smoke test of the benchmark)"
+    )
+    asyncio.run(main(parser.parse_args().quick))

@@ -1,0 +1,308 @@
+"""``chiffon run FILE_OR_NAME`` and ``chiffon runs list / show / follow / cancel / approve / approvals``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from chiffon.cli import exit_codes as codes
+from chiffon.cli.client import ChiffonClient
+from chiffon.cli.direct_client import open_client
+from chiffon.cli.workflow_cmd import read_spec
+from chiffon.readmodels import ApprovalPublic, RunPublic, RunSummary
+
+app = typer.Typer(help="Runs: list, show, follow, cancel, approve.", no_args_is_help=True)
+
+ENDINGS = {"run.completed": "succeeded", "run.failed": "failed", "run.cancelled": "cancelled"}
+STATUSES = ("pending", "running", "waiting_approval", "paused", "succeeded", "failed", "cancelled")
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` (v as text; the workflow's input types convert it) or ``k:=json``."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        if ":=" in pair and pair.index(":=") < pair.index("=") + 1:
+            key, raw = pair.split(":=", 1)
+            try:
+                inputs[key.strip()] = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise codes.fail(f"--input {pair!r}: the value after := is not JSON ({error.msg})", codes.USAGE) from None
+        elif "=" in pair:
+            key, value = pair.split("=", 1)
+            stripped = value.strip()
+            if stripped[:1] in ("[", "{"):
+                try:
+                    inputs[key.strip()] = json.loads(stripped)
+                    continue
+                except json.JSONDecodeError:
+                    pass
+            inputs[key.strip()] = value
+        else:
+            raise codes.fail(f"--input {pair!r}: expected KEY=VALUE (or KEY:=JSON)", codes.USAGE)
+        if not next(reversed(inputs)):
+            raise codes.fail(f"--input {pair!r}: empty name", codes.USAGE)
+    return inputs
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- chiffon run ------------------------------------------------------------------------
+
+
+def run(
+    target: str = typer.Argument(..., metavar="FILE_OR_NAME", help="A workflow file (registered first) or a registered name."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help="KEY=VALUE (repeat), or KEY:=JSON."),  # noqa: B008
+    version: int | None = typer.Option(None, "--version", "-v", help="Version of a named workflow (default: latest)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Print each node as it runs; exit with the run's end."),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Same key, same request: the same run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the start result as JSON."),
+) -> None:
+    """Start a run of a workflow. With --follow, exit 0 succeeded, 1 failed, 3 cancelled."""
+    values = parse_inputs(inputs)
+    path = Path(target)
+    is_file = path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file()
+    source: tuple[str, str] | None = None
+    if is_file:
+        spec, text, source_format = read_spec(path)
+        name, pinned = spec.name, spec.version
+        if version is not None and version != pinned:
+            raise codes.fail(f"{path} is version {pinned}; --version {version} does not match", codes.USAGE)
+        source = (text, source_format)
+    else:
+        name, pinned = target, version
+
+    async def main() -> int:
+        async with await open_client() as client:
+            if source is not None:
+                await client.register_workflow(source[0], source_format=source[1])
+            started = await client.start_run(name, inputs=values, version=pinned, idempotency_key=idempotency_key)
+            if as_json:
+                typer.echo(json.dumps(started))
+            else:
+                again = "" if started.get("created", True) else " (existing run for this idempotency key)"
+                typer.echo(f"run {started['run_id']}: {started['workflow']} v{started['version']} {started['status']}{again}")
+            if not follow:
+                if not as_json:
+                    typer.echo(f"  follow it: chiffon runs follow {started['run_id']}")
+                return codes.OK
+            return await follow_run(client, str(started["run_id"]))
+
+    raise typer.Exit(codes.run_async(main))
+
+
+async def follow_run(client: ChiffonClient, run_id: str, after_seq: int = 0) -> int:
+    """Print the run's events as they happen; return the exit code of its end."""
+    tokens: dict[str, tuple[int, int]] = {}
+    async for event in client.follow_run_events(run_id, after_seq):
+        p = event.payload
+        t = event.type
+        if t == "run.claimed":
+            how = "resumed on" if p.get("resumed") else "running on"
+            typer.echo(f"  {how} {p['executor']} (pid {p['pid']})")
+        elif t == "run.node.started":
+            attempt = f" attempt {p['attempt']}" if p["attempt"] > 1 else ""
+            again = f" #{p['iteration']}" if p.get("iteration", 1) > 1 else ""
+            typer.echo(f"  ▶ {p['node_id']}{again} ({p['node_type']}){attempt}")
+        elif t == "run.llm.called":
+            if not p.get("ok", True):
+                typer.secho(f"    model {p['model']} failed: {_short(p.get('error'), 160)}", fg=typer.colors.YELLOW)
+            else:
+                before = tokens.get(p["node_id"], (0, 0))
+                tokens[p["node_id"]] = (before[0] + p["prompt_tokens"], before[1] + p["completion_tokens"])
+        elif t == "run.node.completed":
+            spent = tokens.pop(p["node_id"], None)
+            used = f"  {spent[0]}+{spent[1]} tokens" if spent else ""
+            outputs = f"  {_short(p['outputs'], 80)}" if p.get("outputs") else ""
+            typer.secho(f"  ✓ {p['node_id']}  {_ms(p['duration_ms'])}{used}{outputs}", fg=typer.colors.GREEN)
+        elif t == "run.node.failed":
+            error = p["error"]
+            retry = f"; retry in {_ms(p.get('retry_in_ms'))}" if p.get("will_retry") else ""
+            typer.secho(
+                f"  ✗ {p['node_id']} attempt {p['attempt']}: {error['type']}: {_short(error['message'], 160)}{retry}",
+                fg=typer.colors.YELLOW if p.get("will_retry") else typer.colors.RED,
+            )
+        elif t == "run.approval.requested":
+            typer.secho(f"  ⏸ {p['node_id']} waits for approval: {_short(p['message'], 120)}", fg=typer.colors.CYAN)
+            typer.echo(f"    chiffon runs approve {run_id} {p['node_id']}   (or --reject)")
+        elif t == "run.approval.decided":
+            verdict = "approved" if p["approved"] else "rejected"
+            comment = f": {p['comment']}" if p.get("comment") else ""
+            typer.echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
+        elif t == "run.cancel_requested":
+            typer.echo(f"  cancel requested by {event.actor}")
+        elif t in ENDINGS:
+            return _summary(ENDINGS[t], p)
+    return codes.UNAVAILABLE
+
+
+def _summary(status: str, payload: dict[str, Any]) -> int:
+    color = {"succeeded": typer.colors.GREEN, "failed": typer.colors.RED}.get(status, typer.colors.YELLOW)
+    typer.secho(f"run {status} in {_ms(payload.get('duration_ms'))}", fg=color, bold=True)
+    if status == "failed":
+        error = payload.get("error") or {}
+        where = f" at {error['node_id']}" if error.get("node_id") else ""
+        typer.echo(f"  {error.get('type')}{where}: {error.get('message')}")
+    if status == "cancelled" and payload.get("reason"):
+        typer.echo(f"  reason: {payload['reason']}")
+    for key, value in (payload.get("outputs") or {}).items():
+        typer.echo(f"  {key}: {_short(value)}")
+    return codes.BY_STATUS[status]
+
+
+# -- chiffon runs ...
+
+@app.command("list")
+def list_runs(
+    status: str | None = typer.Option(None, "--status", "-s", help=f"One of: {', '.join(STATUSES)}."),
+    workflow: str | None = typer.Option(None, "--workflow", "-w"),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=500),
+    cursor: str | None = typer.Option(None, "--cursor", help="The next-page cursor a previous list printed."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Runs, newest first."""
+    if status is not None and status not in STATUSES:
+        raise codes.fail(f"unknown status {status!r}; one of: {', '.join(STATUSES)}", codes.USAGE)
+
+    async def main() -> tuple[list[RunSummary], str | None]:
+        async with await open_client() as client:
+            return await client.list_runs(status=status, workflow=workflow, cursor=cursor, limit=limit)
+
+    found, next_cursor = codes.run_async(main)
+    if as_json:
+        typer.echo(json.dumps({"runs": [r.model_dump(mode="json") for r in found], "next_cursor": next_cursor}, indent=2))
+        return
+    if not found:
+        typer.echo("no runs")
+        return
+    typer.echo(f"{'RUN':<36}  {'WORKFLOW':<24} {'STATUS':<16} {'DURATION':>9}  {'EXECUTOR':<12} CREATED")
+    for r in found:
+        typer.echo(
+            f"{r.run_id:<36}  {(r.workflow + ' v' + str(r.version)):<24} {r.status:<16} "
+            f"{_ms(r.duration_ms):>9}  {(r.executor or '-'):<12} {r.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+    if next_cursor:
+        typer.echo(f"more: chiffon runs list --cursor {next_cursor}")
+
+
+@app.command()
+def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """A run: status, executor, timings, tokens, nodes, approvals, outputs."""
+
+    async def main() -> RunPublic | None:
+        async with await open_client() as client:
+            return await client.get_run(run_id)
+
+    found = codes.run_async(main)
+    if found is None:
+        raise codes.fail(f"no run {run_id!r} (a run just started may take a moment to appear)", codes.NOT_FOUND)
+    if as_json:
+        typer.echo(found.model_dump_json(indent=2))
+        return
+    r = found
+    typer.echo(f"run {r.run_id}")
+    typer.echo(f"  workflow   {r.workflow} v{r.version}")
+    typer.echo(f"  status     {r.status}{' (cancel requested)' if r.cancel_requested and r.status not in ('cancelled',) else ''}")
+    typer.echo(f"  executor   {r.executor or '-'}{f' (pid {r.pid})' if r.pid else ''}{f', claimed {r.claims} times' if r.claims > 1 else ''}")
+    typer.echo(f"  created    {r.created_at:%Y-%m-%d %H:%M:%S} by {r.requested_by}")
+    typer.echo(f"  duration   {_ms(r.duration_ms)}")
+    typer.echo(f"  tokens     {r.prompt_tokens} prompt + {r.completion_tokens} completion ({r.llm_calls} calls)")
+    if r.inputs:
+        typer.echo(f"  inputs     {_short(r.inputs)}")
+    if r.error:
+        typer.echo(f"  error      {r.error.type}{' at ' + r.error.node_id if r.error.node_id else ''}: {r.error.message}")
+    if r.nodes:
+        typer.echo("  nodes:")
+        for n in r.nodes:
+            extra = f" x{n.iterations}" if n.iterations > 1 else ""
+            tries = f", {n.attempts} attempts" if n.attempts > n.iterations else ""
+            tokens = f", {n.prompt_tokens}+{n.completion_tokens} tokens" if n.prompt_tokens or n.completion_tokens else ""
+            typer.echo(f"    {n.node_id:<20} {n.status:<16} {_ms(n.duration_ms):>8}{extra}{tries}{tokens}")
+            if n.error and n.status != "succeeded":
+                typer.echo(f"      {n.error.type}: {_short(n.error.message, 120)}")
+    for a in r.approvals:
+        state = "waiting" if a.decided_at is None else ("approved" if a.approved else "rejected") + f" by {a.decided_by}"
+        typer.echo(f"  approval {a.node_id}: {state} — {_short(a.message, 80)}")
+    if r.outputs:
+        typer.echo("  outputs:")
+        for key, value in r.outputs.items():
+            typer.echo(f"    {key}: {_short(value)}")
+
+
+@app.command("follow")
+def follow(run_id: str = typer.Argument(...)) -> None:
+    """Print a run's events from its start, then live; exit with its end (0, 1 or 3)."""
+
+    async def main() -> int:
+        async with await open_client() as client:
+            return await follow_run(client, run_id)
+
+    raise typer.Exit(codes.run_async(main))
+
+
+@app.command()
+def cancel(
+    run_id: str = typer.Argument(...),
+    reason: str | None = typer.Option(None, "--reason", help="Recorded with the cancellation."),
+) -> None:
+    """Cancel a run: it stops at its next safe point and records run.cancelled."""
+
+    async def main() -> dict[str, Any]:
+        async with await open_client() as client:
+            return await client.cancel_run(run_id, reason=reason)
+
+    result = codes.run_async(main)
+    if result["status"] == "cancelled":
+        typer.echo(f"run {run_id} cancelled")
+    else:
+        typer.echo(f"run {run_id}: cancel requested; it stops at its next safe point ({result['status']})")
+
+
+@app.command()
+def approve(
+    run_id: str = typer.Argument(...),
+    node: str = typer.Argument(..., help="The approval node's id."),
+    reject: bool = typer.Option(False, "--reject", help="Reject instead of approving."),
+    comment: str | None = typer.Option(None, "--comment", "-m", help="Recorded with the decision."),
+) -> None:
+    """Approve (or --reject) an approval node a run waits on."""
+
+    async def main() -> dict[str, Any]:
+        async with await open_client() as client:
+            return await client.approve(run_id, node, approve=not reject, comment=comment)
+
+    result = codes.run_async(main)
+    verdict = "rejected" if reject else "approved"
+    typer.echo(f"{verdict} {node} of run {run_id} (run {result['status']})")
+
+
+@app.command()
+def approvals(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Approvals waiting for a decision."""
+
+    async def main() -> list[ApprovalPublic]:
+        async with await open_client() as client:
+            return await client.list_pending_approvals()
+
+    found = codes.run_async(main)
+    if as_json:
+        typer.echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        return
+    if not found:
+        typer.echo("no approvals waiting")
+        return
+    for a in found:
+        typer.echo(f"{a.run_id}  {a.workflow:<20} {a.node_id:<16} since {a.requested_at:%Y-%m-%d %H:%M}  {_short(a.message, 60)}")
+        typer.echo(f"  chiffon runs approve {a.run_id} {a.node_id}   (or --reject)")

@@ -1,0 +1,1 @@
+"""The executor service: runs workflows durably across replicas."""

@@ -1,0 +1,117 @@
+"""Composition root of the executor: settings → telemetry → store → app → servers.
+
+``python -m chiffon.executor`` with ``CHIFFON_REPLICA=k`` and ``CHIFFON_PORT`` runs
+replica k; every replica serves the executor's commands (one queue group), takes work
+from the shared durable consumer, and runs the workflows and runs projections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+
+from chiffon.commands import ApproveNode, CancelRun, CommandBus, RegisterWorkflow, StartRun
+from chiffon.core.logging import get_logger
+from chiffon.core.service import ServiceContext, run_service
+from chiffon.executor.application import ExecutorCommands
+from chiffon.executor.llm import LlmGateway
+from chiffon.executor.repository import RunRepository, WorkflowRepository
+from chiffon.executor.settings import ExecutorSettings
+from chiffon.executor.worker import RunWorker
+from chiffon.projections.host import Resources, open_resources
+from chiffon.readmodels.projections import LingeringRunner, RunsProjection, WorkflowsProjection
+
+log = get_logger(__name__)
+
+
+async def serve(ctx: ServiceContext) -> None:
+    settings = ctx.settings
+    assert isinstance(settings, ExecutorSettings)
+    llm = LlmGateway(offline_mode=settings.llm_offline, environment=settings.environment)
+    # Import LiteLLM now (seconds of CPU), never on a run's path; in a thread, so the
+    # health endpoint answers meanwhile and NATS/PostgreSQL connect in parallel.
+    importing = asyncio.ensure_future(asyncio.to_thread(llm.setup))
+    ctx.health.add("llm", lambda: (importing.done(), None if importing.done() else "importing LiteLLM"))
+    async with open_resources(ctx) as resources:
+        store = resources.store
+        workflows = WorkflowRepository(store)
+        runs = RunRepository(store)
+        commands = ExecutorCommands(store, workflows, runs)
+        bus = CommandBus(store.nc, settings.namespace)
+        worker = RunWorker(
+            store=store, settings=settings, name=ctx.instance, workflows=workflows, runs=runs, llm=llm
+        )
+        await importing
+        await worker.setup()
+        ctx.health.add("work", worker.healthy)
+        subscriptions = [
+            await bus.serve(RegisterWorkflow, commands.register_workflow),
+            await bus.serve(StartRun, commands.start_run),
+            await bus.serve(CancelRun, commands.cancel_run),
+            await bus.serve(ApproveNode, commands.approve_node),
+        ]
+        projections: list[asyncio.Task[None]] = []
+        if settings.projections == "inline":
+            projections = run_projections(resources)
+        elif settings.projections == "process":
+            projections = [asyncio.create_task(supervise_projector(ctx), name="projector")]
+        log.info("executor.ready", instance=ctx.instance)
+        work = asyncio.create_task(worker.run(ctx.stopping), name="executor:work")
+        stop = asyncio.create_task(ctx.stopping.wait())
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        ctx.stopping.set()
+        await work
+        for task in projections:
+            task.cancel()
+        await asyncio.gather(*projections, return_exceptions=True)
+
+
+def run_projections(resources: Resources) -> list[asyncio.Task[None]]:
+    """The runs and workflows read models, written in batches (see ``LingeringRunner``)."""
+    tasks = []
+    for projection in (RunsProjection(), WorkflowsProjection()):
+        runner = LingeringRunner(resources.store, resources.engine, projection)
+        resources.runners.append(runner)
+
+        def check(runner: LingeringRunner = runner) -> tuple[bool, str | None]:
+            status = runner.status
+            return status.healthy, (status.error or f"position {status.position}")
+
+        resources.ctx.health.add(f"projection:{projection.name}", check)
+        tasks.append(asyncio.create_task(runner.run(), name=f"projection:{projection.name}"))
+    return tasks
+
+
+async def supervise_projector(ctx: ServiceContext) -> None:
+    """Keep the projector child process running (restarted with back-off if it dies)."""
+    child: asyncio.subprocess.Process | None = None
+    ctx.health.add("projector", lambda: (child is not None and child.returncode is None, None))
+    env = {**os.environ, "CHIFFON_PROJECTOR_PARENT": str(os.getpid())}
+    backoff = 0.5
+    try:
+        while True:
+            child = await asyncio.create_subprocess_exec(sys.executable, "-m", "chiffon.executor.projector", env=env)
+            started = time.monotonic()
+            code = await child.wait()
+            log.warning("projector.exited", code=code)
+            backoff = 0.5 if time.monotonic() - started > 30 else min(backoff * 2, 30)
+            await asyncio.sleep(backoff)
+    finally:
+        if child is not None and child.returncode is None:
+            child.terminate()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(child.wait(), 10)
+
+
+def main() -> None:
+    run_service("executor", ExecutorSettings(), serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""One run executed by one replica: its event log, its concurrency token, its signals.
+
+Every append names the run's version it was decided on (per-run optimistic
+concurrency). When another writer got there first, the run is reloaded: a cancel or an
+approval decision is taken in and the append retried; a newer claim by another replica
+means this one lost the run, and it stops without writing anything more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langgraph.errors import GraphRecursionError
+
+from chiffon.core.logging import get_logger
+from chiffon.events import Actor, Envelope, new_event
+from chiffon.events.runs import (
+    ApprovalDecided,
+    ErrorInfo,
+    NodeCompleted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunSuspended,
+)
+from chiffon.eventstore import AggregateKey, ConcurrencyConflict, JetStreamEventStore
+from chiffon.executor.domain import RunState
+from chiffon.executor.graph import NodeFailure, RunCancelledSignal
+from chiffon.executor.llm import LlmGateway
+from chiffon.workflow import WorkflowSpec
+
+log = get_logger(__name__)
+
+Outcome = Literal["succeeded", "failed", "cancelled", "suspended", "lost"]
+IDLE_GRACE = 0.05  # let every task of a step start before calling the run idle
+
+
+class ClaimLost(Exception):
+    """Another replica claimed the run (this one was presumed dead): stop writing."""
+
+
+@dataclass
+class LoadedWorkflow:
+    spec: WorkflowSpec
+    digest: str
+    graph: Any
+
+
+class OutputStore:
+    """Node outputs too large for an event, in a JetStream object store bucket."""
+
+    def __init__(self, store: JetStreamEventStore, namespace: str) -> None:
+        self.store = store
+        self.bucket = f"{namespace.upper()}_RUN_OUTPUTS"
+        self._obs: Any = None
+
+    async def _objects(self) -> Any:
+        if self._obs is None:
+            try:
+                self._obs = await self.store.js.object_store(self.bucket)
+            except Exception:  # noqa: BLE001 — not there yet: create it
+                self._obs = await self.store.js.create_object_store(self.bucket)
+        return self._obs
+
+    async def put(self, name: str, outputs: dict[str, Any]) -> str:
+        obs = await self._objects()
+        await obs.put(name, json.dumps(outputs, ensure_ascii=False).encode())
+        return name
+
+    async def get(self, name: str) -> dict[str, Any]:
+        obs = await self._objects()
+        result = await obs.get(name)
+        data: dict[str, Any] = json.loads(result.data)
+        return data
+
+
+class RunExecution:
+    """Executes one claimed run (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: JetStreamEventStore,
+        workflow: LoadedWorkflow,
+        run: RunState,
+        actor: Actor,
+        llm: LlmGateway,
+        outputs: OutputStore,
+        max_steps: int = 10_000,
+        inline_output_limit: int = 64 * 1024,
+        trace: str | None = None,
+    ) -> None:
+        self.store = store
+        self.workflow = workflow
+        self.run = run
+        self.actor = actor
+        self.llm = llm
+        self.outputs = outputs
+        self.max_steps = max_steps
+        self.inline_output_limit = inline_output_limit
+        self.trace = trace
+        self.key = AggregateKey("run", run.run_id)
+        self.version = run.version
+        self.claim_seq = run.claim_seq
+        self._iterations: Counter[str] = Counter()
+        self._edges: Counter[int] = Counter()
+        self._lock = asyncio.Lock()
+        self._cancel = asyncio.Event()
+        if run.cancel_requested:
+            self._cancel.set()
+        self._active = 0
+        self._waiters: dict[tuple[str, int], asyncio.Future[tuple[ApprovalDecided, str]]] = {}
+        self._idle = asyncio.Event()
+        self._graph_task: asyncio.Task[Any] | None = None
+        self._suspended = False
+        self._poke_pending = False
+
+    # -- the run -------------------------------------------------------------------
+
+    async def execute(self) -> Outcome:
+        spec = self.workflow.spec
+        assert self.run.request is not None
+        initial = spec.initial_state(self.run.request.inputs)
+        config = {
+            "configurable": {"chiffon": self},
+            "recursion_limit": self.max_steps,
+        }
+        self._graph_task = asyncio.ensure_future(self.workflow.graph.ainvoke(initial, config))
+        watcher = asyncio.ensure_future(self._watch_idle())
+        try:
+            try:
+                final = await self._graph_task
+            except asyncio.CancelledError:
+                if self._suspended:
+                    return "suspended"
+                raise
+            except NodeFailure as failure:
+                return await self._end(RunFailed(error=failure.error, duration_ms=self.run.duration_ms()), "failed")
+            except RunCancelledSignal:
+                reason = self.run.cancel_reason or "cancelled"
+                return await self._end(RunCancelled(reason=reason, duration_ms=self.run.duration_ms()), "cancelled")
+            except GraphRecursionError:
+                error = ErrorInfo(type="step_limit", message=f"the run exceeded {self.max_steps} steps")
+                return await self._end(RunFailed(error=error, duration_ms=self.run.duration_ms()), "failed")
+            except ClaimLost:
+                return "lost"
+            except Exception as error:  # noqa: BLE001 — a bug must end the run, not loop on it
+                log.exception("run.internal_error", run_id=self.run.run_id)
+                info = ErrorInfo(type="internal_error", message=f"{type(error).__name__}: {error}"[:3900])
+                return await self._end(RunFailed(error=info, duration_ms=self.run.duration_ms()), "failed")
+            outputs = {key: final.get(key) for key in spec.run_outputs()}
+            return await self._end(RunCompleted(outputs=outputs, duration_ms=self.run.duration_ms()), "succeeded")
+        finally:
+            watcher.cancel()
+
+    async def _end(self, payload: Any, outcome: Outcome) -> Outcome:
+        try:
+            await self.append([payload], check_cancel=False)
+        except ClaimLost:
+            return "lost"
+        return outcome
+
+    def stop(self) -> None:
+        """Abandon the run now (the replica shuts down); another one resumes it."""
+        if self._graph_task is not None:
+            self._graph_task.cancel()
+
+    # -- events --------------------------------------------------------------------
+
+    async def append(self, payloads: list[Any], *, check_cancel: bool = True) -> None:
+        envelopes: list[Envelope[Any]] = [
+            new_event(
+                p,
+                aggregate_id=self.run.run_id,
+                actor=self.actor,
+                correlation_id=self.run.run_id,
+                trace=self.trace,
+            )
+            for p in payloads
+        ]
+        async with self._lock:
+            while True:
+                if check_cancel and self._cancel.is_set():
+                    raise RunCancelledSignal()
+                try:
+                    result = await self.store.append(self.key, envelopes, expected_version=self.version)
+                except ConcurrencyConflict:
+                    seen = await self._reload()
+                    envelopes = [e for e in envelopes if e.event_id not in seen]
+                    if not envelopes:
+                        return
+                    continue
+                for envelope, sequence in zip(envelopes, result.sequences, strict=True):
+                    self.run.apply(envelope, sequence)
+                self.version = max(self.version, result.version)
+                return
+
+    async def _reload(self) -> set[Any]:
+        """Read the run again; take in outside events. Returns the ids of stored events."""
+        events, version = await self.store.read_aggregate(self.key)
+        fresh = RunState.from_events(self.run.run_id, [(e.envelope, e.sequence) for e in events])
+        if fresh.claim_seq != self.claim_seq:
+            raise ClaimLost()
+        self.run, self.version = fresh, version
+        self._take_in_outside_events()
+        return {e.envelope.event_id for e in events}
+
+    def _take_in_outside_events(self) -> None:
+        if self.run.cancel_requested:
+            self._cancel.set()
+        for key, future in list(self._waiters.items()):
+            approval = self.run.approvals.get(key)
+            if approval is not None and approval.decided is not None and not future.done():
+                by = str(approval.decided_by) if approval.decided_by else "unknown"
+                future.set_result((approval.decided, by))
+
+    def poke(self) -> None:
+        """An outside event for this run was published (a cancel, a decision): look now."""
+        if self._poke_pending:
+            return
+        self._poke_pending = True
+
+        async def look() -> None:
+            try:
+                async with self._lock:
+                    await self._reload()
+            except ClaimLost:
+                self._cancel.set()  # another replica owns it: stop at the next safe point
+            except Exception as error:  # noqa: BLE001 — the next append will look again
+                log.warning("run.poke_failed", run_id=self.run.run_id, error=str(error))
+            finally:
+                self._poke_pending = False
+
+        asyncio.ensure_future(look())
+
+    # -- what the graph's nodes call (graph.Execution) -------------------------------
+
+    def next_iteration(self, node_id: str) -> int:
+        self._iterations[node_id] += 1
+        return self._iterations[node_id]
+
+    def edge_fired(self, edge_index: int, limit: int | None) -> bool:
+        if limit is not None and self._edges[edge_index] >= limit:
+            return False
+        self._edges[edge_index] += 1
+        return True
+
+    def check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise RunCancelledSignal()
+
+    def enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._active -= 1
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._active == 0 and self._waiters:
+            self._idle.set()
+
+    async def interruptible(self, awaitable: Any) -> Any:
+        """Await ``awaitable`` unless a cancel comes first (then stop it and signal)."""
+        if self._cancel.is_set():
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise RunCancelledSignal()
+        work = asyncio.ensure_future(awaitable)
+        cancelled = asyncio.ensure_future(self._cancel.wait())
+        try:
+            await asyncio.wait({work, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            cancelled.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        raise RunCancelledSignal()
+
+    async def sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._cancel.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+        raise RunCancelledSignal()
+
+    async def wait_approval(self, node_id: str, iteration: int) -> tuple[ApprovalDecided, str]:
+        approval = self.run.approvals.get((node_id, iteration))
+        if approval is not None and approval.decided is not None:
+            return approval.decided, str(approval.decided_by)
+        future: asyncio.Future[tuple[ApprovalDecided, str]] = asyncio.get_running_loop().create_future()
+        self._waiters[(node_id, iteration)] = future
+        self._active -= 1
+        self._check_idle()
+        try:
+            return await self.interruptible(future)  # type: ignore[no-any-return]
+        finally:
+            self._waiters.pop((node_id, iteration), None)
+            self._active += 1
+            self._idle.clear()
+
+    async def _watch_idle(self) -> None:
+        """When only approvals are left to wait on, record the suspension and let go."""
+        while True:
+            await self._idle.wait()
+            await asyncio.sleep(IDLE_GRACE)
+            if self._active or not self._waiters:
+                self._idle.clear()
+                continue
+            waiting = sorted({node for node, _ in self._waiters})
+            async with self._lock:
+                if self._active or not self._waiters:
+                    continue
+                try:
+                    envelope = new_event(
+                        RunSuspended(waiting_for=waiting),
+                        aggregate_id=self.run.run_id,
+                        actor=self.actor,
+                        correlation_id=self.run.run_id,
+                        trace=self.trace,
+                    )
+                    result = await self.store.append(self.key, [envelope], expected_version=self.version)
+                except ConcurrencyConflict:
+                    try:
+                        await self._reload()  # a decision or a cancel may have come in
+                    except ClaimLost:
+                        self._cancel.set()
+                        return
+                    continue
+                self.run.apply(envelope, result.version)
+                self.version = result.version
+            self._suspended = True
+            if self._graph_task is not None:
+                self._graph_task.cancel()
+            return
+
+    async def completed_outputs(self, completed: NodeCompleted) -> dict[str, Any]:
+        if completed.outputs_ref:
+            return await self.outputs.get(completed.outputs_ref)
+        return dict(completed.outputs)
+
+    async def completion(
+        self, node_id: str, attempt: int, iteration: int, outputs: dict[str, Any], duration_ms: float
+    ) -> NodeCompleted:
+        size = len(json.dumps(outputs, ensure_ascii=False, default=str))
+        if size <= self.inline_output_limit:
+            return NodeCompleted(
+                node_id=node_id, attempt=attempt, iteration=iteration, outputs=outputs, duration_ms=duration_ms
+            )
+        name = f"{self.run.run_id}/{node_id}/{iteration}/{attempt}"
+        await self.outputs.put(name, outputs)
+        return NodeCompleted(
+            node_id=node_id, attempt=attempt, iteration=iteration, outputs={}, duration_ms=duration_ms, outputs_ref=name
+        )

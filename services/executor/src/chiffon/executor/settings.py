@@ -1,0 +1,34 @@
+"""The executor's settings (``CHIFFON_*`` environment variables or the config file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from chiffon.core.settings import ChiffonSettings
+
+
+class ExecutorSettings(ChiffonSettings):
+    # How long a replica may stay silent on a run before another one takes it over.
+    # A live replica signals progress every ack_wait/3, even during a long LLM call,
+    # so this stays short: a dead replica's run resumes within ack_wait + a fetch.
+    ack_wait_seconds: float = Field(default=5.0, ge=1.0, le=300.0)
+    # Runs one replica executes at once (each a task; LLM calls are I/O-bound).
+    max_concurrent_runs: int = Field(default=256, ge=1, le=10_000)
+    # A run may execute at most this many node steps (loops included).
+    max_steps_per_run: int = Field(default=10_000, ge=10)
+    # chiffon/echo instead of a provider: "auto" when the provider has no key (and no
+    # base URL) in development; "always" for every llm node; "never" to fail instead.
+    llm_offline: Literal["auto", "always", "never"] = "auto"
+    # Node outputs larger than this (JSON bytes) go to the object store by reference.
+    inline_output_limit: int = Field(default=64 * 1024, ge=1024, le=512 * 1024)
+    # Where this replica runs the runs and workflows projections: in a child process
+    # (another core; the default), in this process's event loop, or not at all.
+    projections: Literal["process", "inline", "off"] = "process"
+
+    @model_validator(mode="after")
+    def _production_never_fakes_models(self) -> ExecutorSettings:
+        if self.environment == "production" and self.llm_offline == "always":
+            raise ValueError("llm_offline=always is refused in production: it answers with chiffon/echo")
+        return self

@@ -1,0 +1,279 @@
+"""The durable work loop every replica runs.
+
+Work items are events, not a second copy of them: one durable pull consumer
+(``executor``) on the RUNS stream, shared by every replica, filtered to the events
+that make a run runnable (``run.requested``, ``run.approval.decided``,
+``run.resumed``). JetStream hands each item to one replica; nothing can be lost
+between "append the event" and "signal the executors", because the append *is* the
+signal.
+
+A replica that takes an item folds the run's events, and if the run needs executing
+appends ``run.claimed`` (naming itself, its pid and the item) with the run's version:
+of two replicas racing for a run, one gets a conflict. While it executes, it reports
+progress on the item (``in_progress``) every ack_wait/3, so a live replica keeps the
+run however long an LLM call takes, and a dead one loses it after ack_wait: JetStream
+redelivers the item, the next replica sees that the run's holder holds exactly this
+item, takes the run over and resumes it by replay. The item is acknowledged only when
+the run ended or was suspended (waiting for an approval): a run waiting a day holds
+nothing; the decision event is the next work item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from chiffon.core.logging import get_logger
+from chiffon.events import CATALOG, Actor, EventValidationError, new_event
+from chiffon.events.runs import ErrorInfo, RunClaimed, RunFailed
+from chiffon.eventstore import (
+    AggregateKey,
+    ConcurrencyConflict,
+    EventStoreError,
+    JetStreamEventStore,
+)
+from chiffon.executor.domain import WORK_EVENT_TYPES, RunState
+from chiffon.executor.execution import OutputStore, RunExecution
+from chiffon.executor.llm import LlmGateway
+from chiffon.executor.repository import RunRepository, WorkflowRepository
+from chiffon.executor.settings import ExecutorSettings
+
+log = get_logger(__name__)
+
+CONSUMER = "executor"
+SIGNAL_TYPES = ("run.cancel_requested", "run.approval.decided")
+
+
+class RunWorker:
+    def __init__(
+        self,
+        *,
+        store: JetStreamEventStore,
+        settings: ExecutorSettings,
+        name: str,
+        workflows: WorkflowRepository,
+        runs: RunRepository,
+        llm: LlmGateway,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.name = name  # executor-<replica>
+        self.pid = os.getpid()
+        self.actor = Actor.service("executor", settings.replica)
+        self.workflows = workflows
+        self.runs = runs
+        self.llm = llm
+        self.outputs = OutputStore(store, settings.namespace)
+        self.stream = store.streams.stream_name("RUNS")
+        self._held: dict[int, Msg] = {}  # stream sequence of the item -> its message
+        self._executions: dict[str, RunExecution] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._psub: Any = None
+        self._signals: Any = None
+        self.completed = 0
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def consumer_config(self) -> api.ConsumerConfig:
+        streams = self.store.streams
+        return api.ConsumerConfig(
+            durable_name=CONSUMER,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_seconds,
+            max_deliver=-1,
+            max_ack_pending=100_000,
+            filter_subjects=[streams.type_filter("run", t) for t in WORK_EVENT_TYPES],
+            num_replicas=self.settings.stream_replicas,
+        )
+
+    async def setup(self) -> None:
+        """Create (or update) the shared durable consumer; idempotent across replicas."""
+        await self.store.js.add_consumer(self.stream, self.consumer_config())
+        self._psub = await self.store.js.pull_subscribe_bind(durable=CONSUMER, stream=self.stream)
+        # Outside events for runs held here (a cancel, a decision), as they are stored.
+        subjects = [self.store.streams.type_filter("run", t) for t in SIGNAL_TYPES]
+        self._signals = [await self.store.nc.subscribe(s, cb=self._on_signal) for s in subjects]
+
+    async def _on_signal(self, msg: Msg) -> None:
+        run_id = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
+        execution = self._executions.get(run_id)
+        if execution is not None:
+            execution.poke()
+
+    def healthy(self) -> tuple[bool, str | None]:
+        ok = self._psub is not None and self.store.nc.is_connected
+        return ok, f"{len(self._executions)} runs held, {self.completed} finished"
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(), name="executor:heartbeat")
+        try:
+            while not stopping.is_set():
+                await self._slots.acquire()
+                self._slots.release()
+                free = self._free_slots()
+                try:
+                    msgs = await self._psub.fetch(batch=min(free, 64), timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except (nats.js.errors.APIError, nats.errors.Error) as error:
+                    log.warning("executor.fetch_failed", error=str(error))
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await self.store.js.add_consumer(self.stream, self.consumer_config())
+                    continue
+                for msg in msgs:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._task_done)
+        finally:
+            await self._shutdown()
+            heartbeat.cancel()
+
+    def _free_slots(self) -> int:
+        return max(1, self.settings.max_concurrent_runs - len(self._tasks))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("executor.task_failed", error=repr(task.exception()))
+
+    async def _heartbeat(self) -> None:
+        """Tell JetStream every held item is still being worked on."""
+        period = self.settings.ack_wait_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+    async def _shutdown(self) -> None:
+        """Stop every run here at once and hand its item back for another replica."""
+        for execution in list(self._executions.values()):
+            execution.stop()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        for msg in list(self._held.values()):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self._held.clear()
+        for sub in self._signals or []:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # -- one work item ------------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            envelope = CATALOG.decode(msg.data)
+        except (EventValidationError, ValueError) as error:
+            # Poison: recorded in the log with its position, never retried forever.
+            log.error("executor.poison_work_item", sequence=seq, subject=msg.subject, error=str(error))
+            await msg.term()
+            return
+        run_id = envelope.aggregate_id
+        self._held[seq] = msg
+        ack = True
+        try:
+            ack = await self._work(run_id, seq, envelope, msg)
+        except asyncio.CancelledError:
+            ack = False
+            with contextlib.suppress(Exception):
+                await msg.nak()  # stopped here (shutdown): another replica takes it now
+            raise
+        except EventStoreError as error:
+            # NATS trouble: let the item come back (after ack_wait) rather than lose it.
+            log.warning("executor.work_deferred", run_id=run_id, error=str(error))
+            ack = False
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+        finally:
+            self._held.pop(seq, None)
+            self._executions.pop(run_id, None)
+        if ack:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+    async def _work(self, run_id: str, seq: int, envelope: Any, msg: Msg) -> bool:
+        """Claim and execute the run if it needs it. False: leave the item unacknowledged."""
+        key = AggregateKey("run", run_id)
+        if envelope.type == "run.requested" and msg.metadata.num_delivered == 1:
+            # A fresh request: its only event is this one, unless the claim says otherwise.
+            state = RunState.from_events(run_id, [(envelope, seq)])
+        else:
+            state = await self.runs.load(run_id)
+        for _ in range(10):
+            if not state.should_execute(seq):
+                return True
+            claim = new_event(
+                RunClaimed(executor=self.name, pid=self.pid, resumed=state.claims > 0, work_seq=seq),
+                aggregate_id=run_id,
+                actor=self.actor,
+                correlation_id=run_id,
+                trace=envelope.trace,
+            )
+            try:
+                result = await self.store.append(key, [claim], expected_version=state.version)
+            except ConcurrencyConflict:
+                state = await self.runs.load(run_id)
+                continue
+            state.apply(claim, result.version)
+            break
+        else:
+            return False
+        log.info("run.claimed", run_id=run_id, resumed=state.claims > 1, work_seq=seq)
+        return await self._execute(state, envelope.trace)
+
+    async def _execute(self, state: RunState, trace: str | None) -> bool:
+        assert state.request is not None
+        request = state.request
+        workflow = await self.workflows.get(request.workflow, request.version)
+        execution_actor = self.actor
+        if workflow is None or workflow.digest != request.digest:
+            error = ErrorInfo(
+                type="workflow_not_found",
+                message=f"workflow {request.workflow!r} version {request.version} "
+                f"(digest {request.digest[:12]}) is not registered",
+            )
+            event = new_event(
+                RunFailed(error=error, duration_ms=state.duration_ms()),
+                aggregate_id=state.run_id,
+                actor=execution_actor,
+                correlation_id=state.run_id,
+            )
+            try:
+                await self.store.append(AggregateKey("run", state.run_id), [event], expected_version=state.version)
+            except ConcurrencyConflict:
+                return False  # changed meanwhile: the item comes back and is decided again
+            return True
+        execution = RunExecution(
+            store=self.store,
+            workflow=workflow,
+            run=state,
+            actor=execution_actor,
+            llm=self.llm,
+            outputs=self.outputs,
+            max_steps=self.settings.max_steps_per_run,
+            inline_output_limit=self.settings.inline_output_limit,
+            trace=trace,
+        )
+        self._executions[state.run_id] = execution
+        outcome = await execution.execute()
+        log.info("run.finished" if outcome != "suspended" else "run.suspended", run_id=state.run_id, outcome=outcome)
+        if outcome == "lost":
+            return False  # another replica holds it now: its delivery owns the item
+        self.completed += 1
+        return True

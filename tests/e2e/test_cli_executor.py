@@ -1,0 +1,157 @@
+"""The chiffon CLI end to end: validate, register, run --follow, runs list/show/approve/cancel.
+
+Each command runs as a user would run it (a subprocess, settings from CHIFFON_* variables)
+against the session's NATS and PostgreSQL and one real executor process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.executor.conftest import (  # noqa: F401 — shared_env is a fixture
+    ExecutorProcess,
+    shared_env,
+    start_executor,
+    wait_ready,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CHIFFON = str(Path(sys.executable).parent / "chiffon")
+EXAMPLES = REPO / "examples"
+RUN_ID = re.compile(r"run ([0-9a-f-]{36})")
+
+
+@pytest.fixture(scope="module")
+async def cli_stack(shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, str]]:  # noqa: F811
+    proc: ExecutorProcess = start_executor(shared_env, tmp_path_factory.mktemp("cli") / "executor.log", replica=1)
+    try:
+        await wait_ready(proc)
+        env = {k: v for k, v in shared_env.items() if k not in ("CHIFFON_CONFIG_FILE", "CHIFFON_GATEWAY_URL")}
+        # No gateway in this stack: the CLI talks to the executor and read models directly.
+        env["CHIFFON_CLIENT"] = "direct"
+        yield env
+    finally:
+        proc.stop(timeout=10)
+
+
+async def status_is(env: dict[str, str], run_id: str, status: str) -> None:
+    """Wait (in-process, through the same client interface) until the read model shows it."""
+    from chiffon.cli.direct_client import DirectClient
+    from chiffon.core.settings import ChiffonSettings
+    from tests.support.fixtures import eventually
+
+    settings = ChiffonSettings(
+        nats_url=env["CHIFFON_NATS_URL"], database_url=env["CHIFFON_DATABASE_URL"], namespace=env["CHIFFON_NAMESPACE"]
+    )
+    async with DirectClient(settings) as client:
+
+        async def probe() -> bool:
+            run = await client.get_run(run_id)
+            return run is not None and run.status == status
+
+        await eventually(probe, timeout=20, message=f"run {run_id} {status}")
+
+
+async def chiffon(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        CHIFFON, *args,
+        env={**env, "COLUMNS": "200"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_validate_reports_every_issue_with_lines(cli_stack: dict[str, str], tmp_path: Path) -> None:
+    code, out, _ = await chiffon(cli_stack, "validate", *(str(p) for p in sorted(EXAMPLES.glob("*.yaml"))))
+    assert code == 0 and out.count(": ok") == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\nversion: 1\ndefaults: {model: chiffon/echo}\nnodes:\n"
+        "  - {id: a, type: llm, prompt: 'hi {nam}'}\n  - {id: b, type: sleep}\n"
+        "edges:\n  - {from: a, to: c, when: 'open(x)'}\n"
+    )
+    code, _, err = await chiffon(cli_stack, "validate", str(bad))
+    assert code == 2
+    assert "unknown node type 'sleep'" in err and "function calls are not allowed" in err
+    assert f"{bad}:6: nodes[1].type: unknown node type 'sleep'" in err
+    assert f"{bad}:8: edges[0].when: function calls are not allowed" in err and "Traceback" not in err
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\xff\xfe\n")
+    code, _, err = await chiffon(cli_stack, "validate", str(binary))
+    assert code == 2 and "invalid UTF-8" in err and "Traceback" not in err
+
+
+async def test_run_follow_prints_nodes_and_exits_with_the_end(cli_stack: dict[str, str]) -> None:
+    code, out, err = await chiffon(cli_stack, "run", str(EXAMPLES / "linear.yaml"), "-i", "topic=tides", "--follow")
+    assert code == 0, err
+    assert "running on executor-1" in out
+    for node in ("research", "outline", "write"):
+        assert f"✓ {node}" in out
+    assert re.search(r"✓ research\s+\d+ ms\s+\d+\+\d+ tokens", out)
+    assert "run succeeded in" in out and "brief: brief: Write the brief" in out
+    run_id = RUN_ID.search(out).group(1)  # type: ignore[union-attr]
+
+    await status_is(cli_stack, run_id, "succeeded")
+    code, out, _ = await chiffon(cli_stack, "runs", "list", "--workflow", "linear-brief")
+    assert code == 0 and run_id in out and "succeeded" in out
+    code, out, _ = await chiffon(cli_stack, "runs", "show", run_id)
+    assert code == 0 and "executor-1 (pid" in out and "research" in out and "tokens" in out
+    code, _, err = await chiffon(cli_stack, "runs", "show", "0000")
+    assert code == 4 and "no run '0000'" in err
+
+
+async def test_failed_run_exits_1_with_the_reason(cli_stack: dict[str, str], tmp_path: Path) -> None:
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(
+        "name: deploy-cli\nversion: 1\nnodes:\n"
+        "  - {id: publish, type: agent, requires: [shell], task: {tool: shell, command: 'echo ok'}}\n"
+    )
+    code, out, _ = await chiffon(cli_stack, "run", str(deploy), "--follow")
+    assert code == 1
+    assert "no agent available for capabilities [shell]" in out and "run failed" in out
+
+
+async def test_approve_and_cancel_from_the_cli(cli_stack: dict[str, str]) -> None:
+    code, out, err = await chiffon(cli_stack, "run", str(EXAMPLES / "parallel-approval.yaml"), "-i", "goal=launch")
+    assert code == 0, err
+    run_id = RUN_ID.search(out).group(1)  # type: ignore[union-attr]
+    await status_is(cli_stack, run_id, "waiting_approval")
+    code, out, _ = await chiffon(cli_stack, "runs", "approvals")
+    assert f"chiffon runs approve {run_id} sign_off" in out
+    code, out, err = await chiffon(cli_stack, "runs", "approve", run_id, "nope")
+    assert code == 5 and "not waiting for an approval of node 'nope'" in err
+    code, out, _ = await chiffon(cli_stack, "runs", "approve", run_id, "sign_off", "-m", "go")
+    assert code == 0 and "approved sign_off" in out
+    code, out, _ = await chiffon(cli_stack, "runs", "follow", run_id)
+    assert code == 0 and "approved sign_off by user:" in out and "run succeeded" in out
+
+    code, out, _ = await chiffon(cli_stack, "run", "parallel-approval", "-i", "goal=second")
+    second = RUN_ID.search(out).group(1)  # type: ignore[union-attr]
+    await status_is(cli_stack, second, "waiting_approval")
+    code, out, _ = await chiffon(cli_stack, "runs", "cancel", second, "--reason", "not now")
+    assert code == 0 and "cancelled" in out
+    code, out, _ = await chiffon(cli_stack, "runs", "follow", second)
+    assert code == 3 and "run cancelled" in out and "not now" in out
+
+
+async def test_usage_errors_and_unreachable_services(cli_stack: dict[str, str]) -> None:
+    code, _, err = await chiffon(cli_stack, "run", "linear-brief", "-i", "novalue")
+    assert code == 2 and "expected KEY=VALUE" in err
+    code, _, err = await chiffon(cli_stack, "run", "linear-brief", "-i", "topic=x", "-i", "extra=1")
+    assert code == 2 and "unknown input 'extra'" in err
+    code, _, err = await chiffon(cli_stack, "run", "missing-workflow")
+    assert code == 4 and "no workflow named 'missing-workflow'" in err
+    down = {**cli_stack, "CHIFFON_NATS_URL": "nats://127.0.0.1:9"}
+    code, _, err = await chiffon(down, "run", "linear-brief", "-i", "topic=x")
+    assert code == 6 and "cannot reach NATS" in err and "Traceback" not in err

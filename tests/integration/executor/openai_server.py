@@ -1,0 +1,86 @@
+"""A small OpenAI-compatible HTTP server for tests: real HTTP, answers like chiffon/echo.
+
+It records every request (so a test can count calls per node) and can sleep before
+answering, to hold a call in flight or to model provider latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from chiffon.cli.devstack.ports import free_port
+from chiffon.executor.offline import count_tokens, echo_output
+
+
+@dataclass
+class Request:
+    model: str
+    prompt: str
+    at: float
+    body: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+class FakeOpenAI:
+    def __init__(self, *, delay: float = 0.0, fail_first: int = 0) -> None:
+        self.delay = delay
+        self.fail_first = fail_first
+        self.requests: list[Request] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def count(self, prefix: str) -> int:
+        """Requests whose prompt starts with ``prefix``."""
+        return sum(1 for r in self.requests if r.prompt.startswith(prefix))
+
+    async def start(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        messages = body.get("messages") or []
+        prompt = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+        self.requests.append(Request(body.get("model", ""), str(prompt), time.monotonic(), body))
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return web.json_response({"error": {"message": "overloaded", "type": "server_error"}}, status=503)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        response_format = body.get("response_format") or {}
+        schema = (response_format.get("json_schema") or {}).get("schema") if response_format.get("type") == "json_schema" else None
+        content = echo_output(schema, str(prompt))
+        prompt_tokens, completion_tokens = count_tokens(json.dumps(messages)), count_tokens(content)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "test"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )

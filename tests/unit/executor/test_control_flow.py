@@ -1,0 +1,315 @@
+"""Each control-flow construct, executed over an in-memory event log and a scripted model."""
+
+from __future__ import annotations
+
+import json
+
+from chiffon.events import new_event
+from chiffon.eventstore import AggregateKey
+from chiffon.executor.domain import RunState, decide_approval
+from chiffon.executor.llm import ProviderError
+from chiffon.executor.offline import echo_value
+
+from .fakes import (
+    TESTER,
+    MemoryStore,
+    ScriptedLlm,
+    claim,
+    completed,
+    execution,
+    last,
+    run,
+    start,
+    types,
+)
+
+LINEAR = """
+name: linear
+version: 1
+inputs: {topic: {type: string}}
+defaults: {model: chiffon/echo}
+nodes:
+  - {id: research, type: llm, prompt: "facts about {topic}", output: {facts: "list[string]"}}
+  - {id: write, type: llm, prompt: "write about {topic} using {facts}"}
+  - {id: count, type: set, values: {n: "len_ok == None", len_ok: "1 + 1"}}
+edges:
+  - {from: research, to: write}
+  - {from: write, to: count}
+"""
+
+
+async def test_linear_records_every_step_and_completes() -> None:
+    outcome, store, llm = await run(LINEAR, {"topic": "owls"})
+    assert outcome == "succeeded"
+    assert types(store) == [
+        "run.requested", "run.claimed",
+        "run.node.started", "run.llm.called", "run.node.completed",
+        "run.node.started", "run.llm.called", "run.node.completed",
+        "run.node.started", "run.node.completed",
+        "run.completed",
+    ]
+    nodes = dict(completed(store))
+    assert nodes["research"]["facts"][0] == "facts[0]: facts about owls"
+    assert nodes["write"]["write"].startswith("echo: write about owls using [")
+    assert nodes["count"] == {"n": True, "len_ok": 2}  # set reads the state as the node started
+    outputs = last(store, "run.completed").outputs
+    assert outputs["topic"] == "owls" and outputs["len_ok"] == 2
+    assert [m for m, _ in llm.calls] == ["chiffon/echo", "chiffon/echo"]
+
+
+BRANCH = """
+name: branch
+version: 1
+defaults: {model: openai/x}
+nodes:
+  - {id: review, type: llm, prompt: "score it", output: {score: integer}}
+  - {id: good, type: set, values: {verdict: "'good'"}}
+  - {id: bad, type: set, values: {verdict: "'bad'"}}
+edges:
+  - {from: review, to: good, when: "score >= 7"}
+  - {from: review, to: bad, when: "score < 7"}
+"""
+
+
+async def test_condition_on_structured_output_picks_the_branch() -> None:
+    for score, expected in ((9, "good"), (3, "bad")):
+        llm = ScriptedLlm(lambda *_a, s=score: json.dumps({"score": s}))
+        outcome, store, _ = await run(BRANCH, llm=llm)
+        assert outcome == "succeeded"
+        assert [n for n, _ in completed(store)] == ["review", expected]
+        assert last(store, "run.completed").outputs["verdict"] == expected
+
+
+LOOP = """
+name: loop
+version: 1
+defaults: {model: openai/x}
+nodes:
+  - {id: begin, type: set, values: {round: "1"}}
+  - {id: write, type: llm, prompt: "draft {score}", output: {draft: string}}
+  - {id: review, type: llm, prompt: "score {draft}", output: {score: integer}}
+edges:
+  - {from: begin, to: write}
+  - {from: write, to: review}
+  - {from: review, to: write, when: "score < 7", max_iterations: 3}
+"""
+
+
+async def test_loop_stops_at_max_iterations() -> None:
+    llm = ScriptedLlm(lambda _m, msgs, schema: json.dumps({"score": 1}) if "score" in schema["properties"] else None)
+    outcome, store, _ = await run(LOOP, llm=llm)
+    assert outcome == "succeeded"
+    ran = [n for n, _ in completed(store)]
+    assert ran == ["begin"] + ["write", "review"] * 4  # the first pass and 3 iterations
+    iterations = [e.payload.iteration for e in store.of("run1") if e.type == "run.node.completed" and e.payload.node_id == "write"]
+    assert iterations == [1, 2, 3, 4]
+
+
+async def test_loop_exits_when_condition_turns_false() -> None:
+    scores = iter([2, 5, 8])
+    llm = ScriptedLlm(lambda _m, _msgs, schema: json.dumps({"score": next(scores)}) if "score" in schema["properties"] else None)
+    outcome, store, _ = await run(LOOP, llm=llm)
+    assert outcome == "succeeded"
+    assert [n for n, _ in completed(store)] == ["begin"] + ["write", "review"] * 3
+    assert last(store, "run.completed").outputs["score"] == 8
+
+
+FANOUT = """
+name: fanout
+version: 1
+defaults: {model: chiffon/echo}
+nodes:
+  - {id: plan, type: set, values: {topic: "'tides'"}}
+  - {id: left, type: llm, prompt: "left on {topic}", output: {l: string}}
+  - {id: right, type: llm, prompt: "right on {topic}", output: {r: string}}
+  - {id: merge, type: llm, prompt: "merge {l} and {r}"}
+edges:
+  - {from: plan, to: left}
+  - {from: plan, to: right}
+  - {from: [left, right], to: merge}
+"""
+
+
+async def test_fan_out_runs_branches_and_the_join_sees_both() -> None:
+    outcome, store, llm = await run(FANOUT)
+    assert outcome == "succeeded"
+    ran = [n for n, _ in completed(store)]
+    assert ran[0] == "plan" and set(ran[1:3]) == {"left", "right"} and ran[3] == "merge"
+    merge_prompt = next(p for _m, p in llm.calls if p.startswith("merge"))
+    assert "l: left on tides" in merge_prompt and "r: right on tides" in merge_prompt
+    assert ran.count("merge") == 1
+
+
+APPROVAL = """
+name: gate
+version: 1
+defaults: {model: chiffon/echo}
+nodes:
+  - {id: draft, type: llm, prompt: "draft", output: {text: string}}
+  - {id: approve, type: approval, message: "Publish {text}?"}
+  - {id: publish, type: set, values: {done: "approved"}}
+edges:
+  - {from: draft, to: approve}
+  - {from: approve, to: publish}
+"""
+
+
+async def decide(store: MemoryStore, node: str, approved: bool, comment: str | None = None) -> None:
+    events, version = await store.read_aggregate(AggregateKey("run", "run1"))
+    state = RunState.from_events("run1", [(e.envelope, e.sequence) for e in events])
+    decision = decide_approval(state, node, approved, comment)
+    await store.append(AggregateKey("run", "run1"), [new_event(decision, aggregate_id="run1", actor=TESTER)], version)
+
+
+async def test_approval_suspends_then_resumes_on_the_decision() -> None:
+    store, llm = MemoryStore(), ScriptedLlm()
+    workflow, _ = start(store, APPROVAL)
+    outcome = await execution(store, workflow, await claim(store), llm).execute()
+    assert outcome == "suspended"
+    assert types(store)[-3:] == ["run.node.started", "run.approval.requested", "run.suspended"]
+    assert last(store, "run.approval.requested").message.startswith("Publish text: draft")
+    await decide(store, "approve", True, "ship it")
+    state = await claim(store, executor="executor-2")
+    assert state.status == "running"
+    outcome = await execution(store, workflow, state, llm).execute()
+    assert outcome == "succeeded"
+    assert [n for n, _ in completed(store)] == ["draft", "approve", "publish"]
+    assert len(llm.calls) == 1  # the draft was not written twice
+    assert last(store, "run.completed").outputs["approval_comment"] == "ship it"
+
+
+async def test_rejection_fails_the_run_by_default() -> None:
+    store, llm = MemoryStore(), ScriptedLlm()
+    workflow, _ = start(store, APPROVAL)
+    assert await execution(store, workflow, await claim(store), llm).execute() == "suspended"
+    await decide(store, "approve", False, "not good")
+    outcome = await execution(store, workflow, await claim(store), llm).execute()
+    assert outcome == "failed"
+    error = last(store, "run.failed").error
+    assert error.type == "rejected" and "not good" in error.message and error.node_id == "approve"
+
+
+async def test_rejection_takes_on_reject() -> None:
+    source = APPROVAL.replace('message: "Publish {text}?"', 'message: "Publish {text}?", on_reject: redo').replace(
+        "  - {id: publish", "  - {id: redo, type: set, values: {done: \"'redo'\"}}\n  - {id: publish"
+    )
+    store, llm = MemoryStore(), ScriptedLlm()
+    workflow, _ = start(store, source)
+    assert await execution(store, workflow, await claim(store), llm).execute() == "suspended"
+    await decide(store, "approve", False)
+    assert await execution(store, workflow, await claim(store), llm).execute() == "succeeded"
+    assert [n for n, _ in completed(store)] == ["draft", "approve", "redo"]
+
+
+RETRY = """
+name: retry
+version: 1
+defaults: {model: openai/main, retry: {attempts: 3, backoff: {initial: 10ms}}}
+nodes:
+  - {id: ask, type: llm, prompt: "q", output: {answer: string}}
+"""
+
+
+async def test_retries_then_succeeds() -> None:
+    replies = iter(["boom", "not json", None])
+
+    def script(*_a: object) -> str | None:
+        reply = next(replies)
+        if reply == "boom":
+            raise ProviderError("openai/main", "HTTP 503")
+        return reply
+
+    outcome, store, _ = await run(RETRY, llm=ScriptedLlm(script))
+    assert outcome == "succeeded"
+    failures = [e.payload for e in store.of("run1") if e.type == "run.node.failed"]
+    assert [(f.attempt, f.error.type, f.will_retry) for f in failures] == [
+        (1, "provider_error", True),
+        (2, "invalid_output", True),
+    ]
+    assert failures[0].retry_in_ms == 10 and failures[1].retry_in_ms == 20
+    assert last(store, "run.node.completed").attempt == 3
+    calls = [e.payload for e in store.of("run1") if e.type == "run.llm.called"]
+    assert [c.ok for c in calls] == [False, True, True]
+
+
+async def test_attempts_spent_fail_the_run_or_continue() -> None:
+    llm = ScriptedLlm(lambda *_a: "{}")
+    outcome, store, _ = await run(RETRY, llm=llm)
+    assert outcome == "failed"
+    error = last(store, "run.failed").error
+    assert error.type == "invalid_output" and error.node_id == "ask" and "answer" in error.message
+    assert len(llm.calls) == 3
+
+    continuing = RETRY.replace('prompt: "q",', 'prompt: "q", on_error: continue,')
+    outcome, store, _ = await run(continuing, llm=ScriptedLlm(lambda *_a: "{}"))
+    assert outcome == "succeeded"
+    assert last(store, "run.completed").outputs == {"answer": None}
+
+
+async def test_fallbacks_are_tried_in_order() -> None:
+    source = RETRY.replace("retry: {attempts: 3, backoff: {initial: 10ms}}", "fallbacks: [anthropic/b, ollama_chat/c]")
+
+    def script(model: str, *_a: object) -> str | None:
+        if model != "ollama_chat/c":
+            raise ProviderError(model, f"{model} is down")
+        return None
+
+    outcome, store, _ = await run(source, llm=ScriptedLlm(script))
+    assert outcome == "succeeded"
+    calls = [e.payload for e in store.of("run1") if e.type == "run.llm.called"]
+    assert [(c.model, c.ok, c.fallback_index) for c in calls] == [
+        ("openai/main", False, 0),
+        ("anthropic/b", False, 1),
+        ("ollama_chat/c", True, 2),
+    ]
+
+
+async def test_timeout_fails_the_attempt() -> None:
+    import asyncio
+
+    class Slow(ScriptedLlm):
+        async def complete(self, *a, **k):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(5)
+
+    source = RETRY.replace("retry: {attempts: 3, backoff: {initial: 10ms}}", "timeout: 50ms")
+    outcome, store, _ = await run(source, llm=Slow())
+    assert outcome == "failed"
+    assert last(store, "run.failed").error.type == "timeout"
+
+
+AGENT = """
+name: deploy
+version: 1
+nodes:
+  - {id: publish, type: agent, requires: [shell], task: {tool: shell, command: "echo {who}"}, retry: {attempts: 2, backoff: {initial: 1ms}}}
+  - {id: after, type: set, values: {ok: "publish == None"}}
+inputs: {who: {type: string, default: me}}
+edges:
+  - {from: publish, to: after}
+"""
+
+
+async def test_agent_node_fails_clearly_until_agents_exist() -> None:
+    outcome, store, _ = await run(AGENT)
+    assert outcome == "failed"
+    error = last(store, "run.failed").error
+    assert error.type == "no_agent" and error.message == "no agent available for capabilities [shell]"
+    assert [e.payload.will_retry for e in store.of("run1") if e.type == "run.node.failed"] == [True, False]
+
+    outcome, store, _ = await run(AGENT.replace("task:", "on_error: continue, task:"))
+    assert outcome == "succeeded"
+    assert last(store, "run.completed").outputs["ok"] is True
+
+
+async def test_a_condition_that_cannot_be_evaluated_fails_the_run() -> None:
+    source = BRANCH.replace('"score >= 7"', '"score >= \'7\'"')
+    outcome, store, _ = await run(source, llm=ScriptedLlm(lambda *_a: json.dumps({"score": 9})))
+    assert outcome == "failed"
+    error = last(store, "run.failed").error
+    assert error.type == "condition_error" and error.message.startswith("edges[0].when")
+
+
+def test_echo_integers_are_predictable() -> None:
+    value = echo_value("score", {"type": "integer"}, "score draft 1")
+    assert 1 <= value <= 10
+    assert value == echo_value("score", {"type": "integer"}, "score draft 1")
