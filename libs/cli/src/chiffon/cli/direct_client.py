@@ -104,7 +104,9 @@ def cli_actor() -> Actor:
 
 
 class DirectClient(ChiffonClient):
-    def __init__(self, settings: ChiffonSettings, *, actor: Actor | None = None, timeout: float = 15.0) -> None:
+    def __init__(
+        self, settings: ChiffonSettings, *, actor: Actor | None = None, timeout: float = 15.0
+    ) -> None:
         self.settings = settings
         self.actor = actor or cli_actor()
         self.timeout = timeout
@@ -156,7 +158,9 @@ class DirectClient(ChiffonClient):
         _store, bus = await self._nats()
         size = len(command.model_dump_json())
         if size > MAX_COMMAND_BYTES:
-            raise InvalidRequest(f"the request is too large ({size} bytes; the limit is {MAX_COMMAND_BYTES})")
+            raise InvalidRequest(
+                f"the request is too large ({size} bytes; the limit is {MAX_COMMAND_BYTES})"
+            )
         try:
             return await bus.send(command)
         except CommandRefused as refused:
@@ -176,12 +180,16 @@ class DirectClient(ChiffonClient):
             raise Unavailable(f"cannot reach PostgreSQL: {error}") from None
         except Exception as error:
             if type(error).__module__.startswith(("sqlalchemy", "asyncpg")):
-                raise Unavailable(f"read models unavailable: {type(error).__name__}: {error}") from None
+                raise Unavailable(
+                    f"read models unavailable: {type(error).__name__}: {error}"
+                ) from None
             raise
 
     # -- workflows --
 
-    async def register_workflow(self, source: str, *, source_format: str = "yaml") -> dict[str, Any]:
+    async def register_workflow(
+        self, source: str, *, source_format: str = "yaml"
+    ) -> dict[str, Any]:
         size = len(source.encode("utf-8", "replace"))
         if size > MAX_WORKFLOW_BYTES:
             raise InvalidRequest(
@@ -196,7 +204,9 @@ class DirectClient(ChiffonClient):
         return result
 
     async def get_workflow(self, name: str, version: int | None = None) -> WorkflowPublic | None:
-        result: WorkflowPublic | None = await self._query(queries.get_workflow(self._db(), name, version))
+        result: WorkflowPublic | None = await self._query(
+            queries.get_workflow(self._db(), name, version)
+        )
         return result
 
     # -- runs --
@@ -234,7 +244,9 @@ class DirectClient(ChiffonClient):
         limit: int = 50,
     ) -> tuple[list[RunSummary], str | None]:
         result: tuple[list[RunSummary], str | None] = await self._query(
-            queries.list_runs(self._db(), status=status, workflow=workflow, cursor=cursor, limit=limit)
+            queries.list_runs(
+                self._db(), status=status, workflow=workflow, cursor=cursor, limit=limit
+            )
         )
         return result
 
@@ -245,7 +257,14 @@ class DirectClient(ChiffonClient):
         self, run_id: str, node_id: str, *, approve: bool = True, comment: str | None = None
     ) -> dict[str, Any]:
         return await self._send(
-            _command(ApproveNode, actor=self.actor, run_id=run_id, node_id=node_id, approve=approve, comment=comment)
+            _command(
+                ApproveNode,
+                actor=self.actor,
+                run_id=run_id,
+                node_id=node_id,
+                approve=approve,
+                comment=comment,
+            )
         )
 
     async def list_pending_approvals(self) -> list[ApprovalPublic]:
@@ -256,7 +275,9 @@ class DirectClient(ChiffonClient):
         store, _bus = await self._nats()
         subject = store.streams.aggregate_filter("run", run_id)
         try:
-            async for event in store.subscribe("RUNS", start=after_seq + 1, subjects=[subject], batch=200):
+            async for event in store.subscribe(
+                "RUNS", start=after_seq + 1, subjects=[subject], batch=200
+            ):
                 env = event.envelope
                 yield RunEvent(
                     seq=event.sequence,

@@ -1,0 +1,1 @@
+"""The gateway service: the public REST, SSE and dashboard entry."""

@@ -1,0 +1,504 @@
+"""The dashboard: server-rendered pages (Jinja2) on the gateway, a little vanilla JS.
+
+Login pastes an API key, kept in an HttpOnly, SameSite=Strict cookie. Every form that
+changes something carries a CSRF token derived from that key (HMAC), and its Origin is
+checked; the pages show only what the key's role may do, and the server checks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.staticfiles import StaticFiles
+
+from chiffon.commands import ApproveNode, CancelRun, StartRun
+from chiffon.core.telemetry import current_traceparent
+from chiffon.events import CATALOG
+from chiffon.events.runs import RUN_STATUSES, TriggerRef
+from chiffon.gateway.auth import Principal
+from chiffon.gateway.keys import BOOTSTRAP_KEY_ID, KeyAlreadyRevoked, KeyNotFound, allows
+from chiffon.gateway.problems import Forbidden, NotFound, Problem, Unavailable, ValidationFailed
+from chiffon.gateway.runtime import (
+    RUN_ID,
+    Gateway,
+    GatewayDep,
+    check_node_id,
+    check_run_id,
+    check_workflow_name,
+)
+from chiffon.gateway.schemas import has_nul
+from chiffon.readmodels import (
+    RunPublic,
+    get_run,
+    get_workflow,
+    list_pending_approvals,
+    list_runs,
+    list_workflows,
+)
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+static_files = StaticFiles(directory=str(HERE / "static"))
+router = APIRouter(include_in_schema=False)
+
+RUN_EVENT_TYPES = [t for t in CATALOG.types() if t.startswith("run.")]
+ENDED = {"succeeded", "failed", "cancelled"}
+
+
+class LoginRequired(Exception):
+    def __init__(self, next_path: str, reason: str | None = None) -> None:
+        self.next_path = next_path
+        self.reason = reason
+
+
+def csrf_token(principal: Principal) -> str:
+    return hmac.new(
+        principal.token.encode(), b"chiffon-dashboard-csrf-v1", hashlib.sha256
+    ).hexdigest()[:40]
+
+
+async def session(request: Request) -> Principal:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        had_cookie = bool(request.cookies.get(request.app.state.cookie_name))
+        raise LoginRequired(
+            target, "Your session ended (the key was revoked or expired)." if had_cookie else None
+        )
+    return principal
+
+
+Session = Annotated[Principal, Depends(session)]
+
+
+def _check_form(request: Request, principal: Principal, token: str, role: str, *texts: Any) -> None:
+    if any(has_nul(t) for t in texts):
+        raise ValidationFailed("NUL characters are not allowed", errors=[])
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        host = request.headers.get("host", "")
+        if origin.split("://", 1)[-1] != host:
+            raise Forbidden("cross-origin form submissions are refused")
+    if not hmac.compare_digest(token.encode(), csrf_token(principal).encode()):
+        raise Forbidden("the form's CSRF token is missing or stale; reload the page and try again")
+    if not allows(principal.key.role, role):
+        raise Forbidden(f"this needs the {role} role; your key is {principal.key.role}")
+
+
+def render(
+    request: Request, template: str, principal: Principal | None, code: int = 200, **context: Any
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "me": principal.key if principal else None,
+            "csrf": csrf_token(principal) if principal else "",
+            "can_operate": bool(principal and allows(principal.key.role, "operator")),
+            "is_admin": bool(principal and allows(principal.key.role, "admin")),
+            "statuses": RUN_STATUSES,
+            **context,
+        },
+        status_code=code,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def safe_next(path: str | None) -> str:
+    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return "/"
+    return path
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+templates.env.filters["pretty"] = pretty
+templates.env.filters["ms"] = lambda v: (
+    "–" if v is None else (f"{v:.0f} ms" if v < 10_000 else f"{v / 1000:.1f} s")
+)
+templates.env.filters["when"] = lambda v: "–" if v is None else v.strftime("%Y-%m-%d %H:%M:%S")
+templates.env.filters["urlq"] = lambda v: quote(str(v), safe="")
+
+
+# -- login ----------------------------------------------------------------------------
+
+
+@router.get("/login")
+async def login_page(
+    request: Request, next: str | None = None, reason: str | None = None
+) -> Response:
+    return render(request, "login.html", None, next=safe_next(next), error=None, reason=reason)
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    api_key: Annotated[str, Form(max_length=512)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    gateway: Gateway | None = getattr(request.app.state, "gateway", None)
+    if gateway is None or not gateway.keys.loaded.is_set():
+        raise Unavailable("the gateway is starting; try again in a moment", retry_after=1)
+    key = gateway.keys.authenticate(api_key.strip()) if api_key.strip() else None
+    if key is None:
+        reason = (
+            gateway.keys.why_refused(api_key.strip())
+            if gateway and api_key.strip()
+            else "paste an API key"
+        )
+        return render(
+            request, "login.html", None, code=401, next=safe_next(next), error=reason, reason=None
+        )
+    settings = gateway.settings
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(
+        settings.cookie_name,
+        api_key.strip(),
+        max_age=settings.session_max_age_seconds,
+        httponly=True,
+        samesite="strict",
+        secure=settings.secure_cookies,
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(
+    request: Request, principal: Session, csrf: Annotated[str, Form(max_length=100)] = ""
+) -> Response:
+    _check_form(request, principal, csrf, "viewer")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(
+        request.app.state.cookie_name, path="/", httponly=True, samesite="strict"
+    )
+    return response
+
+
+# -- runs -----------------------------------------------------------------------------
+
+
+async def _runs_page(
+    gw: Gateway, status: str | None, workflow: str | None, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    if status not in RUN_STATUSES:
+        status = None
+    return await gw.query(
+        list_runs(
+            gw.engine, status=status, workflow=workflow or None, cursor=cursor or None, limit=50
+        )
+    )
+
+
+@router.get("/")
+async def runs_page(
+    request: Request,
+    gw: GatewayDep,
+    principal: Session,
+    status: Annotated[str | None, Query(max_length=30)] = None,
+    workflow: Annotated[str | None, Query(max_length=63)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    found, next_cursor = await _runs_page(gw, status, workflow, cursor)
+    workflows = await gw.query(list_workflows(gw.engine))
+    return render(
+        request,
+        "runs.html",
+        principal,
+        runs=found,
+        next_cursor=next_cursor,
+        status=status or "",
+        workflow=workflow or "",
+        cursor=cursor or "",
+        workflows=workflows,
+    )
+
+
+@router.get("/runs/table")
+async def runs_table(
+    request: Request,
+    gw: GatewayDep,
+    principal: Session,
+    status: Annotated[str | None, Query(max_length=30)] = None,
+    workflow: Annotated[str | None, Query(max_length=63)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    found, _ = await _runs_page(gw, status, workflow, cursor)
+    return render(request, "_runs_rows.html", principal, runs=found)
+
+
+async def _run(gw: Gateway, run_id: str, min_position: int = 0) -> RunPublic:
+    check_run_id(run_id)
+    run: RunPublic | None = await gw.read_through("run", run_id, lambda: get_run(gw.engine, run_id))
+    if run is None:
+        raise NotFound(f"no run {run_id!r}")
+    # The page asks for the view that includes the event it just saw (bounded wait).
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while run.position < min_position and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.03)
+        again = await gw.query(get_run(gw.engine, run_id))
+        if again is not None:
+            run = again
+    return run
+
+
+@router.get("/runs/{run_id}")
+async def run_page(request: Request, run_id: str, gw: GatewayDep, principal: Session) -> Response:
+    run = await _run(gw, run_id)
+    return render(
+        request,
+        "run.html",
+        principal,
+        run=run,
+        ended=run.status in ENDED,
+        event_types=RUN_EVENT_TYPES,
+    )
+
+
+@router.get("/runs/{run_id}/panel")
+async def run_panel(
+    request: Request,
+    run_id: str,
+    gw: GatewayDep,
+    principal: Session,
+    min_position: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+) -> Response:
+    run = await _run(gw, run_id, min_position)
+    return render(request, "_run_panel.html", principal, run=run, ended=run.status in ENDED)
+
+
+@router.post("/runs/{run_id}/cancel")
+async def cancel_run(
+    request: Request,
+    run_id: str,
+    gw: GatewayDep,
+    principal: Session,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+    reason: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    _check_form(request, principal, csrf, "operator", reason)
+    check_run_id(run_id)
+    await gw.send(
+        CancelRun(
+            actor=principal.actor,
+            trace=current_traceparent(),
+            run_id=run_id,
+            reason=reason or "cancelled from the dashboard",
+        )
+    )
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+@router.post("/runs/{run_id}/approvals/{node_id}")
+async def decide(
+    request: Request,
+    run_id: str,
+    node_id: str,
+    gw: GatewayDep,
+    principal: Session,
+    decision: Annotated[str, Form(pattern="^(approve|reject)$")],
+    csrf: Annotated[str, Form(max_length=100)] = "",
+    comment: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    _check_form(request, principal, csrf, "operator", comment)
+    check_run_id(run_id)
+    check_node_id(node_id)
+    await gw.send(
+        ApproveNode(
+            actor=principal.actor,
+            trace=current_traceparent(),
+            run_id=run_id,
+            node_id=node_id,
+            approve=decision == "approve",
+            comment=comment or None,
+        )
+    )
+    back = safe_next(request.headers.get("x-return-to") or f"/runs/{run_id}")
+    return RedirectResponse(back, status_code=303)
+
+
+# -- starting a run -------------------------------------------------------------------
+
+
+def _coerce(kind: Any, raw: str) -> Any:
+    if isinstance(kind, str) and kind == "string":
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # the workflow's input types say whether text fits
+
+
+@router.post("/start")
+async def start_run(request: Request, gw: GatewayDep, principal: Session) -> Response:
+    form = await request.form()
+    _check_form(
+        request, principal, str(form.get("csrf", "")), "operator", *[str(v) for v in form.values()]
+    )
+    name = check_workflow_name(str(form.get("workflow", "")))
+    version_text = str(form.get("version", "") or "")
+    version = int(version_text) if version_text.isdigit() else None
+    workflow = await gw.query(get_workflow(gw.engine, name, version))
+    if workflow is None:
+        raise NotFound(f"no workflow named {name!r}")
+    inputs: dict[str, Any] = {}
+    for input_name, spec in (workflow.inputs or {}).items():
+        raw = form.get(f"in.{input_name}")
+        if raw is None or str(raw) == "":
+            continue
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        inputs[input_name] = _coerce(kind, str(raw))
+    try:
+        result = await gw.send(
+            StartRun(
+                actor=principal.actor,
+                trace=current_traceparent(),
+                workflow=name,
+                version=workflow.version,
+                inputs=inputs,
+                trigger=TriggerRef(kind="api", id=principal.key.key_id),
+            )
+        )
+    except Problem as problem:
+        return render(
+            request,
+            "workflow.html",
+            principal,
+            code=problem.status,
+            workflow=workflow,
+            error=problem.detail,
+            errors=problem.errors or [],
+            values={k: str(form.get(f"in.{k}", "")) for k in workflow.inputs},
+        )
+    return RedirectResponse(f"/runs/{result['run_id']}", status_code=303)
+
+
+# -- workflows, approvals, keys -------------------------------------------------------
+
+
+@router.get("/workflows")
+async def workflows_page(request: Request, gw: GatewayDep, principal: Session) -> Response:
+    return render(
+        request, "workflows.html", principal, workflows=await gw.query(list_workflows(gw.engine))
+    )
+
+
+@router.get("/workflows/{name}")
+async def workflow_page(
+    request: Request,
+    name: str,
+    gw: GatewayDep,
+    principal: Session,
+    version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
+) -> Response:
+    check_workflow_name(name)
+    workflow = await gw.query(get_workflow(gw.engine, name, version))
+    if workflow is None:
+        raise NotFound(
+            f"no workflow named {name!r}" + (f" with version {version}" if version else "")
+        )
+    return render(
+        request, "workflow.html", principal, workflow=workflow, error=None, errors=[], values={}
+    )
+
+
+@router.get("/approvals")
+async def approvals_page(request: Request, gw: GatewayDep, principal: Session) -> Response:
+    return render(
+        request,
+        "approvals.html",
+        principal,
+        approvals=await gw.query(list_pending_approvals(gw.engine)),
+    )
+
+
+@router.get("/keys")
+async def keys_page(request: Request, gw: GatewayDep, principal: Session) -> Response:
+    if not allows(principal.key.role, "admin"):
+        raise Forbidden("the keys page needs the admin role")
+    return render(
+        request,
+        "keys.html",
+        principal,
+        keys=gw.keys.all(),
+        created=None,
+        token=None,
+        bootstrap=BOOTSTRAP_KEY_ID,
+    )
+
+
+@router.post("/keys")
+async def create_key(
+    request: Request,
+    gw: GatewayDep,
+    principal: Session,
+    name: Annotated[str, Form(min_length=1, max_length=100)],
+    role: Annotated[str, Form(pattern="^(viewer|operator|admin)$")],
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    _check_form(request, principal, csrf, "admin", name)
+    key, token = await gw.api_keys.create(
+        name=name, role=role, actor=principal.actor, trace=current_traceparent()
+    )
+    gw.keys.put(key)
+    return render(
+        request,
+        "keys.html",
+        principal,
+        code=201,
+        keys=gw.keys.all(),
+        created=key,
+        token=token,
+        bootstrap=BOOTSTRAP_KEY_ID,
+    )
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(
+    request: Request,
+    key_id: str,
+    gw: GatewayDep,
+    principal: Session,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    _check_form(request, principal, csrf, "admin")
+    if not RUN_ID.match(key_id) or key_id == BOOTSTRAP_KEY_ID:
+        raise NotFound(f"no revocable API key {key_id[:100]!r}")
+    try:
+        key = await gw.api_keys.revoke(
+            key_id,
+            actor=principal.actor,
+            reason="revoked from the dashboard",
+            trace=current_traceparent(),
+        )
+    except KeyNotFound as error:
+        raise NotFound(str(error)) from None
+    except KeyAlreadyRevoked:
+        return RedirectResponse("/keys", status_code=303)
+    gw.keys.put(key)
+    return RedirectResponse("/keys", status_code=303)
+
+
+def error_page(request: Request, problem: Problem) -> Response:
+    principal = getattr(request.state, "principal", None)
+    return render(request, "error.html", principal, code=problem.status, problem=problem)
+
+
+def login_redirect(request: Request, exc: LoginRequired) -> Response:
+    target = "/login?next=" + quote(exc.next_path, safe="")
+    if exc.reason:
+        target += "&reason=" + quote(exc.reason, safe="")
+    if request.headers.get("x-requested-with") == "fetch":
+        return Response(status_code=401)
+    return RedirectResponse(target, status_code=303)

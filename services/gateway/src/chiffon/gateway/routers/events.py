@@ -1,0 +1,95 @@
+"""``GET /v1/runs/{run_id}/events``: a run's events as server-sent events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from chiffon.gateway.auth import Viewer
+from chiffon.gateway.problems import NotFound, ValidationFailed
+from chiffon.gateway.routers.common import READ
+from chiffon.gateway.runtime import GatewayDep, check_run_id
+from chiffon.gateway.sse import history_stream, sse_stream
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: `id:` stream sequence, `event:` event type, "
+            "`data:` the event's envelope as JSON",
+            "content": {
+                "text/event-stream": {
+                    # Each message of the stream (the events, not the comments):
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "id": {"type": "string", "description": "The event's stream sequence"},
+                            "event": {"type": "string", "description": "The event type"},
+                            "data": {"type": "string", "description": "The envelope, as JSON"},
+                            "retry": {"type": "integer"},
+                        },
+                    }
+                }
+            },
+        },
+        **READ,
+    },
+    summary="Follow a run's events (SSE)",
+)
+async def run_events(
+    run_id: str,
+    gw: GatewayDep,
+    _: Viewer,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="Resume after this stream sequence")
+    ] = None,
+    follow: Annotated[bool, Query(description="false: send the history and end")] = True,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
+) -> StreamingResponse:
+    """The run's history, then its live events; the stream ends after the run's last
+    event (run.completed, run.failed or run.cancelled). ``Last-Event-ID`` (or ``after``)
+    resumes after that event, on any gateway replica, with nothing lost or repeated.
+    A comment line keeps an idle connection alive."""
+    check_run_id(run_id)
+    position = after or 0
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            position = int(last_event_id.strip())
+        except ValueError:
+            raise ValidationFailed(
+                "Last-Event-ID must be a stream sequence (an integer)",
+                errors=[
+                    {"path": "header.Last-Event-ID", "line": None, "message": "not an integer"}
+                ],
+            ) from None
+        if position < 0:
+            raise ValidationFailed("Last-Event-ID must not be negative", errors=[])
+    # A run followed here already needs no check; otherwise ask the event store (the
+    # read model may not show a run started a moment ago).
+    if not gw.feeds.has(run_id) and not await gw.in_store("run", run_id):
+        raise NotFound(f"no run {run_id!r}")
+    start = 1  # the consumer's subject filter finds the run's first event by index
+    settings = gw.settings
+    if not follow:
+        body = history_stream(
+            gw.store, run_id, after=position, start=start, retry_ms=settings.sse_retry_ms
+        )
+    else:
+        body = sse_stream(
+            gw.feeds,
+            run_id,
+            after=position,
+            start=start,
+            keepalive=settings.sse_keepalive_seconds,
+            retry_ms=settings.sse_retry_ms,
+        )
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

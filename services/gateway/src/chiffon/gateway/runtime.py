@@ -1,0 +1,225 @@
+"""What the routes work with: the event store, the database, the command bus, the key
+cache and the SSE feeds of one gateway process, and the helpers that translate their
+failures into problems."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chiffon.commands import Command, CommandBus, CommandRefused, CommandUnavailable
+from chiffon.core.logging import get_logger
+from chiffon.events.envelope import AGGREGATE_ID_PATTERN
+from chiffon.eventstore import JetStreamEventStore
+from chiffon.gateway.auth import KeyCache
+from chiffon.gateway.keys import ApiKeys
+from chiffon.gateway.problems import (
+    BadRequest,
+    Conflict,
+    IdempotencyConflict,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    Unavailable,
+    ValidationFailed,
+)
+from chiffon.gateway.ratelimit import RateLimiter
+from chiffon.gateway.settings import GatewaySettings
+from chiffon.gateway.sse import RunFeeds
+from chiffon.readmodels import InvalidCursor
+from chiffon.readmodels.tables import runs as runs_table
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+RUN_ID = re.compile(AGGREGATE_ID_PATTERN)
+NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+WORKFLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# NATS refuses messages over its max_payload (1 MiB by default); leave room for headers.
+MAX_COMMAND_BYTES = 1_000_000
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class TerminalRunCache:
+    """Ended runs never change: their JSON is kept (LRU) and served without a query."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+
+    def get(self, run_id: str) -> tuple[str, bytes] | None:
+        item = self._items.get(run_id)
+        if item is not None:
+            self._items.move_to_end(run_id)
+        return item
+
+    def put(self, run_id: str, etag: str, body: bytes) -> None:
+        self._items[run_id] = (etag, body)
+        self._items.move_to_end(run_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    store: JetStreamEventStore
+    engine: AsyncEngine
+    bus: CommandBus
+    keys: KeyCache
+    api_keys: ApiKeys
+    feeds: RunFeeds
+    limiter: RateLimiter
+    instance: str
+    ended_runs: TerminalRunCache = field(default_factory=TerminalRunCache)
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def send(self, command: Command) -> dict[str, Any]:
+        size = len(command.model_dump_json())
+        if size > MAX_COMMAND_BYTES:
+            raise PayloadTooLarge(
+                f"the request is {size} bytes once encoded; the limit is {MAX_COMMAND_BYTES}"
+            )
+        try:
+            return await self.bus.send(command, timeout=self.settings.command_timeout_seconds)
+        except CommandRefused as refused:
+            raise refusal_problem(refused) from None
+        except CommandUnavailable:
+            raise Unavailable(
+                f"no {command.owner} answered {command.name} within "
+                f"{self.settings.command_timeout_seconds:g}s",
+                retry_after=2,
+            ) from None
+        except Exception as error:
+            # Transport errors (NATS reconnecting, payload refused): retryable, not a 500.
+            if type(error).__module__.startswith("nats"):
+                raise Unavailable(
+                    f"the message bus refused the command: {type(error).__name__}"
+                ) from None
+            raise
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def query(self, call: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(call, self.settings.query_timeout_seconds)
+        except InvalidCursor as error:
+            raise ValidationFailed(
+                str(error), errors=[{"path": "query.cursor", "line": None, "message": str(error)}]
+            ) from None
+        except TimeoutError:
+            raise Unavailable("the read model did not answer in time", retry_after=1) from None
+        except OSError as error:
+            raise Unavailable(f"cannot reach PostgreSQL: {error}") from None
+        except Problem:
+            raise
+        except Exception as error:
+            if type(error).__module__.startswith(("sqlalchemy", "asyncpg")):
+                log.warning("gateway.query_failed", error=f"{type(error).__name__}: {error}")
+                raise Unavailable("the read model is unavailable", retry_after=2) from None
+            raise
+
+    async def run_start(self, run_id: str) -> int | None:
+        """The stream sequence of the run's first event, from the read model (or None)."""
+        async with self.engine.connect() as conn:
+            seq = await conn.scalar(select(runs_table.c.seq).where(runs_table.c.run_id == run_id))
+        return int(seq) if seq is not None else None
+
+    async def in_store(self, aggregate: str, aggregate_id: str) -> bool:
+        """Does the event store hold any event of this aggregate? (A read model may lag.)"""
+        try:
+            info = await self.store.js.stream_info(
+                self.store.streams.stream_for(aggregate),
+                subjects_filter=self.store.streams.aggregate_filter(aggregate, aggregate_id),
+            )
+        except Exception as error:  # noqa: BLE001 — NATS trouble is a 503, not a 500
+            raise Unavailable(f"the event store did not answer: {type(error).__name__}") from None
+        return bool(info.state.subjects)
+
+    async def read_through(self, aggregate: str, aggregate_id: str, load: Any) -> Any:
+        """``load()`` from the read model; when it finds nothing but the event store has
+        the aggregate (just created), wait for the projection, a bounded time."""
+        found = await self.query(load())
+        if found is not None:
+            return found
+        if not await self.in_store(aggregate, aggregate_id):
+            return None
+        deadline = asyncio.get_running_loop().time() + self.settings.consistency_wait_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+            found = await self.query(load())
+            if found is not None:
+                return found
+        raise Unavailable(
+            f"{aggregate} {aggregate_id!r} exists but the read model has not caught up yet",
+            retry_after=1,
+        )
+
+
+def refusal_problem(refused: CommandRefused) -> Problem:
+    refusal = refused.refusal
+    errors = [
+        {
+            "path": str(d.get("path") or "(root)"),
+            "line": d.get("line") if isinstance(d.get("line"), int) else None,
+            "message": str(d.get("message", "")),
+        }
+        for d in refusal.details
+    ] or None
+    if refusal.code == "invalid":
+        return ValidationFailed(refusal.message, errors=errors or [])
+    if refusal.code == "not_found":
+        return NotFound(refusal.message)
+    if refusal.code == "conflict":
+        if errors and any(e["path"] == "idempotency_key" for e in errors):
+            return IdempotencyConflict(refusal.message, errors=errors)
+        return Conflict(refusal.message, errors=errors)
+    return Unavailable(refusal.message, retry_after=1)
+
+
+async def get_gateway(request: Request) -> Gateway:
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is None:
+        raise Unavailable("the gateway is starting", retry_after=1)
+    return gateway  # type: ignore[no-any-return]
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.match(run_id):
+        raise NotFound(f"no run {run_id[:200]!r}")
+    return run_id
+
+
+def check_node_id(node_id: str) -> str:
+    if not NODE_ID.match(node_id):
+        raise NotFound(f"no node {node_id[:200]!r}")
+    return node_id
+
+
+def check_workflow_name(name: str) -> str:
+    if not WORKFLOW_NAME.match(name):
+        raise NotFound(f"no workflow named {name[:200]!r}")
+    return name
+
+
+def parse_json_object(body: bytes, what: str = "body") -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"the {what} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"the {what} must be a JSON object")
+    return value

@@ -1,0 +1,71 @@
+"""The gateway's settings (``CHIFFON_*`` environment variables or the config file)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+
+from chiffon.core.settings import ChiffonSettings
+
+# Values that must never guard a real installation.
+_WELL_KNOWN = {"changeme", "change-me", "admin", "password", "secret", "chiffon", "test", "dev"}
+MIN_BOOTSTRAP_KEY = 16
+MIN_PRODUCTION_BOOTSTRAP_KEY = 32
+
+
+class GatewaySettings(ChiffonSettings):
+    # The admin key the dev stack hands out (CHIFFON_BOOTSTRAP_ADMIN_KEY). It is never
+    # stored; requests bearing it act as the key id "bootstrap".
+    bootstrap_admin_key: SecretStr | None = None
+    # Request bodies larger than this are refused with 413 (a workflow is at most 1 MiB).
+    max_body_bytes: int = Field(default=1_048_576 + 64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Per-key token bucket: sustained requests per second and burst. 0 turns it off.
+    rate_limit_per_second: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    # How long a command (start, cancel, approve, register) may wait for its owner.
+    command_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # How long one read-model query may take before the request gets a 503.
+    query_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # A run the event store has but the read model does not show yet: wait this long.
+    consistency_wait_seconds: float = Field(default=2.0, ge=0, le=30)
+    # SSE: a comment line this often while a run is idle; the client's reconnect delay.
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
+    sse_retry_ms: int = Field(default=2000, ge=100, le=600_000)
+    # An ended run's events stay in memory this long for late or resuming followers.
+    sse_linger_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # /readyz fails when a read model we serve is behind its stream for longer than this.
+    readiness_max_lag_seconds: float = Field(default=30.0, gt=0)
+    # The dashboard's session cookie (it holds the API key; HttpOnly, SameSite=Strict).
+    cookie_name: str = Field(default="chiffon_session", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # None: Secure in production, not in development (plain http on localhost).
+    cookie_secure: bool | None = None
+    session_max_age_seconds: int = Field(default=12 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _refuse_weak_bootstrap_key(self) -> GatewaySettings:
+        if self.bootstrap_admin_key is None:
+            return self
+        key = self.bootstrap_admin_key.get_secret_value()
+        if not key:
+            return self
+        if key.strip().lower() in _WELL_KNOWN or len(key) < MIN_BOOTSTRAP_KEY:
+            raise ValueError(
+                f"CHIFFON_BOOTSTRAP_ADMIN_KEY is too weak: use at least {MIN_BOOTSTRAP_KEY} random "
+                "characters (`chiffon up` generates one)"
+            )
+        if self.environment == "production" and len(key) < MIN_PRODUCTION_BOOTSTRAP_KEY:
+            raise ValueError(
+                f"CHIFFON_BOOTSTRAP_ADMIN_KEY must have at least {MIN_PRODUCTION_BOOTSTRAP_KEY} "
+                "characters in production"
+            )
+        return self
+
+    @property
+    def secure_cookies(self) -> bool:
+        return (
+            self.environment == "production" if self.cookie_secure is None else self.cookie_secure
+        )
+
+    def bootstrap_key(self) -> str | None:
+        if self.bootstrap_admin_key is None:
+            return None
+        return self.bootstrap_admin_key.get_secret_value() or None

@@ -1,0 +1,137 @@
+"""A real stack for the gateway's tests: executor and gateway processes against the
+session's NATS and PostgreSQL, and HTTP clients holding keys of every role.
+
+Starting the processes costs seconds, so one stack (namespace, database, executor,
+gateway) serves every test of this package; each test makes its own runs and keys and
+starts its own extra gateway replicas.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chiffon.cli.devstack.ports import free_port
+from chiffon.cli.devstack.servers import NatsServer, PostgresServer
+from tests.support.fixtures import eventually
+
+from .support import (
+    ADMIN_KEY,
+    APPROVAL,
+    THREE_NODES,
+    Service,
+    gateway_env,
+    prepare_database,
+    stack_environment,
+    start_service,
+    start_stack,
+    stop_all,
+    wait_ready,
+)
+
+StartGateway = Callable[..., Awaitable[Service]]
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    gateway: Service
+    executor: Service
+    log_dir: Path
+
+    @property
+    def namespace(self) -> str:
+        return self.env["CHIFFON_NAMESPACE"]
+
+
+@pytest.fixture(scope="package")
+async def stack_env(nats_server: NatsServer, postgres_server: PostgresServer) -> dict[str, str]:
+    namespace = "g" + uuid.uuid4().hex[:12]
+    dsn = await prepare_database(postgres_server.dsn, namespace)
+    return stack_environment(nats_server.url, dsn, namespace)
+
+
+@pytest.fixture(scope="package")
+async def stack(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    log_dir = tmp_path_factory.mktemp("gateway-stack")
+    gateway, executor = await start_stack(stack_env, log_dir)
+    try:
+        yield Stack(stack_env, gateway, executor, log_dir)
+    finally:
+        stop_all([gateway, executor])
+
+
+@pytest.fixture
+async def start_gateway(stack: Stack, tmp_path: Path) -> AsyncIterator[StartGateway]:
+    """More gateway replicas on the module's stack (stopped at the end of the test)."""
+    started: list[Service] = []
+
+    async def start(
+        replica: int = 1, env: dict[str, str] | None = None, wait: bool = True
+    ) -> Service:
+        full = {**gateway_env(stack.env), "CHIFFON_REPLICA": str(replica), **(env or {})}
+        service = start_service(
+            "chiffon.gateway", f"gateway-{replica}-{len(started)}", full, tmp_path, free_port()
+        )
+        started.append(service)
+        if wait:
+            await wait_ready(service)
+        return service
+
+    yield start
+    stop_all(started)
+
+
+def client(gateway: Service, key: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def gateway(stack: Stack) -> Service:
+    return stack.gateway
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with client(stack.gateway, ADMIN_KEY) as http:
+        yield http
+
+
+@pytest.fixture(scope="package")
+async def keys(stack: Stack) -> dict[str, str]:
+    """A key of each role (and the bootstrap admin's), made once."""
+    made = {"bootstrap": ADMIN_KEY}
+    async with client(stack.gateway, ADMIN_KEY) as http:
+        for role in ("viewer", "operator", "admin"):
+            response = await http.post("/v1/keys", json={"name": f"test-{role}", "role": role})
+            assert response.status_code == 201, response.text
+            made[role] = response.json()["key"]
+    return made
+
+
+@pytest.fixture(scope="package")
+async def workflows(stack: Stack) -> list[str]:
+    """The three-node and the approval workflows, registered once."""
+    names = []
+    async with client(stack.gateway, ADMIN_KEY) as http:
+        for source in (THREE_NODES, APPROVAL):
+            response = await http.post(
+                "/v1/workflows", content=source, headers={"Content-Type": "application/yaml"}
+            )
+            assert response.status_code in (200, 201), response.text
+            names.append(response.json()["name"])
+
+        async def listed() -> bool:  # the read model is eventually consistent
+            shown = {w["name"] for w in (await http.get("/v1/workflows")).json()["workflows"]}
+            return set(names) <= shown
+
+        await eventually(listed, timeout=30, message="workflows in the read model")
+    return names
