@@ -29,11 +29,19 @@ RUN_ID = re.compile(r"run ([0-9a-f-]{36})")
 
 
 @pytest.fixture(scope="module")
-async def cli_stack(shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, str]]:  # noqa: F811
-    proc: ExecutorProcess = start_executor(shared_env, tmp_path_factory.mktemp("cli") / "executor.log", replica=1)
+async def cli_stack(
+    shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, str]]:  # noqa: F811
+    proc: ExecutorProcess = start_executor(
+        shared_env, tmp_path_factory.mktemp("cli") / "executor.log", replica=1
+    )
     try:
         await wait_ready(proc)
-        env = {k: v for k, v in shared_env.items() if k not in ("CHIFFON_CONFIG_FILE", "CHIFFON_GATEWAY_URL")}
+        env = {
+            k: v
+            for k, v in shared_env.items()
+            if k not in ("CHIFFON_CONFIG_FILE", "CHIFFON_GATEWAY_URL")
+        }
         # No gateway in this stack: the CLI talks to the executor and read models directly.
         env["CHIFFON_CLIENT"] = "direct"
         yield env
@@ -48,7 +56,9 @@ async def status_is(env: dict[str, str], run_id: str, status: str) -> None:
     from tests.support.fixtures import eventually
 
     settings = ChiffonSettings(
-        nats_url=env["CHIFFON_NATS_URL"], database_url=env["CHIFFON_DATABASE_URL"], namespace=env["CHIFFON_NAMESPACE"]
+        nats_url=env["CHIFFON_NATS_URL"],
+        database_url=env["CHIFFON_DATABASE_URL"],
+        namespace=env["CHIFFON_NAMESPACE"],
     )
     async with DirectClient(settings) as client:
 
@@ -61,7 +71,8 @@ async def status_is(env: dict[str, str], run_id: str, status: str) -> None:
 
 async def chiffon(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        CHIFFON, *args,
+        CHIFFON,
+        *args,
         env={**env, "COLUMNS": "200"},
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -72,8 +83,12 @@ async def chiffon(env: dict[str, str], *args: str, timeout: float = 60) -> tuple
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_validate_reports_every_issue_with_lines(cli_stack: dict[str, str], tmp_path: Path) -> None:
-    code, out, _ = await chiffon(cli_stack, "validate", *(str(p) for p in sorted(EXAMPLES.glob("*.yaml"))))
+async def test_validate_reports_every_issue_with_lines(
+    cli_stack: dict[str, str], tmp_path: Path
+) -> None:
+    code, out, _ = await chiffon(
+        cli_stack, "validate", *(str(p) for p in sorted(EXAMPLES.glob("*.yaml")))
+    )
     assert code == 0 and out.count(": ok") == 3
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -85,7 +100,9 @@ async def test_validate_reports_every_issue_with_lines(cli_stack: dict[str, str]
     assert code == 2
     assert "unknown node type 'sleep'" in err and "function calls are not allowed" in err
     assert f"{bad}:6: nodes[1].type: unknown node type 'sleep'" in err
-    assert f"{bad}:8: edges[0].when: function calls are not allowed" in err and "Traceback" not in err
+    assert (
+        f"{bad}:8: edges[0].when: function calls are not allowed" in err and "Traceback" not in err
+    )
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"name: x\xff\xfe\n")
     code, _, err = await chiffon(cli_stack, "validate", str(binary))
@@ -93,7 +110,9 @@ async def test_validate_reports_every_issue_with_lines(cli_stack: dict[str, str]
 
 
 async def test_run_follow_prints_nodes_and_exits_with_the_end(cli_stack: dict[str, str]) -> None:
-    code, out, err = await chiffon(cli_stack, "run", str(EXAMPLES / "linear.yaml"), "-i", "topic=tides", "--follow")
+    code, out, err = await chiffon(
+        cli_stack, "run", str(EXAMPLES / "linear.yaml"), "-i", "topic=tides", "--follow"
+    )
     assert code == 0, err
     assert "running on executor-1" in out
     for node in ("research", "outline", "write"):
@@ -111,7 +130,9 @@ async def test_run_follow_prints_nodes_and_exits_with_the_end(cli_stack: dict[st
     assert code == 4 and "no run '0000'" in err
 
 
-async def test_failed_run_exits_1_with_the_reason(cli_stack: dict[str, str], tmp_path: Path) -> None:
+async def test_failed_run_exits_1_with_the_reason(
+    cli_stack: dict[str, str], tmp_path: Path
+) -> None:
     deploy = tmp_path / "deploy.yaml"
     deploy.write_text(
         "name: deploy-cli\nversion: 1\nnodes:\n"
@@ -123,7 +144,9 @@ async def test_failed_run_exits_1_with_the_reason(cli_stack: dict[str, str], tmp
 
 
 async def test_approve_and_cancel_from_the_cli(cli_stack: dict[str, str]) -> None:
-    code, out, err = await chiffon(cli_stack, "run", str(EXAMPLES / "parallel-approval.yaml"), "-i", "goal=launch")
+    code, out, err = await chiffon(
+        cli_stack, "run", str(EXAMPLES / "parallel-approval.yaml"), "-i", "goal=launch"
+    )
     assert code == 0, err
     run_id = RUN_ID.search(out).group(1)  # type: ignore[union-attr]
     await status_is(cli_stack, run_id, "waiting_approval")

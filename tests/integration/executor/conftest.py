@@ -71,9 +71,13 @@ async def wait_ready(proc: ExecutorProcess, timeout: float = 90.0) -> None:
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline:
             if proc.process.poll() is not None:
-                raise AssertionError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.tail()}")
+                raise AssertionError(
+                    f"{proc.name} exited with {proc.process.returncode}:\n{proc.tail()}"
+                )
             try:
-                if (await http.get(f"http://127.0.0.1:{proc.port}/readyz", timeout=1)).status_code == 200:
+                if (
+                    await http.get(f"http://127.0.0.1:{proc.port}/readyz", timeout=1)
+                ).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -84,7 +88,9 @@ async def wait_ready(proc: ExecutorProcess, timeout: float = 90.0) -> None:
 Spawn = Callable[..., Any]
 
 
-def start_executor(base_env: dict[str, str], log: Path, replica: int = 1, env: dict[str, str] | None = None) -> ExecutorProcess:
+def start_executor(
+    base_env: dict[str, str], log: Path, replica: int = 1, env: dict[str, str] | None = None
+) -> ExecutorProcess:
     port = free_port()
     full = {
         **base_env,
@@ -110,8 +116,12 @@ async def spawn_executor(service_env: dict[str, str], tmp_path: Path) -> AsyncIt
     """Start ``python -m chiffon.executor`` as replica ``k``; stopped at the end of the test."""
     started: list[ExecutorProcess] = []
 
-    async def spawn(replica: int = 1, env: dict[str, str] | None = None, wait: bool = True) -> ExecutorProcess:
-        proc = start_executor(service_env, tmp_path / f"executor-{replica}-{len(started)}.log", replica, env)
+    async def spawn(
+        replica: int = 1, env: dict[str, str] | None = None, wait: bool = True
+    ) -> ExecutorProcess:
+        proc = start_executor(
+            service_env, tmp_path / f"executor-{replica}-{len(started)}.log", replica, env
+        )
         started.append(proc)
         if wait:
             await wait_ready(proc)
@@ -141,7 +151,9 @@ def client_for(env: dict[str, str], user: str = "alice") -> DirectClient:
 async def shared_env(nats_server: NatsServer, postgres_server: PostgresServer) -> dict[str, str]:
     """A namespace and database for a whole module (tests that only add runs share them)."""
     namespace = "m" + uuid.uuid4().hex[:12]
-    dsn = make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
+    dsn = (
+        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
+    )
     await ensure_database(dsn)
     for migrations in all_migrations():
         await migrations.upgrade_async(dsn)
@@ -156,8 +168,12 @@ async def shared_env(nats_server: NatsServer, postgres_server: PostgresServer) -
 
 
 @pytest.fixture(scope="module")
-async def shared_executor(shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ExecutorProcess]:
-    proc = start_executor(shared_env, tmp_path_factory.mktemp("shared") / "executor-1.log", replica=1)
+async def shared_executor(
+    shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ExecutorProcess]:
+    proc = start_executor(
+        shared_env, tmp_path_factory.mktemp("shared") / "executor-1.log", replica=1
+    )
     try:
         await wait_ready(proc)
         yield proc
@@ -166,7 +182,9 @@ async def shared_executor(shared_env: dict[str, str], tmp_path_factory: pytest.T
 
 
 @pytest.fixture
-async def shared_client(shared_env: dict[str, str], shared_executor: ExecutorProcess) -> AsyncIterator[DirectClient]:
+async def shared_client(
+    shared_env: dict[str, str], shared_executor: ExecutorProcess
+) -> AsyncIterator[DirectClient]:
     settings = ChiffonSettings(
         nats_url=shared_env["CHIFFON_NATS_URL"],
         database_url=shared_env["CHIFFON_DATABASE_URL"],
@@ -199,7 +217,11 @@ async def openai_server() -> AsyncIterator[FakeOpenAI]:
 
 
 def llm_env(server: FakeOpenAI) -> dict[str, str]:
-    return {"OPENAI_API_BASE": server.base_url, "OPENAI_API_KEY": "sk-test", "CHIFFON_LLM_OFFLINE": "never"}
+    return {
+        "OPENAI_API_BASE": server.base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "CHIFFON_LLM_OFFLINE": "never",
+    }
 
 
 @pytest.fixture

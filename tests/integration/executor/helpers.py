@@ -28,18 +28,24 @@ async def events_until(
     try:
         await asyncio.wait_for(collect(), timeout)
     except TimeoutError:
-        raise AssertionError(f"run {run_id} did not get there in {timeout}s; saw {[e.type for e in seen]}") from None
+        raise AssertionError(
+            f"run {run_id} did not get there in {timeout}s; saw {[e.type for e in seen]}"
+        ) from None
     return seen
 
 
-async def run_view(client: ChiffonClient, run_id: str, status: str, timeout: float = 15.0) -> RunPublic:
+async def run_view(
+    client: ChiffonClient, run_id: str, status: str, timeout: float = 15.0
+) -> RunPublic:
     """The read model of the run once its projection shows ``status``."""
 
     async def probe() -> RunPublic | None:
         run = await client.get_run(run_id)
         return run if run is not None and run.status == status else None
 
-    return await eventually(probe, timeout=timeout, message=f"run {run_id} {status} in the read model")
+    return await eventually(
+        probe, timeout=timeout, message=f"run {run_id} {status} in the read model"
+    )
 
 
 def of_type(events: list[RunEvent], event_type: str) -> list[dict[str, Any]]:

@@ -57,15 +57,23 @@ class FakeOpenAI:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         messages = body.get("messages") or []
-        prompt = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+        prompt = next(
+            (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
         self.requests.append(Request(body.get("model", ""), str(prompt), time.monotonic(), body))
         if self.fail_first > 0:
             self.fail_first -= 1
-            return web.json_response({"error": {"message": "overloaded", "type": "server_error"}}, status=503)
+            return web.json_response(
+                {"error": {"message": "overloaded", "type": "server_error"}}, status=503
+            )
         if self.delay:
             await asyncio.sleep(self.delay)
         response_format = body.get("response_format") or {}
-        schema = (response_format.get("json_schema") or {}).get("schema") if response_format.get("type") == "json_schema" else None
+        schema = (
+            (response_format.get("json_schema") or {}).get("schema")
+            if response_format.get("type") == "json_schema"
+            else None
+        )
         content = echo_output(schema, str(prompt))
         prompt_tokens, completion_tokens = count_tokens(json.dumps(messages)), count_tokens(content)
         return web.json_response(
@@ -75,7 +83,11 @@ class FakeOpenAI:
                 "created": int(time.time()),
                 "model": body.get("model", "test"),
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
                 ],
                 "usage": {
                     "prompt_tokens": prompt_tokens,

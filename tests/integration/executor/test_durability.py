@@ -43,7 +43,9 @@ class LlmStack:
 
 
 @pytest.fixture(scope="module")
-async def llm_stack(shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LlmStack]:
+async def llm_stack(
+    shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LlmStack]:
     """Two replicas (started together) whose provider is the OpenAI-compatible test server."""
     server = await FakeOpenAI().start()
     logs = tmp_path_factory.mktemp("llm-stack")
@@ -67,7 +69,9 @@ async def stack(llm_stack: LlmStack) -> AsyncIterator[tuple[LlmStack, DirectClie
         yield llm_stack, client, f"steps-{uuid.uuid4().hex[:8]}"
 
 
-async def test_provider_errors_are_retried_by_the_node_policy(stack: tuple[LlmStack, DirectClient, str]) -> None:
+async def test_provider_errors_are_retried_by_the_node_policy(
+    stack: tuple[LlmStack, DirectClient, str],
+) -> None:
     llm, client, name = stack
     llm.server.fail_first = 1
     source = STEPS.replace("name: steps", f"name: {name}").replace(
@@ -78,7 +82,9 @@ async def test_provider_errors_are_retried_by_the_node_policy(stack: tuple[LlmSt
     events = await events_until(client, run_id)
     assert events[-1].type == "run.completed"
     failed = of_type(events, "run.node.failed")
-    assert [(f["node_id"], f["error"]["type"], f["will_retry"]) for f in failed] == [("s1", "provider_error", True)]
+    assert [(f["node_id"], f["error"]["type"], f["will_retry"]) for f in failed] == [
+        ("s1", "provider_error", True)
+    ]
     assert "503" in failed[0]["error"]["message"] or "overloaded" in failed[0]["error"]["message"]
     assert llm.server.count("step s1") == 2  # one try each, LiteLLM does not retry on its own
 
@@ -99,7 +105,9 @@ async def test_cancel_interrupts_a_long_call(stack: tuple[LlmStack, DirectClient
     assert (await run_view(client, run_id, "cancelled")).cancel_requested
 
 
-async def test_kill_9_during_a_node_resumes_on_the_other_replica(stack: tuple[LlmStack, DirectClient, str]) -> None:
+async def test_kill_9_during_a_node_resumes_on_the_other_replica(
+    stack: tuple[LlmStack, DirectClient, str],
+) -> None:
     """Last in this module: it kills one of the module's replicas."""
     llm, client, name = stack
     openai_server, replicas = llm.server, llm.replicas
@@ -121,18 +129,27 @@ async def test_kill_9_during_a_node_resumes_on_the_other_replica(stack: tuple[Ll
     events = await events_until(client, run_id, timeout=30)
     assert events[-1].type == "run.completed", events[-1].payload
     claims = of_type(events, "run.claimed")
-    assert [(c["executor"], c["resumed"]) for c in claims] == [(victim.name, False), (survivor.name, True)]
-    resumed_at = next(e for e in events if e.type == "run.claimed" and e.payload["executor"] == survivor.name)
+    assert [(c["executor"], c["resumed"]) for c in claims] == [
+        (victim.name, False),
+        (survivor.name, True),
+    ]
+    resumed_at = next(
+        e for e in events if e.type == "run.claimed" and e.payload["executor"] == survivor.name
+    )
     assert resumed_at.occurred_at.timestamp() - (time.time() - (time.monotonic() - killed)) < 3 + 5
 
     completions = Counter(p["node_id"] for p in of_type(events, "run.node.completed"))
     assert completions == Counter(NODES)  # exactly one NodeCompleted per node
     for node in ("s1", "s2", "s4", "s5"):
-        assert openai_server.count(f"step {node}") == 1, node  # a completed node is never called again
+        assert openai_server.count(f"step {node}") == 1, (
+            node
+        )  # a completed node is never called again
     # s3 was in flight when its replica died: its first call was abandoned, not completed.
     assert openai_server.count("step s3") in (1, 2)
     assert len(openai_server.requests) == len(NODES) + (openai_server.count("step s3") - 1)
-    interrupted = [p for p in of_type(events, "run.node.failed") if p["error"]["type"] == "interrupted"]
+    interrupted = [
+        p for p in of_type(events, "run.node.failed") if p["error"]["type"] == "interrupted"
+    ]
     assert [(p["node_id"], p["attempt"]) for p in interrupted] == [("s3", 1)]
 
     run = await run_view(client, run_id, "succeeded")

@@ -38,7 +38,10 @@ CASES = {
         ),
         "never stops",
     ),
-    "unknown-type": (spec("unknown-type", "  - {id: a, type: shell, command: ls}"), "unknown node type 'shell'"),
+    "unknown-type": (
+        spec("unknown-type", "  - {id: a, type: shell, command: ls}"),
+        "unknown node type 'shell'",
+    ),
     "call-in-condition": (
         spec(
             "call-in-condition",
@@ -47,12 +50,17 @@ CASES = {
         ),
         "function calls are not allowed",
     ),
-    "huge-prompt": (spec("huge-prompt", "  - {id: a, type: llm, prompt: '" + "x" * 200_000 + "'}"), "string is too long"),
+    "huge-prompt": (
+        spec("huge-prompt", "  - {id: a, type: llm, prompt: '" + "x" * 200_000 + "'}"),
+        "string is too long",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-async def test_a_bad_spec_is_refused_with_every_issue(shared_client: DirectClient, case: str) -> None:
+async def test_a_bad_spec_is_refused_with_every_issue(
+    shared_client: DirectClient, case: str
+) -> None:
     source, expected = CASES[case]
     with pytest.raises(InvalidRequest) as refused:
         await shared_client.register_workflow(source)
@@ -75,13 +83,23 @@ async def test_oversized_and_undecodable_requests_are_refused_and_the_executor_k
         subject = f"{namespace}.cmd.executor.register_workflow"
         actor = b'{"kind":"user","id":"mallory"}'
         invalid_utf8 = b'{"actor":' + actor + b',"source":"name: \xff\xfe bad"}'
-        reply = CommandReply.model_validate_json((await nc.request(subject, invalid_utf8, timeout=10)).data)
+        reply = CommandReply.model_validate_json(
+            (await nc.request(subject, invalid_utf8, timeout=10)).data
+        )
         assert not reply.ok and reply.refusal is not None and reply.refusal.code == "invalid"
         not_json = await nc.request(subject, b"\x00\x01 not json", timeout=10)
         assert CommandReply.model_validate_json(not_json.data).refusal.code == "invalid"  # type: ignore[union-attr]
-        garbage = json.dumps({"actor": {"kind": "user", "id": "m"}, "source": "- [unclosed"}).encode()
-        reply = CommandReply.model_validate_json((await nc.request(subject, garbage, timeout=10)).data)
-        assert reply.refusal is not None and reply.refusal.code == "invalid" and reply.refusal.details[0]["line"] == 1
+        garbage = json.dumps(
+            {"actor": {"kind": "user", "id": "m"}, "source": "- [unclosed"}
+        ).encode()
+        reply = CommandReply.model_validate_json(
+            (await nc.request(subject, garbage, timeout=10)).data
+        )
+        assert (
+            reply.refusal is not None
+            and reply.refusal.code == "invalid"
+            and reply.refusal.details[0]["line"] == 1
+        )
     finally:
         await nc.close()
 
@@ -89,5 +107,7 @@ async def test_oversized_and_undecodable_requests_are_refused_and_the_executor_k
     assert "five-mb" not in names
     # Still serving: a good workflow registers and runs.
     await shared_client.register_workflow((examples / "linear.yaml").read_text())
-    run_id = (await shared_client.start_run("linear-brief", inputs={"topic": "after poison"}))["run_id"]
+    run_id = (await shared_client.start_run("linear-brief", inputs={"topic": "after poison"}))[
+        "run_id"
+    ]
     assert (await events_until(shared_client, run_id))[-1].type == "run.completed"

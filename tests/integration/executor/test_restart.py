@@ -24,7 +24,9 @@ async def test_approvals_survive_a_restart_of_every_process(
 ) -> None:
     executor = await spawn_executor(1)
     await client.register_workflow((examples / "parallel-approval.yaml").read_text())
-    run_id = (await client.start_run("parallel-approval", inputs={"goal": "ship the beta"}))["run_id"]
+    run_id = (await client.start_run("parallel-approval", inputs={"goal": "ship the beta"}))[
+        "run_id"
+    ]
     events = await events_until(client, run_id, lambda e: e.type == "run.suspended")
     assert of_type(events, "run.suspended") == [{"reason": "approval", "waiting_for": ["sign_off"]}]
     merged = of_type(events, "run.node.completed")
@@ -42,9 +44,13 @@ async def test_approvals_survive_a_restart_of_every_process(
     await spawn_executor(2)
 
     async with DirectClient(client_settings, actor=Actor(kind="user", id="bob")) as again:
-        rejected = await again.approve(run_id, "sign_off", approve=False, comment="add a rollback step")
+        rejected = await again.approve(
+            run_id, "sign_off", approve=False, comment="add a rollback step"
+        )
         assert rejected["status"] == "pending"
-        events = await events_until(again, run_id, lambda e: e.type == "run.suspended" and e.seq > events[-1].seq)
+        events = await events_until(
+            again, run_id, lambda e: e.type == "run.suspended" and e.seq > events[-1].seq
+        )
         merges = [p for p in of_type(events, "run.node.completed") if p["node_id"] == "merge"]
         assert len(merges) == 2  # sent back to merge with the reviewer's note
         await again.approve(run_id, "sign_off", comment="ship it")

@@ -28,13 +28,20 @@ async def test_linear_example_runs_offline_and_is_projected(
     events = await events_until(client, started["run_id"])
     assert [e.type for e in events][-1] == "run.completed"
     claims = of_type(events, "run.claimed")
-    assert claims == [{"executor": "executor-1", "pid": executor.pid, "resumed": False, "work_seq": events[0].seq}]
+    assert claims == [
+        {"executor": "executor-1", "pid": executor.pid, "resumed": False, "work_seq": events[0].seq}
+    ]
     calls = of_type(events, "run.llm.called")
     assert [(c["provider"], c["model"]) for c in calls] == [("chiffon", "chiffon/echo")] * 3
     assert all(c["prompt_tokens"] > 0 and c["completion_tokens"] > 0 for c in calls)
 
     run = await run_view(client, started["run_id"], "succeeded")
-    assert (run.executor, run.pid, run.workflow, run.version) == ("executor-1", executor.pid, "linear-brief", 1)
+    assert (run.executor, run.pid, run.workflow, run.version) == (
+        "executor-1",
+        executor.pid,
+        "linear-brief",
+        1,
+    )
     assert [(n.node_id, n.status, n.attempts) for n in run.nodes] == [
         ("research", "succeeded", 1),
         ("outline", "succeeded", 1),
@@ -80,7 +87,9 @@ async def test_commands_refuse_clearly(shared_client: DirectClient, examples: Pa
     with pytest.raises(InvalidRequest) as bad:
         await client.start_run("linear-brief", inputs={"topic": 3, "colour": "red"})
     messages = [d["message"] for d in bad.value.details]
-    assert any("unknown input 'colour'" in m for m in messages) and any("topic" in m for m in messages)
+    assert any("unknown input 'colour'" in m for m in messages) and any(
+        "topic" in m for m in messages
+    )
 
     first = await client.start_run("linear-brief", inputs={"topic": "x"}, idempotency_key="k-1")
     second = await client.start_run("linear-brief", inputs={"topic": "x"}, idempotency_key="k-1")

@@ -49,7 +49,9 @@ class MemoryStore:
             envelope.model_dump_json()  # must serialise
             sequence = len(self.events) + 1
             self.events.append(
-                RecordedEvent(envelope=envelope, stream="RUNS", sequence=sequence, subject=envelope.type)
+                RecordedEvent(
+                    envelope=envelope, stream="RUNS", sequence=sequence, subject=envelope.type
+                )
             )
             sequences.append(sequence)
         return AppendResult(sequences=tuple(sequences), duplicates=tuple(False for _ in sequences))
@@ -73,7 +75,9 @@ class ScriptedLlm:
     def resolve(self, model: str) -> tuple[str, str]:
         return model, model.split("/", 1)[0]
 
-    async def complete(self, model: str, messages: list[dict[str, str]], *, response_format: Any = None, **_: Any) -> LlmReply:
+    async def complete(
+        self, model: str, messages: list[dict[str, str]], *, response_format: Any = None, **_: Any
+    ) -> LlmReply:
         await asyncio.sleep(0)
         prompt = messages[-1]["content"]
         self.calls.append((model, prompt))
@@ -88,28 +92,47 @@ def fail(message: str = "boom") -> str:
     raise ProviderError("m", message)
 
 
-def start(store: MemoryStore, source: str, inputs: dict[str, Any] | None = None, run_id: str = "run1") -> tuple[LoadedWorkflow, RunState]:
+def start(
+    store: MemoryStore, source: str, inputs: dict[str, Any] | None = None, run_id: str = "run1"
+) -> tuple[LoadedWorkflow, RunState]:
     spec = load_spec(source)
     workflow = LoadedWorkflow(spec=spec, digest=spec.digest(), graph=build_graph(spec))
     requested = new_event(
-        RunRequested(workflow=spec.name, version=spec.version, digest=spec.digest(), inputs=spec.validate_inputs(inputs or {})),
+        RunRequested(
+            workflow=spec.name,
+            version=spec.version,
+            digest=spec.digest(),
+            inputs=spec.validate_inputs(inputs or {}),
+        ),
         aggregate_id=run_id,
         actor=TESTER,
     )
-    store.events.append(RecordedEvent(envelope=requested, stream="RUNS", sequence=len(store.events) + 1, subject="x"))
-    return workflow, RunState.from_events(run_id, [(e.envelope, e.sequence) for e in store.of(run_id)])
+    store.events.append(
+        RecordedEvent(
+            envelope=requested, stream="RUNS", sequence=len(store.events) + 1, subject="x"
+        )
+    )
+    return workflow, RunState.from_events(
+        run_id, [(e.envelope, e.sequence) for e in store.of(run_id)]
+    )
 
 
 async def claim(store: MemoryStore, run_id: str = "run1", executor: str = "executor-1") -> RunState:
     events, version = await store.read_aggregate(AggregateKey("run", run_id))
     state = RunState.from_events(run_id, [(e.envelope, e.sequence) for e in events])
-    event = new_event(RunClaimed(executor=executor, pid=1, resumed=state.claims > 0, work_seq=1), aggregate_id=run_id, actor=EXECUTOR)
+    event = new_event(
+        RunClaimed(executor=executor, pid=1, resumed=state.claims > 0, work_seq=1),
+        aggregate_id=run_id,
+        actor=EXECUTOR,
+    )
     result = await store.append(AggregateKey("run", run_id), [event], expected_version=version)
     state.apply(event, result.version)
     return state
 
 
-def execution(store: MemoryStore, workflow: LoadedWorkflow, state: RunState, llm: Any) -> RunExecution:
+def execution(
+    store: MemoryStore, workflow: LoadedWorkflow, state: RunState, llm: Any
+) -> RunExecution:
     return RunExecution(
         store=store,  # type: ignore[arg-type]
         workflow=workflow,
@@ -120,7 +143,12 @@ def execution(store: MemoryStore, workflow: LoadedWorkflow, state: RunState, llm
     )
 
 
-async def run(source: str, inputs: dict[str, Any] | None = None, llm: Any = None, store: MemoryStore | None = None) -> tuple[str, MemoryStore, Any]:
+async def run(
+    source: str,
+    inputs: dict[str, Any] | None = None,
+    llm: Any = None,
+    store: MemoryStore | None = None,
+) -> tuple[str, MemoryStore, Any]:
     store = store or MemoryStore()
     llm = llm or ScriptedLlm()
     workflow, _ = start(store, source, inputs)
@@ -134,7 +162,11 @@ def types(store: MemoryStore, run_id: str = "run1") -> list[str]:
 
 
 def completed(store: MemoryStore, run_id: str = "run1") -> list[tuple[str, dict[str, Any]]]:
-    return [(e.payload.node_id, e.payload.outputs) for e in store.of(run_id) if e.type == "run.node.completed"]
+    return [
+        (e.payload.node_id, e.payload.outputs)
+        for e in store.of(run_id)
+        if e.type == "run.node.completed"
+    ]
 
 
 def last(store: MemoryStore, event_type: str, run_id: str = "run1") -> Any:

@@ -42,10 +42,16 @@ async def test_linear_records_every_step_and_completes() -> None:
     outcome, store, llm = await run(LINEAR, {"topic": "owls"})
     assert outcome == "succeeded"
     assert types(store) == [
-        "run.requested", "run.claimed",
-        "run.node.started", "run.llm.called", "run.node.completed",
-        "run.node.started", "run.llm.called", "run.node.completed",
-        "run.node.started", "run.node.completed",
+        "run.requested",
+        "run.claimed",
+        "run.node.started",
+        "run.llm.called",
+        "run.node.completed",
+        "run.node.started",
+        "run.llm.called",
+        "run.node.completed",
+        "run.node.started",
+        "run.node.completed",
         "run.completed",
     ]
     nodes = dict(completed(store))
@@ -96,18 +102,30 @@ edges:
 
 
 async def test_loop_stops_at_max_iterations() -> None:
-    llm = ScriptedLlm(lambda _m, msgs, schema: json.dumps({"score": 1}) if "score" in schema["properties"] else None)
+    llm = ScriptedLlm(
+        lambda _m, msgs, schema: (
+            json.dumps({"score": 1}) if "score" in schema["properties"] else None
+        )
+    )
     outcome, store, _ = await run(LOOP, llm=llm)
     assert outcome == "succeeded"
     ran = [n for n, _ in completed(store)]
     assert ran == ["begin"] + ["write", "review"] * 4  # the first pass and 3 iterations
-    iterations = [e.payload.iteration for e in store.of("run1") if e.type == "run.node.completed" and e.payload.node_id == "write"]
+    iterations = [
+        e.payload.iteration
+        for e in store.of("run1")
+        if e.type == "run.node.completed" and e.payload.node_id == "write"
+    ]
     assert iterations == [1, 2, 3, 4]
 
 
 async def test_loop_exits_when_condition_turns_false() -> None:
     scores = iter([2, 5, 8])
-    llm = ScriptedLlm(lambda _m, _msgs, schema: json.dumps({"score": next(scores)}) if "score" in schema["properties"] else None)
+    llm = ScriptedLlm(
+        lambda _m, _msgs, schema: (
+            json.dumps({"score": next(scores)}) if "score" in schema["properties"] else None
+        )
+    )
     outcome, store, _ = await run(LOOP, llm=llm)
     assert outcome == "succeeded"
     assert [n for n, _ in completed(store)] == ["begin"] + ["write", "review"] * 3
@@ -158,7 +176,11 @@ async def decide(store: MemoryStore, node: str, approved: bool, comment: str | N
     events, version = await store.read_aggregate(AggregateKey("run", "run1"))
     state = RunState.from_events("run1", [(e.envelope, e.sequence) for e in events])
     decision = decide_approval(state, node, approved, comment)
-    await store.append(AggregateKey("run", "run1"), [new_event(decision, aggregate_id="run1", actor=TESTER)], version)
+    await store.append(
+        AggregateKey("run", "run1"),
+        [new_event(decision, aggregate_id="run1", actor=TESTER)],
+        version,
+    )
 
 
 async def test_approval_suspends_then_resumes_on_the_decision() -> None:
@@ -190,8 +212,11 @@ async def test_rejection_fails_the_run_by_default() -> None:
 
 
 async def test_rejection_takes_on_reject() -> None:
-    source = APPROVAL.replace('message: "Publish {text}?"', 'message: "Publish {text}?", on_reject: redo').replace(
-        "  - {id: publish", "  - {id: redo, type: set, values: {done: \"'redo'\"}}\n  - {id: publish"
+    source = APPROVAL.replace(
+        'message: "Publish {text}?"', 'message: "Publish {text}?", on_reject: redo'
+    ).replace(
+        "  - {id: publish",
+        "  - {id: redo, type: set, values: {done: \"'redo'\"}}\n  - {id: publish",
     )
     store, llm = MemoryStore(), ScriptedLlm()
     workflow, _ = start(store, source)
@@ -247,7 +272,9 @@ async def test_attempts_spent_fail_the_run_or_continue() -> None:
 
 
 async def test_fallbacks_are_tried_in_order() -> None:
-    source = RETRY.replace("retry: {attempts: 3, backoff: {initial: 10ms}}", "fallbacks: [anthropic/b, ollama_chat/c]")
+    source = RETRY.replace(
+        "retry: {attempts: 3, backoff: {initial: 10ms}}", "fallbacks: [anthropic/b, ollama_chat/c]"
+    )
 
     def script(model: str, *_a: object) -> str | None:
         if model != "ollama_chat/c":
@@ -293,8 +320,13 @@ async def test_agent_node_fails_clearly_until_agents_exist() -> None:
     outcome, store, _ = await run(AGENT)
     assert outcome == "failed"
     error = last(store, "run.failed").error
-    assert error.type == "no_agent" and error.message == "no agent available for capabilities [shell]"
-    assert [e.payload.will_retry for e in store.of("run1") if e.type == "run.node.failed"] == [True, False]
+    assert (
+        error.type == "no_agent" and error.message == "no agent available for capabilities [shell]"
+    )
+    assert [e.payload.will_retry for e in store.of("run1") if e.type == "run.node.failed"] == [
+        True,
+        False,
+    ]
 
     outcome, store, _ = await run(AGENT.replace("task:", "on_error: continue, task:"))
     assert outcome == "succeeded"
@@ -302,7 +334,7 @@ async def test_agent_node_fails_clearly_until_agents_exist() -> None:
 
 
 async def test_a_condition_that_cannot_be_evaluated_fails_the_run() -> None:
-    source = BRANCH.replace('"score >= 7"', '"score >= \'7\'"')
+    source = BRANCH.replace('"score >= 7"', "\"score >= '7'\"")
     outcome, store, _ = await run(source, llm=ScriptedLlm(lambda *_a: json.dumps({"score": 9})))
     assert outcome == "failed"
     error = last(store, "run.failed").error

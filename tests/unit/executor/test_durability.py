@@ -60,7 +60,12 @@ async def test_a_resumed_run_never_runs_a_completed_node_again() -> None:
     assert [n for n, _ in completed(store)] == ["n1", "n2", "n3"]
     assert [p for _m, p in second.calls] == ["two echo: one", "three echo: two echo: one"]
     failed = last(store, "run.node.failed")
-    assert (failed.node_id, failed.attempt, failed.error.type, failed.will_retry) == ("n2", 1, "interrupted", True)
+    assert (failed.node_id, failed.attempt, failed.error.type, failed.will_retry) == (
+        "n2",
+        1,
+        "interrupted",
+        True,
+    )
     assert last(store, "run.completed").outputs["n3"] == "echo: three echo: two echo: one"
 
 
@@ -98,14 +103,19 @@ async def test_loop_counters_survive_a_crash() -> None:
                 await asyncio.Event().wait()
             return await super().complete(model, messages, **kw)
 
-    task = asyncio.ensure_future(execution(store, workflow, await claim(store), CrashOnThirdReview(script)).execute())
+    task = asyncio.ensure_future(
+        execution(store, workflow, await claim(store), CrashOnThirdReview(script)).execute()
+    )
     for _ in range(200):
         await asyncio.sleep(0.005)
         if reviews == 2 and types(store)[-1] == "run.node.started":
             break
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert await execution(store, workflow, await claim(store), ScriptedLlm(script)).execute() == "succeeded"
+    assert (
+        await execution(store, workflow, await claim(store), ScriptedLlm(script)).execute()
+        == "succeeded"
+    )
     assert [n for n, _ in completed(store)] == ["begin"] + ["write", "review"] * 4
     assert reviews == 4  # no review answered twice, and the loop still stopped at 3 iterations
 
@@ -134,7 +144,11 @@ async def test_cancel_interrupts_a_call_and_records_the_end() -> None:
     state = RunState.from_events("run1", [(e.envelope, e.sequence) for e in events])
     payloads = decide_cancel(state, "changed my mind")
     assert [type(p) for p in payloads] == [CancelRequested]  # held: the holder ends it
-    await store.append(AggregateKey("run", "run1"), [new_event(p, aggregate_id="run1", actor=TESTER) for p in payloads], version)
+    await store.append(
+        AggregateKey("run", "run1"),
+        [new_event(p, aggregate_id="run1", actor=TESTER) for p in payloads],
+        version,
+    )
     running.poke()
     assert await asyncio.wait_for(task, 5) == "cancelled"
     assert types(store)[-2:] == ["run.cancel_requested", "run.cancelled"]
@@ -150,7 +164,9 @@ async def test_cancel_is_seen_at_the_next_append_without_a_signal() -> None:
         if messages[-1]["content"] == "one":
             store.events.append(
                 store.events[0].__class__(
-                    envelope=new_event(CancelRequested(reason="stop"), aggregate_id="run1", actor=TESTER),
+                    envelope=new_event(
+                        CancelRequested(reason="stop"), aggregate_id="run1", actor=TESTER
+                    ),
                     stream="RUNS",
                     sequence=len(store.events) + 1,
                     subject="x",

@@ -1,6 +1,7 @@
 """Every invalid file gives each problem with its path and line, never a traceback."""
 
 import pytest
+
 from chiffon.workflow import SpecError, SpecIssue, load_spec, spec_from_dict
 
 

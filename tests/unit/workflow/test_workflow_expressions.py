@@ -1,6 +1,7 @@
 from typing import Any
 
 import pytest
+
 from chiffon.workflow import ExpressionError, compile_expression
 
 

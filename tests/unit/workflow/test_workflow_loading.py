@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from chiffon.workflow import (
     END,
     AgentNode,

@@ -1,4 +1,5 @@
 import pytest
+
 from chiffon.workflow import TemplateError, parse_template, render_value
 
 

@@ -1,4 +1,6 @@
 import pytest
+from pydantic import ValidationError
+
 from chiffon.workflow import (
     FieldTypeError,
     build_output_model,
@@ -6,7 +8,6 @@ from chiffon.workflow import (
     parse_field_type,
     validate_value,
 )
-from pydantic import ValidationError
 
 
 def test_output_json_schema() -> None:

@@ -68,7 +68,10 @@ class ChiffonClient(ABC):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -77,14 +80,18 @@ class ChiffonClient(ABC):
 
     # -- workflows --
     @abstractmethod
-    async def register_workflow(self, source: str, *, source_format: str = "yaml") -> dict[str, Any]:
+    async def register_workflow(
+        self, source: str, *, source_format: str = "yaml"
+    ) -> dict[str, Any]:
         """``{name, version, digest, created}``."""
 
     @abstractmethod
     async def list_workflows(self) -> list[WorkflowSummary]: ...
 
     @abstractmethod
-    async def get_workflow(self, name: str, version: int | None = None) -> WorkflowPublic | None: ...
+    async def get_workflow(
+        self, name: str, version: int | None = None
+    ) -> WorkflowPublic | None: ...
 
     # -- runs --
     @abstractmethod

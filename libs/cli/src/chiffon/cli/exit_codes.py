@@ -31,7 +31,12 @@ CONFLICT = 5
 UNAVAILABLE = 6
 INTERRUPTED = 130
 
-BY_ERROR = {"invalid": USAGE, "not_found": NOT_FOUND, "conflict": CONFLICT, "unavailable": UNAVAILABLE}
+BY_ERROR = {
+    "invalid": USAGE,
+    "not_found": NOT_FOUND,
+    "conflict": CONFLICT,
+    "unavailable": UNAVAILABLE,
+}
 BY_STATUS = {"succeeded": OK, "failed": RUN_FAILED, "cancelled": RUN_CANCELLED}
 
 T = TypeVar("T")
@@ -43,7 +48,10 @@ def fail(message: str, code: int, details: list[dict[str, Any]] | None = None) -
         where = detail.get("path") or ""
         line = detail.get("line")
         prefix = f"  {where}" + (f" (line {line})" if line else "")
-        typer.echo(f"{prefix}: {detail.get('message')}" if where else f"  {detail.get('message')}", err=True)
+        typer.echo(
+            f"{prefix}: {detail.get('message')}" if where else f"  {detail.get('message')}",
+            err=True,
+        )
     return typer.Exit(code)
 
 

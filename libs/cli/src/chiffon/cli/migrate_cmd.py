@@ -17,9 +17,13 @@ def migrate() -> None:
     settings = ChiffonSettings()
     try:
         applied = prepare_database(settings.database_dsn())
-        typer.echo(f"database {mask_url(settings.database_dsn())}: migrations {', '.join(applied)} applied")
+        typer.echo(
+            f"database {mask_url(settings.database_dsn())}: migrations {', '.join(applied)} applied"
+        )
         create_streams(settings.nats_url, settings.namespace)
-        typer.echo(f"streams of namespace {settings.namespace!r} ready on {mask_url(settings.nats_url)}")
+        typer.echo(
+            f"streams of namespace {settings.namespace!r} ready on {mask_url(settings.nats_url)}"
+        )
     except BootstrapError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -29,7 +29,9 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
             try:
                 inputs[key.strip()] = json.loads(raw)
             except json.JSONDecodeError as error:
-                raise codes.fail(f"--input {pair!r}: the value after := is not JSON ({error.msg})", codes.USAGE) from None
+                raise codes.fail(
+                    f"--input {pair!r}: the value after := is not JSON ({error.msg})", codes.USAGE
+                ) from None
         elif "=" in pair:
             key, value = pair.split("=", 1)
             stripped = value.strip()
@@ -63,11 +65,19 @@ def _short(value: Any, width: int = 100) -> str:
 
 
 def run(
-    target: str = typer.Argument(..., metavar="FILE_OR_NAME", help="A workflow file (registered first) or a registered name."),
+    target: str = typer.Argument(
+        ..., metavar="FILE_OR_NAME", help="A workflow file (registered first) or a registered name."
+    ),
     inputs: list[str] = typer.Option([], "--input", "-i", help="KEY=VALUE (repeat), or KEY:=JSON."),  # noqa: B008
-    version: int | None = typer.Option(None, "--version", "-v", help="Version of a named workflow (default: latest)."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Print each node as it runs; exit with the run's end."),
-    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Same key, same request: the same run."),
+    version: int | None = typer.Option(
+        None, "--version", "-v", help="Version of a named workflow (default: latest)."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Print each node as it runs; exit with the run's end."
+    ),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="Same key, same request: the same run."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the start result as JSON."),
 ) -> None:
     """Start a run of a workflow. With --follow, exit 0 succeeded, 1 failed, 3 cancelled."""
@@ -79,7 +89,9 @@ def run(
         spec, text, source_format = read_spec(path)
         name, pinned = spec.name, spec.version
         if version is not None and version != pinned:
-            raise codes.fail(f"{path} is version {pinned}; --version {version} does not match", codes.USAGE)
+            raise codes.fail(
+                f"{path} is version {pinned}; --version {version} does not match", codes.USAGE
+            )
         source = (text, source_format)
     else:
         name, pinned = target, version
@@ -88,12 +100,20 @@ def run(
         async with await open_client() as client:
             if source is not None:
                 await client.register_workflow(source[0], source_format=source[1])
-            started = await client.start_run(name, inputs=values, version=pinned, idempotency_key=idempotency_key)
+            started = await client.start_run(
+                name, inputs=values, version=pinned, idempotency_key=idempotency_key
+            )
             if as_json:
                 typer.echo(json.dumps(started))
             else:
-                again = "" if started.get("created", True) else " (existing run for this idempotency key)"
-                typer.echo(f"run {started['run_id']}: {started['workflow']} v{started['version']} {started['status']}{again}")
+                again = (
+                    ""
+                    if started.get("created", True)
+                    else " (existing run for this idempotency key)"
+                )
+                typer.echo(
+                    f"run {started['run_id']}: {started['workflow']} v{started['version']} {started['status']}{again}"
+                )
             if not follow:
                 if not as_json:
                     typer.echo(f"  follow it: chiffon runs follow {started['run_id']}")
@@ -118,15 +138,23 @@ async def follow_run(client: ChiffonClient, run_id: str, after_seq: int = 0) -> 
             typer.echo(f"  ▶ {p['node_id']}{again} ({p['node_type']}){attempt}")
         elif t == "run.llm.called":
             if not p.get("ok", True):
-                typer.secho(f"    model {p['model']} failed: {_short(p.get('error'), 160)}", fg=typer.colors.YELLOW)
+                typer.secho(
+                    f"    model {p['model']} failed: {_short(p.get('error'), 160)}",
+                    fg=typer.colors.YELLOW,
+                )
             else:
                 before = tokens.get(p["node_id"], (0, 0))
-                tokens[p["node_id"]] = (before[0] + p["prompt_tokens"], before[1] + p["completion_tokens"])
+                tokens[p["node_id"]] = (
+                    before[0] + p["prompt_tokens"],
+                    before[1] + p["completion_tokens"],
+                )
         elif t == "run.node.completed":
             spent = tokens.pop(p["node_id"], None)
             used = f"  {spent[0]}+{spent[1]} tokens" if spent else ""
             outputs = f"  {_short(p['outputs'], 80)}" if p.get("outputs") else ""
-            typer.secho(f"  ✓ {p['node_id']}  {_ms(p['duration_ms'])}{used}{outputs}", fg=typer.colors.GREEN)
+            typer.secho(
+                f"  ✓ {p['node_id']}  {_ms(p['duration_ms'])}{used}{outputs}", fg=typer.colors.GREEN
+            )
         elif t == "run.node.failed":
             error = p["error"]
             retry = f"; retry in {_ms(p.get('retry_in_ms'))}" if p.get("will_retry") else ""
@@ -135,7 +163,10 @@ async def follow_run(client: ChiffonClient, run_id: str, after_seq: int = 0) -> 
                 fg=typer.colors.YELLOW if p.get("will_retry") else typer.colors.RED,
             )
         elif t == "run.approval.requested":
-            typer.secho(f"  ⏸ {p['node_id']} waits for approval: {_short(p['message'], 120)}", fg=typer.colors.CYAN)
+            typer.secho(
+                f"  ⏸ {p['node_id']} waits for approval: {_short(p['message'], 120)}",
+                fg=typer.colors.CYAN,
+            )
             typer.echo(f"    chiffon runs approve {run_id} {p['node_id']}   (or --reject)")
         elif t == "run.approval.decided":
             verdict = "approved" if p["approved"] else "rejected"
@@ -149,7 +180,9 @@ async def follow_run(client: ChiffonClient, run_id: str, after_seq: int = 0) -> 
 
 
 def _summary(status: str, payload: dict[str, Any]) -> int:
-    color = {"succeeded": typer.colors.GREEN, "failed": typer.colors.RED}.get(status, typer.colors.YELLOW)
+    color = {"succeeded": typer.colors.GREEN, "failed": typer.colors.RED}.get(
+        status, typer.colors.YELLOW
+    )
     typer.secho(f"run {status} in {_ms(payload.get('duration_ms'))}", fg=color, bold=True)
     if status == "failed":
         error = payload.get("error") or {}
@@ -164,12 +197,17 @@ def _summary(status: str, payload: dict[str, Any]) -> int:
 
 # -- chiffon runs ...
 
+
 @app.command("list")
 def list_runs(
-    status: str | None = typer.Option(None, "--status", "-s", help=f"One of: {', '.join(STATUSES)}."),
+    status: str | None = typer.Option(
+        None, "--status", "-s", help=f"One of: {', '.join(STATUSES)}."
+    ),
     workflow: str | None = typer.Option(None, "--workflow", "-w"),
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=500),
-    cursor: str | None = typer.Option(None, "--cursor", help="The next-page cursor a previous list printed."),
+    cursor: str | None = typer.Option(
+        None, "--cursor", help="The next-page cursor a previous list printed."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Runs, newest first."""
@@ -178,16 +216,25 @@ def list_runs(
 
     async def main() -> tuple[list[RunSummary], str | None]:
         async with await open_client() as client:
-            return await client.list_runs(status=status, workflow=workflow, cursor=cursor, limit=limit)
+            return await client.list_runs(
+                status=status, workflow=workflow, cursor=cursor, limit=limit
+            )
 
     found, next_cursor = codes.run_async(main)
     if as_json:
-        typer.echo(json.dumps({"runs": [r.model_dump(mode="json") for r in found], "next_cursor": next_cursor}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"runs": [r.model_dump(mode="json") for r in found], "next_cursor": next_cursor},
+                indent=2,
+            )
+        )
         return
     if not found:
         typer.echo("no runs")
         return
-    typer.echo(f"{'RUN':<36}  {'WORKFLOW':<24} {'STATUS':<16} {'DURATION':>9}  {'EXECUTOR':<12} CREATED")
+    typer.echo(
+        f"{'RUN':<36}  {'WORKFLOW':<24} {'STATUS':<16} {'DURATION':>9}  {'EXECUTOR':<12} CREATED"
+    )
     for r in found:
         typer.echo(
             f"{r.run_id:<36}  {(r.workflow + ' v' + str(r.version)):<24} {r.status:<16} "
@@ -207,33 +254,53 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
 
     found = codes.run_async(main)
     if found is None:
-        raise codes.fail(f"no run {run_id!r} (a run just started may take a moment to appear)", codes.NOT_FOUND)
+        raise codes.fail(
+            f"no run {run_id!r} (a run just started may take a moment to appear)", codes.NOT_FOUND
+        )
     if as_json:
         typer.echo(found.model_dump_json(indent=2))
         return
     r = found
     typer.echo(f"run {r.run_id}")
     typer.echo(f"  workflow   {r.workflow} v{r.version}")
-    typer.echo(f"  status     {r.status}{' (cancel requested)' if r.cancel_requested and r.status not in ('cancelled',) else ''}")
-    typer.echo(f"  executor   {r.executor or '-'}{f' (pid {r.pid})' if r.pid else ''}{f', claimed {r.claims} times' if r.claims > 1 else ''}")
+    typer.echo(
+        f"  status     {r.status}{' (cancel requested)' if r.cancel_requested and r.status not in ('cancelled',) else ''}"
+    )
+    typer.echo(
+        f"  executor   {r.executor or '-'}{f' (pid {r.pid})' if r.pid else ''}{f', claimed {r.claims} times' if r.claims > 1 else ''}"
+    )
     typer.echo(f"  created    {r.created_at:%Y-%m-%d %H:%M:%S} by {r.requested_by}")
     typer.echo(f"  duration   {_ms(r.duration_ms)}")
-    typer.echo(f"  tokens     {r.prompt_tokens} prompt + {r.completion_tokens} completion ({r.llm_calls} calls)")
+    typer.echo(
+        f"  tokens     {r.prompt_tokens} prompt + {r.completion_tokens} completion ({r.llm_calls} calls)"
+    )
     if r.inputs:
         typer.echo(f"  inputs     {_short(r.inputs)}")
     if r.error:
-        typer.echo(f"  error      {r.error.type}{' at ' + r.error.node_id if r.error.node_id else ''}: {r.error.message}")
+        typer.echo(
+            f"  error      {r.error.type}{' at ' + r.error.node_id if r.error.node_id else ''}: {r.error.message}"
+        )
     if r.nodes:
         typer.echo("  nodes:")
         for n in r.nodes:
             extra = f" x{n.iterations}" if n.iterations > 1 else ""
             tries = f", {n.attempts} attempts" if n.attempts > n.iterations else ""
-            tokens = f", {n.prompt_tokens}+{n.completion_tokens} tokens" if n.prompt_tokens or n.completion_tokens else ""
-            typer.echo(f"    {n.node_id:<20} {n.status:<16} {_ms(n.duration_ms):>8}{extra}{tries}{tokens}")
+            tokens = (
+                f", {n.prompt_tokens}+{n.completion_tokens} tokens"
+                if n.prompt_tokens or n.completion_tokens
+                else ""
+            )
+            typer.echo(
+                f"    {n.node_id:<20} {n.status:<16} {_ms(n.duration_ms):>8}{extra}{tries}{tokens}"
+            )
             if n.error and n.status != "succeeded":
                 typer.echo(f"      {n.error.type}: {_short(n.error.message, 120)}")
     for a in r.approvals:
-        state = "waiting" if a.decided_at is None else ("approved" if a.approved else "rejected") + f" by {a.decided_by}"
+        state = (
+            "waiting"
+            if a.decided_at is None
+            else ("approved" if a.approved else "rejected") + f" by {a.decided_by}"
+        )
         typer.echo(f"  approval {a.node_id}: {state} — {_short(a.message, 80)}")
     if r.outputs:
         typer.echo("  outputs:")
@@ -267,7 +334,9 @@ def cancel(
     if result["status"] == "cancelled":
         typer.echo(f"run {run_id} cancelled")
     else:
-        typer.echo(f"run {run_id}: cancel requested; it stops at its next safe point ({result['status']})")
+        typer.echo(
+            f"run {run_id}: cancel requested; it stops at its next safe point ({result['status']})"
+        )
 
 
 @app.command()
@@ -304,5 +373,7 @@ def approvals(as_json: bool = typer.Option(False, "--json")) -> None:
         typer.echo("no approvals waiting")
         return
     for a in found:
-        typer.echo(f"{a.run_id}  {a.workflow:<20} {a.node_id:<16} since {a.requested_at:%Y-%m-%d %H:%M}  {_short(a.message, 60)}")
+        typer.echo(
+            f"{a.run_id}  {a.workflow:<20} {a.node_id:<16} since {a.requested_at:%Y-%m-%d %H:%M}  {_short(a.message, 60)}"
+        )
         typer.echo(f"  chiffon runs approve {a.run_id} {a.node_id}   (or --reject)")

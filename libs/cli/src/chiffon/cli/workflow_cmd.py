@@ -12,7 +12,9 @@ from chiffon.cli.direct_client import open_client
 from chiffon.readmodels import WorkflowPublic, WorkflowSummary
 from chiffon.workflow import SpecError, WorkflowSpec, load_spec
 
-app = typer.Typer(help="Workflow definitions: register immutable versions, list, show.", no_args_is_help=True)
+app = typer.Typer(
+    help="Workflow definitions: register immutable versions, list, show.", no_args_is_help=True
+)
 
 
 def read_spec(path: Path) -> tuple[WorkflowSpec, str, str]:
@@ -32,13 +34,17 @@ def read_spec(path: Path) -> tuple[WorkflowSpec, str, str]:
 
 def print_issues(error: SpecError) -> None:
     count = len(error.issues)
-    typer.secho(f"{error.filename}: {count} error{'s' if count != 1 else ''}", fg=typer.colors.RED, err=True)
+    typer.secho(
+        f"{error.filename}: {count} error{'s' if count != 1 else ''}", fg=typer.colors.RED, err=True
+    )
     for issue in error.issues:
         where = f"{error.filename}:{issue.line}" if issue.line else error.filename
         typer.echo(f"  {where}: {issue.path + ': ' if issue.path else ''}{issue.message}", err=True)
 
 
-def validate(files: list[Path] = typer.Argument(..., help="Workflow files (YAML or JSON).", exists=False)) -> None:  # noqa: B008
+def validate(
+    files: list[Path] = typer.Argument(..., help="Workflow files (YAML or JSON).", exists=False),
+) -> None:  # noqa: B008
     """Check workflow files; print every error with its path and line (exit 2 if any)."""
     failed = False
     for path in files:
@@ -66,7 +72,9 @@ def register(file: Path = typer.Argument(..., help="Workflow file (YAML or JSON)
 
     result = codes.run_async(main)
     state = "registered" if result.get("created") else "already registered (same content)"
-    typer.echo(f"{state}: {result['name']} v{result['version']} (digest {str(result['digest'])[:12]})")
+    typer.echo(
+        f"{state}: {result['name']} v{result['version']} (digest {str(result['digest'])[:12]})"
+    )
 
 
 @app.command("list")
@@ -95,7 +103,9 @@ def list_workflows(as_json: bool = typer.Option(False, "--json", help="Print JSO
 @app.command()
 def show(
     name: str = typer.Argument(..., help="Workflow name."),
-    version: int | None = typer.Option(None, "--version", "-v", help="A version (default: the latest)."),
+    version: int | None = typer.Option(
+        None, "--version", "-v", help="A version (default: the latest)."
+    ),
     source: bool = typer.Option(False, "--source", help="Print the YAML as registered."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -116,11 +126,15 @@ def show(
         typer.echo(found.source, nl=False)
         return
     w = found
-    typer.echo(f"{w.name} v{w.version}  digest {w.digest[:12]}  registered {w.registered_at:%Y-%m-%d %H:%M} by {w.registered_by}")
+    typer.echo(
+        f"{w.name} v{w.version}  digest {w.digest[:12]}  registered {w.registered_at:%Y-%m-%d %H:%M} by {w.registered_by}"
+    )
     if w.description:
         typer.echo(f"  {w.description}")
     typer.echo(f"  versions: {', '.join(str(v) for v in w.versions)}")
     inputs = w.inputs or {}
-    typer.echo("  inputs: " + (", ".join(f"{k} ({v.get('type')})" for k, v in inputs.items()) or "none"))
+    typer.echo(
+        "  inputs: " + (", ".join(f"{k} ({v.get('type')})" for k, v in inputs.items()) or "none")
+    )
     for node in w.spec.get("nodes", []):
         typer.echo(f"  - {node.get('id')} ({node.get('type')})")

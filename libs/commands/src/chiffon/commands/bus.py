@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -65,7 +66,16 @@ class CommandBus:
         """
         subject = command_subject(self.namespace, command_type)
 
+        # nats-py runs a subscription's callbacks one at a time; hand each command to
+        # its own task so a slow one (an append, a read) does not queue the others.
+        in_flight: set[asyncio.Task[None]] = set()
+
         async def on_message(msg: Msg) -> None:
+            task = asyncio.create_task(handle(msg))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+        async def handle(msg: Msg) -> None:
             try:
                 command = command_type.model_validate_json(msg.data)
                 reply = CommandReply(ok=True, result=await handler(command))

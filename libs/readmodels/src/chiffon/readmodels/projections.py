@@ -150,7 +150,9 @@ def fold_node(row: Row | None, event: RecordedEvent) -> Row | None:
         row = dict(row)
         if isinstance(payload, ev.NodeCompleted):
             outputs = (
-                {"_stored": payload.outputs_ref} if payload.outputs_ref else truncate(payload.outputs)
+                {"_stored": payload.outputs_ref}
+                if payload.outputs_ref
+                else truncate(payload.outputs)
             )
             row.update(
                 status="succeeded",
@@ -213,7 +215,9 @@ class RunsProjection(Projection):
         node_rows: dict[tuple[str, str], Row | None] = {}
         if node_keys:
             found = await conn.execute(
-                select(run_nodes).where(tuple_(run_nodes.c.run_id, run_nodes.c.node_id).in_(node_keys))
+                select(run_nodes).where(
+                    tuple_(run_nodes.c.run_id, run_nodes.c.node_id).in_(node_keys)
+                )
             )
             node_rows = {(r.run_id, r.node_id): dict(r._mapping) for r in found}
         approval_runs = {
@@ -287,7 +291,10 @@ class RunsProjection(Projection):
         await _upsert(conn, runs, ["run_id"], (run_rows[k] for k in changed_runs))
         await _upsert(conn, run_nodes, ["run_id", "node_id"], (node_rows[k] for k in changed_nodes))
         await _upsert(
-            conn, run_approvals, ["run_id", "node_id", "iteration"], (approvals[k] for k in changed_approvals)
+            conn,
+            run_approvals,
+            ["run_id", "node_id", "iteration"],
+            (approvals[k] for k in changed_approvals),
         )
 
 
@@ -329,7 +336,9 @@ class WorkflowsProjection(Projection):
             await conn.execute(insert(workflows).on_conflict_do_nothing(), rows)
 
 
-async def _upsert(conn: AsyncConnection, table: Table, keys: list[str], rows: Iterable[Row]) -> None:
+async def _upsert(
+    conn: AsyncConnection, table: Table, keys: list[str], rows: Iterable[Row]
+) -> None:
     """One upsert statement, executed for many rows (compiled once, cached by SQLAlchemy)."""
     batch = list(rows)
     if not batch:
@@ -345,5 +354,7 @@ def _upsert_statement(table: Table, keys: tuple[str, ...]) -> Any:
     if found is None:
         statement = insert(table)
         columns = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-        found = _UPSERTS[(table.name, keys)] = statement.on_conflict_do_update(index_elements=list(keys), set_=columns)
+        found = _UPSERTS[(table.name, keys)] = statement.on_conflict_do_update(
+            index_elements=list(keys), set_=columns
+        )
     return found

@@ -137,7 +137,9 @@ async def get_workflow(db: Db, name: str, version: int | None = None) -> Workflo
         versions = [
             v
             for (v,) in await conn.execute(
-                select(workflows.c.version).where(workflows.c.name == name).order_by(workflows.c.version)
+                select(workflows.c.version)
+                .where(workflows.c.name == name)
+                .order_by(workflows.c.version)
             )
         ]
         if not versions:
@@ -168,7 +170,9 @@ async def list_workflows(db: Db) -> list[WorkflowSummary]:
     )
     query = (
         select(workflows, counts.c.versions)
-        .join(counts, (workflows.c.name == counts.c.name) & (workflows.c.version == counts.c.latest))
+        .join(
+            counts, (workflows.c.name == counts.c.name) & (workflows.c.version == counts.c.latest)
+        )
         .order_by(workflows.c.name)
     )
     async with _conn(db) as conn:

@@ -34,7 +34,9 @@ async def serve(ctx: ServiceContext) -> None:
     # Import LiteLLM now (seconds of CPU), never on a run's path; in a thread, so the
     # health endpoint answers meanwhile and NATS/PostgreSQL connect in parallel.
     importing = asyncio.ensure_future(asyncio.to_thread(llm.setup))
-    ctx.health.add("llm", lambda: (importing.done(), None if importing.done() else "importing LiteLLM"))
+    ctx.health.add(
+        "llm", lambda: (importing.done(), None if importing.done() else "importing LiteLLM")
+    )
     async with open_resources(ctx) as resources:
         store = resources.store
         workflows = WorkflowRepository(store)
@@ -42,7 +44,12 @@ async def serve(ctx: ServiceContext) -> None:
         commands = ExecutorCommands(store, workflows, runs)
         bus = CommandBus(store.nc, settings.namespace)
         worker = RunWorker(
-            store=store, settings=settings, name=ctx.instance, workflows=workflows, runs=runs, llm=llm
+            store=store,
+            settings=settings,
+            name=ctx.instance,
+            workflows=workflows,
+            runs=runs,
+            llm=llm,
         )
         await importing
         await worker.setup()
@@ -96,7 +103,9 @@ async def supervise_projector(ctx: ServiceContext) -> None:
     backoff = 0.5
     try:
         while True:
-            child = await asyncio.create_subprocess_exec(sys.executable, "-m", "chiffon.executor.projector", env=env)
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "chiffon.executor.projector", env=env
+            )
             started = time.monotonic()
             code = await child.wait()
             log.warning("projector.exited", code=code)

@@ -58,7 +58,9 @@ def run_id_for(actor_kind: str, actor_id: str, idempotency_key: str) -> str:
 class ExecutorCommands:
     """register_workflow, start_run, cancel_run, approve_node."""
 
-    def __init__(self, store: JetStreamEventStore, workflows: WorkflowRepository, runs: RunRepository) -> None:
+    def __init__(
+        self, store: JetStreamEventStore, workflows: WorkflowRepository, runs: RunRepository
+    ) -> None:
         self.store = store
         self.workflows = workflows
         self.runs = runs
@@ -128,7 +130,8 @@ class ExecutorCommands:
                 raise refuse("not_found", f"no workflow named {command.workflow!r} is registered")
             versions = ", ".join(str(v) for v in sorted(p.version for p in registered))
             raise refuse(
-                "not_found", f"workflow {command.workflow!r} has no version {command.version} (versions: {versions})"
+                "not_found",
+                f"workflow {command.workflow!r} has no version {command.version} (versions: {versions})",
             )
         spec = workflow.spec
         try:
@@ -174,7 +177,11 @@ class ExecutorCommands:
         state = await self.runs.load(run_id)
         if state.request is None or state.request.request_digest != fingerprint:
             error = IdempotencyConflict(key or "", run_id)
-            raise refuse("conflict", str(error), [{"path": "idempotency_key", "line": None, "message": str(error)}])
+            raise refuse(
+                "conflict",
+                str(error),
+                [{"path": "idempotency_key", "line": None, "message": str(error)}],
+            )
         return {
             "run_id": run_id,
             "workflow": state.request.workflow,
@@ -202,7 +209,9 @@ class ExecutorCommands:
         async def attempt() -> dict[str, Any]:
             state = await self.runs.load(command.run_id)
             decision = decide_approval(state, command.node_id, command.approve, command.comment)
-            envelopes, sequences = await self._append(command.run_id, [decision], state.version, command)
+            envelopes, sequences = await self._append(
+                command.run_id, [decision], state.version, command
+            )
             state.apply(envelopes[0], sequences[0])
             return {
                 "run_id": command.run_id,
@@ -217,10 +226,18 @@ class ExecutorCommands:
         self, run_id: str, payloads: list[Any], version: int, command: Any
     ) -> tuple[list[Any], tuple[int, ...]]:
         envelopes = [
-            new_event(p, aggregate_id=run_id, actor=command.actor, correlation_id=run_id, trace=command.trace)
+            new_event(
+                p,
+                aggregate_id=run_id,
+                actor=command.actor,
+                correlation_id=run_id,
+                trace=command.trace,
+            )
             for p in payloads
         ]
-        result = await self.store.append(AggregateKey("run", run_id), envelopes, expected_version=version)
+        result = await self.store.append(
+            AggregateKey("run", run_id), envelopes, expected_version=version
+        )
         return envelopes, result.sequences
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:

@@ -139,21 +139,35 @@ class RunExecution:
                     return "suspended"
                 raise
             except NodeFailure as failure:
-                return await self._end(RunFailed(error=failure.error, duration_ms=self.run.duration_ms()), "failed")
+                return await self._end(
+                    RunFailed(error=failure.error, duration_ms=self.run.duration_ms()), "failed"
+                )
             except RunCancelledSignal:
                 reason = self.run.cancel_reason or "cancelled"
-                return await self._end(RunCancelled(reason=reason, duration_ms=self.run.duration_ms()), "cancelled")
+                return await self._end(
+                    RunCancelled(reason=reason, duration_ms=self.run.duration_ms()), "cancelled"
+                )
             except GraphRecursionError:
-                error = ErrorInfo(type="step_limit", message=f"the run exceeded {self.max_steps} steps")
-                return await self._end(RunFailed(error=error, duration_ms=self.run.duration_ms()), "failed")
+                error = ErrorInfo(
+                    type="step_limit", message=f"the run exceeded {self.max_steps} steps"
+                )
+                return await self._end(
+                    RunFailed(error=error, duration_ms=self.run.duration_ms()), "failed"
+                )
             except ClaimLost:
                 return "lost"
             except Exception as error:  # noqa: BLE001 — a bug must end the run, not loop on it
                 log.exception("run.internal_error", run_id=self.run.run_id)
-                info = ErrorInfo(type="internal_error", message=f"{type(error).__name__}: {error}"[:3900])
-                return await self._end(RunFailed(error=info, duration_ms=self.run.duration_ms()), "failed")
+                info = ErrorInfo(
+                    type="internal_error", message=f"{type(error).__name__}: {error}"[:3900]
+                )
+                return await self._end(
+                    RunFailed(error=info, duration_ms=self.run.duration_ms()), "failed"
+                )
             outputs = {key: final.get(key) for key in spec.run_outputs()}
-            return await self._end(RunCompleted(outputs=outputs, duration_ms=self.run.duration_ms()), "succeeded")
+            return await self._end(
+                RunCompleted(outputs=outputs, duration_ms=self.run.duration_ms()), "succeeded"
+            )
         finally:
             watcher.cancel()
 
@@ -187,7 +201,9 @@ class RunExecution:
                 if check_cancel and self._cancel.is_set():
                     raise RunCancelledSignal()
                 try:
-                    result = await self.store.append(self.key, envelopes, expected_version=self.version)
+                    result = await self.store.append(
+                        self.key, envelopes, expected_version=self.version
+                    )
                 except ConcurrencyConflict:
                     seen = await self._reload()
                     envelopes = [e for e in envelopes if e.event_id not in seen]
@@ -296,7 +312,9 @@ class RunExecution:
         approval = self.run.approvals.get((node_id, iteration))
         if approval is not None and approval.decided is not None:
             return approval.decided, str(approval.decided_by)
-        future: asyncio.Future[tuple[ApprovalDecided, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[ApprovalDecided, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._waiters[(node_id, iteration)] = future
         self._active -= 1
         self._check_idle()
@@ -327,7 +345,9 @@ class RunExecution:
                         correlation_id=self.run.run_id,
                         trace=self.trace,
                     )
-                    result = await self.store.append(self.key, [envelope], expected_version=self.version)
+                    result = await self.store.append(
+                        self.key, [envelope], expected_version=self.version
+                    )
                 except ConcurrencyConflict:
                     try:
                         await self._reload()  # a decision or a cancel may have come in
@@ -348,15 +368,29 @@ class RunExecution:
         return dict(completed.outputs)
 
     async def completion(
-        self, node_id: str, attempt: int, iteration: int, outputs: dict[str, Any], duration_ms: float
+        self,
+        node_id: str,
+        attempt: int,
+        iteration: int,
+        outputs: dict[str, Any],
+        duration_ms: float,
     ) -> NodeCompleted:
         size = len(json.dumps(outputs, ensure_ascii=False, default=str))
         if size <= self.inline_output_limit:
             return NodeCompleted(
-                node_id=node_id, attempt=attempt, iteration=iteration, outputs=outputs, duration_ms=duration_ms
+                node_id=node_id,
+                attempt=attempt,
+                iteration=iteration,
+                outputs=outputs,
+                duration_ms=duration_ms,
             )
         name = f"{self.run.run_id}/{node_id}/{iteration}/{attempt}"
         await self.outputs.put(name, outputs)
         return NodeCompleted(
-            node_id=node_id, attempt=attempt, iteration=iteration, outputs={}, duration_ms=duration_ms, outputs_ref=name
+            node_id=node_id,
+            attempt=attempt,
+            iteration=iteration,
+            outputs={},
+            duration_ms=duration_ms,
+            outputs_ref=name,
         )

@@ -94,7 +94,14 @@ class Execution(Protocol):
     async def sleep(self, seconds: float) -> None: ...
     async def wait_approval(self, node_id: str, iteration: int) -> tuple[ApprovalDecided, str]: ...
     async def completed_outputs(self, completed: NodeCompleted) -> dict[str, Any]: ...
-    async def completion(self, node_id: str, attempt: int, iteration: int, outputs: dict[str, Any], duration_ms: float) -> NodeCompleted: ...
+    async def completion(
+        self,
+        node_id: str,
+        attempt: int,
+        iteration: int,
+        outputs: dict[str, Any],
+        duration_ms: float,
+    ) -> NodeCompleted: ...
 
 
 def _replace(_old: Any, new: Any) -> Any:
@@ -163,7 +170,9 @@ def build_graph(spec: WorkflowSpec) -> Any:
             gate = f"__join_{i}"
             graph.add_node(gate, _noop)
             graph.add_edge(list(edge.from_), gate)
-            graph.add_conditional_edges(gate, _router(spec, None, [(i, edge)]), [_target(edge.to), LG_END])
+            graph.add_conditional_edges(
+                gate, _router(spec, None, [(i, edge)]), [_target(edge.to), LG_END]
+            )
     return graph.compile()
 
 
@@ -275,7 +284,12 @@ async def _run_set(
             [
                 NodeStarted(node_id=node.id, node_type="set", attempt=1, iteration=iteration),
                 NodeFailed(
-                    node_id=node.id, attempt=1, iteration=iteration, error=info, will_retry=False, duration_ms=0.0
+                    node_id=node.id,
+                    attempt=1,
+                    iteration=iteration,
+                    error=info,
+                    will_retry=False,
+                    duration_ms=0.0,
                 ),
             ]
         )
@@ -300,7 +314,9 @@ async def _run_approval(
         try:
             message = plan.templates["message"].render(state)
         except TemplateError as error:
-            raise NodeFailure(_error("template_error", f"{node.id}.message: {error}", node.id)) from None
+            raise NodeFailure(
+                _error("template_error", f"{node.id}.message: {error}", node.id)
+            ) from None
         await ctx.append(
             [
                 NodeStarted(node_id=node.id, node_type="approval", attempt=1, iteration=iteration),
@@ -310,7 +326,9 @@ async def _run_approval(
     started = time.perf_counter()
     decision, _by = await ctx.wait_approval(node.id, iteration)
     outputs = {"approved": decision.approved, "approval_comment": decision.comment}
-    completed = await ctx.completion(node.id, 1, iteration, outputs, (time.perf_counter() - started) * 1000)
+    completed = await ctx.completion(
+        node.id, 1, iteration, outputs, (time.perf_counter() - started) * 1000
+    )
     await ctx.append([completed], check_cancel=False)
     return outputs
 
@@ -335,13 +353,24 @@ async def _run_with_retries(
                 node_id=node.id,
                 attempt=recorded.open_attempt,
                 iteration=iteration,
-                error=_error(INTERRUPTED, "the executor running this attempt stopped; the node runs again", node.id),
+                error=_error(
+                    INTERRUPTED,
+                    "the executor running this attempt stopped; the node runs again",
+                    node.id,
+                ),
                 will_retry=True,
                 duration_ms=0.0,
             )
         )
     while True:
-        await ctx.append([*pending, NodeStarted(node_id=node.id, node_type=node.type, attempt=attempt, iteration=iteration)])
+        await ctx.append(
+            [
+                *pending,
+                NodeStarted(
+                    node_id=node.id, node_type=node.type, attempt=attempt, iteration=iteration
+                ),
+            ]
+        )
         pending = []
         calls: list[LlmCalled] = []
         started = time.perf_counter()
@@ -391,7 +420,11 @@ def response_format_for(node: LlmNode) -> dict[str, Any] | None:
         return None
     return {
         "type": "json_schema",
-        "json_schema": {"name": f"{node.id}_output", "schema": output_json_schema(node.output), "strict": True},
+        "json_schema": {
+            "name": f"{node.id}_output",
+            "schema": output_json_schema(node.output),
+            "strict": True,
+        },
     }
 
 
@@ -412,9 +445,12 @@ def parse_output(node: LlmNode, text: str, output_model: Any = None) -> dict[str
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         if isinstance(error, pydantic.ValidationError):
             detail = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in error.errors(include_url=False)[:5]
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+                for e in error.errors(include_url=False)[:5]
             )
-        raise NodeError("invalid_output", f"the answer does not match the output schema: {detail}") from None
+        raise NodeError(
+            "invalid_output", f"the answer does not match the output schema: {detail}"
+        ) from None
 
 
 async def _llm_attempt(
@@ -432,7 +468,9 @@ async def _llm_attempt(
         system = templates["system"].render(state) if "system" in templates else None
     except TemplateError as error:
         raise NodeError("template_error", f"{node.id}: {error}", retryable=False) from None
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     models = plan.models
     deadline = None if timeout is None else time.monotonic() + timeout
     last: ProviderError | None = None

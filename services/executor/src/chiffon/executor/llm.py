@@ -14,7 +14,6 @@ environment as LiteLLM reads them (``OPENAI_API_KEY``, ``OPENAI_API_BASE``, ...)
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +27,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 log = get_logger(__name__)
 
 # Providers that run locally and need no key.
-_KEYLESS = frozenset({"ollama", "ollama_chat", "lm_studio", "vllm", "hosted_vllm", "llamafile", "chiffon"})
+_KEYLESS = frozenset(
+    {"ollama", "ollama_chat", "lm_studio", "vllm", "hosted_vllm", "llamafile", "chiffon"}
+)
 
 
 class ProviderError(Exception):
@@ -106,7 +107,11 @@ class LlmGateway:
             return model, provider
         if self.offline_mode == "always":
             return offline.MODEL, offline.PROVIDER
-        if self.offline_mode == "auto" and self.environment != "production" and not self._configured(model, provider):
+        if (
+            self.offline_mode == "auto"
+            and self.environment != "production"
+            and not self._configured(model, provider)
+        ):
             log.warning(
                 "llm.offline_model",
                 model=model,
@@ -129,7 +134,9 @@ class LlmGateway:
         if provider in _KEYLESS:
             return True
         prefix = provider.upper().replace("-", "_")
-        if any(os.environ.get(f"{prefix}_{suffix}") for suffix in ("API_BASE", "BASE_URL", "API_KEY")):
+        if any(
+            os.environ.get(f"{prefix}_{suffix}") for suffix in ("API_BASE", "BASE_URL", "API_KEY")
+        ):
             return True
         try:
             report = self._litellm.validate_environment(model=model)

@@ -32,7 +32,10 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
     engine = create_engine(settings.database_dsn(), pool_size=2, max_overflow=2)
     try:
         async with JetStreamEventStore.connect(
-            settings.nats_url, CATALOG, namespace=settings.namespace, name=f"executor-{settings.replica}-projector"
+            settings.nats_url,
+            CATALOG,
+            namespace=settings.namespace,
+            name=f"executor-{settings.replica}-projector",
         ) as store:
             tasks = [
                 asyncio.create_task(LingeringRunner(store, engine, p).run(), name=p.name)
@@ -51,7 +54,9 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
 
 def main() -> None:
     settings = ExecutorSettings()
-    configure_logging(service="executor-projector", level=settings.log_level, fmt=settings.log_format)
+    configure_logging(
+        service="executor-projector", level=settings.log_level, fmt=settings.log_format
+    )
     parent = int(os.environ.get("CHIFFON_PROJECTOR_PARENT", os.getppid()))
     asyncio.run(project(settings, parent))
 

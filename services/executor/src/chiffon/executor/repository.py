@@ -32,7 +32,9 @@ class WorkflowRepository:
     async def registered(self, name: str) -> tuple[list[WorkflowVersionRegistered], int]:
         """Every registered version of ``name`` (event order) and the aggregate's version."""
         events, version = await self.store.read_aggregate(AggregateKey("workflow", name))
-        return [e.payload for e in events if isinstance(e.payload, WorkflowVersionRegistered)], version
+        return [
+            e.payload for e in events if isinstance(e.payload, WorkflowVersionRegistered)
+        ], version
 
     async def get(self, name: str, version: int | None = None) -> LoadedWorkflow | None:
         """A version (the highest when ``version`` is None), or None."""
@@ -54,8 +56,12 @@ class WorkflowRepository:
         key = (registered.name, registered.version)
         found = self._loaded.get(key)
         if found is None:
-            spec = spec_from_dict(registered.spec, filename=f"{registered.name} v{registered.version}")
-            found = self._loaded[key] = LoadedWorkflow(spec=spec, digest=registered.digest, graph=build_graph(spec))
+            spec = spec_from_dict(
+                registered.spec, filename=f"{registered.name} v{registered.version}"
+            )
+            found = self._loaded[key] = LoadedWorkflow(
+                spec=spec, digest=registered.digest, graph=build_graph(spec)
+            )
         return found
 
     def known_versions(self, registered: list[Any]) -> list[int]:

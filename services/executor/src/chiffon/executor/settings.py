@@ -30,5 +30,7 @@ class ExecutorSettings(ChiffonSettings):
     @model_validator(mode="after")
     def _production_never_fakes_models(self) -> ExecutorSettings:
         if self.environment == "production" and self.llm_offline == "always":
-            raise ValueError("llm_offline=always is refused in production: it answers with chiffon/echo")
+            raise ValueError(
+                "llm_offline=always is refused in production: it answers with chiffon/echo"
+            )
         return self

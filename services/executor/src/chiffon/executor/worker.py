@@ -181,7 +181,9 @@ class RunWorker:
             envelope = CATALOG.decode(msg.data)
         except (EventValidationError, ValueError) as error:
             # Poison: recorded in the log with its position, never retried forever.
-            log.error("executor.poison_work_item", sequence=seq, subject=msg.subject, error=str(error))
+            log.error(
+                "executor.poison_work_item", sequence=seq, subject=msg.subject, error=str(error)
+            )
             await msg.term()
             return
         run_id = envelope.aggregate_id
@@ -219,7 +221,9 @@ class RunWorker:
             if not state.should_execute(seq):
                 return True
             claim = new_event(
-                RunClaimed(executor=self.name, pid=self.pid, resumed=state.claims > 0, work_seq=seq),
+                RunClaimed(
+                    executor=self.name, pid=self.pid, resumed=state.claims > 0, work_seq=seq
+                ),
                 aggregate_id=run_id,
                 actor=self.actor,
                 correlation_id=run_id,
@@ -255,7 +259,9 @@ class RunWorker:
                 correlation_id=state.run_id,
             )
             try:
-                await self.store.append(AggregateKey("run", state.run_id), [event], expected_version=state.version)
+                await self.store.append(
+                    AggregateKey("run", state.run_id), [event], expected_version=state.version
+                )
             except ConcurrencyConflict:
                 return False  # changed meanwhile: the item comes back and is decided again
             return True
@@ -272,7 +278,11 @@ class RunWorker:
         )
         self._executions[state.run_id] = execution
         outcome = await execution.execute()
-        log.info("run.finished" if outcome != "suspended" else "run.suspended", run_id=state.run_id, outcome=outcome)
+        log.info(
+            "run.finished" if outcome != "suspended" else "run.suspended",
+            run_id=state.run_id,
+            outcome=outcome,
+        )
         if outcome == "lost":
             return False  # another replica holds it now: its delivery owns the item
         self.completed += 1
