@@ -254,9 +254,16 @@ async def per_node_in_chiffon(stack: Stack, nodes: int, runs: int) -> float:
                 raise RuntimeError(f"run failed: {driver.failed[run_id][:500]!r}")
             if i < 3:
                 continue
-            events, _ = await store.read_aggregate(AggregateKey("run", run_id))
+            for _ in range(200):  # the driver may hear of the end before this read sees it
+                events, _ = await store.read_aggregate(AggregateKey("run", run_id))
+                ended = [e for e in events if e.type == "run.completed"]
+                if ended:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise RuntimeError(f"run {run_id}: no run.completed event")
             first = next(e for e in events if e.type == "run.node.started").envelope.occurred_at
-            last = next(e for e in events if e.type == "run.completed").envelope.occurred_at
+            last = ended[0].envelope.occurred_at
             samples.append((last - first).total_seconds() * 1000 / nodes)
         return statistics.median(samples)
 
