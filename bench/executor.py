@@ -304,7 +304,7 @@ async def main(quick: bool) -> None:
             await stack.start_replicas(1)
             chiffon = await per_node_in_chiffon(stack, nodes, seq_runs)
             row("bare LangGraph, node = template only", f"{bare_plain:.3f} ms/node")
-            row("bare LangGraph, same node work (LiteLLM)", f"{bare:.3f} ms/node")
+            row("bare LangGraph, same node work (offline model)", f"{bare:.3f} ms/node")
             row("Chiffon (events, projections, 1 replica)", f"{chiffon:.3f} ms/node")
             row("overhead of Chiffon", f"{chiffon - bare:.3f} ms/node", "goal <= 2 ms")
 
