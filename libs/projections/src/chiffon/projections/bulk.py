@@ -44,7 +44,9 @@ async def bulk_upsert(
         )
         for row in records
     ]
-    raw = (await conn.get_raw_connection()).driver_connection
+    raw: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's Connection
+    if raw is None:
+        raise RuntimeError("bulk_upsert needs a live asyncpg connection")
     stage = _quote(f"_stage_{table.name}")
     target = _quote(table.name)
     await raw.execute(
