@@ -58,6 +58,9 @@ def connect_options(name: str) -> dict[str, Any]:
         "connect_timeout": 2,
         # Buffer publishes made while reconnecting (up to 64 MiB) instead of failing.
         "pending_size": 64 * 1024 * 1024,
+        # Bound a graceful close: a subscription that never drains must not hold a
+        # stopping service for nats-py's default 30 s.
+        "drain_timeout": 2,
     }
 
 
