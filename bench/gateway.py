@@ -34,21 +34,9 @@ from bench.common import percentile, row, servers
 from chiffon.cli.devstack.ports import free_port
 from chiffon.core.db import ensure_database
 from chiffon.projections.host import all_migrations
+from tests.integration.gateway.support import THREE_NODES  # the workflow the tests use
 
 ADMIN = "chf_bench-bootstrap-admin-key-0123456789abcdef"
-THREE_NODES = """\
-name: bench-three
-version: 1
-inputs: {topic: {type: string}}
-defaults: {model: chiffon/echo}
-nodes:
-  - {id: a, type: llm, prompt: "facts about {topic}", output: {facts: "list[string]"}}
-  - {id: b, type: llm, prompt: "outline {facts}", output: {outline: string}}
-  - {id: c, type: llm, prompt: "write {outline}", output: {text: string}}
-edges:
-  - {from: a, to: b}
-  - {from: b, to: c}
-"""
 APPROVAL = """\
 name: bench-fanout
 version: 1

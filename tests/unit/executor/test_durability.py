@@ -110,6 +110,8 @@ async def test_loop_counters_survive_a_crash() -> None:
         await asyncio.sleep(0.005)
         if reviews == 2 and types(store)[-1] == "run.node.started":
             break
+    else:
+        raise AssertionError("the run never reached its third review: nothing to crash in")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert (
