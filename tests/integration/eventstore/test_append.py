@@ -120,6 +120,35 @@ async def test_several_events_append_in_order_and_chain_their_versions(
     assert version == result.version
 
 
+async def test_a_stale_multi_event_append_stores_none_of_its_events(
+    store: JetStreamEventStore,
+) -> None:
+    key = AggregateKey("agent", "atomic")
+    first = await store.append(key, [registered("atomic")], 0)
+    await store.append(key, [capacity("atomic", 2)], first.version)
+    with pytest.raises(ConcurrencyConflict):
+        # Decided on a stale version: the first event is refused, so nothing follows it.
+        await store.append(key, [capacity("atomic", 7), capacity("atomic", 8)], first.version)
+    events, _ = await store.read_aggregate(key)
+    assert [e.type for e in events] == ["agent.registered", "agent.capacity_changed"]
+    assert events[-1].payload.max_concurrency == 2
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "unchecked"])
+async def test_a_retried_multi_event_command_stores_nothing_twice(
+    store: JetStreamEventStore, checked: bool
+) -> None:
+    key = AggregateKey("agent", f"retry-{checked}")
+    version = 0 if checked else ANY
+    batch = [registered(key.aggregate_id), capacity(key.aggregate_id, 5)]
+    first = await store.append(key, batch, version, idempotency_key="cmd-batch")
+    again = [registered(key.aggregate_id), capacity(key.aggregate_id, 5)]  # new event ids
+    retry = await store.append(key, again, version, idempotency_key="cmd-batch")
+    assert retry.all_duplicates and retry.sequences == first.sequences
+    events, _ = await store.read_aggregate(key)
+    assert len(events) == 2
+
+
 async def test_an_invalid_payload_is_refused_at_append_and_nothing_is_written(
     store: JetStreamEventStore,
 ) -> None:

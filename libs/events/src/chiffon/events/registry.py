@@ -7,6 +7,7 @@ the previous version, so events written years ago still load as today's model.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +18,11 @@ from chiffon.events.envelope import Envelope, EventPayload, RawEnvelope
 _ENVELOPE_FIELDS = tuple(name for name in RawEnvelope.model_fields if name != "payload")
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+# The start of an envelope as ``model_dump_json`` writes it (fields in declaration order).
+_HEAD = re.compile(
+    rb'^\{"event_id":"[0-9a-f-]{36}","type":"([a-z0-9_.]{1,100})","schema_version":(\d{1,9}),'
+)
 
 
 class UnknownEventType(LookupError):
@@ -120,6 +126,18 @@ class Catalog:
         The common case (current version) is one JSON parse and one validation into
         the typed envelope; only old events take the upcasting path.
         """
+        head = _HEAD.match(data if isinstance(data, bytes) else data.encode())
+        if head is not None:
+            # As written by the store: the type and version are at the start, so the
+            # document goes to pydantic's JSON parser in one pass.
+            model = self._models.get(head.group(1).decode())
+            if model is not None and int(head.group(2)) == model.schema_version:
+                try:
+                    envelope = self._adapter(model).model_validate_json(data)
+                except pydantic.ValidationError as error:
+                    raise EventValidationError(model.event_type, _describe(error)) from None
+                if envelope.type == model.event_type:  # a repeated "type" key lands here
+                    return envelope
         try:
             document = json.loads(data)
         except ValueError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import JSON, Table
@@ -36,14 +37,17 @@ async def bulk_upsert(
     if not records:
         return 0
     columns = [column.name for column in table.columns]
-    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    values = [
-        tuple(
-            json.dumps(row[name]) if name in json_columns and row[name] is not None else row[name]
-            for name in columns
-        )
-        for row in records
-    ]
+    json_columns = [c.name for c in table.columns if isinstance(c.type, JSON)]
+    if json_columns:
+        records = [
+            {
+                **row,
+                **{n: json.dumps(row[n]) for n in json_columns if row[n] is not None},
+            }
+            for row in records
+        ]
+    pick = itemgetter(*columns)
+    values = [pick(row) for row in records] if len(columns) > 1 else [(pick(r),) for r in records]
     raw: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's Connection
     if raw is None:
         raise RuntimeError("bulk_upsert needs a live asyncpg connection")

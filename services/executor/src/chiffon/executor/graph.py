@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Protocol, TypedDict
 
 import pydantic
@@ -154,7 +154,11 @@ def build_graph(spec: WorkflowSpec) -> Any:
     for node in spec.nodes:
         simple = [(i, e) for i, e in indexed if not e.is_join and e.from_[0] == node.id]
         rejects = isinstance(node, ApprovalNode)
-        if simple or rejects:
+        if simple and not rejects and all(_unconditional(e) for _, e in simple):
+            # Plain edges: LangGraph follows them without calling a router.
+            for target in dict.fromkeys(_target(e.to) for _, e in simple):
+                graph.add_edge(node.id, target)
+        elif simple or rejects:
             targets = {_target(e.to) for _, e in simple} | {LG_END}
             if isinstance(node, ApprovalNode) and node.on_reject != "fail":
                 targets.add(node.on_reject)
@@ -176,6 +180,10 @@ def build_graph(spec: WorkflowSpec) -> Any:
     return graph.compile()
 
 
+def _unconditional(edge: Edge) -> bool:
+    return edge.when is None and edge.max_iterations is None
+
+
 def _target(to: str) -> str:
     return LG_END if to == END else to
 
@@ -186,10 +194,11 @@ async def _noop(_state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _router(
     spec: WorkflowSpec, node: AnyNode | None, edges: list[tuple[int, Edge]]
-) -> Callable[[Mapping[str, Any], RunnableConfig], list[str]]:
+) -> Callable[[Mapping[str, Any], RunnableConfig], Awaitable[list[str]]]:
     conditions = {i: compile_expression(e.when) for i, e in edges if e.when is not None}
 
-    def route(state: Mapping[str, Any], config: RunnableConfig) -> list[str]:
+    # A coroutine, so LangGraph calls it on the event loop, not in a worker thread.
+    async def route(state: Mapping[str, Any], config: RunnableConfig) -> list[str]:
         ctx: Execution = config["configurable"]["chiffon"]  # type: ignore[index]
         if isinstance(node, ApprovalNode) and state.get("approved") is False:
             if node.on_reject == "fail":
