@@ -96,18 +96,44 @@ def run_projections(resources: Resources) -> list[asyncio.Task[None]]:
 
 
 async def supervise_projector(ctx: ServiceContext) -> None:
-    """Keep the projector child process running (restarted with back-off if it dies)."""
+    """Keep the projector child process running (restarted with back-off if it dies).
+
+    The replica is ready once its projector says it is working or standing by (a byte
+    on a pipe), not merely started: its imports take seconds on a small machine, and a
+    read right after start-up would find the read models not yet followed."""
     child: asyncio.subprocess.Process | None = None
-    ctx.health.add("projector", lambda: (child is not None and child.returncode is None, None))
-    env = {**os.environ, "CHIFFON_PROJECTOR_PARENT": str(os.getpid())}
+    reported = asyncio.Event()
+    ctx.health.add(
+        "projector",
+        lambda: (
+            child is not None and child.returncode is None and reported.is_set(),
+            None if reported.is_set() else "starting",
+        ),
+    )
     backoff = 0.5
     try:
         while True:
-            child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "chiffon.executor.projector", env=env
-            )
+            reported.clear()
+            read_fd, write_fd = os.pipe()
+            env = {
+                **os.environ,
+                "CHIFFON_PROJECTOR_PARENT": str(os.getpid()),
+                "CHIFFON_PROJECTOR_READY_FD": str(write_fd),
+            }
+            try:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "chiffon.executor.projector",
+                    env=env,
+                    pass_fds=(write_fd,),
+                )
+            finally:
+                os.close(write_fd)
+            watcher = asyncio.create_task(_wait_report(read_fd, reported))
             started = time.monotonic()
             code = await child.wait()
+            watcher.cancel()
             log.warning("projector.exited", code=code)
             backoff = 0.5 if time.monotonic() - started > 30 else min(backoff * 2, 30)
             await asyncio.sleep(backoff)
@@ -116,6 +142,13 @@ async def supervise_projector(ctx: ServiceContext) -> None:
             child.terminate()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(child.wait(), 10)
+
+
+async def _wait_report(read_fd: int, reported: asyncio.Event) -> None:
+    """Set ``reported`` when the child writes to the pipe (it closes it right after)."""
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        if await asyncio.to_thread(pipe.read, 1):
+            reported.set()
 
 
 def main() -> None:

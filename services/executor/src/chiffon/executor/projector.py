@@ -3,8 +3,9 @@
 Folding events into PostgreSQL is CPU work (SQLAlchemy, asyncpg); run on the executor's
 event loop it would delay every run's next step. As a child process it uses the other
 core. It exits when its parent does (it watches its parent pid), so a SIGKILLed
-replica leaves nothing behind; the checkpoint row (read FOR UPDATE) makes concurrent
-projectors of several replicas take turns instead of double-applying.
+replica leaves nothing behind. Of several replicas' projectors one works at a time
+(a PostgreSQL advisory lock); the checkpoint row (read FOR UPDATE) would keep two
+from double-applying anyway.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chiffon.core.db import create_engine
 from chiffon.core.logging import configure_logging, get_logger
@@ -29,7 +34,12 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def running() -> bool:
+        return not stop.is_set() and os.getppid() == parent
+
     engine = create_engine(settings.database_dsn(), pool_size=2, max_overflow=2)
+    lock_key = f"chiffon:executor-projector:{settings.namespace}"
     try:
         async with JetStreamEventStore.connect(
             settings.nats_url,
@@ -37,19 +47,71 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
             namespace=settings.namespace,
             name=f"executor-{settings.replica}-projector",
         ) as store:
-            tasks = [
-                asyncio.create_task(LingeringRunner(store, engine, p).run(), name=p.name)
-                for p in (RunsProjection(), WorkflowsProjection())
-            ]
-            log.info("projector.started", parent=parent)
-            while not stop.is_set() and os.getppid() == parent:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _report_ready()  # working or standing by: either way, this replica is ready
+            while running():
+                lock = await _take_lock(engine, lock_key, running)
+                if lock is None:
+                    break
+                log.info("projector.leading", parent=parent)
+                tasks = [
+                    asyncio.create_task(LingeringRunner(store, engine, p).run(), name=p.name)
+                    for p in (RunsProjection(), WorkflowsProjection())
+                ]
+                try:
+                    while running() and await _still_held(lock):
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=1.0)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    with contextlib.suppress(Exception):
+                        await lock.close()  # closing the session releases the lock
     finally:
         await engine.dispose()
+
+
+def _report_ready() -> None:
+    """Tell the parent replica (a byte on the pipe it gave us) that this process is up."""
+    fd = os.environ.pop("CHIFFON_PROJECTOR_READY_FD", None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+
+
+async def _take_lock(
+    engine: AsyncEngine, key: str, running: Callable[[], bool]
+) -> AsyncConnection | None:
+    """Wait until this process holds the namespace's projector lock: one replica's
+    projector works, the others stand by (and take over within a second or two if it
+    dies, as PostgreSQL drops a dead session's locks). Two at once would still be
+    correct, as the checkpoint row is read FOR UPDATE; it would only double the work."""
+    while running():
+        conn: AsyncConnection | None = None
+        try:
+            conn = await engine.connect()
+            if await conn.scalar(text("SELECT pg_try_advisory_lock(hashtext(:key))"), {"key": key}):
+                await conn.commit()
+                return conn
+        except Exception as error:  # noqa: BLE001 — PostgreSQL away: try again shortly
+            log.warning("projector.lock_failed", error=str(error))
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        await asyncio.sleep(1.0)
+    return None
+
+
+async def _still_held(lock: AsyncConnection) -> bool:
+    try:
+        await lock.scalar(text("SELECT 1"))
+        await lock.commit()
+        return True
+    except Exception as error:  # noqa: BLE001 — the session (and with it the lock) is gone
+        log.warning("projector.lock_lost", error=str(error))
+        return False
 
 
 def main() -> None:
