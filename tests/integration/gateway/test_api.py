@@ -175,6 +175,9 @@ async def test_register_workflow_yaml_and_json(admin: httpx.AsyncClient, stack: 
         409,
         "conflict",
     )
+    # A run without a version starts the latest one, including one registered just now.
+    first_run = await admin.post("/v1/runs", json={"workflow": name, "inputs": {"topic": "x"}})
+    assert first_run.status_code == 202 and first_run.json()["version"] == 1, first_run.text
     # JSON, version 2.
     import yaml
 
@@ -182,6 +185,8 @@ async def test_register_workflow_yaml_and_json(admin: httpx.AsyncClient, stack: 
     document["version"] = 2
     second = await admin.post("/v1/workflows", json=document)
     assert second.status_code == 201, second.text
+    latest = await admin.post("/v1/runs", json={"workflow": name, "inputs": {"topic": "x"}})
+    assert latest.status_code == 202 and latest.json()["version"] == 2, latest.text
     listed = await eventually(
         lambda: _versions(admin, name), message="version 2 listed", timeout=10
     )
@@ -320,6 +325,12 @@ async def test_approve_and_reject(stack: Stack, keys: dict[str, str], workflows:
         await until_status(http, run_id, "waiting_approval")
         pending = (await http.get("/v1/approvals")).json()["approvals"]
         assert any(a["run_id"] == run_id and a["node_id"] == "sign_off" for a in pending)
+        # A waiting run's view holds still: same ETag, and 304 for a client that has it.
+        waiting = await http.get(f"/v1/runs/{run_id}")
+        etag = waiting.headers["etag"]
+        assert (await http.get(f"/v1/runs/{run_id}")).headers["etag"] == etag
+        unchanged = await http.get(f"/v1/runs/{run_id}", headers={"If-None-Match": etag})
+        assert unchanged.status_code == 304
         decided = await http.post(
             f"/v1/runs/{run_id}/approvals/sign_off", json={"approve": True, "comment": "ship it ✓"}
         )
@@ -332,6 +343,11 @@ async def test_approve_and_reject(stack: Stack, keys: dict[str, str], workflows:
             and decision.data["payload"]["comment"] == "ship it ✓"
         )
         assert events[-1].event == "run.completed"
+        # The same client polling with its ETag sees the change, not its old copy.
+        done = await until_status(http, run_id, "succeeded")
+        assert done["approvals"][0]["approved"] is True
+        moved = await http.get(f"/v1/runs/{run_id}", headers={"If-None-Match": etag})
+        assert moved.status_code == 200 and moved.headers["etag"] != etag
         # Deciding again: the run no longer waits.
         again = await http.post(f"/v1/runs/{run_id}/approvals/sign_off", json={"approve": True})
         assert again.status_code in (404, 409), again.text

@@ -331,6 +331,17 @@ class JetStreamEventStore:
         events = [e async for e in self._consume(stream, [subject], start=1, live=False)]
         return events, (events[-1].sequence if events else 0)
 
+    async def aggregate_version(self, key: AggregateKey) -> int:
+        """The aggregate's version (0 if it has no events), by one direct get of its last
+        message: a cheap check that a cached fold is still current."""
+        stream = self.streams.stream_for(key.aggregate)
+        subject = self.streams.aggregate_filter(key.aggregate, key.aggregate_id)
+        try:
+            msg = await self._call(self.js.get_msg(stream, subject=subject, direct=True))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(msg.seq)
+
     async def read_stream(
         self,
         context: str,

@@ -28,13 +28,22 @@ class WorkflowRepository:
     def __init__(self, store: JetStreamEventStore) -> None:
         self.store = store
         self._loaded: dict[tuple[str, int], LoadedWorkflow] = {}
+        self._registered: dict[str, tuple[list[WorkflowVersionRegistered], int]] = {}
 
     async def registered(self, name: str) -> tuple[list[WorkflowVersionRegistered], int]:
-        """Every registered version of ``name`` (event order) and the aggregate's version."""
-        events, version = await self.store.read_aggregate(AggregateKey("workflow", name))
-        return [
-            e.payload for e in events if isinstance(e.payload, WorkflowVersionRegistered)
-        ], version
+        """Every registered version of ``name`` (event order) and the aggregate's version.
+
+        Kept per name and checked with one direct get of the aggregate's last event: a
+        start of "the latest version" must see a version registered a moment ago."""
+        key = AggregateKey("workflow", name)
+        cached = self._registered.get(name)
+        if cached is not None and cached[1] == await self.store.aggregate_version(key):
+            return list(cached[0]), cached[1]
+        events, version = await self.store.read_aggregate(key)
+        found = [e.payload for e in events if isinstance(e.payload, WorkflowVersionRegistered)]
+        if found:
+            self._registered[name] = (found, version)
+        return list(found), version
 
     async def get(self, name: str, version: int | None = None) -> LoadedWorkflow | None:
         """A version (the highest when ``version`` is None), or None."""
