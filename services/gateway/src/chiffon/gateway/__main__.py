@@ -21,7 +21,7 @@ from chiffon.gateway.app import create_app
 from chiffon.gateway.auth import KeyCache
 from chiffon.gateway.keys import ApiKeys
 from chiffon.gateway.projections import ApiKeysProjection
-from chiffon.gateway.runtime import Gateway
+from chiffon.gateway.runtime import Gateway, RunPositions
 from chiffon.gateway.settings import GatewaySettings
 from chiffon.gateway.sse import RunFeeds
 from chiffon.projections import checkpoints
@@ -74,7 +74,10 @@ async def serve(ctx: ServiceContext) -> None:
     # Registered before anything is awaited: /readyz must not pass before the keys are in.
     keys = KeyCache(settings.bootstrap_key())
     ctx.health.add("keys", lambda: (keys.loaded.is_set(), f"{len(keys)} keys at {keys.position}"))
-    async with open_resources(ctx) as resources:
+    async with (
+        open_resources(ctx) as resources,
+        RunPositions(settings.database_dsn()) as positions,
+    ):
         store = resources.store
         follow = asyncio.create_task(keys.follow(store, resources.engine), name="keys:follow")
         projections = await resources.run_projections([ApiKeysProjection()])
@@ -92,6 +95,7 @@ async def serve(ctx: ServiceContext) -> None:
             feeds=feeds,
             limiter=ctx.app.state.limiter,
             instance=ctx.instance,
+            positions=positions,
         )
         if settings.bootstrap_key() is None:
             log.warning(

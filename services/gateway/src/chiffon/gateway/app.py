@@ -7,7 +7,7 @@ from fastapi.routing import APIRoute
 
 from chiffon.gateway import dashboard
 from chiffon.gateway.auth import AuthMiddleware, KeyCache
-from chiffon.gateway.middleware import BodyLimitMiddleware, EndedRunFastPath
+from chiffon.gateway.middleware import BodyLimitMiddleware, RunViewFastPath
 from chiffon.gateway.problems import install_problem_handlers
 from chiffon.gateway.ratelimit import RateLimiter
 from chiffon.gateway.routers import API_ROUTERS
@@ -74,12 +74,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         gateway = app.state.gateway
         return gateway.keys if gateway is not None else None
 
-    def ended_runs():  # type: ignore[no-untyped-def]
-        gateway = app.state.gateway
-        return gateway.ended_runs if gateway is not None else None
+    def gateway():  # type: ignore[no-untyped-def]
+        return app.state.gateway
 
     # Starlette wraps in reverse: the last one added runs first.
-    app.add_middleware(EndedRunFastPath, cache=ended_runs)
+    app.add_middleware(RunViewFastPath, gateway=gateway)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, cookie_name=settings.cookie_name)
     return app

@@ -127,37 +127,46 @@ async def _disconnected() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
 
-class EndedRunFastPath:
-    """``GET /v1/runs/{id}`` of an ended run straight from the in-memory cache.
+class RunViewFastPath:
+    """``GET /v1/runs/{id}`` from the in-memory view cache (``RunViewCache``).
 
-    An ended run never changes, so its JSON is kept (``TerminalRunCache``) and served
-    here without routing, dependency injection or a query: the hottest read of the API
-    (clients polling for a result) costs a dictionary lookup. The request is already
-    authenticated and rate-limited; every role may read runs. Anything else, or a run
-    not in the cache, goes on to the API as usual.
+    The hottest read of the API is a client polling a run. Its JSON is kept and served
+    here without routing, dependency injection or loading the run: an ended run's as
+    is, a live run's after one indexed lookup shows the read model has not moved on
+    (else the API builds the view again). The request is already authenticated and
+    rate-limited; every role may read runs. Anything else goes on to the API as usual.
     """
 
     PREFIX = "/v1/runs/"
 
-    def __init__(self, app: ASGIApp, *, cache: Any) -> None:
+    def __init__(self, app: ASGIApp, *, gateway: Any) -> None:
         self.app = app
-        self.cache = cache  # () -> TerminalRunCache | None
+        self.gateway = gateway  # () -> Gateway | None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             path: str = scope["path"]
             if path.startswith(self.PREFIX) and "/" not in path[len(self.PREFIX) :]:
-                principal = scope.get("state", {}).get("principal")
-                cache = self.cache()
-                hit = (
-                    cache.get(path[len(self.PREFIX) :])
-                    if cache is not None and principal is not None
-                    else None
-                )
-                if hit is not None:
-                    await self._send(scope, send, *hit)
+                view = await self._fresh_view(scope, path[len(self.PREFIX) :])
+                if view is not None:
+                    await self._send(scope, send, view.etag, view.body)
                     return
         await self.app(scope, receive, send)
+
+    async def _fresh_view(self, scope: Scope, run_id: str) -> Any:
+        gateway = self.gateway()
+        if gateway is None or scope.get("state", {}).get("principal") is None:
+            return None
+        view = gateway.run_views.get(run_id)
+        if view is None or view.ended:
+            return view
+        if gateway.positions is None:
+            return None
+        try:
+            position = await gateway.positions.get(run_id)
+        except Exception:  # noqa: BLE001 — the API answers (or reports the trouble)
+            return None
+        return view if position == view.position else None
 
     @staticmethod
     async def _send(scope: Scope, send: Send, etag: str, body: bytes) -> None:

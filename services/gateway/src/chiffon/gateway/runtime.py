@@ -12,11 +12,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chiffon.commands import Command, CommandBus, CommandRefused, CommandUnavailable
+from chiffon.core.db import async_dsn
 from chiffon.core.logging import get_logger
 from chiffon.events.envelope import AGGREGATE_ID_PATTERN
 from chiffon.eventstore import JetStreamEventStore
@@ -49,24 +52,71 @@ MAX_COMMAND_BYTES = 1_000_000
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
-class TerminalRunCache:
-    """Ended runs never change: their JSON is kept (LRU) and served without a query."""
+@dataclass(frozen=True, slots=True)
+class RunView:
+    position: int  # the stream sequence of the last event folded into this view
+    etag: str
+    body: bytes
+    ended: bool
+
+
+class RunViewCache:
+    """``GET /v1/runs/{id}`` answers, kept (LRU) as JSON. An ended run never changes, so
+    its view is served as is; a live run's view is served while the read model's
+    position for it is still the one the view was built at (one indexed lookup)."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._items: OrderedDict[str, RunView] = OrderedDict()
 
-    def get(self, run_id: str) -> tuple[str, bytes] | None:
+    def get(self, run_id: str) -> RunView | None:
         item = self._items.get(run_id)
         if item is not None:
             self._items.move_to_end(run_id)
         return item
 
-    def put(self, run_id: str, etag: str, body: bytes) -> None:
-        self._items[run_id] = (etag, body)
+    def put(self, run_id: str, view: RunView) -> None:
+        self._items[run_id] = view
         self._items.move_to_end(run_id)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+
+
+class _NoReset(asyncpg.Connection):  # type: ignore[misc]
+    """The position pool runs single read-only statements: nothing to reset on release."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+class RunPositions:
+    """The read model's position per run, by a prepared statement on a small asyncpg
+    pool of its own: a SQLAlchemy checkout (ping, BEGIN, ROLLBACK) would cost more than
+    the whole cached answer."""
+
+    QUERY = "SELECT position FROM runs WHERE run_id = $1"
+
+    def __init__(self, dsn: str, size: int = 4) -> None:
+        url = make_url(async_dsn(dsn)).set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+        self._size = size
+        self._pool: asyncpg.Pool | None = None
+
+    async def __aenter__(self) -> RunPositions:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=self._size, connection_class=_NoReset
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def get(self, run_id: str) -> int | None:
+        """The run's position in the read model; None if it has no row (yet)."""
+        assert self._pool is not None
+        position = await self._pool.fetchval(self.QUERY, run_id)
+        return int(position) if position is not None else None
 
 
 @dataclass
@@ -80,7 +130,8 @@ class Gateway:
     feeds: RunFeeds
     limiter: RateLimiter
     instance: str
-    ended_runs: TerminalRunCache = field(default_factory=TerminalRunCache)
+    positions: RunPositions | None = None
+    run_views: RunViewCache = field(default_factory=RunViewCache)
 
     # -- commands ----------------------------------------------------------------------
 

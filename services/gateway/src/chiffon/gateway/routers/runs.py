@@ -13,7 +13,13 @@ from chiffon.events.runs import TriggerRef
 from chiffon.gateway.auth import Operator, Viewer
 from chiffon.gateway.problems import NotFound
 from chiffon.gateway.routers.common import READ, WRITE, optional_json, require_json
-from chiffon.gateway.runtime import TERMINAL, GatewayDep, check_node_id, check_run_id
+from chiffon.gateway.runtime import (
+    TERMINAL,
+    GatewayDep,
+    RunView,
+    check_node_id,
+    check_run_id,
+)
 from chiffon.gateway.schemas import (
     ApprovalCreate,
     ApprovalRecorded,
@@ -112,18 +118,21 @@ async def get_one(
     The ``ETag`` is the stream sequence of the last event folded into this view.
     """
     check_run_id(run_id)
-    cached = gw.ended_runs.get(run_id)
-    if cached is not None:
-        etag, body = cached
-    else:
+    view = gw.run_views.get(run_id)
+    if view is None or not view.ended:
         run: RunPublic | None = await gw.read_through(
             "run", run_id, lambda: get_run(gw.engine, run_id)
         )
         if run is None:
             raise NotFound(f"no run {run_id!r}")
-        etag, body = f'"{run.position}"', run.model_dump_json().encode()
-        if run.status in TERMINAL:
-            gw.ended_runs.put(run_id, etag, body)
+        view = RunView(
+            position=run.position,
+            etag=f'"{run.position}"',
+            body=run.model_dump_json().encode(),
+            ended=run.status in TERMINAL,
+        )
+        gw.run_views.put(run_id, view)
+    etag, body = view.etag, view.body
     if_none_match = request.headers.get("if-none-match")  # standard HTTP: not a parameter
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})
