@@ -29,11 +29,12 @@ from typing import Any
 
 import httpx
 import nats
+from sqlalchemy import text
 
 from bench.common import row, servers
 from chiffon.cli.devstack.ports import free_port
 from chiffon.commands import CommandBus, RegisterWorkflow, StartRun
-from chiffon.core.db import ensure_database
+from chiffon.core.db import create_engine, ensure_database
 from chiffon.events import CATALOG, Actor
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.projections.host import all_migrations
@@ -70,7 +71,7 @@ async def bare_langgraph(nodes: int, runs: int, *, with_llm: bool) -> float:
 
     from chiffon.executor.graph import parse_output, response_format_for
     from chiffon.executor.llm import LlmGateway
-    from chiffon.workflow import load_spec
+    from chiffon.workflow import build_output_model, load_spec
 
     spec = load_spec(linear("bare", nodes))
     llm = LlmGateway(offline_mode="always")
@@ -80,19 +81,25 @@ async def bare_langgraph(nodes: int, runs: int, *, with_llm: bool) -> float:
     graph = StateGraph(state_type)
     for node in spec.nodes:
         template = spec.templates(node)["prompt"]
+        # Worked out once per node, as Chiffon does per workflow version.
+        model, response_format = spec.effective_model(node) or "", response_format_for(node)
+        output_model = build_output_model(node.id, node.output)
 
         async def step(
-            state: dict[str, Any], node: Any = node, template: Any = template
+            state: dict[str, Any],
+            node: Any = node,
+            template: Any = template,
+            model: str = model,
+            response_format: Any = response_format,
+            output_model: Any = output_model,
         ) -> dict[str, Any]:
             prompt = template.render(state)
             if not with_llm:
                 return {f"n{node.id[1:]}": prompt}
             reply = await llm.complete(
-                spec.effective_model(node) or "",
-                [{"role": "user", "content": prompt}],
-                response_format=response_format_for(node),
+                model, [{"role": "user", "content": prompt}], response_format=response_format
             )
-            return parse_output(node, reply.text)
+            return parse_output(node, reply.text, output_model)
 
         graph.add_node(node.id, step)
     graph.add_edge(START, "s1")
@@ -268,10 +275,29 @@ async def per_node_in_chiffon(stack: Stack, nodes: int, runs: int) -> float:
         return statistics.median(samples)
 
 
+async def settled(stack: Stack, runs: int) -> None:
+    """Wait until the read model shows ``runs`` finished runs: every replica's start-up
+    (imports, the projector child, its catch-up) is over before anything is timed."""
+    engine = create_engine(stack.dsn)
+    try:
+        for _ in range(600):
+            async with engine.connect() as conn:
+                done = await conn.scalar(
+                    text("SELECT count(*) FROM runs WHERE status = 'succeeded'")
+                )
+            if done is not None and done >= runs:
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"the read model did not show {runs} finished runs in 60 s")
+    finally:
+        await engine.dispose()
+
+
 async def throughput(stack: Stack, nodes: int, runs: int, rounds: int) -> float:
     async with Driver(stack) as driver:
         await driver.register(linear("tp", nodes))
         await driver.many("tp", 10)  # warm-up
+        await settled(stack, len(driver.ended))
         best = 0.0
         for _ in range(rounds):
             seconds = await driver.many("tp", runs)
@@ -283,6 +309,7 @@ async def latency_runs_per_second(stack: Stack, runs: int, model: str) -> float:
     async with Driver(stack) as driver:
         await driver.register(linear("slow", 4, model=model))
         await driver.many("slow", 8)
+        await settled(stack, len(driver.ended))
         seconds = await driver.many("slow", runs)
         return runs / seconds
 
