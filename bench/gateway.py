@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -155,26 +156,54 @@ def parse(message: bytes) -> tuple[int, str, str]:
     return seq, event_type, data[start : data.index(b'"', start)].decode()
 
 
+class RawPoster:
+    """POST /v1/runs over one keep-alive HTTP/1.1 connection, without httpx: the load
+    generator shares the two cores with the stack, so it must cost little."""
+
+    def __init__(self, port: int, key: str = ADMIN) -> None:
+        self.port, self.key = port, key
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def start_run(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self._conn is None:
+            self._conn = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self._conn
+        data = json.dumps(body).encode()
+        writer.write(
+            f"POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        status = int((await reader.readline()).split(b" ", 2)[1])
+        length = 0
+        while (line := await reader.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        return status, json.loads(await reader.readexactly(length))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+
+
 # -- scenarios --------------------------------------------------------------------------
 
 
 BREAKDOWN: dict[str, list[float]] = {"post": [], "executor": [], "delivery": []}
 
 
-async def run_and_wait(http: httpx.AsyncClient, port: int, topic: str) -> float:
+async def run_and_wait(poster: RawPoster, port: int, topic: str) -> float:
     """POST a run, follow its SSE until run.completed; seconds from request to that event.
 
     Also records where the time went: the POST's answer, the executor (run.requested to
     run.completed, by the events' own timestamps), and the delivery of run.completed
     (its timestamp to its arrival on the SSE stream)."""
     started = time.perf_counter()
-    response = await http.post(
-        "/v1/runs", json={"workflow": "bench-three", "inputs": {"topic": topic}}
-    )
+    status, answer = await poster.start_run({"workflow": "bench-three", "inputs": {"topic": topic}})
     posted = time.perf_counter()
-    if response.status_code != 202:
-        raise RuntimeError(f"POST /v1/runs: {response.status_code} {response.text[:300]}")
-    run_id = response.json()["run_id"]
+    if status != 202:
+        raise RuntimeError(f"POST /v1/runs: {status} {str(answer)[:300]}")
+    run_id = answer["run_id"]
     done: list[float] = []
     stamps: dict[str, float] = {}
 
@@ -206,23 +235,29 @@ def breakdown_rows() -> None:
         values.clear()
 
 
-async def throughput(
-    http: httpx.AsyncClient, port: int, runs: int, concurrency: int
-) -> tuple[float, list[float]]:
+async def throughput(port: int, runs: int, concurrency: int) -> tuple[float, list[float]]:
     latencies: list[float] = []
     counter = iter(range(runs))
 
     async def worker() -> None:
-        for i in counter:
-            latencies.append(await run_and_wait(http, port, f"topic {i}"))
+        poster = RawPoster(port)
+        try:
+            for i in counter:
+                latencies.append(await run_and_wait(poster, port, f"topic {i}"))
+        finally:
+            poster.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return runs / (time.perf_counter() - started), latencies
 
 
-async def sequential(http: httpx.AsyncClient, port: int, runs: int) -> list[float]:
-    return [await run_and_wait(http, port, f"alone {i}") for i in range(runs)]
+async def sequential(port: int, runs: int) -> list[float]:
+    poster = RawPoster(port)
+    try:
+        return [await run_and_wait(poster, port, f"alone {i}") for i in range(runs)]
+    finally:
+        poster.close()
 
 
 async def gets(
@@ -349,14 +384,14 @@ async def main_async(args: argparse.Namespace) -> None:
                         headers={"Content-Type": "application/yaml"},
                     )
                     assert response.status_code in (200, 201), response.text
-                await sequential(http, gateway.port, 5)  # warm up every path
+                await sequential(gateway.port, 5)  # warm up every path
                 for values in BREAKDOWN.values():
                     values.clear()
 
                 print(
                     f"\nbench:gateway  (cpus {os.cpu_count()}, {args.runs} runs x {args.concurrency} concurrent)"
                 )
-                alone = await sequential(http, gateway.port, args.latency_runs)
+                alone = await sequential(gateway.port, args.latency_runs)
                 p50 = statistics.median(alone)
                 row(
                     "e2e POST -> run.completed on SSE, one at a time",
@@ -375,9 +410,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         )
                         procs.append(extra)
                         await extra.ready()
-                    rate, latencies = await throughput(
-                        http, gateway.port, args.runs, args.concurrency
-                    )
+                    rate, latencies = await throughput(gateway.port, args.runs, args.concurrency)
                     row(
                         f"runs started+completed/s, {replicas} executor(s)",
                         f"{rate:.0f} runs/s",
