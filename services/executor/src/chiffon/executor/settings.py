@@ -12,7 +12,7 @@ from chiffon.core.settings import ChiffonSettings
 class ExecutorSettings(ChiffonSettings):
     # How long a replica may stay silent on a run before another one takes it over.
     # A live replica signals progress every ack_wait/3, even during a long LLM call,
-    # so this stays short: a dead replica's run resumes within ack_wait + a fetch.
+    # so this stays short: a dead replica's run resumes within about ack_wait.
     ack_wait_seconds: float = Field(default=5.0, ge=1.0, le=300.0)
     # Runs one replica executes at once (each a task; LLM calls are I/O-bound).
     max_concurrent_runs: int = Field(default=256, ge=1, le=10_000)

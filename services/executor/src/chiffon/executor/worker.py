@@ -41,6 +41,7 @@ from chiffon.eventstore import (
 )
 from chiffon.executor.domain import WORK_EVENT_TYPES, RunState
 from chiffon.executor.execution import OutputStore, RunExecution
+from chiffon.executor.intake import WorkIntake
 from chiffon.executor.llm import LlmGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
@@ -75,8 +76,8 @@ class RunWorker:
         self._held: dict[int, Msg] = {}  # stream sequence of the item -> its message
         self._executions: dict[str, RunExecution] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
-        self._psub: Any = None
+        self._wake = asyncio.Event()
+        self._intake: WorkIntake | None = None
         self._signals: Any = None
         self.completed = 0
 
@@ -98,7 +99,9 @@ class RunWorker:
     async def setup(self) -> None:
         """Create (or update) the shared durable consumer; idempotent across replicas."""
         await self.store.js.add_consumer(self.stream, self.consumer_config())
-        self._psub = await self.store.js.pull_subscribe_bind(durable=CONSUMER, stream=self.stream)
+        self._intake = WorkIntake(self.store.nc, self.stream, CONSUMER)
+        self._intake.on_change = self._wake.set
+        await self._intake.start()
         # Outside events for runs held here (a cancel, a decision), as they are stored.
         subjects = [self.store.streams.type_filter("run", t) for t in SIGNAL_TYPES]
         self._signals = [await self.store.nc.subscribe(s, cb=self._on_signal) for s in subjects]
@@ -110,43 +113,54 @@ class RunWorker:
             execution.poke()
 
     def healthy(self) -> tuple[bool, str | None]:
-        ok = self._psub is not None and self.store.nc.is_connected
+        ok = self._intake is not None and self.store.nc.is_connected
         return ok, f"{len(self._executions)} runs held, {self.completed} finished"
 
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
+        assert self._intake is not None
+        intake = self._intake
+        slots = self.settings.max_concurrent_runs
+        refill = max(1, slots // 4)  # ask again once a quarter of the slots are free
         heartbeat = asyncio.create_task(self._heartbeat(), name="executor:heartbeat")
         try:
             while not stopping.is_set():
-                await self._slots.acquire()
-                self._slots.release()
-                free = self._free_slots()
-                try:
-                    msgs = await self._psub.fetch(batch=min(free, 64), timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except (nats.js.errors.APIError, nats.errors.Error) as error:
-                    log.warning("executor.fetch_failed", error=str(error))
-                    await asyncio.sleep(0.5)
-                    with contextlib.suppress(Exception):
-                        await self.store.js.add_consumer(self.stream, self.consumer_config())
-                    continue
-                for msg in msgs:
-                    await self._slots.acquire()
+                self._wake.clear()
+                if intake.missing:
+                    await self._recreate_consumer()
+                outstanding = intake.outstanding
+                free = slots - len(self._tasks) - outstanding
+                if free > 0 and (free >= refill or outstanding == 0):
+                    try:
+                        await intake.request(free)
+                    except nats.errors.Error as error:
+                        log.warning("executor.pull_failed", error=str(error))
+                        await asyncio.sleep(0.5)
+                while (msg := intake.take()) is not None:
                     task = asyncio.create_task(self._handle(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._task_done)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
         finally:
             await self._shutdown()
             heartbeat.cancel()
 
-    def _free_slots(self) -> int:
-        return max(1, self.settings.max_concurrent_runs - len(self._tasks))
+    async def _recreate_consumer(self) -> None:
+        """The work consumer is gone (NATS lost its state): create it again."""
+        assert self._intake is not None
+        self._intake.missing = False
+        try:
+            await self.store.js.add_consumer(self.stream, self.consumer_config())
+        except (nats.js.errors.APIError, nats.errors.Error) as error:
+            log.warning("executor.consumer_missing", error=str(error))
+            self._intake.missing = True
+            await asyncio.sleep(0.5)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._wake.set()  # a slot is free
         if not task.cancelled() and task.exception() is not None:
             log.error("executor.task_failed", error=repr(task.exception()))
 
@@ -165,13 +179,18 @@ class RunWorker:
             execution.stop()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        for msg in list(self._held.values()):
+        waiting = []
+        while self._intake is not None and (msg := self._intake.take()) is not None:
+            waiting.append(msg)  # delivered, never started
+        for msg in [*self._held.values(), *waiting]:
             with contextlib.suppress(Exception):
                 await msg.nak()
         self._held.clear()
         for sub in self._signals or []:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if self._intake is not None:
+            await self._intake.stop()
 
     # -- one work item ------------------------------------------------------------------
 
