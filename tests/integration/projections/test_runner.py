@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -101,6 +101,39 @@ async def test_rebuild_gives_tables_equal_to_the_live_ones(
     rebuilt_position = await ProjectionRunner(store, engine, AgentsProjection()).rebuild()
     assert rebuilt_position == last
     assert await snapshot(engine) == live_rows
+
+
+async def test_a_parallel_rebuild_matches_one_projection_that_never_stopped(
+    store: JetStreamEventStore, engine: AsyncEngine, database: str
+) -> None:
+    """Three worker processes rebuild into a side schema while a live runner keeps
+    applying and new events keep coming; after the swap the live runner goes back to
+    the rebuild's end and applies what came after, in order."""
+    await write_history(store, 3000)
+    live = asyncio.create_task(ProjectionRunner(store, engine, AgentsProjection()).run())
+    try:
+        more = asyncio.create_task(write_history(store, 1500, seed=11))
+        rebuilt = await ProjectionRunner(store, engine, AgentsProjection()).rebuild(workers=3)
+        last = await more
+        assert rebuilt >= 3000
+        await eventually(lambda: _at(engine, last), timeout=30, message="live runner caught up")
+    finally:
+        live.cancel()
+    async with engine.connect() as conn:
+        leftovers = await conn.scalar(
+            select(text("count(*)"))
+            .select_from(text("information_schema.schemata"))
+            .where(text("schema_name LIKE 'rebuild_%'"))
+        )
+    assert leftovers == 0, "the side schema is dropped after the swap"
+
+    reference = await reference_engine(database, "par")
+    try:
+        await ProjectionRunner(store, reference, AgentsProjection()).catch_up()
+        expected = await snapshot(reference)
+    finally:
+        await reference.dispose()
+    assert await snapshot(engine) == expected
 
 
 async def test_two_runners_of_one_projection_do_not_double_apply(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -376,11 +376,15 @@ class JetStreamEventStore:
         subjects: Sequence[str] | None = None,
         batch: int = 500,
         live: bool = True,
+        keep: Callable[[str], bool] | None = None,
     ) -> AsyncIterator[list[RecordedEvent]]:
-        """Like ``subscribe`` but yields whole fetched batches (for projections)."""
+        """Like ``subscribe`` but yields whole fetched batches (for projections).
+
+        ``keep`` (given the subject) picks events before they are decoded; a batch may
+        then be empty."""
         stream = self.streams.stream_name(context)
         async for chunk in self._consume_batches(
-            stream, subjects, start=start, live=live, batch=batch
+            stream, subjects, start=start, live=live, batch=batch, keep=keep
         ):
             yield chunk
 
@@ -408,6 +412,7 @@ class JetStreamEventStore:
         live: bool,
         batch: int,
         expires: float = 5.0,
+        keep: Callable[[str], bool] | None = None,
     ) -> AsyncIterator[list[RecordedEvent]]:
         next_seq = max(1, start)
         while True:
@@ -423,9 +428,12 @@ class JetStreamEventStore:
             try:
                 async with Puller(self.nc, stream, name, batch=batch, expires=expires) as puller:
                     async for msgs in puller.chunks(live=live, pending=pending):
-                        chunk = [self._record(stream, msg) for msg in msgs]
-                        next_seq = chunk[-1].sequence + 1
-                        yield chunk
+                        next_seq = _stream_sequence(msgs[-1]) + 1
+                        yield [
+                            self._record(stream, msg)
+                            for msg in msgs
+                            if keep is None or keep(msg.subject)
+                        ]
                 return
             except ConsumerLost:
                 if not live:

@@ -24,6 +24,9 @@ class Projection(ABC):
     context: ClassVar[str]  # the stream, e.g. "AGENTS"
     event_types: ClassVar[frozenset[str] | None] = None  # None: every event of the stream
     tables: ClassVar[Sequence[Table]]  # what ``rebuild`` truncates
+    # True when every row belongs to one aggregate and is written only from that
+    # aggregate's events: then a rebuild may run in several processes (``parallel``).
+    partitioned: ClassVar[bool] = False
 
     @abstractmethod
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None: ...

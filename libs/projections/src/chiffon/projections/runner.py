@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chiffon.core.logging import get_logger
 from chiffon.eventstore import JetStreamEventStore, RecordedEvent
+from chiffon.projections import parallel
 from chiffon.projections.base import Projection
 from chiffon.projections.tables import checkpoints
 
 log = get_logger(__name__)
+
+# A parallel rebuild pays for starting its worker processes (a second or two).
+PARALLEL_FROM = 100_000
 
 
 class ProjectionFailed(Exception):
@@ -122,8 +127,26 @@ class ProjectionRunner:
             except _Reset:
                 continue
 
-    async def rebuild(self) -> int:
-        """Truncate the projection's tables and replay its stream from the first event."""
+    async def rebuild(self, *, workers: int | None = None) -> int:
+        """Rebuild the projection's tables by replaying its stream from the first event.
+
+        A partitioned projection with a long stream is rebuilt by ``workers`` processes
+        (default: one per core, from ``PARALLEL_FROM`` events on) into a side schema,
+        then swapped in; otherwise here, after truncating its tables. Asked for with
+        ``workers``, a parallel rebuild that fails raises; by default it falls back."""
+        count = workers if workers is not None else min(os.cpu_count() or 1, 4)
+        if count > 1 and self.projection.partitioned:
+            end = await self.store.last_sequence(self.projection.context)
+            if workers is not None or end >= PARALLEL_FROM:
+                try:
+                    return await self._rebuild_in_parallel(count, end)
+                except Exception as error:
+                    if workers is not None:
+                        raise  # asked for explicitly: say it failed
+                    # Otherwise the rebuild still happens, here.
+                    log.warning(
+                        "projection.parallel_rebuild_failed", projection=self.name, error=str(error)
+                    )
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(checkpoints).values(name=self.name, position=0).on_conflict_do_nothing()
@@ -141,6 +164,54 @@ class ProjectionRunner:
                 .where(checkpoints.c.name == self.name)
                 .values(position=0, failed_event_id=None, failed_sequence=None, error=None)
             )
+        self.status = ProjectionStatus(self.name)
+        return await self.catch_up()
+
+    async def _rebuild_in_parallel(self, count: int, end: int) -> int:
+        url = self.store.nc.connected_url
+        if url is None:
+            raise RuntimeError("not connected to NATS")
+        schema = parallel.schema_for(self.name)
+        tables = self.projection.tables
+        started = time.monotonic()
+        await parallel.prepare(self.engine, schema, tables)
+        try:
+            await parallel.run_workers(
+                projection=self.name,
+                schema=schema,
+                count=count,
+                end=end,
+                subjects=self._subjects(),
+                nats_url=url.geturl(),
+                dsn=self.engine.url.render_as_string(hide_password=False),
+                namespace=self.store.streams.namespace,
+            )
+            folded = time.monotonic()
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(checkpoints).values(name=self.name, position=0).on_conflict_do_nothing()
+                )
+                await conn.execute(
+                    select(checkpoints.c.position)
+                    .where(checkpoints.c.name == self.name)
+                    .with_for_update()
+                )
+                await parallel.copy_back(conn, schema, tables)
+                await conn.execute(
+                    update(checkpoints)
+                    .where(checkpoints.c.name == self.name)
+                    .values(position=end, failed_event_id=None, failed_sequence=None, error=None)
+                )
+        finally:
+            await parallel.drop(self.engine, schema)
+        log.info(
+            "projection.rebuilt_in_parallel",
+            projection=self.name,
+            workers=count,
+            end=end,
+            fold_seconds=round(folded - started, 2),
+            swap_seconds=round(time.monotonic() - folded, 2),
+        )
         self.status = ProjectionStatus(self.name)
         return await self.catch_up()
 

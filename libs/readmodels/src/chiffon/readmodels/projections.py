@@ -200,6 +200,7 @@ class RunsProjection(Projection):
     name: ClassVar[str] = "readmodels.runs"
     context: ClassVar[str] = "RUNS"
     tables: ClassVar[Sequence[Table]] = (runs, run_nodes, run_approvals)
+    partitioned: ClassVar[bool] = True  # every row is one run's, from that run's events
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
         run_ids = {e.envelope.aggregate_id for e in events}

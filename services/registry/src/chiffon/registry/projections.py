@@ -63,6 +63,7 @@ class AgentsProjection(Projection):
     name: ClassVar[str] = "registry.agents"
     context: ClassVar[str] = "AGENTS"
     tables: ClassVar[Sequence[Table]] = (agents,)
+    partitioned: ClassVar[bool] = True  # a row per agent, from that agent's events
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
         # Only agents whose first event here is not a registration need their stored
