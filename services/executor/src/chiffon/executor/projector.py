@@ -38,6 +38,8 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
     def running() -> bool:
         return not stop.is_set() and os.getppid() == parent
 
+    watchdog = asyncio.create_task(_exit_when_orphaned(parent, stop))
+
     engine = create_engine(settings.database_dsn(), pool_size=2, max_overflow=2)
     lock_key = f"chiffon:executor-projector:{settings.namespace}"
     try:
@@ -69,6 +71,19 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
                         await lock.close()  # closing the session releases the lock
     finally:
         await engine.dispose()
+        watchdog.cancel()
+
+
+async def _exit_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Leave when the parent replica is gone, even if NATS or PostgreSQL went with it and
+    closing connections to them hangs: a few seconds for a clean stop, then exit."""
+    while os.getppid() == parent and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+    stop.set()
+    await asyncio.sleep(5.0)
+    log.warning("projector.forced_exit", parent=parent)
+    os._exit(0)
 
 
 def _report_ready() -> None:
