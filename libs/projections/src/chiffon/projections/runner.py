@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, text, update
@@ -147,6 +147,21 @@ class ProjectionRunner:
                     log.warning(
                         "projection.parallel_rebuild_failed", projection=self.name, error=str(error)
                     )
+
+        async def truncate(conn: AsyncConnection) -> None:
+            names = ", ".join(f'"{t.name}"' for t in self.projection.tables)
+            if names:
+                await conn.execute(text(f"TRUNCATE {names}"))
+
+        await self._reset(truncate, position=0)
+        self.status = ProjectionStatus(self.name)
+        return await self.catch_up()
+
+    async def _reset(
+        self, replace_rows: Callable[[AsyncConnection], Awaitable[None]], *, position: int
+    ) -> None:
+        """Replace the projection's rows and set its checkpoint, in one transaction that
+        holds the checkpoint row (runners wait, then see where to go on from)."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(checkpoints).values(name=self.name, position=0).on_conflict_do_nothing()
@@ -156,16 +171,12 @@ class ProjectionRunner:
                 .where(checkpoints.c.name == self.name)
                 .with_for_update()
             )
-            names = ", ".join(f'"{t.name}"' for t in self.projection.tables)
-            if names:
-                await conn.execute(text(f"TRUNCATE {names}"))
+            await replace_rows(conn)
             await conn.execute(
                 update(checkpoints)
                 .where(checkpoints.c.name == self.name)
-                .values(position=0, failed_event_id=None, failed_sequence=None, error=None)
+                .values(position=position, failed_event_id=None, failed_sequence=None, error=None)
             )
-        self.status = ProjectionStatus(self.name)
-        return await self.catch_up()
 
     async def _rebuild_in_parallel(self, count: int, end: int) -> int:
         url = self.store.nc.connected_url
@@ -187,21 +198,11 @@ class ProjectionRunner:
                 namespace=self.store.streams.namespace,
             )
             folded = time.monotonic()
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    insert(checkpoints).values(name=self.name, position=0).on_conflict_do_nothing()
-                )
-                await conn.execute(
-                    select(checkpoints.c.position)
-                    .where(checkpoints.c.name == self.name)
-                    .with_for_update()
-                )
+
+            async def copy_back(conn: AsyncConnection) -> None:
                 await parallel.copy_back(conn, schema, tables)
-                await conn.execute(
-                    update(checkpoints)
-                    .where(checkpoints.c.name == self.name)
-                    .values(position=end, failed_event_id=None, failed_sequence=None, error=None)
-                )
+
+            await self._reset(copy_back, position=end)
         finally:
             await parallel.drop(self.engine, schema)
         log.info(
