@@ -25,8 +25,10 @@ from chiffon.cli.direct_client import DirectClient
 from chiffon.core.db import ensure_database
 from chiffon.core.settings import ChiffonSettings
 from chiffon.events import Actor
+from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.host import all_migrations
 
+from .graph_support import RunLog
 from .openai_server import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[3]
@@ -227,3 +229,9 @@ def llm_env(server: FakeOpenAI) -> dict[str, str]:
 @pytest.fixture
 def examples() -> Iterator[Path]:
     yield EXAMPLES
+
+
+@pytest.fixture
+def log(store: JetStreamEventStore) -> RunLog:
+    """One run's graph, driven directly against the real event store (a namespace per test)."""
+    return RunLog(store)

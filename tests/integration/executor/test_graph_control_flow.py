@@ -1,18 +1,17 @@
-"""Each control-flow construct, executed over an in-memory event log and a scripted model."""
+"""Each control-flow construct, executed over the real event store and a scripted model."""
 
 from __future__ import annotations
 
 import json
 
 from chiffon.events import new_event
-from chiffon.eventstore import AggregateKey
 from chiffon.executor.domain import RunState, decide_approval
 from chiffon.executor.llm import ProviderError
 from chiffon.executor.offline import echo_value
 
-from .fakes import (
+from .graph_support import (
     TESTER,
-    MemoryStore,
+    RunLog,
     ScriptedLlm,
     claim,
     completed,
@@ -38,10 +37,10 @@ edges:
 """
 
 
-async def test_linear_records_every_step_and_completes() -> None:
-    outcome, store, llm = await run(LINEAR, {"topic": "owls"})
+async def test_linear_records_every_step_and_completes(log: RunLog) -> None:
+    outcome, _, llm = await run(log, LINEAR, {"topic": "owls"})
     assert outcome == "succeeded"
-    assert types(store) == [
+    assert (await types(log)) == [
         "run.requested",
         "run.claimed",
         "run.node.started",
@@ -54,11 +53,11 @@ async def test_linear_records_every_step_and_completes() -> None:
         "run.node.completed",
         "run.completed",
     ]
-    nodes = dict(completed(store))
+    nodes = dict(await completed(log))
     assert nodes["research"]["facts"][0] == "facts[0]: facts about owls"
     assert nodes["write"]["write"].startswith("echo: write about owls using [")
     assert nodes["count"] == {"n": True, "len_ok": 2}  # set reads the state as the node started
-    outputs = last(store, "run.completed").outputs
+    outputs = (await last(log, "run.completed")).outputs
     assert outputs["topic"] == "owls" and outputs["len_ok"] == 2
     assert [m for m, _ in llm.calls] == ["chiffon/echo", "chiffon/echo"]
 
@@ -77,13 +76,13 @@ edges:
 """
 
 
-async def test_condition_on_structured_output_picks_the_branch() -> None:
+async def test_condition_on_structured_output_picks_the_branch(log: RunLog) -> None:
     for score, expected in ((9, "good"), (3, "bad")):
         llm = ScriptedLlm(lambda *_a, s=score: json.dumps({"score": s}))
-        outcome, store, _ = await run(BRANCH, llm=llm)
+        outcome, _, _ = await run(log, BRANCH, llm=llm)
         assert outcome == "succeeded"
-        assert [n for n, _ in completed(store)] == ["review", expected]
-        assert last(store, "run.completed").outputs["verdict"] == expected
+        assert [n for n, _ in (await completed(log))] == ["review", expected]
+        assert (await last(log, "run.completed")).outputs["verdict"] == expected
 
 
 LOOP = """
@@ -101,35 +100,35 @@ edges:
 """
 
 
-async def test_loop_stops_at_max_iterations() -> None:
+async def test_loop_stops_at_max_iterations(log: RunLog) -> None:
     llm = ScriptedLlm(
         lambda _m, msgs, schema: (
             json.dumps({"score": 1}) if "score" in schema["properties"] else None
         )
     )
-    outcome, store, _ = await run(LOOP, llm=llm)
+    outcome, _, _ = await run(log, LOOP, llm=llm)
     assert outcome == "succeeded"
-    ran = [n for n, _ in completed(store)]
+    ran = [n for n, _ in (await completed(log))]
     assert ran == ["begin"] + ["write", "review"] * 4  # the first pass and 3 iterations
     iterations = [
         e.payload.iteration
-        for e in store.of("run1")
+        for e in (await log.of())
         if e.type == "run.node.completed" and e.payload.node_id == "write"
     ]
     assert iterations == [1, 2, 3, 4]
 
 
-async def test_loop_exits_when_condition_turns_false() -> None:
+async def test_loop_exits_when_condition_turns_false(log: RunLog) -> None:
     scores = iter([2, 5, 8])
     llm = ScriptedLlm(
         lambda _m, _msgs, schema: (
             json.dumps({"score": next(scores)}) if "score" in schema["properties"] else None
         )
     )
-    outcome, store, _ = await run(LOOP, llm=llm)
+    outcome, _, _ = await run(log, LOOP, llm=llm)
     assert outcome == "succeeded"
-    assert [n for n, _ in completed(store)] == ["begin"] + ["write", "review"] * 3
-    assert last(store, "run.completed").outputs["score"] == 8
+    assert [n for n, _ in (await completed(log))] == ["begin"] + ["write", "review"] * 3
+    assert (await last(log, "run.completed")).outputs["score"] == 8
 
 
 FANOUT = """
@@ -148,10 +147,10 @@ edges:
 """
 
 
-async def test_fan_out_runs_branches_and_the_join_sees_both() -> None:
-    outcome, store, llm = await run(FANOUT)
+async def test_fan_out_runs_branches_and_the_join_sees_both(log: RunLog) -> None:
+    outcome, _, llm = await run(log, FANOUT)
     assert outcome == "succeeded"
-    ran = [n for n, _ in completed(store)]
+    ran = [n for n, _ in (await completed(log))]
     assert ran[0] == "plan" and set(ran[1:3]) == {"left", "right"} and ran[3] == "merge"
     merge_prompt = next(p for _m, p in llm.calls if p.startswith("merge"))
     assert "l: left on tides" in merge_prompt and "r: right on tides" in merge_prompt
@@ -172,58 +171,62 @@ edges:
 """
 
 
-async def decide(store: MemoryStore, node: str, approved: bool, comment: str | None = None) -> None:
-    events, version = await store.read_aggregate(AggregateKey("run", "run1"))
-    state = RunState.from_events("run1", [(e.envelope, e.sequence) for e in events])
+async def decide(log: RunLog, node: str, approved: bool, comment: str | None = None) -> None:
+    events, version = await log.store.read_aggregate(log.key)
+    state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
     decision = decide_approval(state, node, approved, comment)
-    await store.append(
-        AggregateKey("run", "run1"),
-        [new_event(decision, aggregate_id="run1", actor=TESTER)],
+    await log.store.append(
+        log.key,
+        [new_event(decision, aggregate_id=log.run_id, actor=TESTER)],
         version,
     )
 
 
-async def test_approval_suspends_then_resumes_on_the_decision() -> None:
-    store, llm = MemoryStore(), ScriptedLlm()
-    workflow, _ = start(store, APPROVAL)
-    outcome = await execution(store, workflow, await claim(store), llm).execute()
+async def test_approval_suspends_then_resumes_on_the_decision(log: RunLog) -> None:
+    llm = ScriptedLlm()
+    workflow, _ = await start(log, APPROVAL)
+    outcome = await execution(log, workflow, await claim(log), llm).execute()
     assert outcome == "suspended"
-    assert types(store)[-3:] == ["run.node.started", "run.approval.requested", "run.suspended"]
-    assert last(store, "run.approval.requested").message.startswith("Publish text: draft")
-    await decide(store, "approve", True, "ship it")
-    state = await claim(store, executor="executor-2")
+    assert (await types(log))[-3:] == [
+        "run.node.started",
+        "run.approval.requested",
+        "run.suspended",
+    ]
+    assert (await last(log, "run.approval.requested")).message.startswith("Publish text: draft")
+    await decide(log, "approve", True, "ship it")
+    state = await claim(log, executor="executor-2")
     assert state.status == "running"
-    outcome = await execution(store, workflow, state, llm).execute()
+    outcome = await execution(log, workflow, state, llm).execute()
     assert outcome == "succeeded"
-    assert [n for n, _ in completed(store)] == ["draft", "approve", "publish"]
+    assert [n for n, _ in (await completed(log))] == ["draft", "approve", "publish"]
     assert len(llm.calls) == 1  # the draft was not written twice
-    assert last(store, "run.completed").outputs["approval_comment"] == "ship it"
+    assert (await last(log, "run.completed")).outputs["approval_comment"] == "ship it"
 
 
-async def test_rejection_fails_the_run_by_default() -> None:
-    store, llm = MemoryStore(), ScriptedLlm()
-    workflow, _ = start(store, APPROVAL)
-    assert await execution(store, workflow, await claim(store), llm).execute() == "suspended"
-    await decide(store, "approve", False, "not good")
-    outcome = await execution(store, workflow, await claim(store), llm).execute()
+async def test_rejection_fails_the_run_by_default(log: RunLog) -> None:
+    llm = ScriptedLlm()
+    workflow, _ = await start(log, APPROVAL)
+    assert await execution(log, workflow, await claim(log), llm).execute() == "suspended"
+    await decide(log, "approve", False, "not good")
+    outcome = await execution(log, workflow, await claim(log), llm).execute()
     assert outcome == "failed"
-    error = last(store, "run.failed").error
+    error = (await last(log, "run.failed")).error
     assert error.type == "rejected" and "not good" in error.message and error.node_id == "approve"
 
 
-async def test_rejection_takes_on_reject() -> None:
+async def test_rejection_takes_on_reject(log: RunLog) -> None:
     source = APPROVAL.replace(
         'message: "Publish {text}?"', 'message: "Publish {text}?", on_reject: redo'
     ).replace(
         "  - {id: publish",
         "  - {id: redo, type: set, values: {done: \"'redo'\"}}\n  - {id: publish",
     )
-    store, llm = MemoryStore(), ScriptedLlm()
-    workflow, _ = start(store, source)
-    assert await execution(store, workflow, await claim(store), llm).execute() == "suspended"
-    await decide(store, "approve", False)
-    assert await execution(store, workflow, await claim(store), llm).execute() == "succeeded"
-    assert [n for n, _ in completed(store)] == ["draft", "approve", "redo"]
+    llm = ScriptedLlm()
+    workflow, _ = await start(log, source)
+    assert await execution(log, workflow, await claim(log), llm).execute() == "suspended"
+    await decide(log, "approve", False)
+    assert await execution(log, workflow, await claim(log), llm).execute() == "succeeded"
+    assert [n for n, _ in (await completed(log))] == ["draft", "approve", "redo"]
 
 
 RETRY = """
@@ -235,7 +238,7 @@ nodes:
 """
 
 
-async def test_retries_then_succeeds() -> None:
+async def test_retries_then_succeeds(log: RunLog) -> None:
     replies = iter(["boom", "not json", None])
 
     def script(*_a: object) -> str | None:
@@ -244,34 +247,34 @@ async def test_retries_then_succeeds() -> None:
             raise ProviderError("openai/main", "HTTP 503")
         return reply
 
-    outcome, store, _ = await run(RETRY, llm=ScriptedLlm(script))
+    outcome, _, _ = await run(log, RETRY, llm=ScriptedLlm(script))
     assert outcome == "succeeded"
-    failures = [e.payload for e in store.of("run1") if e.type == "run.node.failed"]
+    failures = [e.payload for e in (await log.of()) if e.type == "run.node.failed"]
     assert [(f.attempt, f.error.type, f.will_retry) for f in failures] == [
         (1, "provider_error", True),
         (2, "invalid_output", True),
     ]
     assert failures[0].retry_in_ms == 10 and failures[1].retry_in_ms == 20
-    assert last(store, "run.node.completed").attempt == 3
-    calls = [e.payload for e in store.of("run1") if e.type == "run.llm.called"]
+    assert (await last(log, "run.node.completed")).attempt == 3
+    calls = [e.payload for e in (await log.of()) if e.type == "run.llm.called"]
     assert [c.ok for c in calls] == [False, True, True]
 
 
-async def test_attempts_spent_fail_the_run_or_continue() -> None:
+async def test_attempts_spent_fail_the_run_or_continue(log: RunLog) -> None:
     llm = ScriptedLlm(lambda *_a: "{}")
-    outcome, store, _ = await run(RETRY, llm=llm)
+    outcome, _, _ = await run(log, RETRY, llm=llm)
     assert outcome == "failed"
-    error = last(store, "run.failed").error
+    error = (await last(log, "run.failed")).error
     assert error.type == "invalid_output" and error.node_id == "ask" and "answer" in error.message
     assert len(llm.calls) == 3
 
     continuing = RETRY.replace('prompt: "q",', 'prompt: "q", on_error: continue,')
-    outcome, store, _ = await run(continuing, llm=ScriptedLlm(lambda *_a: "{}"))
+    outcome, _, _ = await run(log, continuing, llm=ScriptedLlm(lambda *_a: "{}"))
     assert outcome == "succeeded"
-    assert last(store, "run.completed").outputs == {"answer": None}
+    assert (await last(log, "run.completed")).outputs == {"answer": None}
 
 
-async def test_fallbacks_are_tried_in_order() -> None:
+async def test_fallbacks_are_tried_in_order(log: RunLog) -> None:
     source = RETRY.replace(
         "retry: {attempts: 3, backoff: {initial: 10ms}}", "fallbacks: [anthropic/b, ollama_chat/c]"
     )
@@ -281,9 +284,9 @@ async def test_fallbacks_are_tried_in_order() -> None:
             raise ProviderError(model, f"{model} is down")
         return None
 
-    outcome, store, _ = await run(source, llm=ScriptedLlm(script))
+    outcome, _, _ = await run(log, source, llm=ScriptedLlm(script))
     assert outcome == "succeeded"
-    calls = [e.payload for e in store.of("run1") if e.type == "run.llm.called"]
+    calls = [e.payload for e in (await log.of()) if e.type == "run.llm.called"]
     assert [(c.model, c.ok, c.fallback_index) for c in calls] == [
         ("openai/main", False, 0),
         ("anthropic/b", False, 1),
@@ -291,7 +294,7 @@ async def test_fallbacks_are_tried_in_order() -> None:
     ]
 
 
-async def test_timeout_fails_the_attempt() -> None:
+async def test_timeout_fails_the_attempt(log: RunLog) -> None:
     import asyncio
 
     class Slow(ScriptedLlm):
@@ -299,9 +302,9 @@ async def test_timeout_fails_the_attempt() -> None:
             await asyncio.sleep(5)
 
     source = RETRY.replace("retry: {attempts: 3, backoff: {initial: 10ms}}", "timeout: 50ms")
-    outcome, store, _ = await run(source, llm=Slow())
+    outcome, _, _ = await run(log, source, llm=Slow())
     assert outcome == "failed"
-    assert last(store, "run.failed").error.type == "timeout"
+    assert (await last(log, "run.failed")).error.type == "timeout"
 
 
 AGENT = """
@@ -316,28 +319,28 @@ edges:
 """
 
 
-async def test_agent_node_fails_clearly_until_agents_exist() -> None:
-    outcome, store, _ = await run(AGENT)
+async def test_agent_node_fails_clearly_until_agents_exist(log: RunLog) -> None:
+    outcome, _, _ = await run(log, AGENT)
     assert outcome == "failed"
-    error = last(store, "run.failed").error
+    error = (await last(log, "run.failed")).error
     assert (
         error.type == "no_agent" and error.message == "no agent available for capabilities [shell]"
     )
-    assert [e.payload.will_retry for e in store.of("run1") if e.type == "run.node.failed"] == [
+    assert [e.payload.will_retry for e in (await log.of()) if e.type == "run.node.failed"] == [
         True,
         False,
     ]
 
-    outcome, store, _ = await run(AGENT.replace("task:", "on_error: continue, task:"))
+    outcome, _, _ = await run(log, AGENT.replace("task:", "on_error: continue, task:"))
     assert outcome == "succeeded"
-    assert last(store, "run.completed").outputs["ok"] is True
+    assert (await last(log, "run.completed")).outputs["ok"] is True
 
 
-async def test_a_condition_that_cannot_be_evaluated_fails_the_run() -> None:
+async def test_a_condition_that_cannot_be_evaluated_fails_the_run(log: RunLog) -> None:
     source = BRANCH.replace('"score >= 7"', "\"score >= '7'\"")
-    outcome, store, _ = await run(source, llm=ScriptedLlm(lambda *_a: json.dumps({"score": 9})))
+    outcome, _, _ = await run(log, source, llm=ScriptedLlm(lambda *_a: json.dumps({"score": 9})))
     assert outcome == "failed"
-    error = last(store, "run.failed").error
+    error = (await last(log, "run.failed")).error
     assert error.type == "condition_error" and error.message.startswith("edges[0].when")
 
 

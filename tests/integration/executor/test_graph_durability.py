@@ -1,4 +1,4 @@
-"""Resumption by replay, lost claims and cancellation, over an in-memory event log."""
+"""Resumption by replay, lost claims and cancellation, over the real event store."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ from typing import Any
 
 from chiffon.events import new_event
 from chiffon.events.runs import CancelRequested
-from chiffon.eventstore import AggregateKey
 from chiffon.executor.domain import RunState, decide_cancel
+from tests.support.fixtures import eventually
 
-from .fakes import TESTER, MemoryStore, ScriptedLlm, claim, completed, execution, last, start, types
+from .graph_support import (
+    TESTER,
+    RunLog,
+    ScriptedLlm,
+    claim,
+    completed,
+    execution,
+    last,
+    start,
+    types,
+)
 
 FIVE = """
 name: five
@@ -43,30 +53,29 @@ class GatedLlm(ScriptedLlm):
         return await super().complete(model, messages, **kwargs)
 
 
-async def test_a_resumed_run_never_runs_a_completed_node_again() -> None:
-    store = MemoryStore()
-    workflow, _ = start(store, FIVE)
+async def test_a_resumed_run_never_runs_a_completed_node_again(log: RunLog) -> None:
+    workflow, _ = await start(log, FIVE)
     first = GatedLlm("two")
-    task = asyncio.ensure_future(execution(store, workflow, await claim(store), first).execute())
+    task = asyncio.ensure_future(execution(log, workflow, await claim(log), first).execute())
     await asyncio.wait_for(first.entered.wait(), 5)
     task.cancel()  # the replica dies in the middle of n2: nothing more is written
     await asyncio.gather(task, return_exceptions=True)
-    assert types(store)[-1] == "run.node.started"
+    assert (await types(log))[-1] == "run.node.started"
 
     second = ScriptedLlm()
-    state = await claim(store, executor="executor-2")
+    state = await claim(log, executor="executor-2")
     assert state.claims == 2
-    assert await execution(store, workflow, state, second).execute() == "succeeded"
-    assert [n for n, _ in completed(store)] == ["n1", "n2", "n3"]
+    assert await execution(log, workflow, state, second).execute() == "succeeded"
+    assert [n for n, _ in (await completed(log))] == ["n1", "n2", "n3"]
     assert [p for _m, p in second.calls] == ["two echo: one", "three echo: two echo: one"]
-    failed = last(store, "run.node.failed")
+    failed = await last(log, "run.node.failed")
     assert (failed.node_id, failed.attempt, failed.error.type, failed.will_retry) == (
         "n2",
         1,
         "interrupted",
         True,
     )
-    assert last(store, "run.completed").outputs["n3"] == "echo: three echo: two echo: one"
+    assert (await last(log, "run.completed")).outputs["n3"] == "echo: three echo: two echo: one"
 
 
 LOOP = """
@@ -84,7 +93,7 @@ edges:
 """
 
 
-async def test_loop_counters_survive_a_crash() -> None:
+async def test_loop_counters_survive_a_crash(log: RunLog) -> None:
     reviews = 0
 
     def script(_m: str, messages: list[dict[str, str]], schema: Any) -> str | None:
@@ -94,8 +103,7 @@ async def test_loop_counters_survive_a_crash() -> None:
             return json.dumps({"score": 1})
         return None
 
-    store = MemoryStore()
-    workflow, _ = start(store, LOOP)
+    workflow, _ = await start(log, LOOP)
 
     class CrashOnThirdReview(ScriptedLlm):
         async def complete(self, model, messages, **kw):  # type: ignore[no-untyped-def]
@@ -104,88 +112,75 @@ async def test_loop_counters_survive_a_crash() -> None:
             return await super().complete(model, messages, **kw)
 
     task = asyncio.ensure_future(
-        execution(store, workflow, await claim(store), CrashOnThirdReview(script)).execute()
+        execution(log, workflow, await claim(log), CrashOnThirdReview(script)).execute()
     )
-    for _ in range(200):
-        await asyncio.sleep(0.005)
-        if reviews == 2 and types(store)[-1] == "run.node.started":
-            break
-    else:
-        raise AssertionError("the run never reached its third review: nothing to crash in")
+
+    async def in_third_review() -> bool:
+        return reviews == 2 and (await types(log))[-1] == "run.node.started"
+
+    await eventually(
+        in_third_review, timeout=10, message="the run reached its third review (to crash in)"
+    )
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert (
-        await execution(store, workflow, await claim(store), ScriptedLlm(script)).execute()
+        await execution(log, workflow, await claim(log), ScriptedLlm(script)).execute()
         == "succeeded"
     )
-    assert [n for n, _ in completed(store)] == ["begin"] + ["write", "review"] * 4
+    assert [n for n, _ in (await completed(log))] == ["begin"] + ["write", "review"] * 4
     assert reviews == 4  # no review answered twice, and the loop still stopped at 3 iterations
 
 
-async def test_a_replica_that_lost_its_claim_writes_nothing_more() -> None:
-    store = MemoryStore()
-    workflow, _ = start(store, FIVE)
+async def test_a_replica_that_lost_its_claim_writes_nothing_more(log: RunLog) -> None:
+    workflow, _ = await start(log, FIVE)
     slow = GatedLlm("two")
-    task = asyncio.ensure_future(execution(store, workflow, await claim(store), slow).execute())
+    task = asyncio.ensure_future(execution(log, workflow, await claim(log), slow).execute())
     await asyncio.wait_for(slow.entered.wait(), 5)
-    await claim(store, executor="executor-2")  # presumed dead, taken over
-    count = len(store.events)
+    await claim(log, executor="executor-2")  # presumed dead, taken over
+    count = len(await log.of())
     slow.release.set()
     assert await task == "lost"
-    assert len(store.events) == count
+    assert len(await log.of()) == count
 
 
-async def test_cancel_interrupts_a_call_and_records_the_end() -> None:
-    store = MemoryStore()
-    workflow, _ = start(store, FIVE)
+async def test_cancel_interrupts_a_call_and_records_the_end(log: RunLog) -> None:
+    workflow, _ = await start(log, FIVE)
     slow = GatedLlm("two")
-    running = execution(store, workflow, await claim(store), slow)
+    running = execution(log, workflow, await claim(log), slow)
     task = asyncio.ensure_future(running.execute())
     await asyncio.wait_for(slow.entered.wait(), 5)
-    events, version = await store.read_aggregate(AggregateKey("run", "run1"))
-    state = RunState.from_events("run1", [(e.envelope, e.sequence) for e in events])
+    events, version = await log.store.read_aggregate(log.key)
+    state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
     payloads = decide_cancel(state, "changed my mind")
     assert [type(p) for p in payloads] == [CancelRequested]  # held: the holder ends it
-    await store.append(
-        AggregateKey("run", "run1"),
-        [new_event(p, aggregate_id="run1", actor=TESTER) for p in payloads],
+    await log.store.append(
+        log.key,
+        [new_event(p, aggregate_id=log.run_id, actor=TESTER) for p in payloads],
         version,
     )
     running.poke()
     assert await asyncio.wait_for(task, 5) == "cancelled"
-    assert types(store)[-2:] == ["run.cancel_requested", "run.cancelled"]
-    assert last(store, "run.cancelled").reason == "changed my mind"
-    assert [n for n, _ in completed(store)] == ["n1"]
+    assert (await types(log))[-2:] == ["run.cancel_requested", "run.cancelled"]
+    assert (await last(log, "run.cancelled")).reason == "changed my mind"
+    assert [n for n, _ in (await completed(log))] == ["n1"]
 
 
-async def test_cancel_is_seen_at_the_next_append_without_a_signal() -> None:
-    store = MemoryStore()
-    workflow, _ = start(store, FIVE)
+async def test_cancel_is_seen_at_the_next_append_without_a_signal(log: RunLog) -> None:
+    workflow, _ = await start(log, FIVE)
 
-    def script(_m: str, messages: list[dict[str, str]], _s: Any) -> None:
+    async def script(_m: str, messages: list[dict[str, str]], _s: Any) -> None:
         if messages[-1]["content"] == "one":
-            store.events.append(
-                store.events[0].__class__(
-                    envelope=new_event(
-                        CancelRequested(reason="stop"), aggregate_id="run1", actor=TESTER
-                    ),
-                    stream="RUNS",
-                    sequence=len(store.events) + 1,
-                    subject="x",
-                )
-            )
-        return None
+            # A user cancels while n1's call is in flight; no signal reaches the run.
+            await log.append_outside(CancelRequested(reason="stop"))
 
-    outcome = await execution(store, workflow, await claim(store), ScriptedLlm(script)).execute()
+    outcome = await execution(log, workflow, await claim(log), ScriptedLlm(script)).execute()
     assert outcome == "cancelled"
-    assert [n for n, _ in completed(store)] == ["n1"]  # the answer that was paid for is kept
-    assert "run.node.started" not in types(store)[-3:]
+    assert [n for n, _ in (await completed(log))] == ["n1"]  # the answer that was paid for is kept
+    assert "run.node.started" not in (await types(log))[-3:]
 
 
-def test_work_items_are_left_to_a_live_holder() -> None:
-    store = MemoryStore()
-    start(store, FIVE)
-    state = RunState.from_events("run1", [(e.envelope, e.sequence) for e in store.events])
+async def test_work_items_are_left_to_a_live_holder(log: RunLog) -> None:
+    _, state = await start(log, FIVE)
     assert state.should_execute(1)
     state.holder, state.work_seq = "executor-1", 1
     assert state.should_execute(1)  # a redelivery of the holder's own item: take over
