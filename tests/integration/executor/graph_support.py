@@ -1,13 +1,14 @@
 """Driving one run's graph directly (no worker, no consumer) against the real event
-store, with a scripted model in place of a provider."""
+store, with the real model gateway calling a scripted OpenAI-compatible test server."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from chiffon.events import Actor, new_event
 from chiffon.events.runs import RunClaimed, RunRequested
@@ -15,9 +16,10 @@ from chiffon.eventstore import AggregateKey, JetStreamEventStore, RecordedEvent
 from chiffon.executor.domain import RunState
 from chiffon.executor.execution import LoadedWorkflow, RunExecution
 from chiffon.executor.graph import build_graph
-from chiffon.executor.llm import LlmReply, ProviderError
-from chiffon.executor.offline import echo_output
+from chiffon.executor.llm import LlmGateway, LlmReply
 from chiffon.workflow import load_spec
+
+from .openai_server import FakeOpenAI, ScriptedFailure
 
 TESTER = Actor(kind="user", id="tester")
 EXECUTOR = Actor.service("executor", 1)
@@ -55,34 +57,49 @@ class RunLog:
 Script = Callable[[str, list[dict[str, str]], dict[str, Any] | None], Any]
 
 
-class ScriptedLlm:
-    """Answers like chiffon/echo unless a script (model, messages, schema) -> text says
-    otherwise; raise ``ProviderError`` from the script to fail a call."""
+class ScriptedLlm(LlmGateway):
+    """The executor's real model gateway (LiteLLM) in front of the OpenAI-compatible test
+    server (``provider`` fixture), which answers by ``script`` while this gateway calls it:
+    (model, messages, schema) -> text, None for the echo answer, or an awaitable; raise
+    ``ScriptedFailure`` (see ``fail``) for a provider error. ``chiffon/*`` models answer
+    offline, as in production."""
 
     def __init__(self, script: Script | None = None) -> None:
+        super().__init__(offline_mode="never")
         self.script = script
         self.calls: list[tuple[str, str]] = []
 
-    def resolve(self, model: str) -> tuple[str, str]:
-        return model, model.split("/", 1)[0]
+    async def complete(self, model: str, messages: list[dict[str, str]], **kwargs: Any) -> LlmReply:
+        assert PROVIDER.server is not None, "use the provider fixture"
+        self.calls.append((model, messages[-1]["content"]))
+        PROVIDER.server.script = self.script
+        return await super().complete(model, messages, **kwargs)
 
-    async def complete(
-        self, model: str, messages: list[dict[str, str]], *, response_format: Any = None, **_: Any
-    ) -> LlmReply:
-        await asyncio.sleep(0)
-        prompt = messages[-1]["content"]
-        self.calls.append((model, prompt))
-        schema = response_format["json_schema"]["schema"] if response_format else None
-        text = self.script(model, messages, schema) if self.script else None
-        if inspect.isawaitable(text):
-            text = await text
-        if text is None:
-            text = echo_output(schema, prompt)
-        return LlmReply(text, model.split("/", 1)[0], model, 10, 5, 1.0, "stop")
+
+@dataclass
+class _Provider:
+    server: FakeOpenAI | None = None
+
+
+PROVIDER = _Provider()
+
+
+@pytest.fixture(autouse=True)
+async def provider(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    """The OpenAI-compatible test server every ``openai/*`` call of a test goes to."""
+    server = await FakeOpenAI().start()
+    monkeypatch.setenv("OPENAI_API_BASE", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    PROVIDER.server = server
+    try:
+        yield server
+    finally:
+        PROVIDER.server = None
+        await server.stop()
 
 
 def fail(message: str = "boom") -> str:
-    raise ProviderError("m", message)
+    raise ScriptedFailure(message)
 
 
 async def start(

@@ -7,6 +7,7 @@ answering, to hold a call in flight or to model provider latency.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,17 @@ class Request:
     body: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+class ScriptedFailure(Exception):
+    """Raised by a script: the server answers 503 (a provider error) with this message."""
+
+
 class FakeOpenAI:
     def __init__(self, *, delay: float = 0.0, fail_first: int = 0) -> None:
         self.delay = delay
         self.fail_first = fail_first
+        # (model, messages, schema) -> the answer's text, None for the echo answer, or an
+        # awaitable of either; raising ScriptedFailure answers 503 with its message.
+        self.script: Any = None
         self.requests: list[Request] = []
         self.port = free_port()
         self._runner: web.AppRunner | None = None
@@ -74,7 +82,18 @@ class FakeOpenAI:
             if response_format.get("type") == "json_schema"
             else None
         )
-        content = echo_output(schema, str(prompt))
+        content = None
+        if self.script is not None:
+            try:
+                content = self.script(f"openai/{body.get('model', '')}", messages, schema)
+                if inspect.isawaitable(content):
+                    content = await content
+            except ScriptedFailure as failure:
+                return web.json_response(
+                    {"error": {"message": str(failure), "type": "server_error"}}, status=503
+                )
+        if content is None:
+            content = echo_output(schema, str(prompt))
         prompt_tokens, completion_tokens = count_tokens(json.dumps(messages)), count_tokens(content)
         return web.json_response(
             {

@@ -1,4 +1,5 @@
-"""Each control-flow construct, executed over the real event store and a scripted model."""
+"""Each control-flow construct, executed over the real event store and the real model
+gateway, against the scripted OpenAI-compatible test server."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import json
 
 from chiffon.events import new_event
 from chiffon.executor.domain import RunState, decide_approval
-from chiffon.executor.llm import ProviderError
 from chiffon.executor.offline import echo_value
 
-from .graph_support import (
+from .graph_support import (  # noqa: F401 — provider: the autouse test server
     TESTER,
     RunLog,
     ScriptedLlm,
@@ -17,10 +17,12 @@ from .graph_support import (
     completed,
     execution,
     last,
+    provider,
     run,
     start,
     types,
 )
+from .openai_server import ScriptedFailure
 
 LINEAR = """
 name: linear
@@ -244,7 +246,7 @@ async def test_retries_then_succeeds(log: RunLog) -> None:
     def script(*_a: object) -> str | None:
         reply = next(replies)
         if reply == "boom":
-            raise ProviderError("openai/main", "HTTP 503")
+            raise ScriptedFailure("HTTP 503")
         return reply
 
     outcome, _, _ = await run(log, RETRY, llm=ScriptedLlm(script))
@@ -276,12 +278,12 @@ async def test_attempts_spent_fail_the_run_or_continue(log: RunLog) -> None:
 
 async def test_fallbacks_are_tried_in_order(log: RunLog) -> None:
     source = RETRY.replace(
-        "retry: {attempts: 3, backoff: {initial: 10ms}}", "fallbacks: [anthropic/b, ollama_chat/c]"
+        "retry: {attempts: 3, backoff: {initial: 10ms}}", "fallbacks: [openai/b, openai/c]"
     )
 
     def script(model: str, *_a: object) -> str | None:
-        if model != "ollama_chat/c":
-            raise ProviderError(model, f"{model} is down")
+        if model != "openai/c":
+            raise ScriptedFailure(f"{model} is down")
         return None
 
     outcome, _, _ = await run(log, source, llm=ScriptedLlm(script))
@@ -289,20 +291,17 @@ async def test_fallbacks_are_tried_in_order(log: RunLog) -> None:
     calls = [e.payload for e in (await log.of()) if e.type == "run.llm.called"]
     assert [(c.model, c.ok, c.fallback_index) for c in calls] == [
         ("openai/main", False, 0),
-        ("anthropic/b", False, 1),
-        ("ollama_chat/c", True, 2),
+        ("openai/b", False, 1),
+        ("openai/c", True, 2),
     ]
 
 
 async def test_timeout_fails_the_attempt(log: RunLog) -> None:
     import asyncio
 
-    class Slow(ScriptedLlm):
-        async def complete(self, *a, **k):  # type: ignore[no-untyped-def]
-            await asyncio.sleep(5)
-
     source = RETRY.replace("retry: {attempts: 3, backoff: {initial: 10ms}}", "timeout: 50ms")
-    outcome, _, _ = await run(log, source, llm=Slow())
+    slow = ScriptedLlm(lambda *_a: asyncio.sleep(5))  # the provider never answers in time
+    outcome, _, _ = await run(log, source, llm=slow)
     assert outcome == "failed"
     assert (await last(log, "run.failed")).error.type == "timeout"
 

@@ -11,7 +11,7 @@ from chiffon.events.runs import CancelRequested
 from chiffon.executor.domain import RunState, decide_cancel
 from tests.support.fixtures import eventually
 
-from .graph_support import (
+from .graph_support import (  # noqa: F401 — provider: the autouse test server
     TESTER,
     RunLog,
     ScriptedLlm,
@@ -19,6 +19,7 @@ from .graph_support import (
     completed,
     execution,
     last,
+    provider,
     start,
     types,
 )
