@@ -2,9 +2,9 @@
 
 A rebuild is CPU work in Python (reading, decoding, folding), so one process uses one
 core. A projection whose rows each belong to one aggregate (``partitioned = True``)
-can be rebuilt by N processes: each reads the stream up to the rebuild's end and folds
-the aggregates whose id hashes to its share (the rest are skipped before decoding),
-each aggregate's events still in stream order.
+can be rebuilt by N processes (the rebuilding one and N-1 workers): each reads the
+stream up to the rebuild's end and folds the aggregates whose id hashes to its share
+(the rest are skipped before decoding), each aggregate's events still in stream order.
 
 They write into empty copies of the projection's tables in a schema of their own
 (``search_path``), so the live tables keep serving meanwhile. The swap then copies
@@ -86,6 +86,7 @@ async def run_workers(
     *,
     projection: str,
     schema: str,
+    parts: range,
     count: int,
     end: int,
     subjects: list[str] | None,
@@ -93,9 +94,10 @@ async def run_workers(
     dsn: str,
     namespace: str,
 ) -> None:
-    """Start ``count`` worker processes and wait for them; raise if any failed."""
+    """Start a worker process for each of ``parts`` (shares of ``count``) and wait for
+    them; raise if any failed."""
     processes = []
-    for part in range(count):
+    for part in parts:
         job = {
             "projection": projection,
             "schema": schema,

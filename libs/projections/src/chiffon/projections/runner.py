@@ -187,16 +187,37 @@ class ProjectionRunner:
         started = time.monotonic()
         await parallel.prepare(self.engine, schema, tables)
         try:
-            await parallel.run_workers(
-                projection=self.name,
-                schema=schema,
-                count=count,
-                end=end,
-                subjects=self._subjects(),
-                nats_url=url.geturl(),
-                dsn=self.engine.url.render_as_string(hide_password=False),
-                namespace=self.store.streams.namespace,
+            subjects = self._subjects()
+            workers = asyncio.create_task(
+                parallel.run_workers(
+                    projection=self.name,
+                    schema=schema,
+                    parts=range(1, count),
+                    count=count,
+                    end=end,
+                    subjects=subjects,
+                    nats_url=url.geturl(),
+                    dsn=self.engine.url.render_as_string(hide_password=False),
+                    namespace=self.store.streams.namespace,
+                )
             )
+            try:
+                # Share 0 is folded here, by a process that has everything imported.
+                await parallel.rebuild_partition(
+                    self.store,
+                    self.engine,
+                    self.projection,
+                    schema=schema,
+                    part=0,
+                    count=count,
+                    end=end,
+                    subjects=subjects,
+                )
+            except BaseException:
+                workers.cancel()  # which kills the worker processes
+                await asyncio.gather(workers, return_exceptions=True)
+                raise
+            await workers  # raises if a worker failed
             folded = time.monotonic()
 
             async def copy_back(conn: AsyncConnection) -> None:
