@@ -218,3 +218,25 @@ async def test_trace_context_travels_in_the_event(store: JetStreamEventStore) ->
         store.streams.subject("agent", "traced", "agent.registered"),
     )
     assert msg.headers is not None and trace_id in msg.headers["traceparent"]
+
+
+async def test_reading_an_aggregate_returns_all_its_events_in_order_and_no_other(
+    store: JetStreamEventStore,
+) -> None:
+    # More events than one direct-get batch holds, interleaved with a neighbour whose
+    # id shares a prefix: the read must page through and keep to its own subject.
+    mine, neighbour = AggregateKey("agent", "long"), AggregateKey("agent", "long-2")
+    await store.append(mine, [registered("long")], 0)
+    await store.append(neighbour, [registered("long-2")], 0)
+    for slots in range(1, 600):
+        await store.append(mine, [capacity("long", slots)], ANY)
+        if slots % 50 == 0:
+            await store.append(neighbour, [capacity("long-2", slots)], ANY)
+    events, version = await store.read_aggregate(mine)
+    assert len(events) == 600
+    assert [e.payload.max_concurrency for e in events[1:]] == list(range(1, 600))
+    assert {e.envelope.aggregate_id for e in events} == {"long"}
+    sequences = [e.sequence for e in events]
+    assert sequences == sorted(sequences) and version == sequences[-1]
+    assert all(e.msg_id for e in events)
+    assert version == await store.aggregate_version(mine)

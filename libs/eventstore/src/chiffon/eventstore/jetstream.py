@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import Catalog, Envelope, EventValidationError
 from chiffon.eventstore.acks import AckInbox, AckTimeout, Message, NoStream, decode
+from chiffon.eventstore.direct import DirectGetFailed, DirectGetTimeout, DirectReader
 from chiffon.eventstore.errors import (
     AppendFailed,
     ConcurrencyConflict,
@@ -98,6 +99,7 @@ class JetStreamEventStore:
         self._timeout = publish_timeout
         self._retry_for = retry_for
         self._acks = AckInbox(nc)
+        self._direct = DirectReader(nc)
 
     @classmethod
     @asynccontextmanager
@@ -328,7 +330,15 @@ class JetStreamEventStore:
         """An aggregate's events in order, and its version (0 if it has none)."""
         stream = self.streams.stream_for(key.aggregate)
         subject = self.streams.aggregate_filter(key.aggregate, key.aggregate_id)
-        events = [e async for e in self._consume(stream, [subject], start=1, live=False)]
+        try:
+            messages = await self._direct.read(stream, subject, timeout=self._timeout)
+        except DirectGetTimeout:
+            raise EventStoreUnavailable(f"reading {key}: NATS did not answer") from None
+        except DirectGetFailed as error:
+            if str(error).startswith("503"):  # nobody serves the stream (yet)
+                raise EventStoreUnavailable(f"reading {key}: no stream {stream}") from None
+            raise EventStoreError(f"reading {key}: {error}") from None
+        events = [self._record_direct(stream, msg) for msg in messages]
         return events, (events[-1].sequence if events else 0)
 
     async def aggregate_version(self, key: AggregateKey) -> int:
@@ -469,6 +479,16 @@ class JetStreamEventStore:
     async def _delete_consumer(self, stream: str, consumer: str) -> None:
         with contextlib.suppress(Exception):  # it expires by inactive_threshold anyway
             await self.js.delete_consumer(stream, consumer)
+
+    def _record_direct(self, stream: str, msg: Msg) -> RecordedEvent:
+        headers = msg.headers or {}
+        return RecordedEvent(
+            envelope=self.catalog.decode(msg.data),
+            stream=stream,
+            sequence=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            msg_id=headers.get(_MSG_ID),
+        )
 
     def _record(self, stream: str, msg: Msg) -> RecordedEvent:
         envelope = self.catalog.decode(msg.data)
