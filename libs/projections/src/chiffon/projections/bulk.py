@@ -7,13 +7,19 @@ second. It runs on the projection's own connection, inside its transaction.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from sqlalchemy import JSON, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+def _json(value: Any) -> str:
+    # orjson: a tenth of json.dumps's time, which was a fifth of a rebuild's apply.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _quote(name: str) -> str:
@@ -42,7 +48,7 @@ async def bulk_upsert(
         records = [
             {
                 **row,
-                **{n: json.dumps(row[n]) for n in json_columns if row[n] is not None},
+                **{n: _json(row[n]) for n in json_columns if row[n] is not None},
             }
             for row in records
         ]
