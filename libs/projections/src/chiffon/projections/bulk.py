@@ -12,7 +12,6 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-
 from sqlalchemy import JSON, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
