@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from chiffon.cli.client import ChiffonClient, RunEvent
-from chiffon.readmodels import RunPublic
+from chiffon.readmodels.views import RunPublic
 from tests.support.fixtures import eventually
 
 ENDINGS = {"run.completed", "run.failed", "run.cancelled"}

@@ -1,8 +1,8 @@
 """The one interface the CLI talks to Chiffon through.
 
-Today ``DirectClient`` (NATS commands, PostgreSQL read models, the event store)
-implements it; an HTTP client for the gateway will implement the same ABC, so
-switching is one place (``open_client``).
+``GatewayClient`` (HTTP to the gateway) and ``DirectClient`` (NATS commands,
+PostgreSQL read models, the event store) implement it; ``connect.open_client``
+picks one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from chiffon.readmodels import (
+from chiffon.readmodels.views import (
     ApprovalPublic,
     RunPublic,
     RunSummary,

@@ -9,7 +9,6 @@ import getpass
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -26,6 +25,7 @@ from chiffon.cli.client import (
     RunEvent,
     Unavailable,
 )
+from chiffon.cli.connect import find_config_file
 from chiffon.commands import (
     ApproveNode,
     CancelRun,
@@ -41,14 +41,14 @@ from chiffon.core.settings import ChiffonSettings
 from chiffon.events import CATALOG, Actor
 from chiffon.events.runs import TriggerRef
 from chiffon.eventstore import EventStoreError, JetStreamEventStore
-from chiffon.readmodels import (
+from chiffon.readmodels import queries
+from chiffon.readmodels.queries import InvalidCursor
+from chiffon.readmodels.views import (
     ApprovalPublic,
-    InvalidCursor,
     RunPublic,
     RunSummary,
     WorkflowPublic,
     WorkflowSummary,
-    queries,
 )
 
 _ERRORS: dict[str, type[ClientError]] = {
@@ -72,19 +72,6 @@ def _command(kind: type[Command], **fields: Any) -> Command:
             for e in error.errors(include_url=False)
         ]
         raise InvalidRequest(f"invalid {kind.name} request", details) from None
-
-
-def find_config_file(start: Path | None = None) -> Path | None:
-    """``CHIFFON_CONFIG_FILE``, else ``.chiffon/config.toml`` in this folder or a parent."""
-    named = os.environ.get("CHIFFON_CONFIG_FILE")
-    if named:
-        return Path(named)
-    folder = (start or Path.cwd()).resolve()
-    for candidate in (folder, *folder.parents):
-        path = candidate / ".chiffon" / "config.toml"
-        if path.is_file():
-            return path
-    return None
 
 
 def load_settings() -> ChiffonSettings:
@@ -296,16 +283,3 @@ async def _close_nats(nc: Any) -> None:
             await nc.drain()
         except Exception:  # noqa: BLE001 — closing a connection to a server that went away
             await nc.close()
-
-
-async def open_client(settings: ChiffonSettings | None = None) -> ChiffonClient:
-    """The client the CLI uses: the gateway's HTTP client when a gateway is configured
-    (flags, CHIFFON_GATEWAY_URL, or the dev stack's config file), else this one.
-    ``CHIFFON_CLIENT=direct`` forces this one (operators debugging the internals)."""
-    if settings is None and os.environ.get("CHIFFON_CLIENT", "").lower() != "direct":
-        from chiffon.cli.http_client import gateway_client
-
-        client = gateway_client()
-        if client is not None:
-            return client
-    return DirectClient(settings or load_settings())

@@ -34,7 +34,8 @@ from chiffon.cli.client import (
     RunEvent,
     Unavailable,
 )
-from chiffon.readmodels import (
+from chiffon.cli.connect import find_config_file
+from chiffon.readmodels.views import (
     ApprovalPublic,
     RunPublic,
     RunSummary,
@@ -66,8 +67,6 @@ class GatewayConfig:
 
 
 def _config_file() -> Path | None:
-    from chiffon.cli.direct_client import find_config_file
-
     return find_config_file()
 
 

@@ -10,9 +10,9 @@ import typer
 
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.client import ChiffonClient
-from chiffon.cli.direct_client import open_client
+from chiffon.cli.connect import open_client
 from chiffon.cli.workflow_cmd import read_spec
-from chiffon.readmodels import ApprovalPublic, RunPublic, RunSummary
+from chiffon.readmodels.views import ApprovalPublic, RunPublic, RunSummary
 
 app = typer.Typer(help="Runs: list, show, follow, cancel, approve.", no_args_is_help=True)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from chiffon.cli import exit_codes as codes
-from chiffon.cli.direct_client import open_client
-from chiffon.readmodels import WorkflowPublic, WorkflowSummary
+from chiffon.cli.connect import open_client
+from chiffon.readmodels.views import WorkflowPublic, WorkflowSummary
 from chiffon.workflow import SpecError, WorkflowSpec, load_spec
 
 app = typer.Typer(

@@ -38,7 +38,7 @@ from chiffon.gateway.problems import (
 from chiffon.gateway.ratelimit import RateLimiter
 from chiffon.gateway.settings import GatewaySettings
 from chiffon.gateway.sse import RunFeeds
-from chiffon.readmodels import InvalidCursor
+from chiffon.readmodels.queries import InvalidCursor
 from chiffon.readmodels.tables import runs as runs_table
 
 log = get_logger(__name__)

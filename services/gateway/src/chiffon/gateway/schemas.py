@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from chiffon.readmodels import ApprovalPublic, RunSummary, WorkflowSummary
+from chiffon.readmodels.views import ApprovalPublic, RunSummary, WorkflowSummary
 
 RunStatusName = Literal[
     "pending", "running", "waiting_approval", "paused", "succeeded", "failed", "cancelled"

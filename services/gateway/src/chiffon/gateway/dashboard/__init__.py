@@ -36,14 +36,14 @@ from chiffon.gateway.runtime import (
     check_workflow_name,
 )
 from chiffon.gateway.schemas import has_nul
-from chiffon.readmodels import (
-    RunPublic,
+from chiffon.readmodels.queries import (
     get_run,
     get_workflow,
     list_pending_approvals,
     list_runs,
     list_workflows,
 )
+from chiffon.readmodels.views import RunPublic
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))

@@ -31,7 +31,8 @@ from chiffon.gateway.schemas import (
     RunsPublic,
     RunStatusName,
 )
-from chiffon.readmodels import RunPublic, get_run, list_pending_approvals, list_runs
+from chiffon.readmodels.queries import get_run, list_pending_approvals, list_runs
+from chiffon.readmodels.views import RunPublic
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 

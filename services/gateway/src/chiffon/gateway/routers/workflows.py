@@ -20,7 +20,8 @@ from chiffon.gateway.problems import (
 from chiffon.gateway.routers.common import READ, WRITE, is_json, media_type
 from chiffon.gateway.runtime import GatewayDep, check_workflow_name
 from chiffon.gateway.schemas import WorkflowRegistered, WorkflowsPublic
-from chiffon.readmodels import WorkflowPublic, get_workflow, list_workflows
+from chiffon.readmodels.queries import get_workflow, list_workflows
+from chiffon.readmodels.views import WorkflowPublic
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
