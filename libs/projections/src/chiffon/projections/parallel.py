@@ -16,6 +16,7 @@ apply what came after, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.base import Projection
+from chiffon.projections.readahead import read_ahead
 
 ENV = "CHIFFON_REBUILD_PARTITION"
 BATCH = 2000
@@ -140,18 +142,20 @@ async def rebuild_partition(
     """Fold this share of the stream's first ``end`` events into ``schema``'s tables."""
     applied = 0
     search_path = text(f"SET LOCAL search_path TO {_quote(schema)}, public")
-    async for chunk in store.subscribe_batches(
+    chunks = store.subscribe_batches(
         projection.context,
         start=1,
         subjects=subjects,
         batch=BATCH,
         live=False,
         keep=lambda subject: partition_of(subject, count) == part,
-    ):
-        events = [e for e in chunk if e.sequence <= end]
-        if events:
-            async with engine.begin() as conn:
-                await conn.execute(search_path)
-                await projection.apply(conn, events)
-            applied += len(events)
+    )
+    async with contextlib.aclosing(read_ahead(chunks)) as ahead:
+        async for chunk in ahead:
+            events = [e for e in chunk if e.sequence <= end]
+            if events:
+                async with engine.begin() as conn:
+                    await conn.execute(search_path)
+                    await projection.apply(conn, events)
+                applied += len(events)
     return applied

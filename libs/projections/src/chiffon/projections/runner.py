@@ -25,6 +25,7 @@ from chiffon.core.logging import get_logger
 from chiffon.eventstore import JetStreamEventStore, RecordedEvent
 from chiffon.projections import parallel
 from chiffon.projections.base import Projection
+from chiffon.projections.readahead import read_ahead
 from chiffon.projections.tables import checkpoints
 
 log = get_logger(__name__)
@@ -249,31 +250,10 @@ class ProjectionRunner:
         )
         if not stopped_on_poison:
             self._mark_healthy()
-        # Read the next batch from NATS while this one is written to PostgreSQL.
-        prefetched: asyncio.Queue[Sequence[RecordedEvent] | None] = asyncio.Queue(maxsize=2)
-
-        async def read() -> None:
-            async for batch in batches:
-                await prefetched.put(batch)
-            await prefetched.put(None)
-
-        reader = asyncio.create_task(read(), name=f"read:{self.name}")
-        try:
-            while True:
-                next_batch = asyncio.ensure_future(prefetched.get())
-                await asyncio.wait({next_batch, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not next_batch.done():
-                    next_batch.cancel()
-                    reader.result()  # the reader failed: raise its error
-                    continue
-                batch = next_batch.result()
-                if batch is None:
-                    return
+        async with contextlib.aclosing(read_ahead(batches)) as ahead:
+            async for batch in ahead:
                 await self._apply(batch)
                 self._mark_healthy()
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
 
     async def _apply(self, batch: Sequence[RecordedEvent]) -> None:
         try:

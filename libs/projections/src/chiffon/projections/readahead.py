@@ -1,0 +1,40 @@
+"""Read the next batch from NATS while this one is written to PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator[T, None]:
+    """``source``'s items, with up to ``depth`` of them read ahead by a task.
+
+    An error of ``source`` is raised here, once the items before it were taken. Close
+    it (``contextlib.aclosing``) so that the reading task stops when the caller does."""
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
+
+    async def read() -> None:
+        async for item in source:
+            await queue.put(item)
+        await queue.put(_END)
+
+    reader = asyncio.create_task(read(), name="read-ahead")
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                reader.result()  # the reader failed: raise its error
+                continue
+            item = getter.result()
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
