@@ -51,14 +51,17 @@ def _quote(name: str) -> str:
 
 
 async def prepare(engine: AsyncEngine, schema: str, tables: Sequence[Table]) -> None:
-    """An empty copy of every table (columns, defaults, checks, indexes) in ``schema``."""
+    """An empty copy of every table (columns, defaults, checks, indexes) in ``schema``.
+
+    Unlogged: the copies only live until the swap, so writing them to the WAL would
+    be wasted work; a crash of PostgreSQL empties them and the rebuild runs again."""
     async with engine.begin() as conn:
         await conn.execute(text(f"DROP SCHEMA IF EXISTS {_quote(schema)} CASCADE"))
         await conn.execute(text(f"CREATE SCHEMA {_quote(schema)}"))
         for table in tables:
             await conn.execute(
                 text(
-                    f"CREATE TABLE {_quote(schema)}.{_quote(table.name)} "
+                    f"CREATE UNLOGGED TABLE {_quote(schema)}.{_quote(table.name)} "
                     f"(LIKE {_quote(table.name)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                     "INCLUDING INDEXES)"
                 )
