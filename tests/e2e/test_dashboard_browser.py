@@ -139,6 +139,10 @@ async def test_log_in_start_approve_and_watch_a_run_finish(
             await expect(page.locator("#run-status")).to_have_text("succeeded", timeout=30_000)
             await expect(page.locator("#timeline tr[data-type='run.completed']")).to_have_count(1)
             await expect(page.locator("#run-outputs")).to_contain_text("published")
+            # People are named by their key's name, with the key id the events carry.
+            who = f"alice-browser (api_key:{operator['id']})"
+            await expect(page.locator("body")).to_contain_text(f"approved by {who}")
+            await expect(page.locator("body")).to_contain_text(f"Requested by{who}")
             await page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
 
             # The runs list shows it as succeeded; the approval is recorded against the key.

@@ -33,6 +33,7 @@ TOKEN_PREFIX = "chf_"  # noqa: S105 — a marker, not a secret
 ROLES: tuple[str, ...] = ("viewer", "operator", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 BOOTSTRAP_KEY_ID = "bootstrap"
+BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
 
 def new_token() -> str:
@@ -111,7 +112,7 @@ def bootstrap_key(token: str) -> ApiKey:
     """The dev stack's admin key from the environment: never stored, never revocable here."""
     return ApiKey(
         key_id=BOOTSTRAP_KEY_ID,
-        name="bootstrap-admin",
+        name=BOOTSTRAP_KEY_NAME,
         role="admin",
         key_hash=hash_token(token),
         prefix=display_prefix(token),

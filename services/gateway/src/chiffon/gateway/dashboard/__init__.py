@@ -18,6 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 from starlette.staticfiles import StaticFiles
 
 from chiffon.commands import ApproveNode, CancelRun, StartRun
@@ -25,8 +26,15 @@ from chiffon.core.telemetry import current_traceparent
 from chiffon.events import CATALOG
 from chiffon.events.runs import RUN_STATUSES, TriggerRef
 from chiffon.gateway.auth import Principal
-from chiffon.gateway.keys import BOOTSTRAP_KEY_ID, KeyAlreadyRevoked, KeyNotFound, allows
+from chiffon.gateway.keys import (
+    BOOTSTRAP_KEY_ID,
+    BOOTSTRAP_KEY_NAME,
+    KeyAlreadyRevoked,
+    KeyNotFound,
+    allows,
+)
 from chiffon.gateway.problems import Forbidden, NotFound, Problem, Unavailable, ValidationFailed
+from chiffon.gateway.readmodel import api_keys
 from chiffon.gateway.runtime import (
     RUN_ID,
     Gateway,
@@ -46,6 +54,7 @@ from chiffon.readmodels.queries import (
 from chiffon.readmodels.views import RunPublic
 
 HERE = Path(__file__).parent
+KEY_LABEL = "api_key:"  # how the read models name an API key actor
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 static_files = StaticFiles(directory=str(HERE / "static"))
 router = APIRouter(include_in_schema=False)
@@ -253,6 +262,24 @@ async def _run(gw: Gateway, run_id: str, min_position: int = 0) -> RunPublic:
     return run
 
 
+async def _names(gw: Gateway, run: RunPublic) -> dict[str, str]:
+    """Who requested and decided, by API key name: the read model keeps the stable
+    ``api_key:<id>`` label, which says little to a person reading the page."""
+    labels = {run.requested_by, *(a.decided_by for a in run.approvals if a.decided_by)}
+    ids = {label.removeprefix(KEY_LABEL) for label in labels if label.startswith(KEY_LABEL)}
+    names = {BOOTSTRAP_KEY_ID: BOOTSTRAP_KEY_NAME} if BOOTSTRAP_KEY_ID in ids else {}
+    ids.discard(BOOTSTRAP_KEY_ID)
+    if ids:
+        async with gw.engine.connect() as conn:
+            found = await conn.execute(
+                select(api_keys.c.key_id, api_keys.c.name).where(api_keys.c.key_id.in_(ids))
+            )
+            names.update((key_id, name) for key_id, name in found)
+    return {
+        f"{KEY_LABEL}{key_id}": f"{name} ({KEY_LABEL}{key_id})" for key_id, name in names.items()
+    }
+
+
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, run_id: str, gw: GatewayDep, principal: Session) -> Response:
     run = await _run(gw, run_id)
@@ -261,6 +288,7 @@ async def run_page(request: Request, run_id: str, gw: GatewayDep, principal: Ses
         "run.html",
         principal,
         run=run,
+        who=await _names(gw, run),
         ended=run.status in ENDED,
         event_types=RUN_EVENT_TYPES,
     )
@@ -275,7 +303,14 @@ async def run_panel(
     min_position: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Response:
     run = await _run(gw, run_id, min_position)
-    return render(request, "_run_panel.html", principal, run=run, ended=run.status in ENDED)
+    return render(
+        request,
+        "_run_panel.html",
+        principal,
+        run=run,
+        who=await _names(gw, run),
+        ended=run.status in ENDED,
+    )
 
 
 @router.post("/runs/{run_id}/cancel")
