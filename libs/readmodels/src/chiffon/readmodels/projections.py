@@ -21,7 +21,6 @@ from chiffon.events import runs as ev
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import RecordedEvent
 from chiffon.projections import Projection, ProjectionRunner
-from chiffon.projections.bulk import bulk_upsert
 from chiffon.readmodels.display import truncate
 from chiffon.readmodels.tables import run_approvals, run_nodes, runs, workflows
 
@@ -290,12 +289,8 @@ class RunsProjection(Projection):
                     node_rows[key2] = new_node
                     changed_nodes.add(key2)
 
-        # Binary COPY and one INSERT per table: SQLAlchemy's per-row parameter handling
-        # of an executemany was the projector's largest single cost.
-        await bulk_upsert(conn, runs, [run_rows[k] for k in changed_runs], keys=["run_id"])
-        await bulk_upsert(
-            conn, run_nodes, [node_rows[k] for k in changed_nodes], keys=["run_id", "node_id"]
-        )
+        await _upsert(conn, runs, ["run_id"], (run_rows[k] for k in changed_runs))
+        await _upsert(conn, run_nodes, ["run_id", "node_id"], (node_rows[k] for k in changed_nodes))
         await _upsert(
             conn,
             run_approvals,
