@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from chiffon.events import new_event
 from chiffon.events.runs import CancelRequested
 from chiffon.executor.domain import RunState, decide_cancel
@@ -164,6 +166,36 @@ async def test_cancel_interrupts_a_call_and_records_the_end(log: RunLog) -> None
     assert (await types(log))[-2:] == ["run.cancel_requested", "run.cancelled"]
     assert (await last(log, "run.cancelled")).reason == "changed my mind"
     assert [n for n, _ in (await completed(log))] == ["n1"]
+
+
+async def test_a_signal_that_arrives_before_its_event_is_stored_is_not_lost(
+    log: RunLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replica's signal is the published message itself, which can reach it before
+    # JetStream has stored the event: the holder must keep looking for a moment.
+    workflow, _ = await start(log, FIVE)
+    slow = GatedLlm("two")  # held until the cancel is seen: no append to notice it at
+    running = execution(log, workflow, await claim(log), slow)
+    task = asyncio.ensure_future(running.execute())
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    events, version = await log.store.read_aggregate(log.key)
+    state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
+    payloads = decide_cancel(state, "too slow")
+    cancel = [new_event(p, aggregate_id=log.run_id, actor=TESTER) for p in payloads]
+    read_aggregate = log.store.read_aggregate
+    looked = asyncio.Event()
+
+    async def read_and_tell(key: Any) -> Any:
+        found = await read_aggregate(key)
+        looked.set()
+        return found
+
+    monkeypatch.setattr(log.store, "read_aggregate", read_and_tell)
+    running.poke(str(cancel[0].event_id))  # the signal first ...
+    await asyncio.wait_for(looked.wait(), 5)  # ... its first look finds nothing ...
+    await log.store.append(log.key, cancel, version)  # ... then the event is stored
+    assert await asyncio.wait_for(task, 5) == "cancelled"
+    assert (await types(log))[-2:] == ["run.cancel_requested", "run.cancelled"]
 
 
 async def test_cancel_is_seen_at_the_next_append_without_a_signal(log: RunLog) -> None:

@@ -37,6 +37,9 @@ log = get_logger(__name__)
 
 Outcome = Literal["succeeded", "failed", "cancelled", "suspended", "lost"]
 IDLE_GRACE = 0.05  # let every task of a step start before calling the run idle
+# How long a signalled outside event (a cancel, a decision) is looked for before it
+# counts as refused: JetStream stores it within milliseconds when it takes it at all.
+SIGNAL_PATIENCE = 2.0
 
 
 class ClaimLost(Exception):
@@ -117,7 +120,9 @@ class RunExecution:
         self._idle = asyncio.Event()
         self._graph_task: asyncio.Task[Any] | None = None
         self._suspended = False
-        self._poke_pending = False
+        self._looking = False
+        self._awaited: set[str] = set()  # signalled events not read yet
+        self._look_until = 0.0
 
     # -- the run -------------------------------------------------------------------
 
@@ -234,22 +239,38 @@ class RunExecution:
                 by = str(approval.decided_by) if approval.decided_by else "unknown"
                 future.set_result((approval.decided, by))
 
-    def poke(self) -> None:
-        """An outside event for this run was published (a cancel, a decision): look now."""
-        if self._poke_pending:
+    def poke(self, event_id: str | None = None) -> None:
+        """An outside event for this run was published (a cancel, a decision): look now.
+
+        The signal is the published message itself, which can arrive before JetStream
+        has stored it (or refused it). So with its ``event_id`` the look is repeated, a
+        little later each time, until the event is read or ``SIGNAL_PATIENCE`` passed."""
+        loop = asyncio.get_running_loop()
+        if event_id is not None:
+            self._awaited.add(event_id)
+        self._look_until = loop.time() + SIGNAL_PATIENCE
+        if self._looking:
             return
-        self._poke_pending = True
+        self._looking = True
 
         async def look() -> None:
+            delay = 0.005
             try:
-                async with self._lock:
-                    await self._reload()
+                while True:
+                    async with self._lock:
+                        seen = await self._reload()
+                    self._awaited -= {str(event) for event in seen}
+                    if not self._awaited or loop.time() >= self._look_until:
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
             except ClaimLost:
                 self._cancel.set()  # another replica owns it: stop at the next safe point
             except Exception as error:  # noqa: BLE001 — the next append will look again
                 log.warning("run.poke_failed", run_id=self.run.run_id, error=str(error))
             finally:
-                self._poke_pending = False
+                self._awaited.clear()
+                self._looking = False
 
         asyncio.ensure_future(look())
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from typing import Any
 
@@ -50,6 +51,14 @@ log = get_logger(__name__)
 
 CONSUMER = "executor"
 SIGNAL_TYPES = ("run.cancel_requested", "run.approval.decided")
+
+
+def _event_id(data: bytes) -> str | None:
+    """The published envelope's event id (None if it is not one: then just look once)."""
+    try:
+        return str(json.loads(data)["event_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class RunWorker:
@@ -110,7 +119,7 @@ class RunWorker:
         run_id = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
         execution = self._executions.get(run_id)
         if execution is not None:
-            execution.poke()
+            execution.poke(_event_id(msg.data))
 
     def healthy(self) -> tuple[bool, str | None]:
         ok = self._intake is not None and self.store.nc.is_connected
