@@ -84,7 +84,7 @@ async def test_up_uses_external_servers_and_down_leaves_them(
             "url": nats_server.url,
         }
         assert by_name["postgres"]["pid"] is None and by_name["postgres"]["healthy"] is True
-        assert all(e["healthy"] for e in status), status
+        assert all(e["healthy"] for e in status), [e for e in status if not e["healthy"]]
         assert len([e for e in status if e["name"] == "executor"]) == 1
         # Nothing of our own was started, and the env key was not written to disk.
         assert not (tmp_path / "home" / "nats").exists()

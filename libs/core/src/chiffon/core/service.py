@@ -39,17 +39,22 @@ class Health:
         self.checks[name] = check
 
     async def report(self) -> tuple[bool, dict[str, Any]]:
-        components: dict[str, Any] = {}
-        ready = True
-        for name, check in list(self.checks.items()):
-            try:
-                outcome = check()
-                ok, detail = await outcome if asyncio.iscoroutine(outcome) else outcome  # type: ignore[misc]
-            except Exception as error:  # noqa: BLE001 — a failing check is a report, not a crash
-                ok, detail = False, f"{type(error).__name__}: {error}"
-            components[name] = {"ok": ok, **({"detail": detail} if detail else {})}
-            ready = ready and ok
-        return ready, components
+        # A service adds checks as it starts; one added while a report was awaiting an
+        # earlier check must not be missed, or a starting service reads as ready.
+        while True:
+            checks = dict(self.checks)
+            components: dict[str, Any] = {}
+            ready = True
+            for name, check in checks.items():
+                try:
+                    outcome = check()
+                    ok, detail = await outcome if asyncio.iscoroutine(outcome) else outcome  # type: ignore[misc]
+                except Exception as error:  # noqa: BLE001 — a failing check is a report
+                    ok, detail = False, f"{type(error).__name__}: {error}"
+                components[name] = {"ok": ok, **({"detail": detail} if detail else {})}
+                ready = ready and ok
+            if self.checks.keys() == checks.keys():
+                return ready, components
 
 
 @dataclass

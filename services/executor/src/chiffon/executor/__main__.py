@@ -64,7 +64,7 @@ async def serve(ctx: ServiceContext) -> None:
         if settings.projections == "inline":
             projections = run_projections(resources)
         elif settings.projections == "process":
-            projections = [asyncio.create_task(supervise_projector(ctx), name="projector")]
+            projections = [start_projector(ctx)]
         log.info("executor.ready", instance=ctx.instance)
         work = asyncio.create_task(worker.run(ctx.stopping), name="executor:work")
         stop = asyncio.create_task(ctx.stopping.wait())
@@ -95,21 +95,34 @@ def run_projections(resources: Resources) -> list[asyncio.Task[None]]:
     return tasks
 
 
-async def supervise_projector(ctx: ServiceContext) -> None:
-    """Keep the projector child process running (restarted with back-off if it dies).
+class ProjectorChild:
+    """This replica's projector process, and whether it has reported in.
 
     The replica is ready once its projector says it is working or standing by (a byte
-    on a pipe), not merely started: its imports take seconds on a small machine, and a
-    read right after start-up would find the read models not yet followed."""
+    on a pipe), not merely started: its imports take a second or more, and a read right
+    after start-up would find the read models not yet followed."""
+
+    def __init__(self) -> None:
+        self.process: asyncio.subprocess.Process | None = None
+        self.reported = asyncio.Event()
+
+    def check(self) -> tuple[bool, str | None]:
+        running = self.process is not None and self.process.returncode is None
+        return running and self.reported.is_set(), None if self.reported.is_set() else "starting"
+
+
+def start_projector(ctx: ServiceContext) -> asyncio.Task[None]:
+    # The check is added before the task runs: a readiness report in between must
+    # already see the replica as not ready.
+    projector = ProjectorChild()
+    ctx.health.add("projector", projector.check)
+    return asyncio.create_task(supervise_projector(projector), name="projector")
+
+
+async def supervise_projector(projector: ProjectorChild) -> None:
+    """Keep the projector child process running (restarted with back-off if it dies)."""
+    reported = projector.reported
     child: asyncio.subprocess.Process | None = None
-    reported = asyncio.Event()
-    ctx.health.add(
-        "projector",
-        lambda: (
-            child is not None and child.returncode is None and reported.is_set(),
-            None if reported.is_set() else "starting",
-        ),
-    )
     backoff = 0.5
     try:
         while True:
@@ -121,7 +134,7 @@ async def supervise_projector(ctx: ServiceContext) -> None:
                 "CHIFFON_PROJECTOR_READY_FD": str(write_fd),
             }
             try:
-                child = await asyncio.create_subprocess_exec(
+                child = projector.process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
                     "chiffon.executor.projector",
