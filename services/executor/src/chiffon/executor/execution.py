@@ -346,17 +346,27 @@ class RunExecution:
             self._active += 1
             self._idle.clear()
 
+    def _only_undecided_waits(self) -> bool:
+        """Nothing runs, and every approval waited on is still undecided. A decision taken
+        in by a reload resolves its waiter at once, but the node resumes a moment later:
+        suspending in between would drop a decision that no work item brings back."""
+        return (
+            not self._active
+            and bool(self._waiters)
+            and not any(w.done() for w in self._waiters.values())
+        )
+
     async def _watch_idle(self) -> None:
         """When only approvals are left to wait on, record the suspension and let go."""
         while True:
             await self._idle.wait()
             await asyncio.sleep(IDLE_GRACE)
-            if self._active or not self._waiters:
+            if not self._only_undecided_waits():
                 self._idle.clear()
                 continue
             waiting = sorted({node for node, _ in self._waiters})
             async with self._lock:
-                if self._active or not self._waiters:
+                if not self._only_undecided_waits():
                     continue
                 try:
                     envelope = new_event(
