@@ -178,3 +178,19 @@ async def last(log: RunLog, event_type: str) -> Any:
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+# A review loop: write, review, and write again while the score is under 7 (3 times at most).
+LOOP = """
+name: loop
+version: 1
+defaults: {model: openai/x}
+nodes:
+  - {id: begin, type: set, values: {score: "0"}}
+  - {id: write, type: llm, prompt: "draft after {score}", output: {draft: string}}
+  - {id: review, type: llm, prompt: "review {draft}", output: {score: integer}}
+edges:
+  - {from: begin, to: write}
+  - {from: write, to: review}
+  - {from: review, to: write, when: "score < 7", max_iterations: 3}
+"""

@@ -10,6 +10,7 @@ from chiffon.executor.domain import RunState, decide_approval
 from chiffon.executor.offline import echo_value
 
 from .graph_support import (  # noqa: F401 — provider: the autouse test server
+    LOOP,
     TESTER,
     RunLog,
     ScriptedLlm,
@@ -85,21 +86,6 @@ async def test_condition_on_structured_output_picks_the_branch(log: RunLog) -> N
         assert outcome == "succeeded"
         assert [n for n, _ in (await completed(log))] == ["review", expected]
         assert (await last(log, "run.completed")).outputs["verdict"] == expected
-
-
-LOOP = """
-name: loop
-version: 1
-defaults: {model: openai/x}
-nodes:
-  - {id: begin, type: set, values: {round: "1"}}
-  - {id: write, type: llm, prompt: "draft {score}", output: {draft: string}}
-  - {id: review, type: llm, prompt: "score {draft}", output: {score: integer}}
-edges:
-  - {from: begin, to: write}
-  - {from: write, to: review}
-  - {from: review, to: write, when: "score < 7", max_iterations: 3}
-"""
 
 
 async def test_loop_stops_at_max_iterations(log: RunLog) -> None:

@@ -11,9 +11,11 @@ import pytest
 from chiffon.events import new_event
 from chiffon.events.runs import CancelRequested
 from chiffon.executor.domain import RunState, decide_cancel
+from chiffon.executor.execution import RunExecution
 from tests.support.fixtures import eventually
 
 from .graph_support import (  # noqa: F401 — provider: the autouse test server
+    LOOP,
     TESTER,
     RunLog,
     ScriptedLlm,
@@ -81,21 +83,6 @@ async def test_a_resumed_run_never_runs_a_completed_node_again(log: RunLog) -> N
     assert (await last(log, "run.completed")).outputs["n3"] == "echo: three echo: two echo: one"
 
 
-LOOP = """
-name: loop
-version: 1
-defaults: {model: openai/x}
-nodes:
-  - {id: begin, type: set, values: {score: "0"}}
-  - {id: write, type: llm, prompt: "draft after {score}", output: {draft: string}}
-  - {id: review, type: llm, prompt: "review {draft}", output: {score: integer}}
-edges:
-  - {from: begin, to: write}
-  - {from: write, to: review}
-  - {from: review, to: write, when: "score < 7", max_iterations: 3}
-"""
-
-
 async def test_loop_counters_survive_a_crash(log: RunLog) -> None:
     reviews = 0
 
@@ -146,7 +133,11 @@ async def test_a_replica_that_lost_its_claim_writes_nothing_more(log: RunLog) ->
     assert len(await log.of()) == count
 
 
-async def test_cancel_interrupts_a_call_and_records_the_end(log: RunLog) -> None:
+async def held_in_second_call(
+    log: RunLog, reason: str
+) -> tuple[RunExecution, asyncio.Future[str], list[Any], int]:
+    """A run held in its second model call (which waits for ever), and the cancel a user
+    would append now with the version it read."""
     workflow, _ = await start(log, FIVE)
     slow = GatedLlm("two")
     running = execution(log, workflow, await claim(log), slow)
@@ -154,13 +145,16 @@ async def test_cancel_interrupts_a_call_and_records_the_end(log: RunLog) -> None
     await asyncio.wait_for(slow.entered.wait(), 5)
     events, version = await log.store.read_aggregate(log.key)
     state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
-    payloads = decide_cancel(state, "changed my mind")
-    assert [type(p) for p in payloads] == [CancelRequested]  # held: the holder ends it
-    await log.store.append(
-        log.key,
-        [new_event(p, aggregate_id=log.run_id, actor=TESTER) for p in payloads],
-        version,
-    )
+    cancel = [
+        new_event(p, aggregate_id=log.run_id, actor=TESTER) for p in decide_cancel(state, reason)
+    ]
+    return running, task, cancel, version
+
+
+async def test_cancel_interrupts_a_call_and_records_the_end(log: RunLog) -> None:
+    running, task, cancel, version = await held_in_second_call(log, "changed my mind")
+    assert [type(e.payload) for e in cancel] == [CancelRequested]  # held: the holder ends it
+    await log.store.append(log.key, cancel, version)
     running.poke()
     assert await asyncio.wait_for(task, 5) == "cancelled"
     assert (await types(log))[-2:] == ["run.cancel_requested", "run.cancelled"]
@@ -173,15 +167,8 @@ async def test_a_signal_that_arrives_before_its_event_is_stored_is_not_lost(
 ) -> None:
     # A replica's signal is the published message itself, which can reach it before
     # JetStream has stored the event: the holder must keep looking for a moment.
-    workflow, _ = await start(log, FIVE)
-    slow = GatedLlm("two")  # held until the cancel is seen: no append to notice it at
-    running = execution(log, workflow, await claim(log), slow)
-    task = asyncio.ensure_future(running.execute())
-    await asyncio.wait_for(slow.entered.wait(), 5)
-    events, version = await log.store.read_aggregate(log.key)
-    state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
-    payloads = decide_cancel(state, "too slow")
-    cancel = [new_event(p, aggregate_id=log.run_id, actor=TESTER) for p in payloads]
+    # Held in a call until the cancel is seen: no append would notice it.
+    running, task, cancel, version = await held_in_second_call(log, "too slow")
     read_aggregate = log.store.read_aggregate
     looked = asyncio.Event()
 
