@@ -27,6 +27,10 @@ class Projection(ABC):
     # True when every row belongs to one aggregate and is written only from that
     # aggregate's events: then a rebuild may run in several processes (``parallel``).
     partitioned: ClassVar[bool] = False
+    # How long a short batch of the live tail may wait for more events before it is
+    # written: under a trickle, one transaction then carries what arrived meanwhile
+    # instead of a few events each. The read model lags by up to that much more.
+    linger: ClassVar[float] = 0.0
 
     @abstractmethod
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None: ...

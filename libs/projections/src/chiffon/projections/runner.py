@@ -250,7 +250,10 @@ class ProjectionRunner:
         )
         if not stopped_on_poison:
             self._mark_healthy()
-        async with contextlib.aclosing(read_ahead(batches)) as ahead:
+        linger = self.projection.linger if live else 0.0
+        async with contextlib.aclosing(
+            read_ahead(batches, linger=linger, fill=self.batch_size)
+        ) as ahead:
             async for batch in ahead:
                 await self._apply(batch)
                 self._mark_healthy()

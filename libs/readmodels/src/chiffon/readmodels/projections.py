@@ -7,7 +7,6 @@ functions of (row, event): a replay gives the same rows.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -20,7 +19,7 @@ from chiffon.events import Actor
 from chiffon.events import runs as ev
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import RecordedEvent
-from chiffon.projections import Projection, ProjectionRunner
+from chiffon.projections import Projection
 from chiffon.readmodels.display import truncate
 from chiffon.readmodels.tables import run_approvals, run_nodes, runs, workflows
 
@@ -181,19 +180,6 @@ def fold_node(row: Row | None, event: RecordedEvent) -> Row | None:
 _NODE_EVENTS = (ev.NodeStarted, ev.NodeCompleted, ev.NodeFailed, ev.ApprovalRequested, ev.LlmCalled)
 
 
-class LingeringRunner(ProjectionRunner):
-    """A runner that waits a moment before writing a small batch, so that under load one
-    transaction carries many events instead of one each (read models are eventually
-    consistent anyway; the lag this adds is at most ``linger`` seconds)."""
-
-    linger = 0.05
-
-    async def _apply(self, batch: Sequence[RecordedEvent]) -> None:
-        if len(batch) < self.batch_size // 4:
-            await asyncio.sleep(self.linger)
-        await super()._apply(batch)
-
-
 class RunsProjection(Projection):
     """runs, run_nodes and run_approvals from the RUNS stream."""
 
@@ -201,6 +187,8 @@ class RunsProjection(Projection):
     context: ClassVar[str] = "RUNS"
     tables: ClassVar[Sequence[Table]] = (runs, run_nodes, run_approvals)
     partitioned: ClassVar[bool] = True  # every row is one run's, from that run's events
+    # Runs write events in a steady trickle; live views follow the events themselves.
+    linger: ClassVar[float] = 0.1
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
         run_ids = {e.envelope.aggregate_id for e in events}

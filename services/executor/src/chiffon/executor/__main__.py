@@ -21,8 +21,9 @@ from chiffon.executor.llm import LlmGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
 from chiffon.executor.worker import RunWorker
+from chiffon.projections import ProjectionRunner
 from chiffon.projections.host import Resources, open_resources
-from chiffon.readmodels.projections import LingeringRunner, RunsProjection, WorkflowsProjection
+from chiffon.readmodels.projections import RunsProjection, WorkflowsProjection
 
 log = get_logger(__name__)
 
@@ -80,13 +81,13 @@ async def serve(ctx: ServiceContext) -> None:
 
 
 def run_projections(resources: Resources) -> list[asyncio.Task[None]]:
-    """The runs and workflows read models, written in batches (see ``LingeringRunner``)."""
+    """The runs and workflows read models, written in batches (see ``Projection.linger``)."""
     tasks = []
     for projection in (RunsProjection(), WorkflowsProjection()):
-        runner = LingeringRunner(resources.store, resources.engine, projection)
+        runner = ProjectionRunner(resources.store, resources.engine, projection)
         resources.runners.append(runner)
 
-        def check(runner: LingeringRunner = runner) -> tuple[bool, str | None]:
+        def check(runner: ProjectionRunner = runner) -> tuple[bool, str | None]:
             status = runner.status
             return status.healthy, (status.error or f"position {status.position}")
 

@@ -24,7 +24,8 @@ from chiffon.core.logging import configure_logging, get_logger
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.executor.settings import ExecutorSettings
-from chiffon.readmodels.projections import LingeringRunner, RunsProjection, WorkflowsProjection
+from chiffon.projections import ProjectionRunner
+from chiffon.readmodels.projections import RunsProjection, WorkflowsProjection
 
 log = get_logger(__name__)
 
@@ -56,7 +57,7 @@ async def project(settings: ExecutorSettings, parent: int) -> None:
                     break
                 log.info("projector.leading", parent=parent)
                 tasks = [
-                    asyncio.create_task(LingeringRunner(store, engine, p).run(), name=p.name)
+                    asyncio.create_task(ProjectionRunner(store, engine, p).run(), name=p.name)
                     for p in (RunsProjection(), WorkflowsProjection())
                 ]
                 try:
