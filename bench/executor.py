@@ -11,6 +11,8 @@
 3. With LLM latency: an OpenAI-compatible server that sleeps 50 ms per call, a 4-node
    workflow, each replica executing at most 8 runs at once (CHIFFON_MAX_CONCURRENT_RUNS):
    runs/s with 2 replicas vs 1.
+
+Throughputs are the best of a few rounds: on shared cores, noise only slows a round.
 """
 
 from __future__ import annotations
@@ -305,13 +307,18 @@ async def throughput(stack: Stack, nodes: int, runs: int, rounds: int) -> float:
         return best
 
 
-async def latency_runs_per_second(stack: Stack, runs: int, model: str) -> float:
+async def latency_runs_per_second(stack: Stack, runs: int, model: str, rounds: int) -> float:
+    """Best runs/s over ``rounds`` rounds (as for throughput: the machine's noise only
+    ever slows a round down)."""
     async with Driver(stack) as driver:
         await driver.register(linear("slow", 4, model=model))
         await driver.many("slow", 8)
         await settled(stack, len(driver.ended))
-        seconds = await driver.many("slow", runs)
-        return runs / seconds
+        best = 0.0
+        for _ in range(rounds):
+            seconds = await driver.many("slow", runs)
+            best = max(best, runs / seconds)
+        return best
 
 
 async def main(quick: bool) -> None:
@@ -367,7 +374,7 @@ async def main(quick: bool) -> None:
                 try:
                     await stack.start_replicas(replicas, env)
                     results[replicas] = await latency_runs_per_second(
-                        stack, 48 if quick else 96, "openai/bench"
+                        stack, 48 if quick else 96, "openai/bench", rounds
                     )
                 finally:
                     stack.stop()

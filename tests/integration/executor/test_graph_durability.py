@@ -106,7 +106,11 @@ async def test_loop_counters_survive_a_crash(log: RunLog) -> None:
     )
 
     async def in_third_review() -> bool:
-        return reviews == 2 and (await types(log))[-1] == "run.node.started"
+        # Held in the third review's call: nothing of the run is on its way to the store.
+        events = await log.of()
+        started = [e for e in events if e.type == "run.node.started"]
+        reviews_started = [e for e in started if e.payload.node_id == "review"]
+        return len(reviews_started) == 3 and events[-1] is reviews_started[-1]
 
     await eventually(
         in_third_review, timeout=10, message="the run reached its third review (to crash in)"

@@ -486,17 +486,17 @@ async def _llm_attempt(
     for index, model in enumerate(models):
         remaining = None if deadline is None else max(0.05, deadline - time.monotonic())
         started = time.perf_counter()
+        call = ctx.llm.complete(
+            model,
+            messages,
+            response_format=plan.response_format,
+            temperature=plan.temperature,
+            max_tokens=plan.max_tokens,
+            timeout=remaining,
+        )
         try:
-            reply = await ctx.interruptible(
-                ctx.llm.complete(
-                    model,
-                    messages,
-                    response_format=plan.response_format,
-                    temperature=plan.temperature,
-                    max_tokens=plan.max_tokens,
-                    timeout=remaining,
-                )
-            )
+            # An in-process answer is not worth the tasks that let a cancel interrupt it.
+            reply = await (call if ctx.llm.in_process(model) else ctx.interruptible(call))
         except ProviderError as error:
             last = error
             target, provider = ctx.llm.resolve(model) if model else (model, "unknown")

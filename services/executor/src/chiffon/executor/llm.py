@@ -151,6 +151,10 @@ class LlmGateway:
 
     # -- one call ---------------------------------------------------------------------
 
+    def in_process(self, model: str) -> bool:
+        """Whether the offline model answers ``model``: in microseconds, in this process."""
+        return self.resolve(model)[1] == offline.PROVIDER
+
     async def complete(
         self,
         model: str,
