@@ -13,7 +13,8 @@ def tune_gc() -> None:
     rescans every long-lived object (imported modules included). Freezing what is
     alive after start-up and raising the thresholds roughly doubles the events/s a
     projection or reader gets, at the price of a little more memory between
-    collections. Call it after imports, before the work starts.
+    collections. Call it after imports, before the work starts, and again after a late
+    import of a large library: what is frozen is only what was alive at the call.
     """
     gc.collect()
     gc.freeze()

@@ -15,6 +15,7 @@ import time
 
 from chiffon.commands import ApproveNode, CancelRun, CommandBus, RegisterWorkflow, StartRun
 from chiffon.core.logging import get_logger
+from chiffon.core.runtime import tune_gc
 from chiffon.core.service import ServiceContext, run_service
 from chiffon.executor.application import ExecutorCommands
 from chiffon.executor.llm import LlmGateway
@@ -54,6 +55,7 @@ async def serve(ctx: ServiceContext) -> None:
         )
         await importing
         await worker.setup()
+        tune_gc()  # again: LiteLLM's modules, imported since, are for good too
         ctx.health.add("work", worker.healthy)
         subscriptions = [
             await bus.serve(RegisterWorkflow, commands.register_workflow),

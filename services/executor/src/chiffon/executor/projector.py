@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chiffon.core.db import create_engine
 from chiffon.core.logging import configure_logging, get_logger
+from chiffon.core.runtime import tune_gc
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.executor.settings import ExecutorSettings
@@ -136,6 +137,7 @@ def main() -> None:
         service="executor-projector", level=settings.log_level, fmt=settings.log_format
     )
     parent = int(os.environ.get("CHIFFON_PROJECTOR_PARENT", os.getppid()))
+    tune_gc()
     asyncio.run(project(settings, parent))
 
 
