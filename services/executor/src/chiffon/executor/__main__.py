@@ -167,7 +167,15 @@ async def _wait_report(read_fd: int, reported: asyncio.Event) -> None:
             reported.set()
 
 
+# LiteLLM prepares each call in a worker thread, which then waits for the GIL while the
+# event loop runs other runs' steps: up to the switch interval (5 ms by default) per
+# call. 1 ms keeps that wait short; with two replicas on two cores and a 50 ms model it
+# raised runs/s by about a tenth.
+GIL_SWITCH_INTERVAL = 0.001
+
+
 def main() -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     run_service("executor", ExecutorSettings(), serve)
 
 
