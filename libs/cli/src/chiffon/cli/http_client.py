@@ -66,10 +66,6 @@ class GatewayConfig:
     source: str  # where the settings came from, for error messages
 
 
-def _config_file() -> Path | None:
-    return find_config_file()
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
@@ -92,7 +88,7 @@ def gateway_config() -> GatewayConfig | None:
         key = _read_key_file(os.environ["CHIFFON_API_KEY_FILE"])
     source = "the environment"
     if url is None or key is None:
-        path = _config_file()
+        path = find_config_file()
         if path is not None and path.is_file():
             data = _read_toml(path)
             if url is None and isinstance(data.get("gateway_url"), str):

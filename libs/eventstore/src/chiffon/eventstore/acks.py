@@ -19,6 +19,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from chiffon.eventstore.inbox import WildcardInbox
+
 Message = tuple[str, bytes, dict[str, str]]  # subject, data, headers
 
 
@@ -33,21 +35,11 @@ class NoStream(Exception):
 class AckInbox:
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._prefix = nc.new_inbox()
+        self._inbox = WildcardInbox(nc, self._on_ack)
         self._pending: dict[str, asyncio.Future[bytes]] = {}
-        self._counter = 0
-        self._sub: Any = None
-        self._starting: asyncio.Lock | None = None
 
-    async def _start(self) -> None:
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if self._sub is None:
-                self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
-
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject[len(self._prefix) + 1 :], None)
+    async def _on_ack(self, token: str, msg: Msg) -> None:
+        future = self._pending.pop(token, None)
         if future is None or future.done():
             return
         if not msg.data and (msg.headers or {}).get("Status") == "503":
@@ -61,10 +53,7 @@ class AckInbox:
         """Publish ``messages`` in order, the last one asking for the ack; the future of
         that ack's body (``AckTimeout`` after ``timeout``, ``NoStream`` if none answered).
         With no ``timeout`` the caller bounds the wait (and cancels the future)."""
-        if self._sub is None:
-            await self._start()
-        self._counter += 1
-        token = str(self._counter)
+        token, reply = await self._inbox.new_reply()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[token] = future
@@ -77,7 +66,7 @@ class AckInbox:
             *first, (subject, data, headers) = messages
             for s, d, h in first:
                 await self._nc.publish(s, d, headers=h)
-            await self._nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
+            await self._nc.publish(subject, data, reply=reply, headers=headers)
         except BaseException:
             self._pending.pop(token, None)
             future.cancel()

@@ -17,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from chiffon.eventstore.inbox import WildcardInbox
+
 
 class DirectGetFailed(Exception):
     """The server refused the request (e.g. the stream does not allow direct gets)."""
+
+    def __init__(self, status: str, description: str) -> None:
+        super().__init__(f"{status} {description}".strip())
+        self.status = status
 
 
 class DirectGetTimeout(Exception):
@@ -38,46 +43,34 @@ class _Batch:
 
 
 class DirectReader:
-    """One wildcard inbox per connection; a request's replies gather under its token."""
+    """A request's replies gather under its token of one shared wildcard inbox."""
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._prefix = nc.new_inbox()
+        self._inbox = WildcardInbox(nc, self._on_reply)
         self._pending: dict[str, _Batch] = {}
-        self._counter = 0
-        self._sub: Any = None
-        self._starting = asyncio.Lock()
 
-    async def _start(self) -> None:
-        async with self._starting:
-            if self._sub is None:
-                self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
-
-    async def _on_reply(self, msg: Msg) -> None:
-        batch = self._pending.get(msg.subject[len(self._prefix) + 1 :])
+    async def _on_reply(self, token: str, msg: Msg) -> None:
+        batch = self._pending.get(token)
         if batch is None or batch.future.done():
             return
-        status = (msg.headers or {}).get("Status")
+        headers = msg.headers or {}
+        status = headers.get("Status")
         if status is None:
             batch.messages.append(msg)
         elif status == "204":  # end of batch: how many more match after it
-            left = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
-            batch.future.set_result((batch.messages, left))
+            batch.future.set_result((batch.messages, int(headers.get("Nats-Num-Pending", "0"))))
         elif status == "404":  # nothing (more) matches
             batch.future.set_result((batch.messages, 0))
         else:
-            description = (msg.headers or {}).get("Description", "")
-            batch.future.set_exception(DirectGetFailed(f"{status} {description}".strip()))
+            batch.future.set_exception(DirectGetFailed(status, headers.get("Description", "")))
 
     async def batch(
         self, stream: str, subject: str, start: int, count: int, timeout: float
     ) -> tuple[list[Msg], int]:
         """Up to ``count`` messages on ``subject`` from sequence ``start`` on, in order,
         and how many more match after them."""
-        if self._sub is None:
-            await self._start()
-        self._counter += 1
-        token = str(self._counter)
+        token, reply = await self._inbox.new_reply()
         loop = asyncio.get_running_loop()
         batch = _Batch(loop.create_future())
         self._pending[token] = batch
@@ -86,7 +79,7 @@ class DirectReader:
             await self._nc.publish(
                 f"$JS.API.DIRECT.GET.{stream}",
                 json.dumps(request).encode(),
-                reply=f"{self._prefix}.{token}",
+                reply=reply,
             )
             return await asyncio.wait_for(batch.future, timeout)
         except TimeoutError:

@@ -335,7 +335,7 @@ class JetStreamEventStore:
         except DirectGetTimeout:
             raise EventStoreUnavailable(f"reading {key}: NATS did not answer") from None
         except DirectGetFailed as error:
-            if str(error).startswith("503"):  # nobody serves the stream (yet)
+            if error.status == "503":  # nobody serves the stream (yet)
                 raise EventStoreUnavailable(f"reading {key}: no stream {stream}") from None
             raise EventStoreError(f"reading {key}: {error}") from None
         events = [self._record_direct(stream, msg) for msg in messages]

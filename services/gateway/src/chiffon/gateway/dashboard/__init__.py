@@ -280,18 +280,16 @@ async def _names(gw: Gateway, run: RunPublic) -> dict[str, str]:
     }
 
 
+async def _run_view(gw: Gateway, run_id: str, min_position: int = 0) -> dict[str, Any]:
+    """What the run page and its refreshed panel show."""
+    run = await _run(gw, run_id, min_position)
+    return {"run": run, "who": await _names(gw, run), "ended": run.status in ENDED}
+
+
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, run_id: str, gw: GatewayDep, principal: Session) -> Response:
-    run = await _run(gw, run_id)
-    return render(
-        request,
-        "run.html",
-        principal,
-        run=run,
-        who=await _names(gw, run),
-        ended=run.status in ENDED,
-        event_types=RUN_EVENT_TYPES,
-    )
+    view = await _run_view(gw, run_id)
+    return render(request, "run.html", principal, **view, event_types=RUN_EVENT_TYPES)
 
 
 @router.get("/runs/{run_id}/panel")
@@ -302,15 +300,8 @@ async def run_panel(
     principal: Session,
     min_position: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> Response:
-    run = await _run(gw, run_id, min_position)
-    return render(
-        request,
-        "_run_panel.html",
-        principal,
-        run=run,
-        who=await _names(gw, run),
-        ended=run.status in ENDED,
-    )
+    view = await _run_view(gw, run_id, min_position)
+    return render(request, "_run_panel.html", principal, **view)
 
 
 @router.post("/runs/{run_id}/cancel")
