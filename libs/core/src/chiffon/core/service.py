@@ -38,6 +38,23 @@ class Health:
     def add(self, name: str, check: Check) -> None:
         self.checks[name] = check
 
+    def starting(self) -> Callable[[], None]:
+        """A check that fails until the returned function is called. Add it before the
+        first ``await`` of start-up and call it once everything the service offers is
+        in place: the checks added along the way may all pass before the last of it
+        (a command subscription, say) exists."""
+        started = False
+
+        def check() -> tuple[bool, str | None]:
+            return started, None if started else "starting"
+
+        def done() -> None:
+            nonlocal started
+            started = True
+
+        self.add("startup", check)
+        return done
+
     async def report(self) -> tuple[bool, dict[str, Any]]:
         # A service adds checks as it starts; one added while a report was awaiting an
         # earlier check must not be missed, or a starting service reads as ready.

@@ -32,6 +32,9 @@ log = get_logger(__name__)
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, ExecutorSettings)
+    # Ready only once commands are served and the projector is started: the checks
+    # added on the way pass earlier (while the worker's consumer is being set up).
+    started = ctx.health.starting()
     llm = LlmGateway(offline_mode=settings.llm_offline, environment=settings.environment)
     # Import LiteLLM now (seconds of CPU), never on a run's path; in a thread, so the
     # health endpoint answers meanwhile and NATS/PostgreSQL connect in parallel.
@@ -68,6 +71,7 @@ async def serve(ctx: ServiceContext) -> None:
             projections = run_projections(resources)
         elif settings.projections == "process":
             projections = [start_projector(ctx)]
+        started()
         log.info("executor.ready", instance=ctx.instance)
         work = asyncio.create_task(worker.run(ctx.stopping), name="executor:work")
         stop = asyncio.create_task(ctx.stopping.wait())

@@ -74,6 +74,7 @@ async def serve(ctx: ServiceContext) -> None:
     # Registered before anything is awaited: /readyz must not pass before the keys are in.
     keys = KeyCache(settings.bootstrap_key())
     ctx.health.add("keys", lambda: (keys.loaded.is_set(), f"{len(keys)} keys at {keys.position}"))
+    started = ctx.health.starting()  # until the routes have what they serve from
     async with (
         open_resources(ctx) as resources,
         RunPositions(settings.database_dsn()) as positions,
@@ -102,6 +103,7 @@ async def serve(ctx: ServiceContext) -> None:
                 "gateway.no_bootstrap_key",
                 hint="set CHIFFON_BOOTSTRAP_ADMIN_KEY to issue the first keys",
             )
+        started()
         log.info("gateway.ready", instance=ctx.instance, port=settings.port)
         await ctx.stopping.wait()
         # Followers get the end of their stream now (they resume elsewhere with Last-Event-ID).
