@@ -204,6 +204,33 @@ async def test_reading_a_stream_and_following_it_live(store: JetStreamEventStore
     assert received == [3, 4, 5, 6, 7]
 
 
+async def test_a_polling_tail_takes_what_came_while_it_waited_in_one_batch(
+    store: JetStreamEventStore,
+) -> None:
+    await store.append(AggregateKey("agent", "p0"), [registered("p0")], ANY)
+    batches: list[list[int]] = []
+    caught_up = asyncio.Event()
+
+    async def follow() -> None:
+        async for batch in store.subscribe_batches("AGENTS", start=1, poll=1.0):
+            batches.append([e.sequence for e in batch])
+            caught_up.set()
+            if batch and batch[-1].sequence == 21:
+                return
+
+    follower = asyncio.create_task(follow())
+    await asyncio.wait_for(caught_up.wait(), 10)
+    for i in range(1, 21):
+        await store.append(AggregateKey("agent", f"p{i}"), [registered(f"p{i}")], ANY)
+        # Paced 10 ms apart: a tail handed each event as stored would see 20 batches.
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(follower, 30)
+    assert [s for batch in batches for s in batch] == list(range(1, 22))
+    # The first event alone, then everything appended during the one-second waits.
+    assert batches[0] == [1]
+    assert len(batches) <= 3, batches
+
+
 async def test_trace_context_travels_in_the_event(store: JetStreamEventStore) -> None:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider

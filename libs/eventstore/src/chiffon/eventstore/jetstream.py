@@ -387,14 +387,16 @@ class JetStreamEventStore:
         batch: int = 500,
         live: bool = True,
         keep: Callable[[str], bool] | None = None,
+        poll: float = 0.0,
     ) -> AsyncIterator[list[RecordedEvent]]:
         """Like ``subscribe`` but yields whole fetched batches (for projections).
 
         ``keep`` (given the subject) picks events before they are decoded; a batch may
-        then be empty."""
+        then be empty. With ``poll``, a live reader that caught up looks again every
+        ``poll`` seconds rather than being handed each event as it is stored."""
         stream = self.streams.stream_name(context)
         async for chunk in self._consume_batches(
-            stream, subjects, start=start, live=live, batch=batch, keep=keep
+            stream, subjects, start=start, live=live, batch=batch, keep=keep, poll=poll
         ):
             yield chunk
 
@@ -423,6 +425,7 @@ class JetStreamEventStore:
         batch: int,
         expires: float = 5.0,
         keep: Callable[[str], bool] | None = None,
+        poll: float = 0.0,
     ) -> AsyncIterator[list[RecordedEvent]]:
         next_seq = max(1, start)
         while True:
@@ -437,7 +440,7 @@ class JetStreamEventStore:
                 continue
             try:
                 async with Puller(self.nc, stream, name, batch=batch, expires=expires) as puller:
-                    async for msgs in puller.chunks(live=live, pending=pending):
+                    async for msgs in puller.chunks(live=live, pending=pending, poll=poll):
                         next_seq = _stream_sequence(msgs[-1]) + 1
                         yield [
                             self._record(stream, msg)

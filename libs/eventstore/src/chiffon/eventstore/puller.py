@@ -92,18 +92,23 @@ class Puller:
             reply=self._inbox,
         )
 
-    async def chunks(self, *, live: bool, pending: int) -> AsyncIterator[Sequence[Msg]]:
+    async def chunks(
+        self, *, live: bool, pending: int, poll: float = 0.0
+    ) -> AsyncIterator[Sequence[Msg]]:
         """Yield lists of messages in stream order.
 
         Not live: stop after ``pending`` messages (what the consumer had at creation).
         Live: follow forever; raise ``ConsumerLost`` if the consumer disappears.
+        Live with ``poll``: once caught up, wait ``poll`` seconds, then take what came
+        meanwhile in one burst. A waiting pull request would deliver each event as
+        it is stored, and a reader woken per event pays more for the waking than for
+        the event; a reader that may lag by ``poll`` need not pay it.
         """
         remaining = pending
         if not live and remaining == 0:
             return
-        await self._request(
-            min(self.batch, remaining) if not live else self.batch, no_wait=not live
-        )
+        no_wait = not live or poll > 0
+        await self._request(min(self.batch, remaining) if not live else self.batch, no_wait=no_wait)
         while True:
             try:
                 item = await asyncio.wait_for(self._queue.get(), self.expires + 2.0)
@@ -141,6 +146,8 @@ class Puller:
             if finished and not live and not chunk and self._received == 0:
                 return  # nothing more to read (the stream was trimmed under us)
             if finished:
+                if live and poll > 0 and self._received < self._requested:
+                    await asyncio.sleep(poll)  # caught up: let the next burst gather
                 await self._request(
-                    min(self.batch, remaining) if not live else self.batch, no_wait=not live
+                    min(self.batch, remaining) if not live else self.batch, no_wait=no_wait
                 )

@@ -27,9 +27,10 @@ class Projection(ABC):
     # True when every row belongs to one aggregate and is written only from that
     # aggregate's events: then a rebuild may run in several processes (``parallel``).
     partitioned: ClassVar[bool] = False
-    # How long a short batch of the live tail may wait for more events before it is
-    # written: under a trickle, one transaction then carries what arrived meanwhile
-    # instead of a few events each. The read model lags by up to that much more.
+    # How long the live tail, once caught up, waits before it takes what arrived
+    # meanwhile (in one batch, one transaction). Under a trickle, that is a burst and a
+    # transaction per ``linger`` rather than a wake-up per event and a transaction per
+    # few. The read model lags by up to that much more. 0: each event as it is stored.
     linger: ClassVar[float] = 0.0
 
     @abstractmethod

@@ -247,13 +247,11 @@ class ProjectionRunner:
             subjects=self._subjects(),
             batch=self.batch_size,
             live=live,
+            poll=self.projection.linger,
         )
         if not stopped_on_poison:
             self._mark_healthy()
-        linger = self.projection.linger if live else 0.0
-        async with contextlib.aclosing(
-            read_ahead(batches, linger=linger, fill=self.batch_size)
-        ) as ahead:
+        async with contextlib.aclosing(read_ahead(batches)) as ahead:
             async for batch in ahead:
                 await self._apply(batch)
                 self._mark_healthy()
