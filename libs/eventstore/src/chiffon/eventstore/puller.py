@@ -108,7 +108,13 @@ class Puller:
         if not live and remaining == 0:
             return
         no_wait = not live or poll > 0
-        await self._request(min(self.batch, remaining) if not live else self.batch, no_wait=no_wait)
+
+        async def request() -> None:
+            await self._request(
+                min(self.batch, remaining) if not live else self.batch, no_wait=no_wait
+            )
+
+        await request()
         while True:
             try:
                 item = await asyncio.wait_for(self._queue.get(), self.expires + 2.0)
@@ -148,6 +154,4 @@ class Puller:
             if finished:
                 if live and poll > 0 and self._received < self._requested:
                     await asyncio.sleep(poll)  # caught up: let the next burst gather
-                await self._request(
-                    min(self.batch, remaining) if not live else self.batch, no_wait=no_wait
-                )
+                await request()

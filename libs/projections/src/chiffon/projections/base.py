@@ -29,9 +29,9 @@ class Projection(ABC):
     partitioned: ClassVar[bool] = False
     # How long the live tail, once caught up, waits before it takes what arrived
     # meanwhile (in one batch, one transaction). Under a trickle, that is a burst and a
-    # transaction per ``linger`` rather than a wake-up per event and a transaction per
+    # transaction per ``poll`` rather than a wake-up per event and a transaction per
     # few. The read model lags by up to that much more. 0: each event as it is stored.
-    linger: ClassVar[float] = 0.0
+    poll: ClassVar[float] = 0.0
 
     @abstractmethod
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None: ...

@@ -247,7 +247,7 @@ class ProjectionRunner:
             subjects=self._subjects(),
             batch=self.batch_size,
             live=live,
-            poll=self.projection.linger,
+            poll=self.projection.poll,
         )
         if not stopped_on_poison:
             self._mark_healthy()

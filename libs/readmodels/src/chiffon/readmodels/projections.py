@@ -188,7 +188,7 @@ class RunsProjection(Projection):
     tables: ClassVar[Sequence[Table]] = (runs, run_nodes, run_approvals)
     partitioned: ClassVar[bool] = True  # every row is one run's, from that run's events
     # Runs write events in a steady trickle; live views follow the events themselves.
-    linger: ClassVar[float] = 0.1
+    poll: ClassVar[float] = 0.1
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
         run_ids = {e.envelope.aggregate_id for e in events}

@@ -87,7 +87,7 @@ async def serve(ctx: ServiceContext) -> None:
 
 
 def run_projections(resources: Resources) -> list[asyncio.Task[None]]:
-    """The runs and workflows read models, written in batches (see ``Projection.linger``)."""
+    """The runs and workflows read models, written in batches (see ``Projection.poll``)."""
     tasks = []
     for projection in (RunsProjection(), WorkflowsProjection()):
         runner = ProjectionRunner(resources.store, resources.engine, projection)
