@@ -267,3 +267,31 @@ async def test_reading_an_aggregate_returns_all_its_events_in_order_and_no_other
     assert sequences == sorted(sequences) and version == sequences[-1]
     assert all(e.msg_id for e in events)
     assert version == await store.aggregate_version(mine)
+
+
+async def test_an_unanswered_publish_times_out_while_answered_ones_get_their_own_answer(
+    store: JetStreamEventStore,
+) -> None:
+    from chiffon.eventstore.acks import SWEEP_EVERY, AckInbox, AckTimeout
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.subject.encode())
+
+    # One subscriber answers; the other takes its messages and never answers.
+    answering = await store.nc.subscribe("test.echo.*", cb=echo)
+    silent = await store.nc.subscribe("test.silent")
+    acks = AckInbox(store.nc)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        unanswered = asyncio.ensure_future(acks.publish([("test.silent", b"x", {})], 0.3))
+        answers = await asyncio.gather(
+            *(acks.send([(f"test.echo.{i}", b"x", {})], 5.0) for i in range(5))
+        )
+        assert [await a for a in answers] == [f"test.echo.{i}".encode() for i in range(5)]
+        with pytest.raises(AckTimeout):
+            await asyncio.wait_for(unanswered, 5.0)  # not a hang if no sweep comes
+        assert 0.3 <= loop.time() - started < 0.3 + SWEEP_EVERY + 0.5
+    finally:
+        await answering.unsubscribe()
+        await silent.unsubscribe()

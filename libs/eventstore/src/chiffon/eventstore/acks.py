@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from chiffon.eventstore.inbox import WildcardInbox
 
 Message = tuple[str, bytes, dict[str, str]]  # subject, data, headers
+SWEEP_EVERY = 0.25  # how often overdue acks are looked for (the timeout's precision)
 
 
 class AckTimeout(Exception):
@@ -37,8 +38,14 @@ class AckInbox:
         self._nc = nc
         self._inbox = WildcardInbox(nc, self._on_ack)
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        # Deadlines are checked by one sweep every SWEEP_EVERY seconds, not by a timer
+        # per message: a timer armed and cancelled per append was a few percent of an
+        # executor's CPU, for a timeout of seconds that needs no such precision.
+        self._deadlines: dict[str, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def _on_ack(self, token: str, msg: Msg) -> None:
+        self._deadlines.pop(token, None)
         future = self._pending.pop(token, None)
         if future is None or future.done():
             return
@@ -58,8 +65,9 @@ class AckInbox:
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[token] = future
         if timeout is not None:
-            expiry = loop.call_later(timeout, self._expire, token)
-            future.add_done_callback(lambda _: expiry.cancel())
+            self._deadlines[token] = loop.time() + timeout
+            if self._sweep is None:
+                self._sweep = loop.call_later(SWEEP_EVERY, self._expire_overdue)
         else:
             future.add_done_callback(lambda _: self._pending.pop(token, None))
         try:
@@ -69,6 +77,7 @@ class AckInbox:
             await self._nc.publish(subject, data, reply=reply, headers=headers)
         except BaseException:
             self._pending.pop(token, None)
+            self._deadlines.pop(token, None)
             future.cancel()
             raise
         return future
@@ -77,10 +86,22 @@ class AckInbox:
         """``send`` and wait: the ack decoded (a PubAck, or ``{"error": {...}}``)."""
         return decode(await (await self.send(messages, timeout)))
 
-    def _expire(self, token: str) -> None:
-        future = self._pending.pop(token, None)
-        if future is not None and not future.done():
-            future.set_exception(AckTimeout())
+    def _expire_overdue(self) -> None:
+        """Fail the futures whose ack is overdue, and forget those nobody awaits."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for token, deadline in list(self._deadlines.items()):
+            future = self._pending.get(token)
+            if future is None or future.done():
+                self._deadlines.pop(token)
+                self._pending.pop(token, None)
+            elif deadline <= now:
+                self._deadlines.pop(token)
+                self._pending.pop(token)
+                future.set_exception(AckTimeout())
+        self._sweep = (
+            loop.call_later(SWEEP_EVERY, self._expire_overdue) if self._deadlines else None
+        )
 
 
 def decode(answer: bytes) -> dict[str, Any]:
