@@ -202,7 +202,8 @@ class JetStreamEventStore:
             return AppendResult(sequences=())
         encoded = [self.encode(key, event) for event in events]
         expected: int | None = None if isinstance(expected_version, _Any) else expected_version
-        trace = current_traceparent()
+        # Events that carry their trace (an executor's do) need no look at the context.
+        trace = None if all(event.trace for event in events) else current_traceparent()
         sequences: list[int] = []
         duplicates: list[bool] = []
         for index, (event, data) in enumerate(zip(events, encoded, strict=True)):
