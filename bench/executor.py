@@ -9,7 +9,9 @@
    overhead is the difference.
 2. Node-steps/s with 100 concurrent runs of that workflow, with 1 and 2 replicas. A
    replica is one Python process, so it executes runs on one core at most; the goal
-   (1,700 on 2 cores) is for the stack's default of 2 replicas.
+   (1,700 on 2 cores) is for the stack's default of 2 replicas. The CPU time each part
+   of the 2-replica stack used per node-step is printed too, and the rate 2 cores could
+   sustain at that cost.
 3. With LLM latency: an OpenAI-compatible server that sleeps 50 ms per call, a 4-node
    workflow, each replica executing at most 8 runs at once (CHIFFON_MAX_CONCURRENT_RUNS):
    runs/s with 2 replicas vs 1.
@@ -35,6 +37,7 @@ from typing import Any
 
 import httpx
 import nats
+import psutil
 from sqlalchemy import text
 
 from bench.common import row, servers
@@ -310,12 +313,68 @@ async def settled(stack: Stack, workflow: str, runs: int) -> None:
         await engine.dispose()
 
 
+class CpuMeter:
+    """CPU time each part of a stack used, summed over the rounds it was measured in.
+
+    Parts: the executor replicas, their projector children, NATS, PostgreSQL (the
+    server and the backends it has reaped), and this process (the benchmark's driver).
+    The servers are shared by the stacks, but stacks take turns, so a round's CPU is
+    its own stack's."""
+
+    PARTS = ("executors", "projector", "NATS", "PostgreSQL", "driver (this benchmark)")
+
+    def __init__(self, srv: Any, stack: Stack) -> None:
+        self.srv, self.stack = srv, stack
+        self.used = dict.fromkeys(self.PARTS, 0.0)
+        self.units = 0
+
+    def _reading(self) -> dict[str, float]:
+        def busy(process: psutil.Process, *, reaped: bool = False) -> float:
+            times = process.cpu_times()
+            total = times.user + times.system
+            return total + (times.children_user + times.children_system if reaped else 0.0)
+
+        reading = dict.fromkeys(self.PARTS, 0.0)
+        for proc in self.stack.procs:
+            replica = psutil.Process(proc.pid)
+            reading["executors"] += busy(replica)
+            reading["projector"] += sum(busy(c) for c in replica.children(recursive=True))
+        reading["NATS"] = busy(psutil.Process(self.srv.nats.pid))
+        postmaster = psutil.Process(self.srv.postgres.pid)
+        reading["PostgreSQL"] = busy(postmaster, reaped=True) + sum(
+            busy(c) for c in postmaster.children(recursive=True)
+        )
+        reading["driver (this benchmark)"] = time.process_time()
+        return reading
+
+    def start(self) -> None:
+        self._before = self._reading()
+
+    def stop(self, units: int) -> None:
+        after = self._reading()
+        for part in self.PARTS:
+            self.used[part] += max(0.0, after[part] - self._before[part])
+        self.units += units
+
+    def per_unit_ms(self) -> dict[str, float]:
+        return {part: used * 1000 / self.units for part, used in self.used.items()}
+
+
 class Load:
     """One stack under a repeated load: ``runs`` runs of a workflow started at once."""
 
-    def __init__(self, stack: Stack, source: str, workflow: str, runs: int, per_run: int) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        source: str,
+        workflow: str,
+        runs: int,
+        per_run: int,
+        meter: CpuMeter | None = None,
+    ) -> None:
         self.stack, self.source, self.workflow = stack, source, workflow
         self.runs, self.per_run = runs, per_run
+        self.meter = meter
 
     async def __aenter__(self) -> Load:
         self.driver = await Driver(self.stack).__aenter__()
@@ -329,9 +388,14 @@ class Load:
 
     async def round(self) -> float:
         """One round's rate (``per_run`` units per run, per second). Waits for the read
-        model afterwards, so no round pays for the projection of the one before."""
+        model afterwards, so no round pays for the projection of the one before. A
+        meter counts the CPU of the whole round, that projection included."""
+        if self.meter:
+            self.meter.start()
         seconds = await self.driver.many(self.workflow, self.runs)
         await settled(self.stack, self.workflow, len(self.driver.ended))
+        if self.meter:
+            self.meter.stop(self.runs * self.per_run)
         return self.runs * self.per_run / seconds
 
 
@@ -397,9 +461,10 @@ async def main(quick: bool) -> None:
             )
             await two.start_replicas(2)
             source = linear("tp", nodes)
+            meter = CpuMeter(srv, two)
             async with (
                 Load(one, source, "tp", concurrent, nodes) as load_one,
-                Load(two, source, "tp", concurrent, nodes) as load_two,
+                Load(two, source, "tp", concurrent, nodes, meter) as load_two,
             ):
                 reference = BareLoad(nodes, concurrent)
                 rate_bare, rate_one, rate_two = await best_of_alternating(
@@ -415,6 +480,16 @@ async def main(quick: bool) -> None:
                 "2 replicas (the default)",
                 f"{rate_two:,.0f} node-steps/s",
                 "goal >= 1,700 on 2 cores",
+            )
+            print("  CPU per node-step with 2 replicas (all rounds, their projection included)")
+            cpu = meter.per_unit_ms()
+            for part, ms in cpu.items():
+                row(f"  {part}", f"{ms:.3f} ms")
+            total = sum(cpu.values())
+            row(
+                "  all of it",
+                f"{total:.3f} ms",
+                f"(2 cores sustain at most {2000 / total:,.0f} node-steps/s at that cost)",
             )
         finally:
             one.stop()
