@@ -8,8 +8,10 @@ The real provider path is tested against an OpenAI-compatible HTTP server.
 LiteLLM is imported once, when the executor starts (``LlmGateway.setup``), never on a
 run's path. Its price map is the bundled local copy (``LITELLM_LOCAL_MODEL_COST_MAP``),
 so nothing is fetched at import. OpenAI-style calls use LiteLLM's own HTTP handler
-(see below). Provider keys and base URLs come from the
-environment as LiteLLM reads them (``OPENAI_API_KEY``, ``OPENAI_API_BASE``, ...).
+(see below). LiteLLM's pricing and success logging, which Chiffon does not read, are
+skipped while no LiteLLM callback reads them either (``litellm_lean``). Provider keys
+and base URLs come from the environment as LiteLLM reads them (``OPENAI_API_KEY``,
+``OPENAI_API_BASE``, ...).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from chiffon.core.logging import get_logger
 from chiffon.executor import offline
+from chiffon.executor.litellm_lean import skip_unused_bookkeeping
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # OpenAI and OpenAI-compatible calls through LiteLLM's own HTTP handler rather than the
@@ -75,6 +78,7 @@ class LlmGateway:
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         litellm.drop_params = True  # a provider that lacks a parameter ignores it
+        skip_unused_bookkeeping(litellm)
         self._litellm = litellm
         self._warm_up()
 
