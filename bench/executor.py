@@ -514,9 +514,10 @@ async def main(quick: bool) -> None:
                 await stack.start_replicas(replicas, env)
             source = linear("slow", 4, model="openai/bench")
             runs = 48 if quick else 96
+            meters = [CpuMeter(srv, stack) for stack in stacks]
             async with (
-                Load(stacks[0], source, "slow", runs, 1) as load_one,
-                Load(stacks[1], source, "slow", runs, 1) as load_two,
+                Load(stacks[0], source, "slow", runs, 1, meters[0]) as load_one,
+                Load(stacks[1], source, "slow", runs, 1, meters[1]) as load_two,
             ):
                 slow_one, slow_two = await best_of_alternating([load_one, load_two], rounds)
         finally:
@@ -526,6 +527,15 @@ async def main(quick: bool) -> None:
         row("1 replica", f"{slow_one:.1f} runs/s")
         row("2 replicas", f"{slow_two:.1f} runs/s")
         row("speed-up", f"{slow_two / slow_one:.2f}x", "goal >= 1.6x")
+        print("  CPU per run (4 LLM calls; the driver serves the test provider too)")
+        for replicas, meter in zip((1, 2), meters, strict=True):
+            cpu = meter.per_unit_ms()
+            parts = ", ".join(f"{part.split(' ')[0]} {ms:.1f}" for part, ms in cpu.items())
+            row(
+                f"  {replicas} replica{'s' if replicas > 1 else ''}",
+                f"{sum(cpu.values()):.1f} ms",
+                parts,
+            )
 
 
 if __name__ == "__main__":
