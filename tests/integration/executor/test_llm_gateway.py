@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from chiffon.executor.llm import LlmGateway
+from tests.support.fixtures import eventually
 
 from .graph_support import provider  # noqa: F401 — the autouse test server
 from .openai_server import FakeOpenAI
@@ -60,13 +60,9 @@ async def test_a_litellm_callback_still_gets_every_call_priced(litellm: Any) -> 
     response = await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES)
 
     assert response._hidden_params["response_cost"] > 0
-    await _until(lambda: seen)
+
+    async def called() -> bool:
+        return bool(seen)
+
+    await eventually(called, timeout=5, message="the LiteLLM callback was not called")
     assert seen[0]["response_cost"] > 0
-
-
-async def _until(condition: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "the callback was not called"
-        await asyncio.sleep(0.01)

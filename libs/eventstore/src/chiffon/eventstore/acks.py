@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,16 +38,16 @@ class AckInbox:
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._inbox = WildcardInbox(nc, self._on_ack)
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
-        # Deadlines are checked by one sweep every SWEEP_EVERY seconds, not by a timer
-        # per message: a timer armed and cancelled per append was a few percent of an
-        # executor's CPU, for a timeout of seconds that needs no such precision.
-        self._deadlines: dict[str, float] = {}
+        # Each outstanding ack's future and its deadline (infinite: the caller bounds
+        # the wait). One sweep every SWEEP_EVERY seconds fails the overdue ones and
+        # forgets those nobody awaits any more, rather than a timer per message: a
+        # timer armed and cancelled per append was a few percent of an executor's CPU,
+        # for a timeout of seconds that needs no such precision.
+        self._pending: dict[str, tuple[asyncio.Future[bytes], float]] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
     async def _on_ack(self, token: str, msg: Msg) -> None:
-        self._deadlines.pop(token, None)
-        future = self._pending.pop(token, None)
+        future, _ = self._pending.pop(token, (None, 0.0))
         if future is None or future.done():
             return
         if not msg.data and (msg.headers or {}).get("Status") == "503":
@@ -63,13 +64,10 @@ class AckInbox:
         token, reply = await self._inbox.new_reply()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
-        self._pending[token] = future
-        if timeout is not None:
-            self._deadlines[token] = loop.time() + timeout
-            if self._sweep is None:
-                self._sweep = loop.call_later(SWEEP_EVERY, self._expire_overdue)
-        else:
-            future.add_done_callback(lambda _: self._pending.pop(token, None))
+        deadline = math.inf if timeout is None else loop.time() + timeout
+        self._pending[token] = (future, deadline)
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_EVERY, self._expire_overdue)
         try:
             *first, (subject, data, headers) = messages
             for s, d, h in first:
@@ -77,7 +75,6 @@ class AckInbox:
             await self._nc.publish(subject, data, reply=reply, headers=headers)
         except BaseException:
             self._pending.pop(token, None)
-            self._deadlines.pop(token, None)
             future.cancel()
             raise
         return future
@@ -87,21 +84,15 @@ class AckInbox:
         return decode(await (await self.send(messages, timeout)))
 
     def _expire_overdue(self) -> None:
-        """Fail the futures whose ack is overdue, and forget those nobody awaits."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for token, deadline in list(self._deadlines.items()):
-            future = self._pending.get(token)
-            if future is None or future.done():
-                self._deadlines.pop(token)
-                self._pending.pop(token, None)
+        for token, (future, deadline) in list(self._pending.items()):
+            if future.done():
+                del self._pending[token]
             elif deadline <= now:
-                self._deadlines.pop(token)
-                self._pending.pop(token)
+                del self._pending[token]
                 future.set_exception(AckTimeout())
-        self._sweep = (
-            loop.call_later(SWEEP_EVERY, self._expire_overdue) if self._deadlines else None
-        )
+        self._sweep = loop.call_later(SWEEP_EVERY, self._expire_overdue) if self._pending else None
 
 
 def decode(answer: bytes) -> dict[str, Any]:

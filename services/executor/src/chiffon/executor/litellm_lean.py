@@ -30,18 +30,14 @@ def skip_unused_bookkeeping(litellm: Any) -> bool:
     try:
         from litellm.litellm_core_utils.litellm_logging import Logging
     except ImportError:
-        Logging = None  # noqa: N806
-    price = getattr(Logging, "response_cost_calculator", None)
-    log_success = getattr(Logging, "async_success_handler", None)
-    if Logging is None or not (
-        callable(price)
-        and callable(log_success)
-        and callable(getattr(Logging, "_restore_correlation_context", None))
-    ):
-        log.warning("llm.bookkeeping_kept", reason="this LiteLLM version has other internals")
-        return False
+        return _kept()
     if getattr(Logging, _MARK, False):
         return True
+    price = getattr(Logging, "response_cost_calculator", None)
+    log_success = getattr(Logging, "async_success_handler", None)
+    restore = getattr(Logging, "_restore_correlation_context", None)
+    if not (callable(price) and callable(log_success) and callable(restore)):
+        return _kept()
 
     def read_by_litellm() -> bool:
         return bool(
@@ -68,3 +64,8 @@ def skip_unused_bookkeeping(litellm: Any) -> bool:
     Logging.async_success_handler = async_success_handler
     setattr(Logging, _MARK, True)
     return True
+
+
+def _kept() -> bool:
+    log.warning("llm.bookkeeping_kept", reason="this LiteLLM version has other internals")
+    return False
