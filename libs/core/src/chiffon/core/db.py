@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def async_dsn(dsn: str) -> str:
@@ -45,6 +46,10 @@ class Migrations:
         return f"alembic_version_{self.name}"
 
     def _config(self, dsn: str) -> Config:
+        # Alembic is imported here, not at the top: every process that only reads and
+        # writes tables (each service, a rebuild worker, the CLI) would pay for it.
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(self.script_location))
         config.attributes["dsn"] = async_dsn(dsn)
@@ -53,6 +58,8 @@ class Migrations:
 
     def upgrade(self, dsn: str, revision: str = "head") -> None:
         """Apply migrations up to ``revision``. Blocking; call outside an event loop."""
+        from alembic import command
+
         command.upgrade(self._config(dsn), revision)
 
     async def upgrade_async(self, dsn: str, revision: str = "head") -> None:
