@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -134,6 +136,55 @@ async def test_a_parallel_rebuild_matches_one_projection_that_never_stopped(
     finally:
         await reference.dispose()
     assert await snapshot(engine) == expected
+
+
+async def test_a_parallel_rebuild_whose_worker_is_killed_fails_and_leaves_the_tables_alone(
+    store: JetStreamEventStore, engine: AsyncEngine
+) -> None:
+    last = await write_history(store, 6000)
+    await ProjectionRunner(store, engine, AgentsProjection()).catch_up()
+    before = await snapshot(engine)
+
+    rebuild = asyncio.create_task(
+        ProjectionRunner(store, engine, AgentsProjection()).rebuild(workers=2)
+    )
+    try:
+        worker = await eventually(
+            _a_rebuild_worker, timeout=30, interval=0.01, message="a rebuild worker started"
+        )
+        worker.kill()
+        with pytest.raises(RuntimeError, match="rebuild worker"):
+            await asyncio.wait_for(rebuild, timeout=60)
+    finally:
+        rebuild.cancel()
+    assert _rebuild_workers() == [], "no worker is left behind"
+    assert await snapshot(engine) == before
+    assert await position(engine) == last
+    async with engine.connect() as conn:
+        leftovers = await conn.scalar(
+            select(text("count(*)"))
+            .select_from(text("information_schema.schemata"))
+            .where(text("schema_name LIKE 'rebuild_%'"))
+        )
+    assert leftovers == 0, "the side schema is dropped after a failed rebuild too"
+
+
+def _rebuild_workers() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and any(
+                "rebuild_worker" in part for part in child.cmdline()
+            ):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+async def _a_rebuild_worker() -> psutil.Process | None:
+    workers = _rebuild_workers()
+    return workers[0] if workers else None
 
 
 async def test_two_runners_of_one_projection_do_not_double_apply(

@@ -21,7 +21,7 @@ app = typer.Typer(help="Read models built from the event streams.", no_args_is_h
 @app.command("list")
 def list_projections() -> None:
     """Name every projection and the stream it folds."""
-    from chiffon.projections.host import all_projections
+    from chiffon.projections.plugins import all_projections
 
     for name, cls in sorted(all_projections().items()):
         typer.echo(f"{name}\t{cls.context}")
@@ -34,7 +34,7 @@ def rebuild(
     """Truncate a projection's tables and replay its stream from the first event."""
     from chiffon.core.settings import ChiffonSettings
     from chiffon.eventstore import EventStoreError
-    from chiffon.projections.host import all_projections
+    from chiffon.projections.plugins import all_projections
 
     projections = all_projections()
     if name not in projections:

@@ -7,7 +7,14 @@ from chiffon.eventstore.errors import (
     EventStoreUnavailable,
 )
 from chiffon.eventstore.jetstream import JetStreamEventStore
-from chiffon.eventstore.model import ANY, NO_EVENTS, AggregateKey, AppendResult, RecordedEvent
+from chiffon.eventstore.model import (
+    ANY,
+    NO_EVENTS,
+    AggregateKey,
+    AppendResult,
+    RecordedEvent,
+    StoredMessage,
+)
 from chiffon.eventstore.streams import STREAMS, Streams, StreamSpec
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "EventStoreUnavailable",
     "JetStreamEventStore",
     "RecordedEvent",
+    "StoredMessage",
     "StreamSpec",
     "Streams",
 ]

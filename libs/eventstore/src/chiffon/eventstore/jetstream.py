@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,7 +33,14 @@ from chiffon.eventstore.errors import (
     EventStoreError,
     EventStoreUnavailable,
 )
-from chiffon.eventstore.model import ANY, AggregateKey, AppendResult, RecordedEvent, _Any
+from chiffon.eventstore.model import (
+    ANY,
+    AggregateKey,
+    AppendResult,
+    RecordedEvent,
+    StoredMessage,
+    _Any,
+)
 from chiffon.eventstore.puller import ConsumerLost, Puller
 from chiffon.eventstore.streams import Streams
 
@@ -387,19 +394,39 @@ class JetStreamEventStore:
         subjects: Sequence[str] | None = None,
         batch: int = 500,
         live: bool = True,
-        keep: Callable[[str], bool] | None = None,
         poll: float = 0.0,
     ) -> AsyncIterator[list[RecordedEvent]]:
         """Like ``subscribe`` but yields whole fetched batches (for projections).
 
-        ``keep`` (given the subject) picks events before they are decoded; a batch may
-        then be empty. With ``poll``, a live reader that caught up looks again every
-        ``poll`` seconds rather than being handed each event as it is stored."""
+        With ``poll``, a live reader that caught up looks again every ``poll`` seconds
+        rather than being handed each event as it is stored."""
         stream = self.streams.stream_name(context)
         async for chunk in self._consume_batches(
-            stream, subjects, start=start, live=live, batch=batch, keep=keep, poll=poll
+            stream, subjects, start=start, live=live, batch=batch, poll=poll
         ):
             yield chunk
+
+    async def stored_batches(
+        self,
+        context: str,
+        *,
+        start: int = 1,
+        subjects: Sequence[str] | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """The stream's messages from ``start`` to its current end, batch by batch, not
+        decoded: for a reader that hands most of them on (a parallel rebuild), so that
+        only the process that folds an event pays for decoding it."""
+        stream = self.streams.stream_name(context)
+        async for msgs in self._consume_msgs(
+            stream, subjects, start=start, live=False, batch=batch
+        ):
+            yield [
+                StoredMessage(
+                    _stream_sequence(msg), msg.subject, (msg.headers or {}).get(_MSG_ID), msg.data
+                )
+                for msg in msgs
+            ]
 
     async def _consume(
         self,
@@ -424,10 +451,24 @@ class JetStreamEventStore:
         start: int,
         live: bool,
         batch: int,
-        expires: float = 5.0,
-        keep: Callable[[str], bool] | None = None,
         poll: float = 0.0,
     ) -> AsyncIterator[list[RecordedEvent]]:
+        async for msgs in self._consume_msgs(
+            stream, subjects, start=start, live=live, batch=batch, poll=poll
+        ):
+            yield [self._record(stream, msg) for msg in msgs]
+
+    async def _consume_msgs(
+        self,
+        stream: str,
+        subjects: Sequence[str] | None,
+        *,
+        start: int,
+        live: bool,
+        batch: int,
+        expires: float = 5.0,
+        poll: float = 0.0,
+    ) -> AsyncIterator[Sequence[Msg]]:
         next_seq = max(1, start)
         while True:
             try:
@@ -443,11 +484,7 @@ class JetStreamEventStore:
                 async with Puller(self.nc, stream, name, batch=batch, expires=expires) as puller:
                     async for msgs in puller.chunks(live=live, pending=pending, poll=poll):
                         next_seq = _stream_sequence(msgs[-1]) + 1
-                        yield [
-                            self._record(stream, msg)
-                            for msg in msgs
-                            if keep is None or keep(msg.subject)
-                        ]
+                        yield msgs
                 return
             except ConsumerLost:
                 if not live:

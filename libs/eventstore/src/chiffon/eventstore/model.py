@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from chiffon.events import Envelope
+from chiffon.events import Catalog, Envelope
 
 
 class _Any:
@@ -50,6 +50,25 @@ class RecordedEvent:
     @property
     def payload(self) -> Any:
         return self.envelope.payload
+
+
+class StoredMessage(NamedTuple):
+    """A stored event not decoded yet: what a reader that hands most events on to
+    other processes (a parallel rebuild) moves around."""
+
+    sequence: int
+    subject: str
+    msg_id: str | None
+    data: bytes
+
+    def decode(self, catalog: Catalog, stream: str) -> RecordedEvent:
+        return RecordedEvent(
+            envelope=catalog.decode(self.data),
+            stream=stream,
+            sequence=self.sequence,
+            subject=self.subject,
+            msg_id=self.msg_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,6 @@ def all_migrations() -> list[Migrations]:
     return ([first] if first else []) + [found[name] for name in sorted(found)]
 
 
-def all_projections() -> dict[str, type[Projection]]:
-    loaded = [ep.load() for ep in entry_points(group="chiffon.projections")]
-    return {cls.name: cls for cls in loaded}
-
-
 @dataclass
 class Resources:
     ctx: ServiceContext

@@ -2,9 +2,10 @@
 
 A rebuild is CPU work in Python (reading, decoding, folding), so one process uses one
 core. A projection whose rows each belong to one aggregate (``partitioned = True``)
-can be rebuilt by N processes (the rebuilding one and N-1 workers): each reads the
-stream up to the rebuild's end and folds the aggregates whose id hashes to its share
-(the rest are skipped before decoding), each aggregate's events still in stream order.
+can be rebuilt by N worker processes: the rebuilding process reads the stream up to
+the rebuild's end, once, and hands each worker, undecoded, the events of the
+aggregates whose id hashes to its share (over its stdin, see ``handoff``). Each
+aggregate's events stay in stream order, in one process.
 
 They write into empty copies of the projection's tables in a schema of their own
 (``search_path``), so the live tables keep serving meanwhile. The swap then copies
@@ -28,7 +29,8 @@ from typing import Any
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chiffon.eventstore import JetStreamEventStore
+from chiffon.eventstore import JetStreamEventStore, RecordedEvent, StoredMessage
+from chiffon.projections import handoff
 from chiffon.projections.base import Projection
 from chiffon.projections.readahead import read_ahead
 
@@ -87,78 +89,91 @@ async def drop(engine: AsyncEngine, schema: str) -> None:
         await conn.execute(text(f"DROP SCHEMA IF EXISTS {_quote(schema)} CASCADE"))
 
 
-async def run_workers(
-    *,
-    projection: str,
-    schema: str,
-    parts: range,
-    count: int,
-    end: int,
-    subjects: list[str] | None,
-    nats_url: str,
-    dsn: str,
-    namespace: str,
-) -> None:
-    """Start a worker process for each of ``parts`` (shares of ``count``) and wait for
-    them; raise if any failed."""
-    processes = []
-    for part in parts:
-        job = {
-            "projection": projection,
-            "schema": schema,
-            "part": part,
-            "count": count,
-            "end": end,
-            "subjects": subjects,
-            "nats_url": nats_url,
-            "dsn": dsn,
-            "namespace": namespace,
-        }
-        # Through the environment, not the command line: the DSN may hold a password.
-        env = {**os.environ, ENV: json.dumps(job)}
-        processes.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "chiffon.projections.rebuild_worker", env=env
-            )
-        )
+Worker = asyncio.subprocess.Process
+
+
+async def start_workers(
+    *, projection: str, schema: str, stream: str, parts: range, dsn: str
+) -> dict[int, Worker]:
+    """A worker process for each of ``parts``, reading its share from its stdin."""
+    workers: dict[int, Worker] = {}
     try:
-        codes = await asyncio.gather(*(p.wait() for p in processes))
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
+        for part in parts:
+            job = {"projection": projection, "schema": schema, "stream": stream, "dsn": dsn}
+            # Through the environment, not the command line: the DSN may hold a password.
+            workers[part] = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "chiffon.projections.rebuild_worker",
+                stdin=asyncio.subprocess.PIPE,
+                env={**os.environ, ENV: json.dumps(job)},
+            )
+    except BaseException:
+        await stop_workers(workers)
+        raise
+    return workers
+
+
+async def stop_workers(workers: dict[int, Worker]) -> None:
+    for process in workers.values():
+        if process.returncode is None:
+            process.kill()
+    await asyncio.gather(*(p.wait() for p in workers.values()), return_exceptions=True)
+
+
+async def wait_workers(workers: dict[int, Worker]) -> None:
+    """Wait for the workers to fold what they were handed; raise if any failed."""
+    codes = await asyncio.gather(*(p.wait() for p in workers.values()))
     if any(codes):
         raise RuntimeError(f"rebuild workers exited with {codes}")
 
 
-async def rebuild_partition(
+async def distribute(
     store: JetStreamEventStore,
-    engine: AsyncEngine,
     projection: Projection,
     *,
-    schema: str,
-    part: int,
-    count: int,
     end: int,
     subjects: list[str] | None,
-) -> int:
-    """Fold this share of the stream's first ``end`` events into ``schema``'s tables."""
-    applied = 0
-    search_path = text(f"SET LOCAL search_path TO {_quote(schema)}, public")
-    chunks = store.subscribe_batches(
-        projection.context,
-        start=1,
-        subjects=subjects,
-        batch=BATCH,
-        live=False,
-        keep=lambda subject: partition_of(subject, count) == part,
-    )
-    async with contextlib.aclosing(read_ahead(chunks)) as ahead:
-        async for chunk in ahead:
-            events = [e for e in chunk if e.sequence <= end]
-            if events:
-                async with engine.begin() as conn:
-                    await conn.execute(search_path)
-                    await projection.apply(conn, events)
-                applied += len(events)
-    return applied
+    workers: dict[int, Worker],
+) -> None:
+    """Read the stream's events up to ``end`` once and hand each worker its share.
+
+    This process only reads and splits: were it to fold a share too, the other
+    workers would wait on it, as everything they fold first passes through here."""
+    count = len(workers)
+    batches = store.stored_batches(projection.context, start=1, subjects=subjects, batch=BATCH)
+    try:
+        async with contextlib.aclosing(read_ahead(batches)) as ahead:
+            async for batch in ahead:
+                shares: list[list[StoredMessage]] = [[] for _ in range(count)]
+                for message in batch:
+                    if message.sequence <= end:
+                        shares[partition_of(message.subject, count)].append(message)
+                for part, process in workers.items():
+                    if shares[part]:
+                        _stdin(process).write(handoff.encode(shares[part]))
+                for process in workers.values():
+                    await _stdin(process).drain()  # back-pressure: a worker behind slows us
+                if batch[-1].sequence >= end:
+                    break
+        for process in workers.values():
+            _stdin(process).write(handoff.END)
+            await _stdin(process).drain()
+            _stdin(process).close()
+    except (BrokenPipeError, ConnectionResetError):
+        # The caller stops the others: they wait for an end frame that will not come.
+        raise RuntimeError("a rebuild worker stopped reading its share") from None
+
+
+def _stdin(process: Worker) -> asyncio.StreamWriter:
+    assert process.stdin is not None  # started with stdin=PIPE
+    return process.stdin
+
+
+async def fold(
+    engine: AsyncEngine, projection: Projection, schema: str, events: Sequence[RecordedEvent]
+) -> None:
+    """Apply one batch to the copies of the projection's tables in ``schema``."""
+    async with engine.begin() as conn:
+        await conn.execute(text(f"SET LOCAL search_path TO {_quote(schema)}, public"))
+        await projection.apply(conn, events)

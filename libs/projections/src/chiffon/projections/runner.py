@@ -180,45 +180,30 @@ class ProjectionRunner:
             )
 
     async def _rebuild_in_parallel(self, count: int, end: int) -> int:
-        url = self.store.nc.connected_url
-        if url is None:
-            raise RuntimeError("not connected to NATS")
         schema = parallel.schema_for(self.name)
         tables = self.projection.tables
         started = time.monotonic()
         await parallel.prepare(self.engine, schema, tables)
         try:
-            subjects = self._subjects()
-            workers = asyncio.create_task(
-                parallel.run_workers(
-                    projection=self.name,
-                    schema=schema,
-                    parts=range(1, count),
-                    count=count,
-                    end=end,
-                    subjects=subjects,
-                    nats_url=url.geturl(),
-                    dsn=self.engine.url.render_as_string(hide_password=False),
-                    namespace=self.store.streams.namespace,
-                )
+            workers = await parallel.start_workers(
+                projection=self.name,
+                schema=schema,
+                stream=self.store.streams.stream_name(self.projection.context),
+                parts=range(count),
+                dsn=self.engine.url.render_as_string(hide_password=False),
             )
             try:
-                # Share 0 is folded here, by a process that has everything imported.
-                await parallel.rebuild_partition(
+                await parallel.distribute(
                     self.store,
-                    self.engine,
                     self.projection,
-                    schema=schema,
-                    part=0,
-                    count=count,
                     end=end,
-                    subjects=subjects,
+                    subjects=self._subjects(),
+                    workers=workers,
                 )
+                await parallel.wait_workers(workers)  # raises if a worker failed
             except BaseException:
-                workers.cancel()  # which kills the worker processes
-                await asyncio.gather(workers, return_exceptions=True)
+                await parallel.stop_workers(workers)
                 raise
-            await workers  # raises if a worker failed
             folded = time.monotonic()
 
             async def copy_back(conn: AsyncConnection) -> None:
