@@ -371,16 +371,22 @@ async def _run_with_retries(
                 duration_ms=0.0,
             )
         )
+    # A node whose every model is the in-process offline one calls nothing outside this
+    # process: its start is recorded with its outcome, in one append. Were the replica
+    # to die in between, nothing was recorded and the node runs again, to the same end.
+    start_with_outcome = isinstance(node, LlmNode) and all(
+        model and ctx.llm.in_process(model) for model in plan.models
+    )
     while True:
-        await ctx.append(
-            [
-                *pending,
-                NodeStarted(
-                    node_id=node.id, node_type=node.type, attempt=attempt, iteration=iteration
-                ),
-            ]
+        started_event = NodeStarted(
+            node_id=node.id, node_type=node.type, attempt=attempt, iteration=iteration
         )
-        pending = []
+        if start_with_outcome:
+            ctx.check_cancel()
+            pending.append(started_event)
+        else:
+            await ctx.append([*pending, started_event])
+            pending = []
         calls: list[LlmCalled] = []
         started = time.perf_counter()
         try:
@@ -396,7 +402,7 @@ async def _run_with_retries(
         else:
             duration = (time.perf_counter() - started) * 1000
             completed = await ctx.completion(node.id, attempt, iteration, outputs, duration)
-            await ctx.append([*calls, completed], check_cancel=False)
+            await ctx.append([*pending, *calls, completed], check_cancel=False)
             return outputs
         duration = (time.perf_counter() - started) * 1000
         failures += 1
@@ -405,6 +411,7 @@ async def _run_with_retries(
         info = _error(error.kind, str(error), node.id)
         await ctx.append(
             [
+                *pending,
                 *calls,
                 NodeFailed(
                     node_id=node.id,
@@ -418,6 +425,7 @@ async def _run_with_retries(
             ],
             check_cancel=False,
         )
+        pending = []
         if not will_retry:
             return _after_final_failure(plan, info)
         await ctx.sleep(delay or 0.0)
