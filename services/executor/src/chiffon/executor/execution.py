@@ -190,17 +190,19 @@ class RunExecution:
 
     # -- events --------------------------------------------------------------------
 
+    def event(self, payload: Any) -> Envelope[Any]:
+        """``payload`` as this run's event, dated now (for an event appended later)."""
+        return new_event(
+            payload,
+            aggregate_id=self.run.run_id,
+            actor=self.actor,
+            correlation_id=self.run.run_id,
+            trace=self.trace,
+        )
+
     async def append(self, payloads: list[Any], *, check_cancel: bool = True) -> None:
-        envelopes: list[Envelope[Any]] = [
-            new_event(
-                p,
-                aggregate_id=self.run.run_id,
-                actor=self.actor,
-                correlation_id=self.run.run_id,
-                trace=self.trace,
-            )
-            for p in payloads
-        ]
+        """Append payloads (dated now) or events made earlier with ``event``."""
+        envelopes = [p if isinstance(p, Envelope) else self.event(p) for p in payloads]
         async with self._lock:
             while True:
                 if check_cancel and self._cancel.is_set():

@@ -26,6 +26,7 @@ from langgraph.graph import END as LG_END
 from langgraph.graph import START as LG_START
 from langgraph.graph import StateGraph
 
+from chiffon.events import Envelope
 from chiffon.events.runs import (
     ApprovalDecided,
     ApprovalRequested,
@@ -89,6 +90,7 @@ class Execution(Protocol):
     def check_cancel(self) -> None: ...
     def enter(self) -> None: ...
     def leave(self) -> None: ...
+    def event(self, payload: Any) -> Envelope[Any]: ...
     async def append(self, payloads: list[Any], *, check_cancel: bool = True) -> None: ...
     async def interruptible(self, awaitable: Any) -> Any: ...
     async def sleep(self, seconds: float) -> None: ...
@@ -281,6 +283,10 @@ def _after_final_failure(plan: NodePlan, error: ErrorInfo) -> dict[str, Any]:
 async def _run_set(
     ctx: Execution, plan: NodePlan, node: SetNode, state: dict[str, Any], iteration: int
 ) -> dict[str, Any]:
+    # Stored with the outcome, but dated when the node started.
+    node_started = ctx.event(
+        NodeStarted(node_id=node.id, node_type="set", attempt=1, iteration=iteration)
+    )
     started = time.perf_counter()
     outputs: dict[str, Any] = {}
     try:
@@ -291,7 +297,7 @@ async def _run_set(
         info = _error("expression_error", f"{node.id}: {error}", node.id)
         await ctx.append(
             [
-                NodeStarted(node_id=node.id, node_type="set", attempt=1, iteration=iteration),
+                node_started,
                 NodeFailed(
                     node_id=node.id,
                     attempt=1,
@@ -305,9 +311,7 @@ async def _run_set(
         raise NodeFailure(info) from None
     duration = (time.perf_counter() - started) * 1000
     completed = await ctx.completion(node.id, 1, iteration, outputs, duration)
-    await ctx.append(
-        [NodeStarted(node_id=node.id, node_type="set", attempt=1, iteration=iteration), completed]
-    )
+    await ctx.append([node_started, completed])
     return outputs
 
 
@@ -383,7 +387,7 @@ async def _run_with_retries(
         )
         if start_with_outcome:
             ctx.check_cancel()
-            pending.append(started_event)
+            pending.append(ctx.event(started_event))  # dated now, appended with the outcome
         else:
             await ctx.append([*pending, started_event])
             pending = []
