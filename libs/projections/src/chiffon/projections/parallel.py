@@ -135,12 +135,14 @@ async def distribute(
     end: int,
     subjects: list[str] | None,
     workers: dict[int, Worker],
-) -> None:
-    """Read the stream's events up to ``end`` once and hand each worker its share.
+) -> int:
+    """Read the stream's events up to ``end`` once and hand each worker its share;
+    returns how many were handed out.
 
     This process only reads and splits: were it to fold a share too, the other
     workers would wait on it, as everything they fold first passes through here."""
     count = len(workers)
+    handed = 0
     batches = store.stored_batches(projection.context, start=1, subjects=subjects, batch=BATCH)
     try:
         async with contextlib.aclosing(read_ahead(batches)) as ahead:
@@ -152,6 +154,7 @@ async def distribute(
                 for part, process in workers.items():
                     if shares[part]:
                         _stdin(process).write(handoff.encode(shares[part]))
+                        handed += len(shares[part])
                 for process in workers.values():
                     await _stdin(process).drain()  # back-pressure: a worker behind slows us
                 if batch[-1].sequence >= end:
@@ -163,6 +166,7 @@ async def distribute(
     except (BrokenPipeError, ConnectionResetError):
         # The caller stops the others: they wait for an end frame that will not come.
         raise RuntimeError("a rebuild worker stopped reading its share") from None
+    return handed
 
 
 def _stdin(process: Worker) -> asyncio.StreamWriter:

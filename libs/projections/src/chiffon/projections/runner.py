@@ -193,7 +193,7 @@ class ProjectionRunner:
                 dsn=self.engine.url.render_as_string(hide_password=False),
             )
             try:
-                await parallel.distribute(
+                folded = await parallel.distribute(
                     self.store,
                     self.projection,
                     end=end,
@@ -204,7 +204,7 @@ class ProjectionRunner:
             except BaseException:
                 await parallel.stop_workers(workers)
                 raise
-            folded = time.monotonic()
+            folded_at = time.monotonic()
 
             async def copy_back(conn: AsyncConnection) -> None:
                 await parallel.copy_back(conn, schema, tables)
@@ -217,10 +217,10 @@ class ProjectionRunner:
             projection=self.name,
             workers=count,
             end=end,
-            fold_seconds=round(folded - started, 2),
-            swap_seconds=round(time.monotonic() - folded, 2),
+            fold_seconds=round(folded_at - started, 2),
+            swap_seconds=round(time.monotonic() - folded_at, 2),
         )
-        self.status = ProjectionStatus(self.name)
+        self.status = ProjectionStatus(self.name, position=end, applied=folded)
         return await self.catch_up()
 
     async def _follow(self, *, live: bool) -> None:
