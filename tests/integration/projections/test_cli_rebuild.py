@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,12 +30,19 @@ async def chiffon(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+async def projected(
+    store: JetStreamEventStore, engine: AsyncEngine, count: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """Write ``count`` agent events and project them: the last position and the rows."""
+    last = await write_history(store, count)
+    await ProjectionRunner(store, engine, AgentsProjection()).catch_up()
+    return last, await snapshot(engine)
+
+
 async def test_a_rebuild_by_worker_processes_reports_every_event_it_replayed(
     store: JetStreamEventStore, engine: AsyncEngine, service_env: dict[str, str]
 ) -> None:
-    last = await write_history(store, 3000)
-    await ProjectionRunner(store, engine, AgentsProjection()).catch_up()
-    live = await snapshot(engine)
+    last, live = await projected(store, engine, 3000)
 
     code, out, err = await chiffon(
         service_env, "projections", "rebuild", "registry.agents", "--workers", "2"
@@ -52,9 +60,7 @@ async def test_a_rebuild_by_worker_processes_reports_every_event_it_replayed(
 async def test_a_worker_count_out_of_range_is_refused_before_anything_is_touched(
     store: JetStreamEventStore, engine: AsyncEngine, service_env: dict[str, str]
 ) -> None:
-    last = await write_history(store, 500)
-    await ProjectionRunner(store, engine, AgentsProjection()).catch_up()
-    live = await snapshot(engine)
+    last, live = await projected(store, engine, 500)
 
     code, out, err = await chiffon(
         service_env, "projections", "rebuild", "registry.agents", "--workers", "0"

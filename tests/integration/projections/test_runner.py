@@ -21,6 +21,7 @@ from chiffon.events.agents import AgentRegistered
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore, RecordedEvent
 from chiffon.projections import ProjectionRunner, checkpoints
 from chiffon.projections.host import all_migrations
+from chiffon.projections.parallel import RebuildWorkerFailed
 from chiffon.registry.projections import AgentsProjection
 from tests.integration.projections.support import position, snapshot, write_history
 from tests.support.fixtures import eventually
@@ -121,13 +122,7 @@ async def test_a_parallel_rebuild_matches_one_projection_that_never_stopped(
         await eventually(lambda: _at(engine, last), timeout=30, message="live runner caught up")
     finally:
         live.cancel()
-    async with engine.connect() as conn:
-        leftovers = await conn.scalar(
-            select(text("count(*)"))
-            .select_from(text("information_schema.schemata"))
-            .where(text("schema_name LIKE 'rebuild_%'"))
-        )
-    assert leftovers == 0, "the side schema is dropped after the swap"
+    assert await _side_schemas(engine) == 0, "the side schema is dropped after the swap"
 
     reference = await reference_engine(database, "par")
     try:
@@ -153,20 +148,24 @@ async def test_a_parallel_rebuild_whose_worker_is_killed_fails_and_leaves_the_ta
             _a_rebuild_worker, timeout=30, interval=0.01, message="a rebuild worker started"
         )
         worker.kill()
-        with pytest.raises(RuntimeError, match="rebuild worker"):
+        with pytest.raises(RebuildWorkerFailed, match="rebuild worker"):
             await asyncio.wait_for(rebuild, timeout=60)
     finally:
         rebuild.cancel()
     assert _rebuild_workers() == [], "no worker is left behind"
     assert await snapshot(engine) == before
     assert await position(engine) == last
+    assert await _side_schemas(engine) == 0, "the side schema is dropped after a failure too"
+
+
+async def _side_schemas(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        leftovers = await conn.scalar(
+        count = await conn.scalar(
             select(text("count(*)"))
             .select_from(text("information_schema.schemata"))
             .where(text("schema_name LIKE 'rebuild_%'"))
         )
-    assert leftovers == 0, "the side schema is dropped after a failed rebuild too"
+    return int(count or 0)
 
 
 def _rebuild_workers() -> list[psutil.Process]:

@@ -42,6 +42,7 @@ def rebuild(
     """Truncate a projection's tables and replay its stream from the first event."""
     from chiffon.core.settings import ChiffonSettings
     from chiffon.eventstore import EventStoreError
+    from chiffon.projections.parallel import RebuildWorkerFailed
     from chiffon.projections.plugins import all_projections
 
     projections = all_projections()
@@ -59,7 +60,7 @@ def rebuild(
     tune_gc()
     try:
         count, seconds, position = asyncio.run(_rebuild(settings, projections[name](), workers))
-    except (EventStoreError, RuntimeError) as error:  # RuntimeError: a rebuild worker failed
+    except (EventStoreError, RebuildWorkerFailed) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     rate = count / seconds if seconds else float("inf")

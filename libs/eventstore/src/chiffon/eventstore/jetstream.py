@@ -87,6 +87,13 @@ def _stream_sequence(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
+def _stored(msg: Msg) -> StoredMessage:
+    """A message delivered by a consumer, as stored, not decoded yet."""
+    return StoredMessage(
+        _stream_sequence(msg), msg.subject, (msg.headers or {}).get(_MSG_ID), msg.data
+    )
+
+
 class JetStreamEventStore:
     """Append and read Chiffon events on JetStream. See the module docstring."""
 
@@ -421,12 +428,7 @@ class JetStreamEventStore:
         async for msgs in self._consume_msgs(
             stream, subjects, start=start, live=False, batch=batch
         ):
-            yield [
-                StoredMessage(
-                    _stream_sequence(msg), msg.subject, (msg.headers or {}).get(_MSG_ID), msg.data
-                )
-                for msg in msgs
-            ]
+            yield [_stored(msg) for msg in msgs]
 
     async def _consume(
         self,
@@ -532,14 +534,7 @@ class JetStreamEventStore:
         )
 
     def _record(self, stream: str, msg: Msg) -> RecordedEvent:
-        envelope = self.catalog.decode(msg.data)
-        return RecordedEvent(
-            envelope=envelope,
-            stream=stream,
-            sequence=_stream_sequence(msg),
-            subject=msg.subject,
-            msg_id=(msg.headers or {}).get(_MSG_ID),
-        )
+        return _stored(msg).decode(self.catalog, stream)
 
     async def _call(self, awaitable: Any) -> Any:
         try:

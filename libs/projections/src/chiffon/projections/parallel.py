@@ -92,21 +92,27 @@ async def drop(engine: AsyncEngine, schema: str) -> None:
 Worker = asyncio.subprocess.Process
 
 
+class RebuildWorkerFailed(RuntimeError):
+    """A worker process of a parallel rebuild exited early or with an error."""
+
+
 async def start_workers(
-    *, projection: str, schema: str, stream: str, parts: range, dsn: str
-) -> dict[int, Worker]:
-    """A worker process for each of ``parts``, reading its share from its stdin."""
-    workers: dict[int, Worker] = {}
+    *, projection: str, schema: str, stream: str, count: int, dsn: str
+) -> list[Worker]:
+    """``count`` worker processes; worker i folds share i, read from its stdin."""
+    job = json.dumps({"projection": projection, "schema": schema, "stream": stream, "dsn": dsn})
+    workers: list[Worker] = []
     try:
-        for part in parts:
-            job = {"projection": projection, "schema": schema, "stream": stream, "dsn": dsn}
+        for _ in range(count):
             # Through the environment, not the command line: the DSN may hold a password.
-            workers[part] = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "chiffon.projections.rebuild_worker",
-                stdin=asyncio.subprocess.PIPE,
-                env={**os.environ, ENV: json.dumps(job)},
+            workers.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "chiffon.projections.rebuild_worker",
+                    stdin=asyncio.subprocess.PIPE,
+                    env={**os.environ, ENV: job},
+                )
             )
     except BaseException:
         await stop_workers(workers)
@@ -114,18 +120,18 @@ async def start_workers(
     return workers
 
 
-async def stop_workers(workers: dict[int, Worker]) -> None:
-    for process in workers.values():
+async def stop_workers(workers: list[Worker]) -> None:
+    for process in workers:
         if process.returncode is None:
             process.kill()
-    await asyncio.gather(*(p.wait() for p in workers.values()), return_exceptions=True)
+    await asyncio.gather(*(p.wait() for p in workers), return_exceptions=True)
 
 
-async def wait_workers(workers: dict[int, Worker]) -> None:
+async def wait_workers(workers: list[Worker]) -> None:
     """Wait for the workers to fold what they were handed; raise if any failed."""
-    codes = await asyncio.gather(*(p.wait() for p in workers.values()))
+    codes = await asyncio.gather(*(p.wait() for p in workers))
     if any(codes):
-        raise RuntimeError(f"rebuild workers exited with {codes}")
+        raise RebuildWorkerFailed(f"rebuild workers exited with {codes}")
 
 
 async def distribute(
@@ -134,7 +140,7 @@ async def distribute(
     *,
     end: int,
     subjects: list[str] | None,
-    workers: dict[int, Worker],
+    workers: list[Worker],
 ) -> int:
     """Read the stream's events up to ``end`` once and hand each worker its share;
     returns how many were handed out.
@@ -151,21 +157,21 @@ async def distribute(
                 for message in batch:
                     if message.sequence <= end:
                         shares[partition_of(message.subject, count)].append(message)
-                for part, process in workers.items():
-                    if shares[part]:
-                        _stdin(process).write(handoff.encode(shares[part]))
-                        handed += len(shares[part])
-                for process in workers.values():
+                for process, share in zip(workers, shares, strict=True):
+                    if share:
+                        _stdin(process).write(handoff.encode(share))
+                        handed += len(share)
+                for process in workers:
                     await _stdin(process).drain()  # back-pressure: a worker behind slows us
                 if batch[-1].sequence >= end:
                     break
-        for process in workers.values():
+        for process in workers:
             _stdin(process).write(handoff.END)
             await _stdin(process).drain()
             _stdin(process).close()
     except (BrokenPipeError, ConnectionResetError):
         # The caller stops the others: they wait for an end frame that will not come.
-        raise RuntimeError("a rebuild worker stopped reading its share") from None
+        raise RebuildWorkerFailed("a rebuild worker stopped reading its share") from None
     return handed
 
 

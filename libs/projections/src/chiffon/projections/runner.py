@@ -189,7 +189,7 @@ class ProjectionRunner:
                 projection=self.name,
                 schema=schema,
                 stream=self.store.streams.stream_name(self.projection.context),
-                parts=range(count),
+                count=count,
                 dsn=self.engine.url.render_as_string(hide_password=False),
             )
             try:
