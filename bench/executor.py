@@ -330,7 +330,12 @@ class CpuMeter:
 
     def _reading(self) -> dict[str, float]:
         def busy(process: psutil.Process, *, reaped: bool = False) -> float:
-            times = process.cpu_times()
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                # A PostgreSQL backend that ended meanwhile: its time is the
+                # postmaster's reaped children's, read with the postmaster.
+                return 0.0
             total = times.user + times.system
             return total + (times.children_user + times.children_system if reaped else 0.0)
 
