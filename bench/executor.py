@@ -17,6 +17,7 @@
    runs/s with 2 replicas vs 1.
 
 Throughputs are the best of a few rounds: on shared cores, noise only slows a round.
+Every round's rate is printed beside the best, so the spread is in plain view.
 Where 1 and 2 replicas are compared, their stacks are up side by side and take turns,
 round by round, so both meet the machine's fast and slow moments alike.
 """
@@ -423,15 +424,20 @@ class BareLoad:
         return self.runs * self.nodes / (time.perf_counter() - started)
 
 
-async def best_of_alternating(loads: list[Load | BareLoad], rounds: int) -> list[float]:
-    """Each load's best rate over ``rounds`` rounds, the loads taking turns: on shared
+async def alternating(loads: list[Load | BareLoad], rounds: int) -> list[list[float]]:
+    """Each load's rate in each of ``rounds`` rounds, the loads taking turns: on shared
     cores noise only slows a round down, and taking turns gives every load the
-    machine's fast and slow moments alike, so their ratio means something."""
-    best = [0.0] * len(loads)
+    machine's fast and slow moments alike, so the ratio of their best means something."""
+    rates: list[list[float]] = [[] for _ in loads]
     for _ in range(rounds):
         for index, load in enumerate(loads):
-            best[index] = max(best[index], await load.round())
-    return best
+            rates[index].append(await load.round())
+    return rates
+
+
+def spread(rates: list[float], fmt: str) -> str:
+    """Every round's rate, so a reader sees how far the best stands from the others."""
+    return "rounds " + " / ".join(format(rate, fmt) for rate in rates)
 
 
 async def main(quick: bool) -> None:
@@ -472,19 +478,24 @@ async def main(quick: bool) -> None:
                 Load(two, source, "tp", concurrent, nodes, meter) as load_two,
             ):
                 reference = BareLoad(nodes, concurrent)
-                rate_bare, rate_one, rate_two = await best_of_alternating(
+                bare_rounds, one_rounds, two_rounds = await alternating(
                     [reference, load_one, load_two], rounds
                 )
+            rate_bare, rate_one, rate_two = max(bare_rounds), max(one_rounds), max(two_rounds)
             row(
                 "bare LangGraph in one process (reference)",
                 f"{rate_bare:,.0f} node-steps/s",
-                "(no events: the machine's speed meanwhile)",
+                f"(no events: the machine's speed meanwhile; {spread(bare_rounds, ',.0f')})",
             )
-            row("1 replica", f"{rate_one:,.0f} node-steps/s", "(one process: one core at most)")
+            row(
+                "1 replica",
+                f"{rate_one:,.0f} node-steps/s",
+                f"(one process: one core at most; {spread(one_rounds, ',.0f')})",
+            )
             row(
                 "2 replicas (the default)",
                 f"{rate_two:,.0f} node-steps/s",
-                "goal >= 1,700 on 2 cores",
+                f"goal >= 1,700 on 2 cores ({spread(two_rounds, ',.0f')})",
             )
             print("  CPU per node-step with 2 replicas (all rounds, their projection included)")
             cpu = meter.per_unit_ms()
@@ -524,13 +535,14 @@ async def main(quick: bool) -> None:
                 Load(stacks[0], source, "slow", runs, 1, meters[0]) as load_one,
                 Load(stacks[1], source, "slow", runs, 1, meters[1]) as load_two,
             ):
-                slow_one, slow_two = await best_of_alternating([load_one, load_two], rounds)
+                slow_rounds = await alternating([load_one, load_two], rounds)
+            slow_one, slow_two = max(slow_rounds[0]), max(slow_rounds[1])
         finally:
             for stack in stacks:
                 stack.stop()
             await server.stop()
-        row("1 replica", f"{slow_one:.1f} runs/s")
-        row("2 replicas", f"{slow_two:.1f} runs/s")
+        row("1 replica", f"{slow_one:.1f} runs/s", f"({spread(slow_rounds[0], '.1f')})")
+        row("2 replicas", f"{slow_two:.1f} runs/s", f"({spread(slow_rounds[1], '.1f')})")
         row("speed-up", f"{slow_two / slow_one:.2f}x", "goal >= 1.6x")
         print("  CPU per run (4 LLM calls; the driver serves the test provider too)")
         for replicas, meter in zip((1, 2), meters, strict=True):
