@@ -408,10 +408,10 @@ class JetStreamEventStore:
         With ``poll``, a live reader that caught up looks again every ``poll`` seconds
         rather than being handed each event as it is stored."""
         stream = self.streams.stream_name(context)
-        async for chunk in self._consume_batches(
+        async for msgs in self._consume_msgs(
             stream, subjects, start=start, live=live, batch=batch, poll=poll
         ):
-            yield chunk
+            yield [self._record(stream, msg) for msg in msgs]
 
     async def stored_batches(
         self,
@@ -439,26 +439,9 @@ class JetStreamEventStore:
         live: bool,
         batch: int = 500,
     ) -> AsyncIterator[RecordedEvent]:
-        async for chunk in self._consume_batches(
-            stream, subjects, start=start, live=live, batch=batch
-        ):
-            for event in chunk:
-                yield event
-
-    async def _consume_batches(
-        self,
-        stream: str,
-        subjects: Sequence[str] | None,
-        *,
-        start: int,
-        live: bool,
-        batch: int,
-        poll: float = 0.0,
-    ) -> AsyncIterator[list[RecordedEvent]]:
-        async for msgs in self._consume_msgs(
-            stream, subjects, start=start, live=live, batch=batch, poll=poll
-        ):
-            yield [self._record(stream, msg) for msg in msgs]
+        async for msgs in self._consume_msgs(stream, subjects, start=start, live=live, batch=batch):
+            for msg in msgs:
+                yield self._record(stream, msg)
 
     async def _consume_msgs(
         self,
@@ -524,14 +507,12 @@ class JetStreamEventStore:
             await self.js.delete_consumer(stream, consumer)
 
     def _record_direct(self, stream: str, msg: Msg) -> RecordedEvent:
+        """A message from a direct get, which names its place in headers."""
         headers = msg.headers or {}
-        return RecordedEvent(
-            envelope=self.catalog.decode(msg.data),
-            stream=stream,
-            sequence=int(headers["Nats-Sequence"]),
-            subject=headers["Nats-Subject"],
-            msg_id=headers.get(_MSG_ID),
+        stored = StoredMessage(
+            int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers.get(_MSG_ID), msg.data
         )
+        return stored.decode(self.catalog, stream)
 
     def _record(self, stream: str, msg: Msg) -> RecordedEvent:
         return _stored(msg).decode(self.catalog, stream)
