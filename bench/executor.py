@@ -11,7 +11,8 @@
    replica is one Python process, so it executes runs on one core at most; the goal
    (1,700 on 2 cores) is for the stack's default of 2 replicas. The CPU time each part
    of the 2-replica stack used per node-step is printed too, and the rate 2 cores could
-   sustain at that cost.
+   sustain at that cost, and how long after a round's last run the read model showed it
+   all (the projector folds below the replicas' priority, so during a burst it lags).
 3. With LLM latency: an OpenAI-compatible server that sleeps 50 ms per call, a 4-node
    workflow, each replica executing at most 8 runs at once (CHIFFON_MAX_CONCURRENT_RUNS):
    runs/s with 2 replicas vs 1.
@@ -381,6 +382,7 @@ class Load:
         self.stack, self.source, self.workflow = stack, source, workflow
         self.runs, self.per_run = runs, per_run
         self.meter = meter
+        self.catch_up: list[float] = []  # s from a round's last run end to its read model
 
     async def __aenter__(self) -> Load:
         self.driver = await Driver(self.stack).__aenter__()
@@ -399,7 +401,9 @@ class Load:
         if self.meter:
             self.meter.start()
         seconds = await self.driver.many(self.workflow, self.runs)
+        ended = time.perf_counter()
         await settled(self.stack, self.workflow, len(self.driver.ended))
+        self.catch_up.append(time.perf_counter() - ended)
         if self.meter:
             self.meter.stop(self.runs * self.per_run)
         return self.runs * self.per_run / seconds
@@ -496,6 +500,11 @@ async def main(quick: bool) -> None:
                 "2 replicas (the default)",
                 f"{rate_two:,.0f} node-steps/s",
                 f"goal >= 1,700 on 2 cores ({spread(two_rounds, ',.0f')})",
+            )
+            row(
+                "  read model complete after the last run ended",
+                f"{max(load_two.catch_up) * 1000:,.0f} ms at most",
+                "(the projector runs below the replicas' priority; polled every 100 ms)",
             )
             print("  CPU per node-step with 2 replicas (all rounds, their projection included)")
             cpu = meter.per_unit_ms()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psutil
+
 from chiffon.cli.direct_client import DirectClient
 from tests.support.fixtures import eventually
 
@@ -50,3 +52,21 @@ async def test_one_projector_leads_and_another_takes_over_when_its_replica_dies(
     await eventually(took_over, timeout=20, message="the standby projector took the lead")
     run = await run_view(client, after, "succeeded", timeout=20)
     assert run.executor == standby.name
+
+
+def projector_of(proc: ExecutorProcess) -> psutil.Process:
+    children = psutil.Process(proc.pid).children()
+    [child] = [c for c in children if "chiffon.executor.projector" in c.cmdline()]
+    return child
+
+
+async def test_the_projector_runs_below_its_replica_unless_told_otherwise(
+    spawn_executor: Spawn,
+) -> None:
+    lowered, level = await start_ready(
+        await spawn_executor(1, wait=False),
+        await spawn_executor(2, env={"CHIFFON_PROJECTOR_NICE": "0"}, wait=False),
+    )
+    replica_nice = psutil.Process(lowered.pid).nice()
+    assert projector_of(lowered).nice() == min(replica_nice + 10, 19)
+    assert projector_of(level).nice() == psutil.Process(level.pid).nice()

@@ -2,7 +2,8 @@
 
 Folding events into PostgreSQL is CPU work (SQLAlchemy, asyncpg); run on the executor's
 event loop it would delay every run's next step. As a child process it uses the other
-core. It exits when its parent does (it watches its parent pid), so a SIGKILLed
+core, below the replica's priority (``projector_nice``): runs first, folding in the
+gaps. It exits when its parent does (it watches its parent pid), so a SIGKILLed
 replica leaves nothing behind. Of several replicas' projectors one works at a time
 (a PostgreSQL advisory lock); the checkpoint row (read FOR UPDATE) would keep two
 from double-applying anyway.
@@ -137,6 +138,7 @@ def main() -> None:
         service="executor-projector", level=settings.log_level, fmt=settings.log_format
     )
     parent = int(os.environ.get("CHIFFON_PROJECTOR_PARENT", os.getppid()))
+    os.nice(settings.projector_nice)  # runs first, the read model after (see the setting)
     tune_gc()
     asyncio.run(project(settings, parent))
 
