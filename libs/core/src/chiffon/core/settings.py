@@ -35,7 +35,7 @@ class ChiffonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="ignore", frozen=True)
 
     nats_url: str = "nats://127.0.0.1:4222"
-    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:54320/chiffon")
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:15432/chiffon")
     # Prefix of every JetStream stream and subject, so several Chiffon installations
     # (or test cases) can share one NATS server without seeing each other's events.
     namespace: str = Field(default="chiffon", pattern=r"^[a-z][a-z0-9]{0,30}$")

@@ -351,7 +351,7 @@ class PostgresServer:
     def __init__(
         self,
         data_dir: Path | str,
-        port: int = 54320,
+        port: int = 15432,
         *,
         log_file: Path | str | None = None,
         host: str = LOCALHOST,

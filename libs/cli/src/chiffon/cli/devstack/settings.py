@@ -89,7 +89,9 @@ class StackSettings(BaseSettings):
 
     nats_port: int = Field(default=4222, ge=1, le=65535)
     nats_monitor_port: int = Field(default=8222, ge=1, le=65535)
-    postgres_port: int = Field(default=54320, ge=1, le=65535)
+    # Below the kernel's ephemeral range (32768-60999 on Linux): a port inside it can be
+    # held for a moment by the local end of any outgoing connection, and `up` refused.
+    postgres_port: int = Field(default=15432, ge=1, le=65535)
     gateway_port: int = Field(default=8400, ge=1, le=65535)
     registry_port: int = Field(default=8401, ge=1, le=65535)
     cost_port: int = Field(default=8402, ge=1, le=65535)
