@@ -141,6 +141,28 @@ edges:
     ]
 
 
+def test_a_bad_condition_or_template_does_not_hide_the_files_other_problems() -> None:
+    assert errors_of("""\
+name: t
+version: 1
+defaults: {model: chiffon/echo}
+nodes:
+  - {id: a, type: llm, prompt: "About {topc}"}
+  - {id: b, type: llm, prompt: "Broken {"}
+  - {id: c, type: llm, prompt: "{a}"}
+edges:
+  - {from: a, to: b, when: "len(a) > 1"}
+  - {from: b, to: c}
+  - {from: c, to: b}
+""") == [
+        "nodes[0].prompt: unknown variable 'topc' (line 5)",
+        "nodes[1].prompt: unclosed '{' at column 8 (write '{{' for a literal brace) (line 6)",
+        "edges[0].when: function calls are not allowed: 'len(a)' at column 1 (line 9)",
+        "edges[1]: loop b -> c -> b never stops: none of its edges has 'when' or"
+        " 'max_iterations' (line 10)",
+    ]
+
+
 def test_cycle_without_condition_never_stops() -> None:
     assert errors_of("""\
 name: t

@@ -12,7 +12,7 @@ from pydantic_core import ErrorDetails
 from .errors import Loc, SpecError, SpecIssue, did_you_mean, format_path, issue
 from .expressions import type_name
 from .loader import MAX_FILE_BYTES, LineMap, SourceError, check_plain, parse_source
-from .model import NODE_TYPES, WorkflowSpec
+from .model import NODE_TYPES, SKIP_TEXTS, TextError, WorkflowSpec
 
 
 def load_spec(source: str | bytes, *, filename: str = "<string>") -> WorkflowSpec:
@@ -70,8 +70,18 @@ def _build(data: Any, lines: LineMap | None, filename: str) -> WorkflowSpec:
     try:
         return WorkflowSpec.model_validate(data)
     except ValidationError as exc:
-        issues = [i for err in exc.errors(include_url=False) for i in _translate(err, data, lines)]
-        raise SpecError(issues, filename=filename) from None
+        errors = exc.errors(include_url=False)
+        issues = [i for err in errors for i in _translate(err, data, lines)]
+    if all(isinstance((err.get("ctx") or {}).get("error"), TextError) for err in errors):
+        # Only templates or conditions failed: the rest is whole enough for the
+        # cross-reference and graph checks, whose findings belong in the same report.
+        try:
+            WorkflowSpec.model_validate(data, context={SKIP_TEXTS: True})
+        except ValidationError as more:
+            issues += [
+                i for err in more.errors(include_url=False) for i in _translate(err, data, lines)
+            ]
+    raise SpecError(issues, filename=filename)
 
 
 def _line(lines: LineMap | None, loc: Loc) -> int | None:

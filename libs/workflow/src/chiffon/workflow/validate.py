@@ -5,13 +5,13 @@ Every check appends to one list, so a user sees all problems at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .errors import Loc, SpecIssue, did_you_mean, issue
-from .expressions import compile_expression
+from .expressions import Expression, ExpressionError, compile_expression
 from .model import END, START, AgentNode, ApprovalNode, Edge, LlmNode, SetNode, _strings
-from .templates import parse_template
+from .templates import Template, TemplateError, parse_template
 
 if TYPE_CHECKING:
     from .model import WorkflowSpec
@@ -102,23 +102,35 @@ def _check_variables(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
 
 
 def _references(spec: WorkflowSpec) -> Iterator[tuple[Loc, frozenset[str]]]:
+    """The variables each template and condition reads. One that does not compile is
+    passed over: it was reported already (see ``SKIP_TEXTS``)."""
+    for loc, text, compile_text in _texts(spec):
+        try:
+            yield loc, compile_text(text).names
+        except (TemplateError, ExpressionError):
+            continue
+
+
+def _texts(
+    spec: WorkflowSpec,
+) -> Iterator[tuple[Loc, str, Callable[[str], Template | Expression]]]:
     for i, node in enumerate(spec.nodes):
         base: Loc = ("nodes", i)
         if isinstance(node, LlmNode):
             if node.system is not None:
-                yield (*base, "system"), parse_template(node.system).names
-            yield (*base, "prompt"), parse_template(node.prompt).names
+                yield (*base, "system"), node.system, parse_template
+            yield (*base, "prompt"), node.prompt, parse_template
         elif isinstance(node, ApprovalNode):
-            yield (*base, "message"), parse_template(node.message).names
+            yield (*base, "message"), node.message, parse_template
         elif isinstance(node, AgentNode):
             for sub, text in _strings(node.task, ()):
-                yield (*base, "task", *sub), parse_template(text).names
+                yield (*base, "task", *sub), text, parse_template
         elif isinstance(node, SetNode):
             for key, src in node.values.items():
-                yield (*base, "values", key), compile_expression(src).names
+                yield (*base, "values", key), src, compile_expression
     for i, edge in enumerate(spec.edges):
         if edge.when is not None:
-            yield ("edges", i, "when"), compile_expression(edge.when).names
+            yield ("edges", i, "when"), edge.when, compile_expression
 
 
 def _check_outputs(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
