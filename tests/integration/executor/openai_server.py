@@ -1,7 +1,8 @@
 """A small OpenAI-compatible HTTP server for tests: real HTTP, answers like chiffon/echo.
 
-It records every request (so a test can count calls per node) and can sleep before
-answering, to hold a call in flight or to model provider latency.
+It records every request (so a test can count calls per node) and the most it answered
+at once, and can sleep before answering, to hold a call in flight or to model provider
+latency.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class FakeOpenAI:
         # awaitable of either; raising ScriptedFailure answers 503 with its message.
         self.script: Any = None
         self.requests: list[Request] = []
+        self.in_flight = 0
+        self.most_in_flight = 0  # the most calls it was answering at once
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
@@ -63,6 +66,14 @@ class FakeOpenAI:
             await self._runner.cleanup()
 
     async def _chat(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         body = await request.json()
         messages = body.get("messages") or []
         prompt = next(

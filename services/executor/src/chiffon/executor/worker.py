@@ -138,6 +138,12 @@ class RunWorker:
                 self._wake.clear()
                 if intake.missing:
                     await self._recreate_consumer()
+                # Items first: one delivered but not yet a task no longer counts as
+                # outstanding, and must not count as a free slot either.
+                while (msg := intake.take()) is not None:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._task_done)
                 outstanding = intake.outstanding
                 free = slots - len(self._tasks) - outstanding
                 if free > 0 and (free >= refill or outstanding == 0):
@@ -146,10 +152,6 @@ class RunWorker:
                     except nats.errors.Error as error:
                         log.warning("executor.pull_failed", error=str(error))
                         await asyncio.sleep(0.5)
-                while (msg := intake.take()) is not None:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._task_done)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
         finally:
