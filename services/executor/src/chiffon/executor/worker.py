@@ -217,6 +217,12 @@ class RunWorker:
             await msg.term()
             return
         run_id = envelope.aggregate_id
+        if seq in self._held:
+            # Worked on here already: its progress signals lapsed (a stalled loop, a
+            # reconnect) and JetStream delivered it again. The work goes on; the newest
+            # delivery is the one to signal progress on and to acknowledge.
+            self._held[seq] = msg
+            return
         self._held[seq] = msg
         ack = True
         try:
@@ -224,20 +230,19 @@ class RunWorker:
         except asyncio.CancelledError:
             ack = False
             with contextlib.suppress(Exception):
-                await msg.nak()  # stopped here (shutdown): another replica takes it now
+                await self._held.get(seq, msg).nak()  # shutdown: another replica takes it
             raise
         except EventStoreError as error:
             # NATS trouble: let the item come back (after ack_wait) rather than lose it.
             log.warning("executor.work_deferred", run_id=run_id, error=str(error))
             ack = False
             with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+                await self._held.get(seq, msg).nak(delay=1.0)
         finally:
-            self._held.pop(seq, None)
-            self._executions.pop(run_id, None)
+            delivery = self._held.pop(seq, msg)
         if ack:
             with contextlib.suppress(Exception):
-                await msg.ack()
+                await delivery.ack()
 
     async def _work(self, run_id: str, seq: int, envelope: Any, msg: Msg) -> bool:
         """Claim and execute the run if it needs it. False: leave the item unacknowledged."""
@@ -307,7 +312,13 @@ class RunWorker:
             trace=trace,
         )
         self._executions[state.run_id] = execution
-        outcome = await execution.execute()
+        try:
+            outcome = await execution.execute()
+        finally:
+            # Only its own: an item of the same run handled meanwhile (a decision
+            # while another branch runs) must not unregister this execution.
+            if self._executions.get(state.run_id) is execution:
+                del self._executions[state.run_id]
         log.info(
             "run.finished" if outcome != "suspended" else "run.suspended",
             run_id=state.run_id,
