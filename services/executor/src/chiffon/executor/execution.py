@@ -27,7 +27,12 @@ from chiffon.events.runs import (
     RunFailed,
     RunSuspended,
 )
-from chiffon.eventstore import AggregateKey, ConcurrencyConflict, JetStreamEventStore
+from chiffon.eventstore import (
+    AggregateKey,
+    ConcurrencyConflict,
+    EventStoreUnavailable,
+    JetStreamEventStore,
+)
 from chiffon.executor.domain import RunState
 from chiffon.executor.graph import NodeFailure, RunCancelledSignal
 from chiffon.executor.llm import LlmGateway
@@ -161,6 +166,10 @@ class RunExecution:
                 )
             except ClaimLost:
                 return "lost"
+            except EventStoreUnavailable:
+                # NATS away for longer than a read or an append retries: not the run's
+                # fault. The worker hands the item back; the run resumes from its events.
+                raise
             except Exception as error:  # noqa: BLE001 — a bug must end the run, not loop on it
                 log.exception("run.internal_error", run_id=self.run.run_id)
                 info = ErrorInfo(
