@@ -375,34 +375,46 @@ class RunExecution:
             if not self._only_undecided_waits():
                 self._idle.clear()
                 continue
-            waiting = sorted({node for node, _ in self._waiters})
             async with self._lock:
-                if not self._only_undecided_waits():
-                    continue
-                try:
-                    envelope = new_event(
-                        RunSuspended(waiting_for=waiting),
-                        aggregate_id=self.run.run_id,
-                        actor=self.actor,
-                        correlation_id=self.run.run_id,
-                        trace=self.trace,
-                    )
-                    result = await self.store.append(
-                        self.key, [envelope], expected_version=self.version
-                    )
-                except ConcurrencyConflict:
-                    try:
-                        await self._reload()  # a decision or a cancel may have come in
-                    except ClaimLost:
-                        self._cancel.set()
-                        return
-                    continue
-                self.run.apply(envelope, result.version)
-                self.version = result.version
-            self._suspended = True
-            if self._graph_task is not None:
-                self._graph_task.cancel()
-            return
+                outcome = await self._suspend() if self._only_undecided_waits() else "busy"
+            if outcome == "suspended":
+                self._suspended = True
+                if self._graph_task is not None:
+                    self._graph_task.cancel()
+                return
+            if outcome == "lost":
+                self._cancel.set()
+                return
+            if outcome == "unavailable":
+                # Still idle: tried again shortly, rather than hold the run (and a
+                # slot) in memory until its decision comes.
+                await asyncio.sleep(1.0)
+
+    async def _suspend(self) -> Literal["suspended", "busy", "lost", "unavailable"]:
+        """Record ``run.suspended`` (the lock held)."""
+        envelope = new_event(
+            RunSuspended(waiting_for=sorted({node for node, _ in self._waiters})),
+            aggregate_id=self.run.run_id,
+            actor=self.actor,
+            correlation_id=self.run.run_id,
+            trace=self.trace,
+        )
+        try:
+            try:
+                result = await self.store.append(
+                    self.key, [envelope], expected_version=self.version
+                )
+            except ConcurrencyConflict:
+                await self._reload()  # a decision or a cancel may have come in
+                return "busy"
+        except ClaimLost:
+            return "lost"
+        except EventStoreUnavailable as error:
+            log.warning("run.suspend_deferred", run_id=self.run.run_id, error=str(error))
+            return "unavailable"
+        self.run.apply(envelope, result.version)
+        self.version = result.version
+        return "suspended"
 
     async def completed_outputs(self, completed: NodeCompleted) -> dict[str, Any]:
         if completed.outputs_ref:
