@@ -128,6 +128,9 @@ async def test_run_follow_prints_nodes_and_exits_with_the_end(cli_stack: dict[st
     assert code == 0 and "executor-1 (pid" in out and "research" in out and "tokens" in out
     code, _, err = await chiffon(cli_stack, "runs", "show", "0000")
     assert code == 4 and "no run '0000'" in err
+    for unknown in ("0000", ">"):  # no events, or no run id at all: not a wait forever
+        code, _, err = await chiffon(cli_stack, "runs", "follow", unknown)
+        assert code == 4 and f"no run '{unknown}'" in err
 
 
 async def test_failed_run_exits_1_with_the_reason(
@@ -171,6 +174,8 @@ async def test_approve_and_cancel_from_the_cli(cli_stack: dict[str, str]) -> Non
 async def test_usage_errors_and_unreachable_services(cli_stack: dict[str, str]) -> None:
     code, _, err = await chiffon(cli_stack, "run", "linear-brief", "-i", "novalue")
     assert code == 2 and "expected KEY=VALUE" in err
+    code, _, err = await chiffon(cli_stack, "run", "linear-brief", "-i", "=[1]")
+    assert code == 2 and "empty name" in err
     code, _, err = await chiffon(cli_stack, "run", "linear-brief", "-i", "topic=x", "-i", "extra=1")
     assert code == 2 and "unknown input 'extra'" in err
     code, _, err = await chiffon(cli_stack, "run", "missing-workflow")

@@ -39,8 +39,9 @@ from chiffon.commands import (
 from chiffon.core.db import create_engine
 from chiffon.core.settings import ChiffonSettings
 from chiffon.events import CATALOG, Actor
+from chiffon.events.envelope import is_valid_aggregate_id
 from chiffon.events.runs import TriggerRef
-from chiffon.eventstore import EventStoreError, JetStreamEventStore
+from chiffon.eventstore import AggregateKey, EventStoreError, JetStreamEventStore
 from chiffon.readmodels import queries
 from chiffon.readmodels.queries import InvalidCursor
 from chiffon.readmodels.views import (
@@ -260,8 +261,13 @@ class DirectClient(ChiffonClient):
 
     async def follow_run_events(self, run_id: str, after_seq: int = 0) -> AsyncIterator[RunEvent]:  # type: ignore[override]
         store, _bus = await self._nats()
+        if not is_valid_aggregate_id(run_id):  # no subject wildcard gets through
+            raise NotFound(f"no run {run_id!r}")
         subject = store.streams.aggregate_filter("run", run_id)
         try:
+            # Events are the truth here: no event, no run (not one still to appear).
+            if await store.aggregate_version(AggregateKey("run", run_id)) == 0:
+                raise NotFound(f"no run {run_id!r}")
             async for event in store.subscribe(
                 "RUNS", start=after_seq + 1, subjects=[subject], batch=200
             ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     """``k=v`` (v as text; the workflow's input types convert it) or ``k:=json``."""
     inputs: dict[str, Any] = {}
     for pair in pairs:
+        value: Any
         if ":=" in pair and pair.index(":=") < pair.index("=") + 1:
             key, raw = pair.split(":=", 1)
             try:
-                inputs[key.strip()] = json.loads(raw)
+                value = json.loads(raw)
             except json.JSONDecodeError as error:
                 raise codes.fail(
                     f"--input {pair!r}: the value after := is not JSON ({error.msg})", codes.USAGE
@@ -36,16 +38,13 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
             key, value = pair.split("=", 1)
             stripped = value.strip()
             if stripped[:1] in ("[", "{"):
-                try:
-                    inputs[key.strip()] = json.loads(stripped)
-                    continue
-                except json.JSONDecodeError:
-                    pass
-            inputs[key.strip()] = value
+                with contextlib.suppress(json.JSONDecodeError):
+                    value = json.loads(stripped)
         else:
             raise codes.fail(f"--input {pair!r}: expected KEY=VALUE (or KEY:=JSON)", codes.USAGE)
-        if not next(reversed(inputs)):
+        if not key.strip():
             raise codes.fail(f"--input {pair!r}: empty name", codes.USAGE)
+        inputs[key.strip()] = value
     return inputs
 
 
