@@ -6,10 +6,7 @@ against the session's NATS and PostgreSQL and one real executor process.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,9 +18,9 @@ from tests.integration.executor.conftest import (  # noqa: F401 — shared_env i
     start_executor,
     wait_ready,
 )
+from tests.support.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-CHIFFON = str(Path(sys.executable).parent / "chiffon")
 EXAMPLES = REPO / "examples"
 RUN_ID = re.compile(r"run ([0-9a-f-]{36})")
 
@@ -70,17 +67,7 @@ async def status_is(env: dict[str, str], run_id: str, status: str) -> None:
 
 
 async def chiffon(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        CHIFFON,
-        *args,
-        env={**env, "COLUMNS": "200"},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(env, *args, cwd=REPO, timeout=timeout)
 
 
 async def test_validate_reports_every_issue_with_lines(

@@ -58,7 +58,6 @@ async def test_items_and_endings_settle_the_pull_request_they_answer(
             stream, api.ConsumerConfig(durable_name="work", ack_policy=api.AckPolicy.EXPLICIT)
         )
         intake = WorkIntake(nc, stream, "work")
-        await intake.start()
         await intake.request(8, expires=1.0)  # ends (408) with items still to come
         await intake.request(4, expires=30.0)
         for n in range(6):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from chiffon.cli.direct_client import DirectClient
 from chiffon.core.settings import ChiffonSettings
@@ -15,6 +18,17 @@ from tests.support.fixtures import eventually
 from .conftest import Spawn, llm_env
 from .helpers import events_until, of_type
 from .openai_server import FakeOpenAI
+
+
+@contextlib.asynccontextmanager
+async def work_consumer(settings: ChiffonSettings) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """Reads the executors' shared work consumer's state (pending, acks, redeliveries)."""
+    async with JetStreamEventStore.connect(
+        settings.nats_url, CATALOG, namespace=settings.namespace
+    ) as store:
+        stream = store.streams.stream_name("RUNS")
+        yield lambda: store.js.consumer_info(stream, "executor")
+
 
 # Two branches from the start: a long model call, and an approval decided meanwhile.
 BRANCHES = """
@@ -48,13 +62,10 @@ async def test_a_cancel_after_a_decision_still_interrupts_the_running_call(
         await client.approve(run_id, "go", comment="fine")
         # The decision is a work item too; the replica that holds the run handles it
         # (and acknowledges it) while the call goes on.
-        async with JetStreamEventStore.connect(
-            client_settings.nats_url, CATALOG, namespace=client_settings.namespace
-        ) as store:
-            stream = store.streams.stream_name("RUNS")
+        async with work_consumer(client_settings) as consumer_info:
 
             async def decision_handled() -> bool:
-                info = await store.js.consumer_info(stream, "executor")
+                info = await consumer_info()
                 return info.num_pending == 0 and info.num_ack_pending == 1  # the run's own
 
             await eventually(decision_handled, timeout=20, message="the decision's work item")
@@ -96,14 +107,10 @@ async def test_a_replica_that_stalls_past_ack_wait_keeps_its_run_and_calls_once(
             return len(provider.requests) == 1
 
         await eventually(calling, timeout=20, message="the model call")
-        async with JetStreamEventStore.connect(
-            client_settings.nats_url, CATALOG, namespace=client_settings.namespace
-        ) as store:
-            stream = store.streams.stream_name("RUNS")
+        async with work_consumer(client_settings) as consumer_info:
 
             async def redelivered() -> bool:
-                info = await store.js.consumer_info(stream, "executor")
-                return info.num_redelivered >= 1
+                return (await consumer_info()).num_redelivered >= 1
 
             os.kill(replica.pid, signal.SIGSTOP)
             try:

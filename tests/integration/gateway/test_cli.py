@@ -7,12 +7,12 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 from chiffon.cli.devstack.ports import free_port
 from chiffon.cli.http_client import GatewayClient
+from tests.support.cli import run_cli
 
 from .conftest import Stack, client
 from .support import ADMIN_KEY, EXAMPLES, gateway_env, start_service, wait_ready
@@ -29,16 +29,7 @@ async def chiffon(
 ) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
     env.update(CHIFFON_GATEWAY_URL=url or stack.gateway.url, CHIFFON_API_KEY=key)
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("chiffon")),
-        *args,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return process.returncode or 0, out.decode(), err.decode()
+    return await run_cli(env, *args, cwd=cwd, timeout=timeout)
 
 
 async def test_keys_commands(stack: Stack, tmp_path: Path) -> None:

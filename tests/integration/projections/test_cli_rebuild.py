@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,21 +10,7 @@ from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections import ProjectionRunner
 from chiffon.registry.projections import AgentsProjection
 from tests.integration.projections.support import position, snapshot, write_history
-
-CHIFFON = str(Path(sys.executable).parent / "chiffon")
-
-
-async def chiffon(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        CHIFFON,
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+from tests.support.cli import run_cli
 
 
 async def projected(
@@ -44,8 +27,8 @@ async def test_a_rebuild_by_worker_processes_reports_every_event_it_replayed(
 ) -> None:
     last, live = await projected(store, engine, 3000)
 
-    code, out, err = await chiffon(
-        service_env, "projections", "rebuild", "registry.agents", "--workers", "2"
+    code, out, err = await run_cli(
+        service_env, "projections", "rebuild", "registry.agents", "--workers", "2", timeout=120
     )
     assert code == 0, err
     # stdout holds the summary alone (the rebuild's log lines go to stderr).
@@ -62,7 +45,7 @@ async def test_a_worker_count_out_of_range_is_refused_before_anything_is_touched
 ) -> None:
     last, live = await projected(store, engine, 500)
 
-    code, out, err = await chiffon(
+    code, out, err = await run_cli(
         service_env, "projections", "rebuild", "registry.agents", "--workers", "0"
     )
     assert code == 2

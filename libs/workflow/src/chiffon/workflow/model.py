@@ -7,7 +7,7 @@ import hashlib
 import json
 import keyword
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -92,22 +92,24 @@ def _skipping_texts(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get(SKIP_TEXTS))
 
 
-def _template(value: str, info: ValidationInfo) -> str:
-    if not _skipping_texts(info):
-        try:
-            parse_template(value)
-        except TemplateError as exc:
-            raise TextError(str(exc)) from None
-    return value
+def _compiles(
+    compile_text: Callable[[str], object], error: type[Exception]
+) -> Callable[[str, ValidationInfo], str]:
+    """An after-validator: the text must compile (unless the context skips texts)."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        if not _skipping_texts(info):
+            try:
+                compile_text(value)
+            except error as exc:
+                raise TextError(str(exc)) from None
+        return value
+
+    return check
 
 
-def _expression(value: str, info: ValidationInfo) -> str:
-    if not _skipping_texts(info):
-        try:
-            compile_expression(value)
-        except ExpressionError as exc:
-            raise TextError(str(exc)) from None
-    return value
+_template = _compiles(parse_template, TemplateError)
+_expression = _compiles(compile_expression, ExpressionError)
 
 
 def _task(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:

@@ -392,13 +392,7 @@ class RunExecution:
 
     async def _suspend(self) -> Literal["suspended", "busy", "lost", "unavailable"]:
         """Record ``run.suspended`` (the lock held)."""
-        envelope = new_event(
-            RunSuspended(waiting_for=sorted({node for node, _ in self._waiters})),
-            aggregate_id=self.run.run_id,
-            actor=self.actor,
-            correlation_id=self.run.run_id,
-            trace=self.trace,
-        )
+        envelope = self.event(RunSuspended(waiting_for=sorted({node for node, _ in self._waiters})))
         try:
             try:
                 result = await self.store.append(

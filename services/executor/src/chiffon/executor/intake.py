@@ -52,9 +52,6 @@ class WorkIntake:
         self.missing = False  # nothing answers: the consumer is gone (recreate it)
         self.on_change: Any = None  # called when items arrive or a request ends
 
-    async def start(self) -> None:
-        """Nothing to set up: each request subscribes its own inbox."""
-
     async def stop(self) -> None:
         self._ended.extend(self._pulls)
         self._pulls.clear()

@@ -110,7 +110,6 @@ class RunWorker:
         await self.store.js.add_consumer(self.stream, self.consumer_config())
         self._intake = WorkIntake(self.store.nc, self.stream, CONSUMER)
         self._intake.on_change = self._wake.set
-        await self._intake.start()
         # Outside events for runs held here (a cancel, a decision), as they are stored.
         subjects = [self.store.streams.type_filter("run", t) for t in SIGNAL_TYPES]
         self._signals = [await self.store.nc.subscribe(s, cb=self._on_signal) for s in subjects]
