@@ -15,10 +15,17 @@ from chiffon.eventstore.model import (
     RecordedEvent,
     StoredMessage,
 )
+from chiffon.eventstore.retry import (
+    CONFLICT_ATTEMPTS,
+    ConflictRetriesExhausted,
+    retry_on_conflict,
+)
 from chiffon.eventstore.streams import STREAMS, Streams, StreamSpec
 
 __all__ = [
     "ANY",
+    "CONFLICT_ATTEMPTS",
+    "ConflictRetriesExhausted",
     "NO_EVENTS",
     "STREAMS",
     "AggregateKey",
@@ -32,4 +39,5 @@ __all__ = [
     "StoredMessage",
     "StreamSpec",
     "Streams",
+    "retry_on_conflict",
 ]
