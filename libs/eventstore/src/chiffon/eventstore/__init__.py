@@ -1,4 +1,4 @@
-"""Chiffon's event store: append and read events on NATS JetStream."""
+"""Chiffon's event store: the ``EventStore`` port, on NATS JetStream or in memory."""
 
 from chiffon.eventstore.errors import (
     AppendFailed,
@@ -7,6 +7,7 @@ from chiffon.eventstore.errors import (
     EventStoreUnavailable,
 )
 from chiffon.eventstore.jetstream import JetStreamEventStore
+from chiffon.eventstore.memory import InMemoryEventStore
 from chiffon.eventstore.model import (
     ANY,
     NO_EVENTS,
@@ -14,6 +15,16 @@ from chiffon.eventstore.model import (
     AppendResult,
     RecordedEvent,
     StoredMessage,
+)
+from chiffon.eventstore.port import (
+    EventStore,
+    NoReply,
+    ObjectNotFound,
+    RequestReply,
+    Subscription,
+    WorkConsumer,
+    WorkIntake,
+    WorkItem,
 )
 from chiffon.eventstore.retry import (
     CONFLICT_ATTEMPTS,
@@ -32,12 +43,21 @@ __all__ = [
     "AppendFailed",
     "AppendResult",
     "ConcurrencyConflict",
+    "EventStore",
     "EventStoreError",
     "EventStoreUnavailable",
+    "InMemoryEventStore",
     "JetStreamEventStore",
+    "NoReply",
+    "ObjectNotFound",
     "RecordedEvent",
+    "RequestReply",
     "StoredMessage",
     "StreamSpec",
     "Streams",
+    "Subscription",
+    "WorkConsumer",
+    "WorkIntake",
+    "WorkItem",
     "retry_on_conflict",
 ]

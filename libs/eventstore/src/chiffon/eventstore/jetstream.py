@@ -24,9 +24,10 @@ from nats.js import api
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from chiffon.core.telemetry import current_traceparent
-from chiffon.events import Catalog, Envelope, EventValidationError
+from chiffon.events import Catalog, Envelope
 from chiffon.eventstore.acks import AckInbox, AckTimeout, Message, NoStream, decode
 from chiffon.eventstore.direct import DirectGetFailed, DirectGetTimeout, DirectReader
+from chiffon.eventstore.encoding import batch_trace, encode_event
 from chiffon.eventstore.errors import (
     AppendFailed,
     ConcurrencyConflict,
@@ -160,18 +161,7 @@ class JetStreamEventStore:
 
     def encode(self, key: AggregateKey, event: Envelope[Any]) -> bytes:
         """Check an event against the catalog and serialise it, or raise before any I/O."""
-        if (event.aggregate, event.aggregate_id) != (key.aggregate, key.aggregate_id):
-            raise EventValidationError(
-                event.type,
-                f"belongs to {event.aggregate}/{event.aggregate_id}, not {key}",
-            )
-        self.catalog.check(event)
-        try:
-            # Re-validate: a payload built with model_construct skips validation.
-            type(event.payload).model_validate(event.payload.__dict__)
-        except Exception as error:  # pydantic.ValidationError, described by the catalog
-            raise EventValidationError(event.type, str(error).splitlines()[0]) from None
-        return event.model_dump_json().encode()
+        return encode_event(self.catalog, key, event)
 
     def _headers(
         self,
@@ -216,8 +206,7 @@ class JetStreamEventStore:
             return AppendResult(sequences=())
         encoded = [self.encode(key, event) for event in events]
         expected: int | None = None if isinstance(expected_version, _Any) else expected_version
-        # Events that carry their trace (an executor's do) need no look at the context.
-        trace = None if all(event.trace for event in events) else current_traceparent()
+        trace = batch_trace(events)
         sequences: list[int] = []
         duplicates: list[bool] = []
         for index, (event, data) in enumerate(zip(events, encoded, strict=True)):

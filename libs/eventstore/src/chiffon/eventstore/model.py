@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -42,6 +43,9 @@ class RecordedEvent:
     sequence: int
     subject: str
     msg_id: str | None = None  # the Nats-Msg-Id it was appended with
+    # Its headers (trace context, message id), where the read had them at no cost:
+    # ``get_event`` and ``read_aggregate``; None from stream readers.
+    headers: Mapping[str, str] | None = None
 
     @property
     def type(self) -> str:
