@@ -1,5 +1,7 @@
 """Chiffon's event store: the ``EventStore`` port, on NATS JetStream or in memory."""
 
+from typing import TYPE_CHECKING
+
 from chiffon.eventstore.errors import (
     AppendFailed,
     ConcurrencyConflict,
@@ -61,3 +63,11 @@ __all__ = [
     "WorkItem",
     "retry_on_conflict",
 ]
+
+if TYPE_CHECKING:
+
+    def _both_stores_implement_the_port(
+        jetstream: JetStreamEventStore, memory: InMemoryEventStore
+    ) -> list[EventStore]:
+        """Never called: mypy checks here that each store satisfies ``EventStore``."""
+        return [jetstream, memory]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import nats
@@ -25,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import Catalog, Envelope
+from chiffon.eventstore import messaging
 from chiffon.eventstore.acks import AckInbox, AckTimeout, Message, NoStream, decode
 from chiffon.eventstore.direct import DirectGetFailed, DirectGetTimeout, DirectReader
 from chiffon.eventstore.encoding import batch_trace, encode_event
@@ -34,6 +36,8 @@ from chiffon.eventstore.errors import (
     EventStoreError,
     EventStoreUnavailable,
 )
+from chiffon.eventstore.intake import JetStreamWorkIntake, consumer_config
+from chiffon.eventstore.messaging import Subscriptions
 from chiffon.eventstore.model import (
     ANY,
     AggregateKey,
@@ -42,6 +46,8 @@ from chiffon.eventstore.model import (
     StoredMessage,
     _Any,
 )
+from chiffon.eventstore.objects import Objects
+from chiffon.eventstore.port import RequestHandler, SignalHandler, WorkConsumer
 from chiffon.eventstore.puller import ConsumerLost, Puller
 from chiffon.eventstore.streams import Streams
 
@@ -115,6 +121,11 @@ class JetStreamEventStore:
         self._retry_for = retry_for
         self._acks = AckInbox(nc)
         self._direct = DirectReader(nc)
+        self._objects = Objects(self.js)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
 
     @classmethod
     @asynccontextmanager
@@ -156,6 +167,17 @@ class JetStreamEventStore:
     async def last_sequence(self, context: str) -> int:
         info = await self._call(self.js.stream_info(self.streams.stream_name(context)))
         return int(info.state.last_seq)
+
+    async def get_event(self, context: str, sequence: int) -> RecordedEvent | None:
+        """The event at ``sequence`` (one direct get), with its headers, or None."""
+        stream = self.streams.stream_name(context)
+        try:
+            msg = await self._call(self.js.get_msg(stream, seq=sequence, direct=True))
+        except nats.js.errors.NotFoundError:
+            return None
+        headers = dict(msg.headers or {})
+        stored = StoredMessage(int(msg.seq), str(msg.subject), headers.get(_MSG_ID), msg.data)
+        return replace(stored.decode(self.catalog, stream), headers=headers)
 
     # -- appending -----------------------------------------------------------------
 
@@ -498,13 +520,53 @@ class JetStreamEventStore:
     def _record_direct(self, stream: str, msg: Msg) -> RecordedEvent:
         """A message from a direct get, which names its place in headers."""
         headers = msg.headers or {}
-        stored = StoredMessage(
-            int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers.get(_MSG_ID), msg.data
+        return RecordedEvent(
+            envelope=self.catalog.decode(msg.data),
+            stream=stream,
+            sequence=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            msg_id=headers.get(_MSG_ID),
+            headers=headers,
         )
-        return stored.decode(self.catalog, stream)
 
     def _record(self, stream: str, msg: Msg) -> RecordedEvent:
         return _stored(msg).decode(self.catalog, stream)
+
+    # -- large payloads --------------------------------------------------------------
+
+    async def put_object(self, bucket: str, name: str, data: bytes) -> None:
+        await self._objects.put(bucket, name, data)
+
+    async def get_object(self, bucket: str, name: str) -> bytes:
+        return await self._objects.get(bucket, name)
+
+    # -- work and signals ------------------------------------------------------------
+
+    async def open_work_intake(self, consumer: WorkConsumer) -> JetStreamWorkIntake:
+        """Create (or update) the shared durable consumer; idempotent across replicas."""
+        stream = self.streams.stream_name(consumer.context)
+        config = consumer_config(consumer, list(consumer.subjects))
+        try:
+            await self._call(self.js.add_consumer(stream, config))
+        except nats.js.errors.APIError as error:
+            raise EventStoreError(f"creating the work consumer {consumer.name}: {error}") from None
+        return JetStreamWorkIntake(self.nc, stream, consumer.name, js=self.js, config=config)
+
+    async def listen(self, subjects: Sequence[str], handler: SignalHandler) -> Subscriptions:
+        return await messaging.listen(self.nc, subjects, handler)
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        return await messaging.request(self.nc, subject, data, timeout=timeout, headers=headers)
+
+    async def serve(self, subject: str, handler: RequestHandler, *, queue: str) -> Subscriptions:
+        return await messaging.serve(self.nc, subject, handler, queue=queue)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
