@@ -212,20 +212,24 @@ class Driver:
 
     async def __aenter__(self) -> Driver:
         self.nc = await nats.connect(self.stack.nats_url)
-        self.bus = CommandBus(self.nc, self.stack.namespace, timeout=30)
-        for kind in ("completed", "failed", "cancelled"):
-            await self.nc.subscribe(f"{self.stack.namespace}.run.*.run.{kind}", cb=self._on_end)
+        store = JetStreamEventStore(self.nc, CATALOG, namespace=self.stack.namespace)
+        self.bus = CommandBus(store, self.stack.namespace, timeout=30)
+        ends = [
+            f"{self.stack.namespace}.run.*.run.{kind}"
+            for kind in ("completed", "failed", "cancelled")
+        ]
+        await store.listen(ends, self._on_end)
         return self
 
     async def __aexit__(self, *_: Any) -> None:
         await self.nc.drain()
 
-    async def _on_end(self, msg: Any) -> None:
-        run_id = msg.subject.split(".")[2]
+    async def _on_end(self, subject: str, data: bytes) -> None:
+        run_id = subject.split(".")[2]
         now = time.perf_counter()
         self.ended[run_id] = now
-        if msg.subject.endswith("run.failed"):
-            self.failed[run_id] = msg.data
+        if subject.endswith("run.failed"):
+            self.failed[run_id] = data
         waiter = self._waiters.pop(run_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(now)

@@ -11,7 +11,7 @@ from nats.js import api
 
 from chiffon.cli.devstack.servers import NatsServer
 from chiffon.cli.direct_client import DirectClient
-from chiffon.executor.intake import WorkIntake
+from chiffon.eventstore.intake import JetStreamWorkIntake
 from tests.support.fixtures import eventually
 
 from .conftest import Spawn, llm_env
@@ -57,7 +57,7 @@ async def test_items_and_endings_settle_the_pull_request_they_answer(
         await js.add_consumer(
             stream, api.ConsumerConfig(durable_name="work", ack_policy=api.AckPolicy.EXPLICIT)
         )
-        intake = WorkIntake(nc, stream, "work")
+        intake = JetStreamWorkIntake(nc, stream, "work")
         await intake.request(8, expires=1.0)  # ends (408) with items still to come
         await intake.request(4, expires=30.0)
         for n in range(6):

@@ -1,19 +1,16 @@
-"""Sending and serving commands over NATS request-reply (queue groups spread the load)."""
+"""Sending and serving commands by request-reply through the event store's connection
+(queue groups spread the load over a service's replicas)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import nats.errors
 import pydantic
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from chiffon.commands.model import Command, CommandReply, Refusal, command_subject
 from chiffon.core.logging import get_logger
+from chiffon.eventstore import NoReply, RequestReply, Subscription
 
 log = get_logger(__name__)
 C = TypeVar("C", bound=Command)
@@ -30,8 +27,10 @@ class CommandUnavailable(Exception):
 
 
 class CommandBus:
-    def __init__(self, nc: NATS, namespace: str, *, timeout: float = 10.0) -> None:
-        self.nc = nc
+    """Commands over any ``RequestReply`` (an ``EventStore`` is one)."""
+
+    def __init__(self, transport: RequestReply, namespace: str, *, timeout: float = 10.0) -> None:
+        self.transport = transport
         self.namespace = namespace
         self.timeout = timeout
 
@@ -40,15 +39,15 @@ class CommandBus:
         subject = command_subject(self.namespace, command)
         headers = {"traceparent": command.trace} if command.trace else None
         try:
-            msg = await self.nc.request(
+            answer = await self.transport.request(
                 subject,
                 command.model_dump_json().encode(),
                 timeout=timeout or self.timeout,
                 headers=headers,
             )
-        except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        except NoReply:
             raise CommandUnavailable(f"no {command.owner} answered {command.name}") from None
-        reply = CommandReply.model_validate_json(msg.data)
+        reply = CommandReply.model_validate_json(answer)
         if not reply.ok:
             assert reply.refusal is not None
             raise CommandRefused(reply.refusal)
@@ -66,18 +65,11 @@ class CommandBus:
         """
         subject = command_subject(self.namespace, command_type)
 
-        # nats-py runs a subscription's callbacks one at a time; hand each command to
-        # its own task so a slow one (an append, a read) does not queue the others.
-        in_flight: set[asyncio.Task[None]] = set()
-
-        async def on_message(msg: Msg) -> None:
-            task = asyncio.create_task(handle(msg))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-
-        async def handle(msg: Msg) -> None:
+        # The transport runs each request in its own task: a slow command (an append,
+        # a read) does not queue the others.
+        async def handle(data: bytes) -> bytes:
             try:
-                command = command_type.model_validate_json(msg.data)
+                command = command_type.model_validate_json(data)
                 reply = CommandReply(ok=True, result=await handler(command))
             except pydantic.ValidationError as error:
                 reply = CommandReply(
@@ -99,7 +91,6 @@ class CommandBus:
                     ok=False,
                     refusal=Refusal(code="unavailable", message=f"{type(error).__name__}: {error}"),
                 )
-            if msg.reply:
-                await msg.respond(reply.model_dump_json().encode())
+            return reply.model_dump_json().encode()
 
-        return await self.nc.subscribe(subject, queue=f"{command_type.owner}", cb=on_message)
+        return await self.transport.serve(subject, handle, queue=f"{command_type.owner}")

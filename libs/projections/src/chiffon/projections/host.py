@@ -68,7 +68,7 @@ async def open_resources(ctx: ServiceContext) -> AsyncIterator[Resources]:
         engine = create_engine(settings.database_dsn())
 
         def nats_check() -> tuple[bool, str | None]:
-            return store.nc.is_connected, None if store.nc.is_connected else "disconnected"
+            return store.connected, None if store.connected else "disconnected"
 
         async def db_check() -> tuple[bool, str | None]:
             async with engine.connect() as conn:

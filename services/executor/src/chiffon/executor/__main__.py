@@ -47,7 +47,7 @@ async def serve(ctx: ServiceContext) -> None:
         workflows = WorkflowRepository(store)
         runs = RunRepository(store)
         commands = ExecutorCommands(store, workflows, runs)
-        bus = CommandBus(store.nc, settings.namespace)
+        bus = CommandBus(store, settings.namespace)
         worker = RunWorker(
             store=store,
             settings=settings,

@@ -26,11 +26,6 @@ import json
 import os
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js import api
-
 from chiffon.core.logging import get_logger
 from chiffon.events import CATALOG, Actor, EventValidationError, new_event
 from chiffon.events.runs import ErrorInfo, RunClaimed, RunFailed
@@ -39,10 +34,13 @@ from chiffon.eventstore import (
     ConcurrencyConflict,
     EventStoreError,
     JetStreamEventStore,
+    Subscription,
+    WorkConsumer,
+    WorkIntake,
+    WorkItem,
 )
 from chiffon.executor.domain import WORK_EVENT_TYPES, RunState
 from chiffon.executor.execution import OutputStore, RunExecution
-from chiffon.executor.intake import WorkIntake
 from chiffon.executor.llm import LlmGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
@@ -82,46 +80,43 @@ class RunWorker:
         self.llm = llm
         self.outputs = OutputStore(store, settings.namespace)
         self.stream = store.streams.stream_name("RUNS")
-        self._held: dict[int, Msg] = {}  # stream sequence of the item -> its message
+        self._held: dict[int, WorkItem] = {}  # stream sequence of the item -> its delivery
         self._executions: dict[str, RunExecution] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._intake: WorkIntake | None = None
-        self._signals: Any = None
+        self._signals: Subscription | None = None
         self.completed = 0
 
     # -- set-up ----------------------------------------------------------------------
 
-    def consumer_config(self) -> api.ConsumerConfig:
+    def work_consumer(self) -> WorkConsumer:
+        """The durable consumer every replica shares: the events that make a run runnable."""
         streams = self.store.streams
-        return api.ConsumerConfig(
-            durable_name=CONSUMER,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.EXPLICIT,
+        return WorkConsumer(
+            context="RUNS",
+            name=CONSUMER,
+            subjects=tuple(streams.type_filter("run", t) for t in WORK_EVENT_TYPES),
             ack_wait=self.settings.ack_wait_seconds,
-            max_deliver=-1,
-            max_ack_pending=100_000,
-            filter_subjects=[streams.type_filter("run", t) for t in WORK_EVENT_TYPES],
-            num_replicas=self.settings.stream_replicas,
+            replicas=self.settings.stream_replicas,
         )
 
     async def setup(self) -> None:
         """Create (or update) the shared durable consumer; idempotent across replicas."""
-        await self.store.js.add_consumer(self.stream, self.consumer_config())
-        self._intake = WorkIntake(self.store.nc, self.stream, CONSUMER)
+        self._intake = await self.store.open_work_intake(self.work_consumer())
         self._intake.on_change = self._wake.set
         # Outside events for runs held here (a cancel, a decision), as they are stored.
         subjects = [self.store.streams.type_filter("run", t) for t in SIGNAL_TYPES]
-        self._signals = [await self.store.nc.subscribe(s, cb=self._on_signal) for s in subjects]
+        self._signals = await self.store.listen(subjects, self._on_signal)
 
-    async def _on_signal(self, msg: Msg) -> None:
-        run_id = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
+    async def _on_signal(self, subject: str, data: bytes) -> None:
+        run_id = subject.split(".")[2] if subject.count(".") >= 3 else ""
         execution = self._executions.get(run_id)
         if execution is not None:
-            execution.poke(_event_id(msg.data))
+            execution.poke(_event_id(data))
 
     def healthy(self) -> tuple[bool, str | None]:
-        ok = self._intake is not None and self.store.nc.is_connected
+        ok = self._intake is not None and self.store.connected
         return ok, f"{len(self._executions)} runs held, {self.completed} finished"
 
     # -- the loop ----------------------------------------------------------------------
@@ -148,7 +143,7 @@ class RunWorker:
                 if free > 0 and (free >= refill or outstanding == 0):
                     try:
                         await intake.request(free)
-                    except nats.errors.Error as error:
+                    except EventStoreError as error:
                         log.warning("executor.pull_failed", error=str(error))
                         await asyncio.sleep(0.5)
                 with contextlib.suppress(TimeoutError):
@@ -160,12 +155,10 @@ class RunWorker:
     async def _recreate_consumer(self) -> None:
         """The work consumer is gone (NATS lost its state): create it again."""
         assert self._intake is not None
-        self._intake.missing = False
         try:
-            await self.store.js.add_consumer(self.stream, self.consumer_config())
-        except (nats.js.errors.APIError, nats.errors.Error) as error:
+            await self._intake.restore()
+        except EventStoreError as error:
             log.warning("executor.consumer_missing", error=str(error))
-            self._intake.missing = True
             await asyncio.sleep(0.5)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -196,16 +189,15 @@ class RunWorker:
             with contextlib.suppress(Exception):
                 await msg.nak()
         self._held.clear()
-        for sub in self._signals or []:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        if self._signals is not None:
+            await self._signals.unsubscribe()
         if self._intake is not None:
             await self._intake.stop()
 
     # -- one work item ------------------------------------------------------------------
 
-    async def _handle(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+    async def _handle(self, msg: WorkItem) -> None:
+        seq = msg.sequence
         try:
             envelope = CATALOG.decode(msg.data)
         except (EventValidationError, ValueError) as error:
@@ -243,10 +235,10 @@ class RunWorker:
             with contextlib.suppress(Exception):
                 await delivery.ack()
 
-    async def _work(self, run_id: str, seq: int, envelope: Any, msg: Msg) -> bool:
+    async def _work(self, run_id: str, seq: int, envelope: Any, msg: WorkItem) -> bool:
         """Claim and execute the run if it needs it. False: leave the item unacknowledged."""
         key = AggregateKey("run", run_id)
-        if envelope.type == "run.requested" and msg.metadata.num_delivered == 1:
+        if envelope.type == "run.requested" and msg.delivered == 1:
             # A fresh request: its only event is this one, unless the claim says otherwise.
             state = RunState.from_events(run_id, [(envelope, seq)])
         else:

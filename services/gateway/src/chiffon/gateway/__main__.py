@@ -90,7 +90,7 @@ async def serve(ctx: ServiceContext) -> None:
             settings=settings,
             store=store,
             engine=resources.engine,
-            bus=CommandBus(store.nc, settings.namespace, timeout=settings.command_timeout_seconds),
+            bus=CommandBus(store, settings.namespace, timeout=settings.command_timeout_seconds),
             keys=keys,
             api_keys=ApiKeys(store),
             feeds=feeds,

@@ -22,7 +22,7 @@ from chiffon.commands import Command, CommandBus, CommandRefused, CommandUnavail
 from chiffon.core.db import async_dsn
 from chiffon.core.logging import get_logger
 from chiffon.events.envelope import AGGREGATE_ID_PATTERN
-from chiffon.eventstore import JetStreamEventStore
+from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.gateway.auth import KeyCache
 from chiffon.gateway.keys import ApiKeys
 from chiffon.gateway.problems import (
@@ -189,13 +189,10 @@ class Gateway:
     async def in_store(self, aggregate: str, aggregate_id: str) -> bool:
         """Does the event store hold any event of this aggregate? (A read model may lag.)"""
         try:
-            info = await self.store.js.stream_info(
-                self.store.streams.stream_for(aggregate),
-                subjects_filter=self.store.streams.aggregate_filter(aggregate, aggregate_id),
-            )
+            version = await self.store.aggregate_version(AggregateKey(aggregate, aggregate_id))
         except Exception as error:  # noqa: BLE001 — NATS trouble is a 503, not a 500
             raise Unavailable(f"the event store did not answer: {type(error).__name__}") from None
-        return bool(info.state.subjects)
+        return version > 0
 
     async def read_through(self, aggregate: str, aggregate_id: str, load: Any) -> Any:
         """``load()`` from the read model; when it finds nothing but the event store has
