@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from chiffon.cli.devstack.ports import free_port
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
+from chiffon.devstack.ports import free_port
+from chiffon.devstack.servers import NatsServer, PostgresServer
 
 
 @dataclass

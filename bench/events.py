@@ -28,9 +28,9 @@ import nats
 from nats.js import api
 
 from bench.common import row, servers, summary
-from chiffon.cli.devstack.ports import free_port
 from chiffon.core.db import create_engine, ensure_database
 from chiffon.core.runtime import tune_gc
+from chiffon.devstack.ports import free_port
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.agents import AgentRegistered
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore

@@ -43,10 +43,10 @@ import psutil
 from sqlalchemy import text
 
 from bench.common import row, servers
-from chiffon.cli.devstack.ports import free_port
 from chiffon.commands import CommandBus, RegisterWorkflow, StartRun
 from chiffon.core.db import create_engine, ensure_database
 from chiffon.core.runtime import tune_gc
+from chiffon.devstack.ports import free_port
 from chiffon.events import CATALOG, Actor
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.projections.host import all_migrations

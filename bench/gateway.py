@@ -32,8 +32,8 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from bench.common import percentile, row, servers
-from chiffon.cli.devstack.ports import free_port
 from chiffon.core.db import ensure_database
+from chiffon.devstack.ports import free_port
 from chiffon.projections.host import all_migrations
 from tests.integration.gateway.support import THREE_NODES  # the workflow the tests use
 

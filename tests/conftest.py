@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from chiffon.cli.devstack.ports import free_port
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
 from chiffon.core.db import create_engine, ensure_database
+from chiffon.devstack.ports import free_port
+from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.host import all_migrations

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
+from chiffon.devstack.servers import NatsServer, PostgresServer
 from tests.integration.gateway.support import (
     ADMIN_KEY,
     EXAMPLES,

@@ -17,8 +17,8 @@ import nats
 import psutil
 import pytest
 
-from chiffon.cli.devstack.ports import free_ports
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
+from chiffon.devstack.ports import free_ports
+from chiffon.devstack.servers import NatsServer, PostgresServer
 
 CHIFFON = Path(sys.executable).parent / "chiffon"
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,9 +44,9 @@ def external(
 def chiffon(
     env: dict[str, str], *args: str, light: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """Run `chiffon ...`, or with ``light`` the same command via `python -m chiffon.cli.devstack`
+    """Run `chiffon ...`, or with ``light`` the same command via `python -m chiffon.devstack`
     (no import of the whole CLI: much faster on a busy machine)."""
-    program = [sys.executable, "-m", "chiffon.cli.devstack"] if light else [str(CHIFFON)]
+    program = [sys.executable, "-m", "chiffon.devstack"] if light else [str(CHIFFON)]
     return subprocess.run(
         [*program, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=150
     )

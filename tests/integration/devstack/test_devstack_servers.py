@@ -13,8 +13,8 @@ import psutil
 import pytest
 from nats.js.api import StreamConfig
 
-from chiffon.cli.devstack.ports import PortInUse, free_port, free_ports
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
+from chiffon.devstack.ports import PortInUse, free_port, free_ports
+from chiffon.devstack.servers import NatsServer, PostgresServer
 
 
 def gone(pid: int) -> bool:

@@ -3,7 +3,7 @@ port, down. Real processes on free ports in a temporary CHIFFON_HOME.
 
 The tests run in file order against one stack (starting it takes seconds, not
 milliseconds); the module fixture always brings it down at the end. The commands whose
-contract is checked run as `chiffon ...`; polls use `python -m chiffon.cli.devstack`,
+contract is checked run as `chiffon ...`; polls use `python -m chiffon.devstack`,
 the same commands without importing the whole CLI.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from chiffon.cli.devstack.ports import free_ports, port_in_use
+from chiffon.devstack.ports import free_ports, port_in_use
 
 CHIFFON = Path(sys.executable).parent / "chiffon"
 ROOT = Path(__file__).resolve().parents[3]
@@ -84,7 +84,7 @@ class Stack:
     def run(
         self, *args: str, timeout: float = 120, light: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        program = [sys.executable, "-m", "chiffon.cli.devstack"] if light else [str(CHIFFON)]
+        program = [sys.executable, "-m", "chiffon.devstack"] if light else [str(CHIFFON)]
         return subprocess.run(
             [*program, *args],
             env=self.env,

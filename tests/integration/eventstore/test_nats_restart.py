@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from chiffon.cli.devstack.ports import free_port
-from chiffon.cli.devstack.servers import NatsServer
+from chiffon.devstack.ports import free_port
+from chiffon.devstack.servers import NatsServer
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.agents import AgentRegistered
 from chiffon.eventstore import AggregateKey, EventStoreError, JetStreamEventStore

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from chiffon.cli.devstack.ports import free_port
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
 from chiffon.cli.direct_client import DirectClient
 from chiffon.core.db import ensure_database
 from chiffon.core.settings import ChiffonSettings
+from chiffon.devstack.ports import free_port
+from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.host import all_migrations

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chiffon.cli.devstack.ports import free_port
+from chiffon.devstack.ports import free_port
 from chiffon.executor.offline import count_tokens, echo_output
 
 

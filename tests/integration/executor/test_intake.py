@@ -9,8 +9,8 @@ import uuid
 import nats
 from nats.js import api
 
-from chiffon.cli.devstack.servers import NatsServer
 from chiffon.cli.direct_client import DirectClient
+from chiffon.devstack.servers import NatsServer
 from chiffon.eventstore.intake import JetStreamWorkIntake
 from tests.support.fixtures import eventually
 

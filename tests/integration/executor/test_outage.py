@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from chiffon.cli.devstack.servers import NatsServer
 from chiffon.cli.direct_client import DirectClient
 from chiffon.core.settings import ChiffonSettings
+from chiffon.devstack.servers import NatsServer
 from chiffon.events import Actor
 from tests.support.fixtures import eventually
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
 from chiffon.cli.direct_client import DirectClient
 from chiffon.core.settings import ChiffonSettings
+from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import Actor
 
 from .conftest import Spawn

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chiffon.cli.devstack.ports import free_port
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer
+from chiffon.devstack.ports import free_port
+from chiffon.devstack.servers import NatsServer, PostgresServer
 from tests.support.fixtures import eventually
 
 from .support import (

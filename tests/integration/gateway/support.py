@@ -163,7 +163,7 @@ def gateway_env(base: dict[str, str]) -> dict[str, str]:
 
 async def start_stack(env: dict[str, str], log_dir: Path) -> tuple[Service, Service]:
     """One executor and one gateway, started together; (gateway, executor) once ready."""
-    from chiffon.cli.devstack.ports import free_port
+    from chiffon.devstack.ports import free_port
 
     executor = start_service(
         "chiffon.executor",

@@ -10,8 +10,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from chiffon.cli.devstack.ports import free_port
 from chiffon.cli.http_client import GatewayClient
+from chiffon.devstack.ports import free_port
 from tests.support.cli import run_cli
 
 from .conftest import Stack, client

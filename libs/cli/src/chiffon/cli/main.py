@@ -1,10 +1,20 @@
-"""``chiffon``: one Typer app; each command group lives in its own module."""
+"""``chiffon``: one Typer app; each command group lives in its own module.
+
+Other packages add commands through the ``chiffon.cli`` entry point (a function that
+takes the app): the dev stack adds ``up``, ``down``, ``status`` and ``logs`` that way,
+so the CLI runs without the dev stack installed (in the service image, for
+``chiffon migrate``) and never imports it by name.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import typer
 
-from chiffon.cli import keys_cmd, migrate_cmd, projections_cmd, runs_cmd, stack_cmd, workflow_cmd
+from chiffon.cli import keys_cmd, migrate_cmd, projections_cmd, runs_cmd, workflow_cmd
+
+PLUGINS = "chiffon.cli"
 
 app = typer.Typer(
     name="chiffon",
@@ -15,7 +25,8 @@ app = typer.Typer(
 )
 app.add_typer(projections_cmd.app, name="projections")
 app.command("migrate")(migrate_cmd.migrate)
-stack_cmd.register(app)
+for plugin in sorted(entry_points(group=PLUGINS), key=lambda ep: ep.name):
+    plugin.load()(app)
 app.command("validate")(workflow_cmd.validate)
 app.add_typer(workflow_cmd.app, name="workflows")
 app.command("run")(runs_cmd.run)

@@ -6,13 +6,19 @@ the Kubernetes Job); ``chiffon up`` does the same for the dev stack. Idempotent.
 
 from __future__ import annotations
 
+import asyncio
+
 import typer
 
 
 def migrate() -> None:
     """Create the database if missing, apply every migration, create or update every stream."""
-    from chiffon.cli.devstack.bootstrap import BootstrapError, create_streams, prepare_database
+    # Imported here: SQLAlchemy, Alembic and nats-py take longer to import than the rest of
+    # the CLI, and no other command needs them (no cycle hides behind this import).
+    from chiffon.core.migrate import MigrationError, prepare_database
     from chiffon.core.settings import ChiffonSettings, mask_url
+    from chiffon.eventstore import EventStoreError
+    from chiffon.eventstore.provision import create_streams
 
     settings = ChiffonSettings()
     try:
@@ -20,10 +26,17 @@ def migrate() -> None:
         typer.echo(
             f"database {mask_url(settings.database_dsn())}: migrations {', '.join(applied)} applied"
         )
-        create_streams(settings.nats_url, settings.namespace)
+        asyncio.run(
+            create_streams(
+                settings.nats_url,
+                settings.namespace,
+                replicas=settings.stream_replicas,
+                duplicate_window=settings.duplicate_window_seconds,
+            )
+        )
         typer.echo(
             f"streams of namespace {settings.namespace!r} ready on {mask_url(settings.nats_url)}"
         )
-    except BootstrapError as error:
+    except (MigrationError, EventStoreError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -1,6 +1,6 @@
 """``chiffon up | down | status | logs``: the dev stack on this machine.
 
-Mapping only: the work is in ``chiffon.cli.devstack``. Exit codes: 0 done, 1 failed,
+Mapping only: the work is in ``chiffon.devstack``. Exit codes: 0 done, 1 failed,
 2 something for the user to change (a busy port, a bad setting).
 """
 
@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from chiffon.cli.devstack import logs as stack_logs
-from chiffon.cli.devstack import stack
-from chiffon.cli.devstack.settings import StackSettings, describe
+from chiffon.devstack import logs as stack_logs
+from chiffon.devstack import stack
+from chiffon.devstack.settings import StackSettings, describe
 
 
 def _settings() -> StackSettings:

@@ -30,8 +30,8 @@ from typing import IO, Any
 
 import httpx
 
-from chiffon.cli.devstack.ports import LOCALHOST, accepts_connections, require_free
-from chiffon.cli.devstack.procs import ProcessRef, signal_group, wait_gone
+from chiffon.devstack.ports import LOCALHOST, accepts_connections, require_free
+from chiffon.devstack.procs import ProcessRef, signal_group, wait_gone
 
 # "always" fsyncs every write; otherwise a Go duration such as 2m, 30s, 1m30s, 500ms.
 SYNC_INTERVAL = re.compile(r"^(always|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)$")

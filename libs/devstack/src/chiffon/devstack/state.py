@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiffon.cli.devstack.procs import ProcessRef
+from chiffon.devstack.procs import ProcessRef
 
 STATE_VERSION = 1
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chiffon.cli.devstack.servers import tail
+from chiffon.devstack.servers import tail
 
 
 def log_files(logs_dir: Path, name: str | None = None) -> dict[str, Path]:

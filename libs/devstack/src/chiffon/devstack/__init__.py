@@ -1,4 +1,5 @@
-"""The dev stack: a real NATS server, a real PostgreSQL and every service on one machine.
+"""The dev stack (``chiffon-devstack``): a real NATS server, a real PostgreSQL and every
+service on one machine.
 
 Modules, each with one job:
 
@@ -7,11 +8,14 @@ Modules, each with one job:
 - ``servers``: ``NatsServer`` and ``PostgresServer``, also used by the test suites.
 - ``settings``: the stack's settings (ports, replicas, external servers, data folder).
 - ``state``: ``.chiffon/stack.json``, ``.chiffon/config.toml`` and the admin key.
-- ``bootstrap``: create the database, run every migration, create the streams.
 - ``supervisor``: start, stop and health-check the service processes.
-- ``stack``: ``up`` / ``down`` / ``status`` built from the above.
+- ``stack``: ``up`` / ``down`` / ``status`` built from the above; ``up`` applies the
+  migrations (``chiffon.core.migrate``) and creates the streams
+  (``chiffon.eventstore.provision``), as ``chiffon migrate`` does in a deployment.
 - ``logs``: tail and follow log files.
+- ``commands``: the Typer commands; the ``chiffon`` CLI finds them through the
+  ``chiffon.cli`` entry point, so the CLI itself never depends on the dev stack.
 
-``python -m chiffon.cli.devstack status --json`` runs the same commands as ``chiffon``
+``python -m chiffon.devstack status --json`` runs the same commands as ``chiffon``
 without importing the rest of the CLI (faster for scripts that poll).
 """

@@ -1,4 +1,4 @@
-"""``python -m chiffon.cli.devstack up|down|status|logs``: the stack's commands alone.
+"""``python -m chiffon.devstack up|down|status|logs``: the stack's commands alone.
 
 The same commands as ``chiffon up`` & co., without importing the rest of the CLI
 (SQLAlchemy, Alembic, the workflow engine), so scripts and tests that poll
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from chiffon.cli import stack_cmd
+from chiffon.devstack import commands
 
 app = typer.Typer(
     name="chiffon-stack",
@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stack_cmd.register(app)
+commands.register(app)
 
 if __name__ == "__main__":
     app()

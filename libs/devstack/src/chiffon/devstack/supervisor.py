@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from chiffon.cli.devstack.ports import LOCALHOST
-from chiffon.cli.devstack.procs import ProcessRef, terminate
-from chiffon.cli.devstack.state import ProcessRecord
+from chiffon.devstack.ports import LOCALHOST
+from chiffon.devstack.procs import ProcessRef, terminate
+from chiffon.devstack.state import ProcessRecord
 
 # Start order: the gateway last, as it fronts the others (each service still waits
 # for its own dependencies, so the order is a courtesy, not a requirement).

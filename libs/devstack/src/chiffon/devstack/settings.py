@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from chiffon.cli.devstack.servers import SYNC_INTERVAL
+from chiffon.devstack.servers import SYNC_INTERVAL
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from chiffon.cli.devstack import bootstrap, supervisor
-from chiffon.cli.devstack.ports import PortInUse, accepts_connections, require_free
-from chiffon.cli.devstack.procs import ProcessRef
-from chiffon.cli.devstack.servers import NatsServer, PostgresServer, ServerError, tail
-from chiffon.cli.devstack.settings import StackPaths, StackSettings, describe, project_root
-from chiffon.cli.devstack.state import (
+from chiffon.devstack import supervisor
+from chiffon.devstack.ports import PortInUse, accepts_connections, require_free
+from chiffon.devstack.procs import ProcessRef
+from chiffon.devstack.servers import NatsServer, PostgresServer, ServerError, tail
+from chiffon.devstack.settings import StackPaths, StackSettings, describe, project_root
+from chiffon.devstack.state import (
     ProcessRecord,
     StackState,
     admin_key,
@@ -27,7 +28,7 @@ from chiffon.cli.devstack.state import (
     save_state,
     write_cli_config,
 )
-from chiffon.cli.devstack.supervisor import SERVICES, ServiceSpec
+from chiffon.devstack.supervisor import SERVICES, ServiceSpec
 
 Say = Callable[[str], None]
 
@@ -39,6 +40,40 @@ class StackError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class SetupError(Exception):
+    """The database or NATS refused to be set up; the message says which and why."""
+
+
+def _prepare_servers(database_url: str, nats_url: str, namespace: str) -> None:
+    """Every migration, then every stream: what ``chiffon migrate`` does in a deployment.
+
+    Idempotent, so every ``up`` runs it (also against external servers) and a new
+    migration or stream lands with the next ``up``.
+    """
+    # Imported here, not at the top: SQLAlchemy, Alembic, every package's migrations and
+    # nats-py take seconds to import, and `chiffon status` and `down` never need them.
+    from chiffon.core.migrate import MigrationError, prepare_database
+    from chiffon.core.settings import ChiffonSettings
+    from chiffon.eventstore import EventStoreError
+    from chiffon.eventstore.provision import create_streams
+
+    # Stream replicas and the duplicate window: the settings the services read.
+    service = ChiffonSettings(nats_url=nats_url, namespace=namespace)
+    try:
+        prepare_database(database_url)
+        asyncio.run(
+            create_streams(
+                nats_url,
+                namespace,
+                replicas=service.stream_replicas,
+                duplicate_window=service.duplicate_window_seconds,
+                name="chiffon-up",
+            )
+        )
+    except (MigrationError, EventStoreError) as error:
+        raise SetupError(str(error)) from None
 
 
 @contextmanager
@@ -127,7 +162,7 @@ def up(settings: StackSettings, say: Say, executors: int | None = None) -> Stack
             return _up(settings, paths, say, executors)
     except PortInUse as error:
         raise StackError(f"error: {error}", EXIT_USAGE) from None
-    except (ServerError, bootstrap.BootstrapError) as error:
+    except (ServerError, SetupError) as error:
         raise StackError(f"error: {error}") from None
 
 
@@ -209,8 +244,7 @@ def _up(settings: StackSettings, paths: StackPaths, say: Say, executors: int | N
     postgres_record, database_url = _start_postgres(settings, postgres, say)
 
     say("applying database migrations and creating streams ...")
-    bootstrap.prepare_database(database_url)
-    bootstrap.create_streams(nats_record.url, settings.namespace)
+    _prepare_servers(database_url, nats_record.url, settings.namespace)
 
     from_env = (
         settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
