@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -33,8 +34,14 @@ log = get_logger(__name__)
 SERVED_READ_MODELS = {"readmodels.runs": "RUNS", "readmodels.workflows": "WORKFLOWS"}
 
 
-def read_model_check(resources: Resources, bound: float, started: float):  # type: ignore[no-untyped-def]
-    """Ready while each served read model is at its stream's end, or moved recently."""
+def read_model_check(
+    resources: Resources, bound: float, started: float
+) -> Callable[[], Awaitable[tuple[bool, str | None]]]:
+    """Ready while each served read model is at its stream's end, or moved recently.
+
+    ``started`` is the process's start on the monotonic clock: a read model with no
+    checkpoint yet counts as idle since then.
+    """
 
     async def check() -> tuple[bool, str | None]:
         async with resources.engine.connect() as conn:
@@ -47,7 +54,7 @@ def read_model_check(resources: Resources, bound: float, started: float):  # typ
                 )
             }
         now = datetime.now(UTC)
-        details = []
+        details: list[str] = []
         ok = True
         for name, context in SERVED_READ_MODELS.items():
             last = await resources.store.last_sequence(context)
@@ -74,7 +81,7 @@ async def serve(ctx: ServiceContext) -> None:
     # Registered before anything is awaited: /readyz must not pass before the keys are in.
     keys = KeyCache(settings.bootstrap_key())
     ctx.health.add("keys", lambda: (keys.loaded.is_set(), f"{len(keys)} keys at {keys.position}"))
-    started = ctx.health.starting()  # until the routes have what they serve from
+    mark_started = ctx.health.starting()  # until the routes have what they serve from
     async with (
         open_resources(ctx) as resources,
         RunPositions(settings.database_dsn()) as positions,
@@ -103,7 +110,7 @@ async def serve(ctx: ServiceContext) -> None:
                 "gateway.no_bootstrap_key",
                 hint="set CHIFFON_BOOTSTRAP_ADMIN_KEY to issue the first keys",
             )
-        started()
+        mark_started()
         log.info("gateway.ready", instance=ctx.instance, port=settings.port)
         await ctx.stopping.wait()
         # Followers get the end of their stream now (they resume elsewhere with Last-Event-ID).
