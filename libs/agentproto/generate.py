@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +61,12 @@ def _plugin(name: str) -> str:
 
 def _well_known_includes() -> str:
     """grpcio-tools' copy of google/protobuf/*.proto (struct.proto is imported)."""
-    import grpc_tools  # the developer's tool, imported only when generating
-
-    return str(Path(grpc_tools.__file__).parent / "_proto")
+    try:
+        return str(resources.files("grpc_tools") / "_proto")
+    except ModuleNotFoundError:
+        raise GenerationFailed(
+            "grpcio-tools is not installed; run ./taskw (it syncs the dev group)"
+        ) from None
 
 
 def run_protoc(out_dir: Path) -> None:

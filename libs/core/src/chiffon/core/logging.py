@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import structlog
 from opentelemetry import trace
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 
-def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event_dict["trace_id"] = format(context.trace_id, "032x")
@@ -25,13 +25,13 @@ def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
 def configure_logging(*, service: str, level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the standard library logging once per process."""
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    shared: list[Any] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_ids,
     ]
-    renderer: Any = (
+    renderer: Processor = (
         structlog.processors.JSONRenderer()
         if json_output
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -62,5 +62,7 @@ def configure_logging(*, service: str, level: str = "info", fmt: str = "auto") -
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def get_logger(name: str | None = None) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """The process's logger (configured by :func:`configure_logging`), named ``name``."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -65,7 +65,7 @@ class Health:
             for name, check in checks.items():
                 try:
                     outcome = check()
-                    ok, detail = await outcome if asyncio.iscoroutine(outcome) else outcome  # type: ignore[misc]
+                    ok, detail = outcome if isinstance(outcome, tuple) else await outcome
                 except Exception as error:  # noqa: BLE001 — a failing check is a report
                     ok, detail = False, f"{type(error).__name__}: {error}"
                 components[name] = {"ok": ok, **({"detail": detail} if detail else {})}
@@ -147,6 +147,7 @@ async def _serve(
     )
     server = uvicorn.Server(config)
     # Our handlers (above) own SIGTERM/SIGINT: main drains first, then HTTP stops.
+    # uvicorn has no option for this: its method is replaced, which its types do not allow.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     web = asyncio.create_task(server.serve(), name="http")
     work: asyncio.Task[None] = asyncio.create_task(_call(main, ctx), name="main")

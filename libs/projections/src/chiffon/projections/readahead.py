@@ -7,7 +7,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 T = TypeVar("T")
-_END = object()
+
+
+class _End:
+    """Marks the end of ``source`` in the queue (an item may be any value, even None)."""
+
+
+_END = _End()
 
 
 async def read_ahead(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator[T, None]:
@@ -15,7 +21,7 @@ async def read_ahead(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator
 
     An error of ``source`` is raised here, once the items before it were taken. Close
     it (``contextlib.aclosing``) so that the reading task stops when the caller does."""
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=depth)
+    queue: asyncio.Queue[T | _End] = asyncio.Queue(maxsize=depth)
 
     async def read() -> None:
         async for item in source:
@@ -32,9 +38,9 @@ async def read_ahead(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator
                 reader.result()  # the reader failed: raise its error
                 continue
             item = getter.result()
-            if item is _END:
+            if isinstance(item, _End):
                 return
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

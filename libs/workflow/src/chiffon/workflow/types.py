@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from types import GenericAlias
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -45,7 +46,7 @@ class FieldType:
 
     def python_type(self) -> Any:
         if self.item is not None:
-            return list[self.item.python_type()]  # type: ignore[misc]
+            return GenericAlias(list, (self.item.python_type(),))  # list[item], built at run time
         return _PYTHON[self.name]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -12,6 +14,9 @@ from chiffon.gateway.problems import install_problem_handlers
 from chiffon.gateway.ratelimit import RateLimiter
 from chiffon.gateway.routers import API_ROUTERS
 from chiffon.gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from chiffon.gateway.runtime import Gateway
 
 DESCRIPTION = """\
 The public API of Chiffon: register workflows, start and follow runs, decide
@@ -64,6 +69,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.limiter = limiter
 
     install_problem_handlers(app, html_errors=dashboard.error_page)
+    # Starlette types every handler as taking Exception, though it calls each with its own.
     app.add_exception_handler(dashboard.LoginRequired, dashboard.login_redirect)  # type: ignore[arg-type]
     for router in API_ROUTERS:
         app.include_router(router)
@@ -74,8 +80,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         gateway = app.state.gateway
         return gateway.keys if gateway is not None else None
 
-    def gateway():  # type: ignore[no-untyped-def]
-        return app.state.gateway
+    def gateway() -> Gateway | None:
+        current: Gateway | None = app.state.gateway
+        return current
 
     # Starlette wraps in reverse: the last one added runs first.
     app.add_middleware(RunViewFastPath, gateway=gateway)

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chiffon.core.logging import get_logger
+from chiffon.events import Actor
 from chiffon.eventstore import EventStoreError, JetStreamEventStore, RecordedEvent
 from chiffon.gateway.keys import ApiKey, allows, bootstrap_key, fold, hash_token, same_hash
 from chiffon.gateway.problems import Forbidden, Problem, RateLimited, Unauthorized, problem_response
@@ -145,7 +146,7 @@ class Principal:
     token: str = ""  # kept for the dashboard's CSRF token; never logged
 
     @property
-    def actor(self) -> Any:
+    def actor(self) -> Actor:
         return self.key.actor
 
 
@@ -278,10 +279,10 @@ bearer_scheme = HTTPBearer(
 async def current_principal(
     request: Request, _: Annotated[Any, Security(bearer_scheme)] = None
 ) -> Principal:
-    principal = getattr(request.state, "principal", None)
+    principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         raise Unauthorized("send an API key as `Authorization: Bearer <key>`")
-    return principal  # type: ignore[no-any-return]
+    return principal
 
 
 CurrentKey = Annotated[Principal, Depends(current_principal)]

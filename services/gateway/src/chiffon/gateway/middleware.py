@@ -6,11 +6,15 @@ untouched and a client's disconnect still reaches the route at once.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chiffon.gateway.problems import PayloadTooLarge, ValidationFailed, problem_response
+
+if TYPE_CHECKING:  # the runtime holds the app's state; it is built after the app
+    from chiffon.gateway.runtime import Gateway, RunView
 
 
 class BodyLimitMiddleware:
@@ -123,7 +127,7 @@ async def _drain(receive: Receive) -> bool:
             return True
 
 
-async def _disconnected() -> dict[str, Any]:
+async def _disconnected() -> Message:
     return {"type": "http.disconnect"}
 
 
@@ -139,9 +143,9 @@ class RunViewFastPath:
 
     PREFIX = "/v1/runs/"
 
-    def __init__(self, app: ASGIApp, *, gateway: Any) -> None:
+    def __init__(self, app: ASGIApp, *, gateway: Callable[[], Gateway | None]) -> None:
         self.app = app
-        self.gateway = gateway  # () -> Gateway | None
+        self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
@@ -153,7 +157,7 @@ class RunViewFastPath:
                     return
         await self.app(scope, receive, send)
 
-    async def _fresh_view(self, scope: Scope, run_id: str) -> Any:
+    async def _fresh_view(self, scope: Scope, run_id: str) -> RunView | None:
         gateway = self.gateway()
         if gateway is None or scope.get("state", {}).get("principal") is None:
             return None

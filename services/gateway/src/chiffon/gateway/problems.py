@@ -7,6 +7,7 @@ URI per kind of error, so a client branches on ``type``, never on ``detail``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -223,12 +224,14 @@ def validation_problem(error: RequestValidationError) -> Problem:
     )
 
 
-def install_problem_handlers(app: FastAPI, *, html_errors: Any = None) -> None:
+def install_problem_handlers(
+    app: FastAPI, *, html_errors: Callable[[Request, Problem], Response] | None = None
+) -> None:
     """Every error becomes problem+json (or an HTML page for the dashboard's pages)."""
 
     def respond(request: Request, problem: Problem) -> Response:
         if html_errors is not None and _wants_html(request):
-            return html_errors(request, problem)  # type: ignore[no-any-return]
+            return html_errors(request, problem)
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(Problem)
