@@ -272,7 +272,7 @@ def test_huge_file_and_huge_string_are_refused_quickly() -> None:
     source = f"name: t\nversion: 1\nnodes: [{{id: a, type: llm, prompt: {prompt}}}]\n"
 
     assert errors_of(source) == [
-        f"file is too large ({len(source)} bytes; the limit is 1048576 bytes, 1 MiB)"
+        f"file is too large ({len(source)} bytes; the limit is 921600 bytes, 900 KiB)"
     ]
     with pytest.raises(SpecError) as caught:
         spec_from_dict(

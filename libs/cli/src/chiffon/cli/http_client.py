@@ -35,6 +35,7 @@ from chiffon.cli.client import (
     Unavailable,
 )
 from chiffon.cli.connect import find_config_file
+from chiffon.events.runs import RUN_ENDINGS
 from chiffon.readmodels.views import (
     ApprovalPublic,
     RunPublic,
@@ -43,7 +44,6 @@ from chiffon.readmodels.views import (
     WorkflowSummary,
 )
 
-ENDINGS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 PROBLEMS = "https://chiffon.dev/problems/"
 
 
@@ -314,7 +314,7 @@ class GatewayClient(ChiffonClient):
                         event = _run_event(message)
                         last = event.seq
                         yield event
-                        if event.type in ENDINGS:
+                        if event.type in RUN_ENDINGS:
                             ended = True
                             return
                 if not follow:

@@ -11,12 +11,11 @@ import typer
 
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.http_client import GatewayClient, gateway_client
+from chiffon.events.keys import API_KEY_ROLES
 
 app = typer.Typer(
     help="API keys: create (shown once), list, revoke. Needs an admin key.", no_args_is_help=True
 )
-
-ROLES = ("viewer", "operator", "admin")
 
 
 async def _client() -> GatewayClient:
@@ -37,8 +36,8 @@ def create(
     as_json: bool = typer.Option(False, "--json", help="Print the key and its details as JSON."),
 ) -> None:
     """Issue an API key. Its secret is printed once: store it now."""
-    if role not in ROLES:
-        raise codes.fail(f"unknown role {role!r}; one of: {', '.join(ROLES)}", codes.USAGE)
+    if role not in API_KEY_ROLES:
+        raise codes.fail(f"unknown role {role!r}; one of: {', '.join(API_KEY_ROLES)}", codes.USAGE)
     if expires is not None and expires.tzinfo is None:
         raise codes.fail("--expires needs a time zone, e.g. 2030-01-01T00:00:00+00:00", codes.USAGE)
 

@@ -13,6 +13,7 @@ import typer
 
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.http_client import GatewayClient, gateway_client
+from chiffon.events.runs import RUN_ENDING_STATUS
 
 
 async def _open() -> GatewayClient:
@@ -32,7 +33,7 @@ def logs(
     ),
 ) -> None:
     """Print a run's events. With --follow, exit with the run's end (0, 1 or 3)."""
-    from chiffon.cli.runs_cmd import ENDINGS, follow_run
+    from chiffon.cli.runs_cmd import follow_run
 
     async def main() -> int:
         async with await _open() as client:
@@ -53,8 +54,8 @@ def logs(
                         ensure_ascii=False,
                     )
                 )
-                if event.type in ENDINGS:
-                    return codes.BY_STATUS[ENDINGS[event.type]] if follow else codes.OK
+                if event.type in RUN_ENDING_STATUS:
+                    return codes.BY_STATUS[RUN_ENDING_STATUS[event.type]] if follow else codes.OK
             return codes.OK
 
     raise typer.Exit(codes.run_async(main))

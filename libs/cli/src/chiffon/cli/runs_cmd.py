@@ -13,12 +13,10 @@ from chiffon.cli import exit_codes as codes
 from chiffon.cli.client import ChiffonClient
 from chiffon.cli.connect import open_client
 from chiffon.cli.workflow_cmd import read_spec
+from chiffon.events.runs import RUN_ENDING_STATUS, RUN_STATUSES
 from chiffon.readmodels.views import ApprovalPublic, RunPublic, RunSummary
 
 app = typer.Typer(help="Runs: list, show, follow, cancel, approve.", no_args_is_help=True)
-
-ENDINGS = {"run.completed": "succeeded", "run.failed": "failed", "run.cancelled": "cancelled"}
-STATUSES = ("pending", "running", "waiting_approval", "paused", "succeeded", "failed", "cancelled")
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -173,8 +171,8 @@ async def follow_run(client: ChiffonClient, run_id: str, after_seq: int = 0) -> 
             typer.echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
         elif t == "run.cancel_requested":
             typer.echo(f"  cancel requested by {event.actor}")
-        elif t in ENDINGS:
-            return _summary(ENDINGS[t], p)
+        elif t in RUN_ENDING_STATUS:
+            return _summary(RUN_ENDING_STATUS[t], p)
     return codes.UNAVAILABLE
 
 
@@ -200,7 +198,7 @@ def _summary(status: str, payload: dict[str, Any]) -> int:
 @app.command("list")
 def list_runs(
     status: str | None = typer.Option(
-        None, "--status", "-s", help=f"One of: {', '.join(STATUSES)}."
+        None, "--status", "-s", help=f"One of: {', '.join(RUN_STATUSES)}."
     ),
     workflow: str | None = typer.Option(None, "--workflow", "-w"),
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=500),
@@ -210,8 +208,10 @@ def list_runs(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Runs, newest first."""
-    if status is not None and status not in STATUSES:
-        raise codes.fail(f"unknown status {status!r}; one of: {', '.join(STATUSES)}", codes.USAGE)
+    if status is not None and status not in RUN_STATUSES:
+        raise codes.fail(
+            f"unknown status {status!r}; one of: {', '.join(RUN_STATUSES)}", codes.USAGE
+        )
 
     async def main() -> tuple[list[RunSummary], str | None]:
         async with await open_client() as client:

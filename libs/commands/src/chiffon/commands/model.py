@@ -7,6 +7,15 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chiffon.events.envelope import AGGREGATE_ID_PATTERN, Actor
+from chiffon.events.limits import (
+    COMMENT_MAX_CHARS,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    REASON_MAX_CHARS,
+    WORKFLOW_MAX_BYTES,
+    WORKFLOW_NAME_MAX_CHARS,
+    WORKFLOW_VERSION_MAX,
+)
 from chiffon.events.runs import TriggerRef
 
 
@@ -20,14 +29,14 @@ class Command(BaseModel):
 
     actor: Actor
     trace: str | None = None
-    idempotency_key: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
 
 
 class RegisterWorkflow(Command):
     owner = "executor"
     name = "register_workflow"
 
-    source: str = Field(max_length=1_048_576)
+    source: str = Field(max_length=WORKFLOW_MAX_BYTES)
     source_format: Literal["yaml", "json"] = "yaml"
 
 
@@ -35,8 +44,8 @@ class StartRun(Command):
     owner = "executor"
     name = "start_run"
 
-    workflow: str = Field(min_length=1, max_length=63)
-    version: int | None = Field(default=None, ge=1)
+    workflow: str = Field(min_length=1, max_length=WORKFLOW_NAME_MAX_CHARS)
+    version: int | None = Field(default=None, ge=1, le=WORKFLOW_VERSION_MAX)
     inputs: dict[str, Any] = Field(default_factory=dict)
     trigger: TriggerRef | None = None
 
@@ -46,7 +55,7 @@ class CancelRun(Command):
     name = "cancel_run"
 
     run_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 class ApproveNode(Command):
@@ -54,9 +63,9 @@ class ApproveNode(Command):
     name = "approve_node"
 
     run_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
-    node_id: str = Field(min_length=1, max_length=100)
+    node_id: str = Field(min_length=1, max_length=NODE_ID_MAX_CHARS)
     approve: bool
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: str | None = Field(default=None, max_length=COMMENT_MAX_CHARS)
 
 
 RefusalCode = Literal[

@@ -6,6 +6,7 @@ from chiffon.events.envelope import (
     Envelope,
     EventPayload,
     RawEnvelope,
+    actor_label,
     new_event,
     uuid7,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "EventValidationError",
     "RawEnvelope",
     "UnknownEventType",
+    "actor_label",
     "new_event",
     "uuid7",
 ]

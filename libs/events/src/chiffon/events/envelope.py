@@ -10,6 +10,8 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from uuid_utils import compat
 
+from chiffon.events.limits import ACTOR_ID_MAX_CHARS, ACTOR_NAME_MAX_CHARS
+
 # Aggregate ids become NATS subject tokens, so they must not contain '.', '*', '>' or
 # white space. UUIDs, slugs and hashes all fit.
 AGGREGATE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -44,8 +46,8 @@ class Actor(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["user", "api_key", "service", "system"]
-    id: str = Field(min_length=1, max_length=200)
-    name: str | None = Field(default=None, max_length=200)
+    id: str = Field(min_length=1, max_length=ACTOR_ID_MAX_CHARS)
+    name: str | None = Field(default=None, max_length=ACTOR_NAME_MAX_CHARS)
 
     @classmethod
     def service(cls, name: str, replica: int | None = None) -> Actor:
@@ -56,6 +58,12 @@ class Actor(BaseModel):
         return f"{self.kind}:{self.id}" + (
             f" ({self.name})" if self.name and self.name != self.id else ""
         )
+
+
+def actor_label(actor: Actor) -> str:
+    """``<kind>:<id>``: how read models record who did something. Never longer than
+    ``ACTOR_LABEL_MAX_CHARS``, the width of every column that holds one."""
+    return f"{actor.kind}:{actor.id}"
 
 
 P = TypeVar("P", bound=EventPayload)

@@ -7,14 +7,16 @@ lets a person recognise it in a list.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import AwareDatetime, Field
 
 from chiffon.events.envelope import EventPayload
+from chiffon.events.limits import KEY_NAME_MAX_CHARS, REASON_MAX_CHARS
 
 ApiKeyRole = Literal["viewer", "operator", "admin"]
-API_KEY_ROLES: tuple[str, ...] = ("viewer", "operator", "admin")
+API_KEY_ROLES: tuple[ApiKeyRole, ...] = get_args(ApiKeyRole)
+"""From the least to the most allowed: a role may do everything a lower one may."""
 
 
 class ApiKeyCreated(EventPayload):
@@ -23,7 +25,7 @@ class ApiKeyCreated(EventPayload):
     event_type = "apikey.created"
     aggregate = "apikey"
 
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=KEY_NAME_MAX_CHARS)
     role: ApiKeyRole
     key_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the token, hex")
     prefix: str = Field(max_length=16, description="The token's first characters, for display")
@@ -36,7 +38,7 @@ class ApiKeyRevoked(EventPayload):
     event_type = "apikey.revoked"
     aggregate = "apikey"
 
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 APIKEY_EVENTS: tuple[type[EventPayload], ...] = (ApiKeyCreated, ApiKeyRevoked)

@@ -7,25 +7,28 @@ approved what, and why it ended.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from chiffon.events.envelope import EventPayload
-
-RUN_STATUSES = (
-    "pending",
-    "running",
-    "waiting_approval",
-    "paused",
-    "succeeded",
-    "failed",
-    "cancelled",
+from chiffon.events.limits import (
+    COMMENT_MAX_CHARS,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    REASON_MAX_CHARS,
+    WORKFLOW_NAME_MAX_CHARS,
+    WORKFLOW_VERSION_MAX,
 )
+
+# The run vocabulary, declared here once: the gateway, the CLI, the read models and the
+# executor import it (a status added here is accepted and shown everywhere).
 RunStatus = Literal[
     "pending", "running", "waiting_approval", "paused", "succeeded", "failed", "cancelled"
 ]
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+TERMINAL_STATUSES: frozenset[RunStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class ErrorInfo(BaseModel):
@@ -33,7 +36,7 @@ class ErrorInfo(BaseModel):
 
     type: str = Field(max_length=200, description="e.g. timeout, provider_error, invalid_output")
     message: str = Field(max_length=4000)
-    node_id: str | None = None
+    node_id: str | None = Field(default=None, max_length=NODE_ID_MAX_CHARS)
 
 
 class TriggerRef(BaseModel):
@@ -49,13 +52,13 @@ class RunRequested(EventPayload):
     event_type = "run.requested"
     aggregate = "run"
 
-    workflow: str
-    version: int = Field(ge=1)
+    workflow: str = Field(max_length=WORKFLOW_NAME_MAX_CHARS)
+    version: int = Field(ge=1, le=WORKFLOW_VERSION_MAX)
     digest: str
     inputs: dict[str, Any] = Field(default_factory=dict)
     # The request's fingerprint: a repeat with the same idempotency key must match it.
     request_digest: str | None = None
-    idempotency_key: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
     trigger: TriggerRef | None = None
 
 
@@ -77,7 +80,7 @@ class NodeStarted(EventPayload):
     event_type = "run.node.started"
     aggregate = "run"
 
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     node_type: str
     attempt: int = Field(ge=1)
     iteration: int = Field(default=1, ge=1, description="1 + times this node ran before")
@@ -87,7 +90,7 @@ class NodeCompleted(EventPayload):
     event_type = "run.node.completed"
     aggregate = "run"
 
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     attempt: int = Field(ge=1)
     iteration: int = Field(default=1, ge=1)
     outputs: dict[str, Any] = Field(default_factory=dict)
@@ -101,7 +104,7 @@ class NodeFailed(EventPayload):
     event_type = "run.node.failed"
     aggregate = "run"
 
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     attempt: int = Field(ge=1)
     iteration: int = Field(default=1, ge=1)
     error: ErrorInfo
@@ -116,7 +119,7 @@ class LlmCalled(EventPayload):
     event_type = "run.llm.called"
     aggregate = "run"
 
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     attempt: int = Field(ge=1)
     provider: str
     model: str
@@ -133,7 +136,7 @@ class ApprovalRequested(EventPayload):
     event_type = "run.approval.requested"
     aggregate = "run"
 
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     message: str = Field(max_length=65_536)
     iteration: int = Field(default=1, ge=1)
 
@@ -144,9 +147,9 @@ class ApprovalDecided(EventPayload):
     event_type = "run.approval.decided"
     aggregate = "run"
 
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     approved: bool
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: str | None = Field(default=None, max_length=COMMENT_MAX_CHARS)
     iteration: int = Field(default=1, ge=1)
 
 
@@ -154,21 +157,21 @@ class CancelRequested(EventPayload):
     event_type = "run.cancel_requested"
     aggregate = "run"
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 class RunPaused(EventPayload):
     event_type = "run.paused"
     aggregate = "run"
 
-    reason: str = Field(max_length=1000)
+    reason: str = Field(max_length=REASON_MAX_CHARS)
 
 
 class RunResumed(EventPayload):
     event_type = "run.resumed"
     aggregate = "run"
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 class RunSuspended(EventPayload):
@@ -189,7 +192,7 @@ class AgentTaskRequested(EventPayload):
     aggregate = "run"
 
     task_id: str = Field(max_length=200)
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     attempt: int = Field(ge=1)
     iteration: int = Field(default=1, ge=1)
     capabilities: list[str] = Field(default_factory=list)
@@ -201,7 +204,7 @@ class AgentTaskAssigned(EventPayload):
     aggregate = "run"
 
     task_id: str = Field(max_length=200)
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     agent_id: str = Field(max_length=200)
     agent_name: str | None = Field(default=None, max_length=200)
 
@@ -211,7 +214,7 @@ class AgentTaskFinished(EventPayload):
     aggregate = "run"
 
     task_id: str = Field(max_length=200)
-    node_id: str
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     ok: bool
     exit_code: int | None = None
     summary: str | None = Field(default=None, max_length=4000)
@@ -238,11 +241,17 @@ class RunCancelled(EventPayload):
     event_type = "run.cancelled"
     aggregate = "run"
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
     duration_ms: float = Field(ge=0)
 
 
-RUN_ENDINGS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+RUN_ENDING_STATUS: Mapping[str, RunStatus] = {
+    "run.completed": "succeeded",
+    "run.failed": "failed",
+    "run.cancelled": "cancelled",
+}
+"""The event types that end a run, with the status each leaves it in."""
+RUN_ENDINGS = frozenset(RUN_ENDING_STATUS)
 
 RUN_EVENTS: tuple[type[EventPayload], ...] = (
     RunRequested,

@@ -15,8 +15,9 @@ from sqlalchemy import Table, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chiffon.events import Actor
+from chiffon.events import actor_label
 from chiffon.events import runs as ev
+from chiffon.events.limits import MODEL_NAME_MAX_CHARS
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import RecordedEvent
 from chiffon.projections import Projection
@@ -24,10 +25,6 @@ from chiffon.readmodels.display import truncate
 from chiffon.readmodels.tables import run_approvals, run_nodes, runs, workflows
 
 Row = dict[str, Any]
-
-
-def actor_label(actor: Actor) -> str:
-    return f"{actor.kind}:{actor.id}"
 
 
 # -- runs --------------------------------------------------------------------------
@@ -170,7 +167,9 @@ def fold_node(row: Row | None, event: RecordedEvent) -> Row | None:
         elif isinstance(payload, ev.ApprovalRequested):
             row["status"] = "waiting_approval"
         elif isinstance(payload, ev.LlmCalled):
-            row["model"] = payload.model
+            # The provider names the model it answered with: clipped to the column, for
+            # a name is shown, never looked up, and a long one must not stop the runs view.
+            row["model"] = payload.model[:MODEL_NAME_MAX_CHARS]
             row["prompt_tokens"] += payload.prompt_tokens
             row["completion_tokens"] += payload.completion_tokens
     row["position"] = event.sequence

@@ -1,7 +1,9 @@
 """Tables of the workflows and runs read models, with their own migration history.
 
 Every row is a projection of events (rebuildable by replay); ``position`` columns hold
-the stream sequence of the last event folded into the row.
+the stream sequence of the last event folded into the row. Columns that hold what a user
+wrote are as wide as the limit that user input is checked against (``chiffon.events.limits``),
+so a value accepted at the edge always fits.
 """
 
 from __future__ import annotations
@@ -24,13 +26,20 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from chiffon.core.db import Migrations
+from chiffon.events.limits import (
+    ACTOR_LABEL_MAX_CHARS,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    MODEL_NAME_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    WORKFLOW_NAME_MAX_CHARS,
+)
 
 metadata = MetaData()
 
 workflows = Table(
     "workflow_versions",
     metadata,
-    Column("name", String(63), primary_key=True),
+    Column("name", String(WORKFLOW_NAME_MAX_CHARS), primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("digest", String(64), nullable=False),
     Column("description", Text),
@@ -41,7 +50,7 @@ workflows = Table(
     Column("source", Text, nullable=False),
     Column("source_format", String(10), nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
-    Column("registered_by", String(200), nullable=False),
+    Column("registered_by", String(ACTOR_LABEL_MAX_CHARS), nullable=False),
     Column("position", BigInteger, nullable=False),
 )
 
@@ -51,7 +60,7 @@ runs = Table(
     Column("run_id", String(128), primary_key=True),
     # Stream sequence of run.requested: unique, increasing, the pagination key.
     Column("seq", BigInteger, nullable=False, unique=True),
-    Column("workflow", String(63), nullable=False),
+    Column("workflow", String(WORKFLOW_NAME_MAX_CHARS), nullable=False),
     Column("workflow_version", Integer, nullable=False),
     Column("digest", String(64), nullable=False),
     Column("status", String(20), nullable=False),
@@ -61,9 +70,9 @@ runs = Table(
     Column("executor", String(100)),
     Column("pid", Integer),
     Column("claims", Integer, nullable=False, server_default="0"),
-    Column("requested_by", String(300), nullable=False),
+    Column("requested_by", String(ACTOR_LABEL_MAX_CHARS), nullable=False),
     Column("trigger", JSONB),
-    Column("idempotency_key", String(200)),
+    Column("idempotency_key", String(IDEMPOTENCY_KEY_MAX_CHARS)),
     Column("cancel_requested", Boolean, nullable=False, server_default="false"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
@@ -82,7 +91,7 @@ run_nodes = Table(
     "run_nodes",
     metadata,
     Column("run_id", String(128), primary_key=True),
-    Column("node_id", String(100), primary_key=True),
+    Column("node_id", String(NODE_ID_MAX_CHARS), primary_key=True),
     Column("ordinal", BigInteger, nullable=False),  # sequence of its first event: display order
     Column("node_type", String(20), nullable=False),
     # running, retrying, waiting_approval, succeeded, failed
@@ -94,7 +103,7 @@ run_nodes = Table(
     Column("duration_ms", Float),
     Column("outputs", JSONB),  # of the last completion, truncated for display
     Column("error", JSONB),
-    Column("model", String(200)),
+    Column("model", String(MODEL_NAME_MAX_CHARS)),
     Column("prompt_tokens", BigInteger, nullable=False, server_default="0"),
     Column("completion_tokens", BigInteger, nullable=False, server_default="0"),
     Column("position", BigInteger, nullable=False),
@@ -104,15 +113,15 @@ run_approvals = Table(
     "run_approvals",
     metadata,
     Column("run_id", String(128), primary_key=True),
-    Column("node_id", String(100), primary_key=True),
+    Column("node_id", String(NODE_ID_MAX_CHARS), primary_key=True),
     Column("iteration", Integer, primary_key=True),
-    Column("workflow", String(63), nullable=False),
+    Column("workflow", String(WORKFLOW_NAME_MAX_CHARS), nullable=False),
     Column("message", Text, nullable=False),
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("decided_at", DateTime(timezone=True)),
     Column("approved", Boolean),
     Column("comment", Text),
-    Column("decided_by", String(300)),
+    Column("decided_by", String(ACTOR_LABEL_MAX_CHARS)),
     # Open while the run waits and no decision is recorded (false once the run ends).
     Column("open", Boolean, nullable=False),
     Index("ix_run_approvals_open", "open", "requested_at"),

@@ -9,9 +9,11 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from chiffon.events.limits import WORKFLOW_MAX_BYTES
+
 from .errors import Loc, SpecError, SpecIssue, did_you_mean, format_path, issue
 from .expressions import type_name
-from .loader import MAX_FILE_BYTES, LineMap, SourceError, check_plain, parse_source
+from .loader import LineMap, SourceError, check_plain, parse_source, too_large
 from .model import NODE_TYPES, SKIP_TEXTS, TextError, WorkflowSpec
 
 
@@ -22,19 +24,29 @@ def load_spec(source: str | bytes, *, filename: str = "<string>") -> WorkflowSpe
         # JSON parses ~100x faster than round-trip YAML; the YAML reader runs only to
         # find line numbers when something is wrong.
         try:
-            return _build(check_plain(fast), None, filename)
+            return _fits(_build(check_plain(fast), None, filename), source, filename)
         except (SourceError, SpecError):
             pass
     try:
         data, lines = parse_source(source)
     except SourceError as exc:
         raise SpecError(exc.issues, filename=filename) from None
-    return _build(data, lines, filename)
+    return _fits(_build(data, lines, filename), source, filename)
+
+
+def _fits(spec: WorkflowSpec, source: str | bytes, filename: str) -> WorkflowSpec:
+    """The spec, if its source and canonical form fit one registration event together."""
+    source_bytes = len(source) if isinstance(source, bytes) else len(source.encode())
+    size = source_bytes + len(spec.canonical_json().encode())
+    if size > WORKFLOW_MAX_BYTES:
+        problem = issue((), too_large(size, "the workflow with its canonical form"))
+        raise SpecError([problem], filename=filename)
+    return spec
 
 
 def _parse_json(source: str | bytes) -> Any:
     """The data of a JSON object document (no duplicate keys), else ``None``."""
-    if len(source) > MAX_FILE_BYTES or source.lstrip()[:1] not in ("{", b"{"):
+    if len(source) > WORKFLOW_MAX_BYTES or source.lstrip()[:1] not in ("{", b"{"):
         return None
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scanner import RoundTripScanner
 
+from chiffon.events.limits import SPEC_STRING_MAX_BYTES, WORKFLOW_MAX_BYTES
+
 from .errors import Loc, SpecIssue, issue
 
-MAX_FILE_BYTES = 1024 * 1024
-MAX_STRING_BYTES = 64 * 1024
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
 
@@ -37,15 +37,9 @@ def parse_source(source: str | bytes) -> tuple[Any, LineMap]:
     the result to its 1-based line.
     """
     size = len(source) if isinstance(source, bytes) else len(source.encode("utf-8", "replace"))
-    if size > MAX_FILE_BYTES:
-        raise SourceError(
-            [
-                issue(
-                    (),
-                    f"file is too large ({size} bytes; the limit is {MAX_FILE_BYTES} bytes, 1 MiB)",
-                )
-            ]
-        )
+    if size > WORKFLOW_MAX_BYTES:
+        # Refused before parsing: the source alone already exceeds what a version may be.
+        raise SourceError([issue((), too_large(size, "file"))])
     if isinstance(source, bytes):
         try:
             text = source.decode("utf-8")
@@ -76,6 +70,14 @@ def parse_source(source: str | bytes) -> tuple[Any, LineMap]:
         )
     data = _Converter(lines).convert(raw, (), 1)
     return data, lines
+
+
+def too_large(size: int, what: str) -> str:
+    """The one wording of a workflow over ``WORKFLOW_MAX_BYTES``, whichever check found it."""
+    return (
+        f"{what} is too large ({size} bytes; the limit is {WORKFLOW_MAX_BYTES} bytes, "
+        f"{WORKFLOW_MAX_BYTES // 1024} KiB)"
+    )
 
 
 _TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ []")
@@ -189,9 +191,16 @@ class _Converter:
         if value is None or isinstance(value, (bool, int, float)):
             return _plain_scalar(value)
         if isinstance(value, str):
-            if len(value) * 4 > MAX_STRING_BYTES and len(value.encode("utf-8")) > MAX_STRING_BYTES:
+            if (
+                len(value) * 4 > SPEC_STRING_MAX_BYTES
+                and len(value.encode("utf-8")) > SPEC_STRING_MAX_BYTES
+            ):
                 size = len(value.encode("utf-8"))
-                self._fail(loc, f"string is too long ({size} bytes; the limit is 64 KiB)")
+                self._fail(
+                    loc,
+                    f"string is too long ({size} bytes; "
+                    f"the limit is {SPEC_STRING_MAX_BYTES // 1024} KiB)",
+                )
                 return ""
             return str(value)
         if isinstance(value, Mapping):

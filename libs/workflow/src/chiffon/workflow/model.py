@@ -21,6 +21,15 @@ from pydantic import (
     model_validator,
 )
 
+from chiffon.events.limits import (
+    CAPABILITY_MAX_CHARS,
+    MODEL_NAME_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    VARIABLE_NAME_MAX_CHARS,
+    WORKFLOW_NAME_MAX_CHARS,
+    WORKFLOW_VERSION_MAX,
+)
+
 from .durations import parse_duration
 from .errors import InputError, format_path
 from .expressions import JSON_CONSTANTS, Expression, ExpressionError, compile_expression
@@ -35,23 +44,31 @@ NODE_TYPES: tuple[str, ...] = ("llm", "approval", "agent", "set")
 DEFAULT_TIMEOUT_S = 600.0
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
-_CAPABILITY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_CAPABILITY = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 
 
 # --- field validators ----------------------------------------------------------------
+
+
+def _at_most(value: str, limit: int, what: str) -> None:
+    """Names are as long as the columns and events that hold them allow, no longer."""
+    if len(value) > limit:
+        raise ValueError(f"{what} is too long ({len(value)} characters; the limit is {limit})")
 
 
 def _slug(value: str) -> str:
     if not _SLUG.match(value):
         raise ValueError(
             f"invalid name {value!r}: use lowercase letters, digits, '-' and '_' "
-            f"(start with a letter or digit, at most 63 characters)"
+            f"(start with a letter or digit, at most {WORKFLOW_NAME_MAX_CHARS} characters)"
         )
+    _at_most(value, WORKFLOW_NAME_MAX_CHARS, "name")
     return value
 
 
 def _node_id(value: str) -> str:
+    _at_most(value, NODE_ID_MAX_CHARS, "node id")
     if not _IDENT.match(value):
         raise ValueError(
             f"invalid node id {value!r}: use letters, digits and '_', not starting with a digit"
@@ -62,6 +79,7 @@ def _node_id(value: str) -> str:
 
 
 def _var_name(value: str) -> str:
+    _at_most(value, VARIABLE_NAME_MAX_CHARS, "name")
     if not _IDENT.match(value):
         raise ValueError(
             f"invalid name {value!r}: use letters, digits and '_', not starting with a digit"
@@ -123,12 +141,14 @@ def _task(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
 
 
 def _model_name(value: str) -> str:
+    _at_most(value, MODEL_NAME_MAX_CHARS, "model")
     if not value.strip() or any(c.isspace() for c in value):
         raise ValueError(f"invalid model {value!r}: expected a provider/model string")
     return value
 
 
 def _capability(value: str) -> str:
+    _at_most(value, CAPABILITY_MAX_CHARS, "capability")
     if not _CAPABILITY.match(value):
         raise ValueError(
             f"invalid capability {value!r}: use lowercase letters, digits, '_', '-' and '.'"
@@ -312,7 +332,7 @@ class WorkflowSpec(_Model):
     """A validated workflow. Build it with ``load_spec`` or ``spec_from_dict``."""
 
     name: Slug
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=WORKFLOW_VERSION_MAX)
     description: str | None = None
     inputs: dict[VarName, InputSpec] = {}
     defaults: Defaults = Defaults()

@@ -21,6 +21,7 @@ from chiffon.commands import (
 )
 from chiffon.core.logging import get_logger
 from chiffon.events import new_event, uuid7
+from chiffon.events.limits import WORKFLOW_MAX_BYTES
 from chiffon.events.runs import RunCancelled, RunRequested
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, AppendFailed, ConcurrencyConflict, JetStreamEventStore
@@ -39,9 +40,6 @@ log = get_logger(__name__)
 
 # Run ids from idempotency keys: uuid5(this namespace, "<actor kind>:<actor id>:<key>").
 RUN_ID_NAMESPACE = uuid.UUID("6f0b8f52-3c3e-4a8e-9d0a-2f1c9e5b7a11")
-# A workflow version event holds the spec and its source; keep it well under NATS's
-# default 1 MiB message limit.
-MAX_WORKFLOW_EVENT_BYTES = 900 * 1024
 CONFLICT_RETRIES = 8
 
 T = TypeVar("T")
@@ -77,11 +75,11 @@ class ExecutorCommands:
         digest = spec.digest()
         canonical = spec.canonical_json()
         size = len(canonical.encode()) + len(command.source.encode())
-        if size > MAX_WORKFLOW_EVENT_BYTES:
+        if size > WORKFLOW_MAX_BYTES:
             raise refuse(
                 "invalid",
                 f"the workflow is too large to register ({size} bytes with its canonical form; "
-                f"the limit is {MAX_WORKFLOW_EVENT_BYTES} bytes)",
+                f"the limit is {WORKFLOW_MAX_BYTES} bytes)",
             )
         key = AggregateKey("workflow", spec.name)
         result = {"name": spec.name, "version": spec.version, "digest": digest}

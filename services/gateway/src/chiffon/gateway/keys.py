@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chiffon.core.logging import get_logger
-from chiffon.events import Actor, new_event, uuid7
-from chiffon.events.keys import ApiKeyCreated, ApiKeyRevoked
+from chiffon.events import Actor, actor_label, new_event, uuid7
+from chiffon.events.keys import API_KEY_ROLES, ApiKeyCreated, ApiKeyRevoked
 from chiffon.eventstore import (
     NO_EVENTS,
     AggregateKey,
@@ -30,8 +30,7 @@ from chiffon.eventstore import (
 log = get_logger(__name__)
 
 TOKEN_PREFIX = "chf_"  # noqa: S105 — a marker, not a secret
-ROLES: tuple[str, ...] = ("viewer", "operator", "admin")
-ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+ROLE_RANK: dict[str, int] = {role: rank for rank, role in enumerate(API_KEY_ROLES)}
 BOOTSTRAP_KEY_ID = "bootstrap"
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
@@ -119,10 +118,6 @@ def bootstrap_key(token: str) -> ApiKey:
         created_at=datetime(1970, 1, 1, tzinfo=UTC),
         created_by="environment",
     )
-
-
-def actor_label(actor: Actor) -> str:
-    return f"{actor.kind}:{actor.id}"
 
 
 def fold(key: ApiKey | None, event: RecordedEvent) -> ApiKey | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table
 
 from chiffon.core.db import Migrations
+from chiffon.events.limits import ACTOR_LABEL_MAX_CHARS, KEY_NAME_MAX_CHARS, REASON_MAX_CHARS
 
 metadata = MetaData()
 
@@ -14,16 +15,16 @@ api_keys = Table(
     "gateway_api_keys",
     metadata,
     Column("key_id", String(128), primary_key=True),
-    Column("name", String(100), nullable=False),
+    Column("name", String(KEY_NAME_MAX_CHARS), nullable=False),
     Column("role", String(20), nullable=False),
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("prefix", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("created_by", String(300), nullable=False),
+    Column("created_by", String(ACTOR_LABEL_MAX_CHARS), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
-    Column("revoked_by", String(300)),
-    Column("revoke_reason", String(500)),
+    Column("revoked_by", String(ACTOR_LABEL_MAX_CHARS)),
+    Column("revoke_reason", String(REASON_MAX_CHARS)),
     Column("position", BigInteger, nullable=False),  # stream sequence of the last event
 )
 

@@ -22,6 +22,7 @@ from chiffon.commands import Command, CommandBus, CommandRefused, CommandUnavail
 from chiffon.core.db import async_dsn
 from chiffon.core.logging import get_logger
 from chiffon.events.envelope import AGGREGATE_ID_PATTERN
+from chiffon.events.limits import COMMAND_MAX_BYTES, NODE_ID_PATTERN, WORKFLOW_NAME_PATTERN
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.gateway.auth import KeyCache
 from chiffon.gateway.keys import ApiKeys
@@ -45,11 +46,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 RUN_ID = re.compile(AGGREGATE_ID_PATTERN)
-NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
-WORKFLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-# NATS refuses messages over its max_payload (1 MiB by default); leave room for headers.
-MAX_COMMAND_BYTES = 1_000_000
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+NODE_ID = re.compile(NODE_ID_PATTERN)
+WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +135,9 @@ class Gateway:
 
     async def send(self, command: Command) -> dict[str, Any]:
         size = len(command.model_dump_json())
-        if size > MAX_COMMAND_BYTES:
+        if size > COMMAND_MAX_BYTES:
             raise PayloadTooLarge(
-                f"the request is {size} bytes once encoded; the limit is {MAX_COMMAND_BYTES}"
+                f"the request is {size} bytes once encoded; the limit is {COMMAND_MAX_BYTES}"
             )
         try:
             return await self.bus.send(command, timeout=self.settings.command_timeout_seconds)

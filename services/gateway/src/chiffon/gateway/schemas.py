@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from chiffon.events.keys import ApiKeyRole
+from chiffon.events.limits import (
+    COMMENT_MAX_CHARS,
+    KEY_NAME_MAX_CHARS,
+    REASON_MAX_CHARS,
+    WORKFLOW_NAME_MAX_CHARS,
+    WORKFLOW_NAME_PATTERN,
+    WORKFLOW_VERSION_MAX,
+)
+from chiffon.events.runs import RunStatus
 from chiffon.readmodels.views import ApprovalPublic, RunSummary, WorkflowSummary
 
-RunStatusName = Literal[
-    "pending", "running", "waiting_approval", "paused", "succeeded", "failed", "cancelled"
-]
-Role = Literal["viewer", "operator", "admin"]
+# The vocabulary is the events' own: a status or role added there is accepted here.
+RunStatusName = RunStatus
+Role = ApiKeyRole
 
 
 def has_nul(value: Any, depth: int = 0) -> bool:
@@ -42,12 +51,12 @@ class _In(BaseModel):
 class RunCreate(_In):
     workflow: str = Field(
         min_length=1,
-        max_length=63,
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        max_length=WORKFLOW_NAME_MAX_CHARS,
+        pattern=WORKFLOW_NAME_PATTERN,
         description="A registered workflow's name",
     )
     version: int | None = Field(
-        default=None, ge=1, le=2_147_483_647, description="Default: the latest"
+        default=None, ge=1, le=WORKFLOW_VERSION_MAX, description="Default: the latest"
     )
     inputs: dict[str, Any] = Field(default_factory=dict)
 
@@ -66,7 +75,7 @@ class RunsPublic(BaseModel):
 
 
 class CancelCreate(_In):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 class CancelAccepted(BaseModel):
@@ -77,7 +86,7 @@ class CancelAccepted(BaseModel):
 
 class ApprovalCreate(_In):
     approve: bool
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: str | None = Field(default=None, max_length=COMMENT_MAX_CHARS)
 
 
 class ApprovalRecorded(BaseModel):
@@ -103,7 +112,7 @@ class WorkflowsPublic(BaseModel):
 
 
 class KeyCreate(_In):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=KEY_NAME_MAX_CHARS)
     role: Role
     expires_at: AwareDatetime | None = Field(default=None, description="Optional expiry (UTC)")
 
@@ -131,7 +140,7 @@ class KeysPublic(BaseModel):
 
 
 class KeyRevoke(_In):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 class Me(BaseModel):

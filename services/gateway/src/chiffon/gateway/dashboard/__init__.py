@@ -24,6 +24,13 @@ from starlette.staticfiles import StaticFiles
 from chiffon.commands import ApproveNode, CancelRun, StartRun
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import CATALOG
+from chiffon.events.keys import API_KEY_ROLES, ApiKeyRole
+from chiffon.events.limits import (
+    COMMENT_MAX_CHARS,
+    KEY_NAME_MAX_CHARS,
+    REASON_MAX_CHARS,
+    WORKFLOW_NAME_MAX_CHARS,
+)
 from chiffon.events.runs import RUN_STATUSES, TriggerRef
 from chiffon.gateway.auth import Principal
 from chiffon.gateway.keys import (
@@ -133,6 +140,10 @@ def pretty(value: Any) -> str:
 
 
 templates.env.filters["pretty"] = pretty
+# The forms' maxlength and choices come from the same vocabulary the API checks.
+templates.env.globals.update(
+    comment_max=COMMENT_MAX_CHARS, key_name_max=KEY_NAME_MAX_CHARS, roles=API_KEY_ROLES
+)
 templates.env.filters["ms"] = lambda v: (
     "–" if v is None else (f"{v:.0f} ms" if v < 10_000 else f"{v / 1000:.1f} s")
 )
@@ -216,7 +227,7 @@ async def runs_page(
     gw: GatewayDep,
     principal: Session,
     status: Annotated[str | None, Query(max_length=30)] = None,
-    workflow: Annotated[str | None, Query(max_length=63)] = None,
+    workflow: Annotated[str | None, Query(max_length=WORKFLOW_NAME_MAX_CHARS)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     found, next_cursor = await _runs_page(gw, status, workflow, cursor)
@@ -240,7 +251,7 @@ async def runs_table(
     gw: GatewayDep,
     principal: Session,
     status: Annotated[str | None, Query(max_length=30)] = None,
-    workflow: Annotated[str | None, Query(max_length=63)] = None,
+    workflow: Annotated[str | None, Query(max_length=WORKFLOW_NAME_MAX_CHARS)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     found, _ = await _runs_page(gw, status, workflow, cursor)
@@ -311,7 +322,7 @@ async def cancel_run(
     gw: GatewayDep,
     principal: Session,
     csrf: Annotated[str, Form(max_length=100)] = "",
-    reason: Annotated[str, Form(max_length=1000)] = "",
+    reason: Annotated[str, Form(max_length=REASON_MAX_CHARS)] = "",
 ) -> Response:
     _check_form(request, principal, csrf, "operator", reason)
     check_run_id(run_id)
@@ -335,7 +346,7 @@ async def decide(
     principal: Session,
     decision: Annotated[str, Form(pattern="^(approve|reject)$")],
     csrf: Annotated[str, Form(max_length=100)] = "",
-    comment: Annotated[str, Form(max_length=4000)] = "",
+    comment: Annotated[str, Form(max_length=COMMENT_MAX_CHARS)] = "",
 ) -> Response:
     _check_form(request, principal, csrf, "operator", comment)
     check_run_id(run_id)
@@ -469,8 +480,8 @@ async def create_key(
     request: Request,
     gw: GatewayDep,
     principal: Session,
-    name: Annotated[str, Form(min_length=1, max_length=100)],
-    role: Annotated[str, Form(pattern="^(viewer|operator|admin)$")],
+    name: Annotated[str, Form(min_length=1, max_length=KEY_NAME_MAX_CHARS)],
+    role: Annotated[ApiKeyRole, Form()],
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     _check_form(request, principal, csrf, "admin", name)

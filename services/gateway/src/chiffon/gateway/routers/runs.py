@@ -9,17 +9,12 @@ from fastapi.responses import JSONResponse
 
 from chiffon.commands import ApproveNode, CancelRun, StartRun
 from chiffon.core.telemetry import current_traceparent
-from chiffon.events.runs import TriggerRef
+from chiffon.events.limits import IDEMPOTENCY_KEY_MAX_CHARS, WORKFLOW_NAME_MAX_CHARS
+from chiffon.events.runs import TERMINAL_STATUSES, TriggerRef
 from chiffon.gateway.auth import Operator, Viewer
 from chiffon.gateway.problems import NotFound
 from chiffon.gateway.routers.common import READ, WRITE, optional_json, require_json
-from chiffon.gateway.runtime import (
-    TERMINAL,
-    GatewayDep,
-    RunView,
-    check_node_id,
-    check_run_id,
-)
+from chiffon.gateway.runtime import GatewayDep, RunView, check_node_id, check_run_id
 from chiffon.gateway.schemas import (
     ApprovalCreate,
     ApprovalRecorded,
@@ -41,7 +36,7 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=200,
+        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
         pattern=r"^[\x21-\x7e]+$",
         description="Same key and same body: the same run. Same key, other body: 409.",
     ),
@@ -84,7 +79,7 @@ async def list_all(
     _: Viewer,
     request: Request,
     status: RunStatusName | None = None,
-    workflow: Annotated[str | None, Query(max_length=63)] = None,
+    workflow: Annotated[str | None, Query(max_length=WORKFLOW_NAME_MAX_CHARS)] = None,
     cursor: Annotated[
         str | None, Query(max_length=200, description="next_cursor of the previous page")
     ] = None,
@@ -130,7 +125,7 @@ async def get_one(
             position=run.position,
             etag=f'"{run.position}"',
             body=run.model_dump_json().encode(),
-            ended=run.status in TERMINAL,
+            ended=run.status in TERMINAL_STATUSES,
         )
         gw.run_views.put(run_id, view)
     etag, body = view.etag, view.body

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from chiffon.commands import RegisterWorkflow
 from chiffon.core.telemetry import current_traceparent
+from chiffon.events.limits import WORKFLOW_MAX_BYTES
 from chiffon.gateway.auth import Admin, Viewer
 from chiffon.gateway.problems import (
     BadRequest,
@@ -26,8 +27,6 @@ from chiffon.readmodels.views import WorkflowPublic
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
-# The executor keeps a workflow version's event (source + canonical spec) under 900 KiB.
-MAX_SOURCE_BYTES = 900 * 1024
 
 
 # PostgreSQL (the read models) cannot store NUL; refuse them before they become an event.
@@ -84,9 +83,11 @@ async def register_workflow(request: Request, gw: GatewayDep, principal: Admin) 
             f"send the workflow as application/yaml or application/json (got {media or 'no Content-Type'})"
         )
     body = await request.body()
-    if len(body) > MAX_SOURCE_BYTES:
+    # Source and canonical spec together must fit WORKFLOW_MAX_BYTES (the executor checks
+    # that); a source alone over it can be refused before it travels.
+    if len(body) > WORKFLOW_MAX_BYTES:
         raise PayloadTooLarge(
-            f"a workflow is at most {MAX_SOURCE_BYTES} bytes; this one is {len(body)}"
+            f"a workflow is at most {WORKFLOW_MAX_BYTES} bytes; this one is {len(body)}"
         )
     try:
         source = body.decode("utf-8")
