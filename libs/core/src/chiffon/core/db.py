@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, pool
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def run_migrations_env(target_metadata: MetaData | None) -> None:
     dsn: str = config.attributes["dsn"]
     version_table: str = config.attributes["version_table"]
 
-    def run(connection: Any) -> None:
+    def run(connection: Connection) -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -125,5 +125,5 @@ async def ensure_database(dsn: str) -> bool:
         await admin.dispose()
 
 
-def row_mapping(row: Any) -> Mapping[str, Any]:
+def row_mapping(row: Row[Any]) -> Mapping[str, Any]:
     return dict(row._mapping)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chiffon.readmodels.tables import run_approvals, run_nodes, runs, workflows
@@ -56,7 +56,7 @@ async def _conn(db: Db) -> AsyncIterator[AsyncConnection]:
         yield db
 
 
-def _summary_fields(row: Any) -> dict[str, Any]:
+def _summary_fields(row: Row[Any]) -> dict[str, Any]:
     m = row._mapping
     return {
         "run_id": m["run_id"],

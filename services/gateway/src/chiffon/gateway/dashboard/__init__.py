@@ -58,7 +58,7 @@ from chiffon.readmodels.queries import (
     list_runs,
     list_workflows,
 )
-from chiffon.readmodels.views import RunPublic
+from chiffon.readmodels.views import RunPublic, RunSummary
 
 HERE = Path(__file__).parent
 KEY_LABEL = "api_key:"  # how the read models name an API key actor
@@ -211,7 +211,7 @@ async def logout(
 
 async def _runs_page(
     gw: Gateway, status: str | None, workflow: str | None, cursor: str | None
-) -> tuple[list[Any], str | None]:
+) -> tuple[list[RunSummary], str | None]:
     if status not in RUN_STATUSES:
         status = None
     return await gw.query(
@@ -368,8 +368,9 @@ async def decide(
 # -- starting a run -------------------------------------------------------------------
 
 
-def _coerce(kind: Any, raw: str) -> Any:
-    if isinstance(kind, str) and kind == "string":
+def _coerce(kind: object, raw: str) -> Any:
+    """A form field's text as the input's value: JSON unless the input is a string."""
+    if kind == "string":
         return raw
     try:
         return json.loads(raw)
