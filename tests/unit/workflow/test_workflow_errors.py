@@ -360,11 +360,11 @@ defaults: {model: m}
 nodes:
   - {id: a, type: llm, prompt: hi}
 edges:
-  - {from: START, to: a}
+  - {from: a, to: START}
   - {from: END, to: a}
 """) == [
-        "edges[0].from: START is not a node: the run starts at every node that has no "
-        "incoming edge (line 7)",
+        "edges[0].to: START cannot be the target of an edge: it is where the run begins; "
+        "to run a node again, point the edge at that node (line 7)",
         "edges[1].from: END cannot be the source of an edge (line 8)",
     ]
 

@@ -378,8 +378,18 @@ class WorkflowSpec(_Model):
         except KeyError:
             raise KeyError(f"no node {node_id!r} in workflow {self.name!r}") from None
 
+    def declares_entry(self) -> bool:
+        """Whether an edge leaves ``START``: then the entries are declared, not inferred."""
+        return any(START in e.from_ for e in self.edges)
+
     def entry_nodes(self) -> tuple[str, ...]:
-        """Nodes with no incoming edge (``on_reject`` counts as one), in file order."""
+        """Where a run starts, in file order: the targets of ``{from: START, to: ...}``
+        edges when the file has any (as in LangGraph, so the first step can also be a
+        loop's target); else the nodes with no incoming edge (``on_reject`` counts as one)."""
+        if self.declares_entry():
+            return tuple(
+                dict.fromkeys(e.to for e in self.edges if e.from_ == (START,) and e.to in self._by_id)
+            )
         targets = {e.to for e in self.edges}
         targets |= {
             n.on_reject for n in self.nodes if isinstance(n, ApprovalNode) and n.on_reject != "fail"

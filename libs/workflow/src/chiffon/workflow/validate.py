@@ -76,11 +76,17 @@ def _check_edges(spec: WorkflowSpec, ids: list[str], issues: list[SpecIssue]) ->
             if source == END:
                 issues.append(issue(loc, "END cannot be the source of an edge"))
             elif source == START:
-                issues.append(issue(loc, _START_HINT))
+                _check_entry_edge(i, edge, loc, issues)
             elif source not in known:
                 issues.append(issue(loc, f"unknown node {source!r}{did_you_mean(source, ids)}"))
         if edge.to == START:
-            issues.append(issue(("edges", i, "to"), _START_HINT))
+            issues.append(
+                issue(
+                    ("edges", i, "to"),
+                    "START cannot be the target of an edge: it is where the run begins; "
+                    "to run a node again, point the edge at that node",
+                )
+            )
         elif edge.to != END and edge.to not in known:
             issues.append(
                 issue(
@@ -90,7 +96,20 @@ def _check_edges(spec: WorkflowSpec, ids: list[str], issues: list[SpecIssue]) ->
             )
 
 
-_START_HINT = "START is not a node: the run starts at every node that has no incoming edge"
+def _check_entry_edge(i: int, edge: Edge, loc: Loc, issues: list[SpecIssue]) -> None:
+    """``{from: START, to: node}`` declares where the run starts: one plain edge to a node."""
+    if edge.is_join:
+        issues.append(issue(loc, "START cannot be part of a join: write {from: START, to: ...}"))
+    elif edge.to == END:
+        issues.append(issue(("edges", i, "to"), "an edge from START must lead to a node, not END"))
+    for key in ("when", "max_iterations"):
+        if getattr(edge, key) is not None:
+            issues.append(
+                issue(
+                    ("edges", i, key),
+                    f"an edge from START always fires: it cannot have '{key}'",
+                )
+            )
 
 
 def _check_variables(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
@@ -165,7 +184,7 @@ def _arcs(spec: WorkflowSpec) -> list[_Arc]:
         _Arc(s, e.to, i, e.when is not None or e.max_iterations is not None)
         for i, e in enumerate(spec.edges)
         for s in e.from_
-        if e.to != END
+        if e.to != END and s != START
     ]
     arcs += [
         _Arc(n.id, n.on_reject, None, True)
@@ -213,7 +232,8 @@ def _check_graph(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
     outgoing: dict[str, list[Edge]] = {n: [] for n in ids}
     for edge in spec.edges:
         for source in edge.from_:
-            outgoing[source].append(edge)
+            if source != START:
+                outgoing[source].append(edge)
     components = _strongly_connected(ids, succ)
     member = {node_id: k for k, component in enumerate(components) for node_id in component}
     for component in components:
