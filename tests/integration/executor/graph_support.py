@@ -13,7 +13,7 @@ import pytest
 from chiffon.events import Actor, new_event
 from chiffon.events.runs import RunClaimed, RunRequested
 from chiffon.eventstore import AggregateKey, JetStreamEventStore, RecordedEvent
-from chiffon.executor.domain import RunState
+from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.execution import LoadedWorkflow, RunExecution
 from chiffon.executor.graph import build_graph
 from chiffon.executor.llm import LlmGateway, LlmReply
@@ -134,7 +134,7 @@ async def claim(log: RunLog, executor: str = "executor-1") -> RunState:
         actor=EXECUTOR,
     )
     result = await log.store.append(log.key, [event], expected_version=version)
-    state.apply(event, result.version)
+    state = evolve(state, event, result.version)
     return state
 
 

@@ -4,7 +4,9 @@ gateway, against the scripted OpenAI-compatible test server."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
+from chiffon.commands import ApproveNode
 from chiffon.events import new_event
 from chiffon.executor.domain import RunState, decide_approval
 from chiffon.executor.offline import echo_value
@@ -162,7 +164,10 @@ edges:
 async def decide(log: RunLog, node: str, approved: bool, comment: str | None = None) -> None:
     events, version = await log.store.read_aggregate(log.key)
     state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
-    decision = decide_approval(state, node, approved, comment)
+    command = ApproveNode(
+        actor=TESTER, run_id=log.run_id, node_id=node, approve=approved, comment=comment
+    )
+    decision = decide_approval(state, command, datetime.now(UTC))
     await log.store.append(
         log.key,
         [new_event(decision, aggregate_id=log.run_id, actor=TESTER)],

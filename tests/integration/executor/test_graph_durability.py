@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from chiffon.commands import CancelRun
 from chiffon.events import new_event
 from chiffon.events.runs import CancelRequested
 from chiffon.executor.domain import RunState, decide_cancel
@@ -150,7 +152,10 @@ async def held_in_second_call(
     events, version = await log.store.read_aggregate(log.key)
     state = RunState.from_events(log.run_id, [(e.envelope, e.sequence) for e in events])
     cancel = [
-        new_event(p, aggregate_id=log.run_id, actor=TESTER) for p in decide_cancel(state, reason)
+        new_event(p, aggregate_id=log.run_id, actor=TESTER)
+        for p in decide_cancel(
+            state, CancelRun(actor=TESTER, run_id=log.run_id, reason=reason), datetime.now(UTC)
+        )
     ]
     return running, task, cancel, version
 

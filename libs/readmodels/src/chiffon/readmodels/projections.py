@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chiffon.events import actor_label
 from chiffon.events import runs as ev
 from chiffon.events.limits import MODEL_NAME_MAX_CHARS
+from chiffon.events.run_status import INITIAL_STATUS, next_status
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import RecordedEvent
 from chiffon.projections import Projection
@@ -42,7 +43,7 @@ def fold_run(row: Row | None, event: RecordedEvent, open_approvals: int = 0) -> 
             "workflow": payload.workflow,
             "workflow_version": payload.version,
             "digest": payload.digest,
-            "status": "pending",
+            "status": next_status(INITIAL_STATUS, payload),
             "inputs": payload.inputs,
             "outputs": None,
             "error": None,
@@ -66,46 +67,31 @@ def fold_run(row: Row | None, event: RecordedEvent, open_approvals: int = 0) -> 
     if row is None:
         return None
     row = dict(row)
-    ended = row["status"] in ev.TERMINAL_STATUSES
+    # The status moves as the executor's does: one transition, shared (run_status).
+    row["status"] = next_status(row["status"], payload, open_approvals)
     if isinstance(payload, ev.RunClaimed):
         row.update(executor=payload.executor, pid=payload.pid, claims=row["claims"] + 1)
         row["started_at"] = row["started_at"] or at
-        if not ended:
-            row["status"] = "running"
     elif isinstance(payload, ev.LlmCalled):
         row["prompt_tokens"] += payload.prompt_tokens
         row["completion_tokens"] += payload.completion_tokens
         row["llm_calls"] += 1
-    elif isinstance(payload, ev.RunSuspended):
-        if not ended:
-            row["status"] = "waiting_approval"
-    elif isinstance(payload, ev.ApprovalDecided):
-        if row["status"] == "waiting_approval" and open_approvals == 0:
-            row["status"] = "pending"
     elif isinstance(payload, ev.CancelRequested):
         row["cancel_requested"] = True
-    elif isinstance(payload, ev.RunPaused):
-        if not ended:
-            row["status"] = "paused"
-    elif isinstance(payload, ev.RunResumed):
-        if row["status"] == "paused":
-            row["status"] = "pending"
     elif isinstance(payload, ev.RunCompleted):
         row.update(
-            status="succeeded",
             outputs=truncate(payload.outputs, max_json=65_536),
             ended_at=at,
             duration_ms=payload.duration_ms,
         )
     elif isinstance(payload, ev.RunFailed):
         row.update(
-            status="failed",
             error=payload.error.model_dump(mode="json"),
             ended_at=at,
             duration_ms=payload.duration_ms,
         )
     elif isinstance(payload, ev.RunCancelled):
-        row.update(status="cancelled", ended_at=at, duration_ms=payload.duration_ms)
+        row.update(ended_at=at, duration_ms=payload.duration_ms)
         if payload.reason:
             row["error"] = {"type": "cancelled", "message": payload.reason, "node_id": None}
     row.update(updated_at=at, position=event.sequence)
@@ -325,10 +311,10 @@ class WorkflowsProjection(Projection):
 
 
 async def _upsert(
-    conn: AsyncConnection, table: Table, keys: list[str], rows: Iterable[Row]
+    conn: AsyncConnection, table: Table, keys: list[str], rows: Iterable[Row | None]
 ) -> None:
     """One upsert statement, executed for many rows (compiled once, cached by SQLAlchemy)."""
-    batch = list(rows)
+    batch = [row for row in rows if row is not None]
     if not batch:
         return
     await conn.execute(_upsert_statement(table, tuple(keys)), batch)

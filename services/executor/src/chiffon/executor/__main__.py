@@ -17,7 +17,7 @@ from chiffon.commands import ApproveNode, CancelRun, CommandBus, RegisterWorkflo
 from chiffon.core.logging import get_logger
 from chiffon.core.runtime import tune_gc
 from chiffon.core.service import ServiceContext, run_service
-from chiffon.executor.application import ExecutorCommands
+from chiffon.executor.application import Runs, Workflows
 from chiffon.executor.llm import LlmGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
@@ -46,7 +46,8 @@ async def serve(ctx: ServiceContext) -> None:
         store = resources.store
         workflows = WorkflowRepository(store)
         runs = RunRepository(store)
-        commands = ExecutorCommands(store, workflows, runs)
+        run_commands = Runs(store, workflows, runs)
+        workflow_commands = Workflows(store, workflows)
         bus = CommandBus(store, settings.namespace)
         worker = RunWorker(
             store=store,
@@ -61,10 +62,10 @@ async def serve(ctx: ServiceContext) -> None:
         tune_gc()  # again: LiteLLM's modules, imported since, are for good too
         ctx.health.add("work", worker.healthy)
         subscriptions = [
-            await bus.serve(RegisterWorkflow, commands.register_workflow),
-            await bus.serve(StartRun, commands.start_run),
-            await bus.serve(CancelRun, commands.cancel_run),
-            await bus.serve(ApproveNode, commands.approve_node),
+            await bus.serve(RegisterWorkflow, workflow_commands.register),
+            await bus.serve(StartRun, run_commands.start),
+            await bus.serve(CancelRun, run_commands.cancel),
+            await bus.serve(ApproveNode, run_commands.approve),
         ]
         projections: list[asyncio.Task[None]] = []
         if settings.projections == "inline":

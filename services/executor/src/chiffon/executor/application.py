@@ -1,15 +1,19 @@
-"""Command handlers of the executor: load the aggregate, decide, append.
+"""The executor's application services: ``Runs`` (start, cancel, approve) and ``Workflows``
+(register). Each command is load → decide (``domain.decide_*``) → append.
 
 Served over NATS request-reply (``CommandBus.serve``) by every replica in one queue
-group. Each returns a result dict or raises ``CommandRefused`` with a typed refusal.
+group. Each returns a result dict or raises ``CommandRefused`` with a typed refusal: a
+domain refusal keeps its code, message and details; an aggregate that keeps changing
+under us (the shared conflict-retry helper gave up) is ``unavailable``.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
 
 from chiffon.commands import (
     ApproveNode,
@@ -20,180 +24,129 @@ from chiffon.commands import (
     StartRun,
 )
 from chiffon.core.logging import get_logger
-from chiffon.events import new_event, uuid7
-from chiffon.events.limits import WORKFLOW_MAX_BYTES
-from chiffon.events.runs import RunCancelled, RunRequested
-from chiffon.events.workflows import WorkflowVersionRegistered
-from chiffon.eventstore import AggregateKey, AppendFailed, ConcurrencyConflict, JetStreamEventStore
+from chiffon.events import Envelope, EventPayload, new_event, uuid7
+from chiffon.events.runs import RunCancelled
+from chiffon.eventstore import (
+    AggregateKey,
+    AppendFailed,
+    ConflictRetriesExhausted,
+    EventStore,
+    retry_on_conflict,
+)
 from chiffon.executor.domain import (
     DomainError,
-    IdempotencyConflict,
-    RunNotFound,
+    RunState,
     decide_approval,
     decide_cancel,
-    request_digest,
+    decide_register,
+    decide_start,
+    evolve,
+    parse_workflow,
+    require_version,
 )
 from chiffon.executor.repository import RunRepository, WorkflowRepository
-from chiffon.workflow import InputError, SpecError, load_spec
 
 log = get_logger(__name__)
 
 # Run ids from idempotency keys: uuid5(this namespace, "<actor kind>:<actor id>:<key>").
 RUN_ID_NAMESPACE = uuid.UUID("6f0b8f52-3c3e-4a8e-9d0a-2f1c9e5b7a11")
-CONFLICT_RETRIES = 8
 
-T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def refuse(code: str, message: str, details: list[dict[str, Any]] | None = None) -> CommandRefused:
     return CommandRefused(Refusal(code=code, message=message, details=details or []))  # type: ignore[arg-type]
 
 
+@contextmanager
+def refusals(too_busy: str) -> Iterator[None]:
+    """Domain refusals as the command bus answers them; ``too_busy`` when the aggregate
+    kept changing through every attempt of the conflict-retry helper."""
+    try:
+        yield
+    except DomainError as error:
+        raise refuse(error.code, str(error), error.details) from None
+    except ConflictRetriesExhausted:
+        raise refuse("unavailable", too_busy) from None
+
+
 def run_id_for(actor_kind: str, actor_id: str, idempotency_key: str) -> str:
     return str(uuid.uuid5(RUN_ID_NAMESPACE, f"{actor_kind}:{actor_id}:{idempotency_key}"))
 
 
-class ExecutorCommands:
-    """register_workflow, start_run, cancel_run, approve_node."""
+class Runs:
+    """Start, cancel and approve runs."""
 
     def __init__(
-        self, store: JetStreamEventStore, workflows: WorkflowRepository, runs: RunRepository
+        self,
+        store: EventStore,
+        workflows: WorkflowRepository,
+        runs: RunRepository,
+        *,
+        clock: Clock = utc_now,
     ) -> None:
         self.store = store
         self.workflows = workflows
         self.runs = runs
+        self.clock = clock
 
-    async def register_workflow(self, command: RegisterWorkflow) -> dict[str, Any]:
-        try:
-            spec = load_spec(command.source, filename="<command>")
-        except SpecError as error:
-            details = [{"path": i.path, "line": i.line, "message": i.message} for i in error.issues]
-            count = len(details)
-            raise refuse(
-                "invalid", f"the workflow has {count} error{'s' if count != 1 else ''}", details
-            ) from None
-        digest = spec.digest()
-        canonical = spec.canonical_json()
-        size = len(canonical.encode()) + len(command.source.encode())
-        if size > WORKFLOW_MAX_BYTES:
-            raise refuse(
-                "invalid",
-                f"the workflow is too large to register ({size} bytes with its canonical form; "
-                f"the limit is {WORKFLOW_MAX_BYTES} bytes)",
-            )
-        key = AggregateKey("workflow", spec.name)
-        result = {"name": spec.name, "version": spec.version, "digest": digest}
-        for _ in range(CONFLICT_RETRIES):
-            registered, version = await self.workflows.registered(spec.name)
-            same = next((p for p in registered if p.version == spec.version), None)
-            if same is not None:
-                if same.digest == digest:
-                    return {**result, "created": False}
-                raise refuse(
-                    "conflict",
-                    f"workflow {spec.name!r} version {spec.version} is already registered with "
-                    f"different content (digest {same.digest[:12]}); workflow versions are "
-                    f"immutable: register it as version {max(p.version for p in registered) + 1}",
-                    [{"path": "version", "line": None, "message": "version already registered"}],
-                )
-            event = new_event(
-                WorkflowVersionRegistered(
-                    name=spec.name,
-                    version=spec.version,
-                    digest=digest,
-                    spec=json.loads(canonical),
-                    source=command.source,
-                    source_format=command.source_format,
-                ),
-                aggregate_id=spec.name,
-                actor=command.actor,
-                correlation_id=f"{spec.name}:{spec.version}",
-                trace=command.trace,
-            )
-            try:
-                await self.store.append(key, [event], expected_version=version)
-            except ConcurrencyConflict:
-                continue  # another version landed meanwhile: look again
-            except AppendFailed as error:
-                raise refuse("unavailable", str(error)) from None
-            log.info("workflow.registered", name=spec.name, version=spec.version, digest=digest)
-            return {**result, "created": True}
-        raise refuse("unavailable", f"workflow {spec.name!r} is being changed concurrently; retry")
-
-    async def start_run(self, command: StartRun) -> dict[str, Any]:
+    async def start(self, command: StartRun) -> dict[str, Any]:
         workflow = await self.workflows.get(command.workflow, command.version)
-        if workflow is None:
-            registered, _ = await self.workflows.registered(command.workflow)
-            if not registered:
-                raise refuse("not_found", f"no workflow named {command.workflow!r} is registered")
-            versions = ", ".join(str(v) for v in sorted(p.version for p in registered))
-            raise refuse(
-                "not_found",
-                f"workflow {command.workflow!r} has no version {command.version} (versions: {versions})",
-            )
-        spec = workflow.spec
-        try:
-            inputs = spec.validate_inputs(command.inputs)
-        except InputError as error:
-            raise refuse(
-                "invalid",
-                f"the inputs do not match workflow {spec.name!r} v{spec.version}",
-                [{"path": "inputs", "line": None, "message": p} for p in error.problems],
-            ) from None
-        fingerprint = request_digest(command.workflow, command.version, command.inputs)
-        key = command.idempotency_key
-        run_id = run_id_for(command.actor.kind, command.actor.id, key) if key else str(uuid7())
-        result = {"run_id": run_id, "workflow": spec.name, "version": spec.version}
-        event = new_event(
-            RunRequested(
-                workflow=spec.name,
-                version=spec.version,
-                digest=workflow.digest,
-                inputs=inputs,
-                request_digest=fingerprint,
-                idempotency_key=key,
-                trigger=command.trigger,
-            ),
-            aggregate_id=run_id,
-            actor=command.actor,
-            correlation_id=run_id,
-            trace=command.trace,
-        )
-        try:
-            appended = await self.store.append(
-                AggregateKey("run", run_id),
-                [event],
-                expected_version=0,
-                idempotency_key=f"start:{run_id}" if key else None,
-            )
-            fresh = not appended.all_duplicates
-        except ConcurrencyConflict:
-            fresh = False
-        if fresh:
-            return {**result, "status": "pending", "created": True}
-        # The key was used before: the same request gives the same run.
-        state = await self.runs.load(run_id)
-        if state.request is None or state.request.request_digest != fingerprint:
-            error = IdempotencyConflict(key or "", run_id)
-            raise refuse(
-                "conflict",
-                str(error),
-                [{"path": "idempotency_key", "line": None, "message": str(error)}],
-            )
-        return {
-            "run_id": run_id,
-            "workflow": state.request.workflow,
-            "version": state.request.version,
-            "status": state.status,
-            "created": False,
-        }
+        with refusals("the run is changing too fast; retry"):
+            if workflow is None:
+                state = await self.workflows.load(command.workflow)
+                workflow = self.workflows.compile(require_version(state, command.version))
+            key = command.idempotency_key
+            run_id = run_id_for(command.actor.kind, command.actor.id, key) if key else str(uuid7())
+            spec, digest = workflow.spec, workflow.digest
+            attempts = 0
 
-    async def cancel_run(self, command: CancelRun) -> dict[str, Any]:
+            async def attempt() -> dict[str, Any]:
+                # A new run id has no events: the first attempt decides on the empty
+                # state without reading it. A conflict or a duplicate means the key was
+                # used before: then the stored run decides (same request, same run).
+                nonlocal attempts
+                attempts += 1
+                state = RunState(run_id) if attempts == 1 else await self.runs.load(run_id)
+                payloads = decide_start(state, command, spec, digest, self.clock())
+                if payloads:
+                    appended = await self.store.append(
+                        AggregateKey("run", run_id),
+                        self._events(run_id, payloads, command),
+                        expected_version=state.version,
+                        idempotency_key=f"start:{run_id}" if key else None,
+                    )
+                    if not appended.all_duplicates:
+                        return {
+                            "run_id": run_id,
+                            "workflow": spec.name,
+                            "version": spec.version,
+                            "status": "pending",
+                            "created": True,
+                        }
+                    state = await self.runs.load(run_id)
+                    decide_start(state, command, spec, digest, self.clock())
+                assert state.request is not None
+                return {
+                    "run_id": run_id,
+                    "workflow": state.request.workflow,
+                    "version": state.request.version,
+                    "status": state.status,
+                    "created": False,
+                }
+
+            return await retry_on_conflict(attempt, what=f"start of run {run_id}")
+
+    async def cancel(self, command: CancelRun) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
             state = await self.runs.load(command.run_id)
-            payloads = decide_cancel(state, command.reason)
+            payloads = decide_cancel(state, command, self.clock())
             if payloads:
-                await self._append(command.run_id, payloads, state.version, command)
+                await self._append(state, payloads, command)
             ended = any(isinstance(p, RunCancelled) for p in payloads)
             return {
                 "run_id": command.run_id,
@@ -201,16 +154,14 @@ class ExecutorCommands:
                 "cancel_requested": True,
             }
 
-        return await self._with_retries(attempt)
+        with refusals("the run is changing too fast; retry"):
+            return await retry_on_conflict(attempt, what=f"cancel of run {command.run_id}")
 
-    async def approve_node(self, command: ApproveNode) -> dict[str, Any]:
+    async def approve(self, command: ApproveNode) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
             state = await self.runs.load(command.run_id)
-            decision = decide_approval(state, command.node_id, command.approve, command.comment)
-            envelopes, sequences = await self._append(
-                command.run_id, [decision], state.version, command
-            )
-            state.apply(envelopes[0], sequences[0])
+            decision = decide_approval(state, command, self.clock())
+            state = await self._append(state, [decision], command)
             return {
                 "run_id": command.run_id,
                 "node_id": command.node_id,
@@ -218,12 +169,26 @@ class ExecutorCommands:
                 "status": state.status,
             }
 
-        return await self._with_retries(attempt)
+        with refusals("the run is changing too fast; retry"):
+            return await retry_on_conflict(attempt, what=f"approval in run {command.run_id}")
 
     async def _append(
-        self, run_id: str, payloads: list[Any], version: int, command: Any
-    ) -> tuple[list[Any], tuple[int, ...]]:
-        envelopes = [
+        self, state: RunState, payloads: Sequence[EventPayload], command: CancelRun | ApproveNode
+    ) -> RunState:
+        """Append after ``state``'s version; the run with the appended events folded in."""
+        envelopes = self._events(state.run_id, payloads, command)
+        result = await self.store.append(
+            AggregateKey("run", state.run_id), envelopes, expected_version=state.version
+        )
+        for envelope, sequence in zip(envelopes, result.sequences, strict=True):
+            state = evolve(state, envelope, sequence)
+        return state
+
+    @staticmethod
+    def _events(
+        run_id: str, payloads: Sequence[EventPayload], command: StartRun | CancelRun | ApproveNode
+    ) -> list[Envelope[Any]]:
+        return [
             new_event(
                 p,
                 aggregate_id=run_id,
@@ -233,19 +198,55 @@ class ExecutorCommands:
             )
             for p in payloads
         ]
-        result = await self.store.append(
-            AggregateKey("run", run_id), envelopes, expected_version=version
-        )
-        return envelopes, result.sequences
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        for _ in range(CONFLICT_RETRIES):
+
+class Workflows:
+    """Register workflow versions (immutable once registered)."""
+
+    def __init__(
+        self, store: EventStore, workflows: WorkflowRepository, *, clock: Clock = utc_now
+    ) -> None:
+        self.store = store
+        self.workflows = workflows
+        self.clock = clock
+
+    async def register(self, command: RegisterWorkflow) -> dict[str, Any]:
+        with refusals("the workflow is being changed concurrently; retry"):
+            spec = parse_workflow(command)
+            result = {"name": spec.name, "version": spec.version, "digest": spec.digest()}
+
+            async def attempt() -> dict[str, Any]:
+                state = await self.workflows.load(spec.name)
+                payloads = decide_register(state, spec, command, self.clock())
+                if not payloads:
+                    return {**result, "created": False}
+                events = [
+                    new_event(
+                        p,
+                        aggregate_id=spec.name,
+                        actor=command.actor,
+                        correlation_id=f"{spec.name}:{spec.version}",
+                        trace=command.trace,
+                    )
+                    for p in payloads
+                ]
+                try:
+                    await self.store.append(
+                        AggregateKey("workflow", spec.name), events, expected_version=state.version
+                    )
+                except AppendFailed as error:
+                    raise refuse("unavailable", str(error)) from None
+                log.info(
+                    "workflow.registered",
+                    name=spec.name,
+                    version=spec.version,
+                    digest=result["digest"],
+                )
+                return {**result, "created": True}
+
             try:
-                return await attempt()
-            except ConcurrencyConflict:
-                continue  # the run moved on meanwhile: decide again on its new state
-            except RunNotFound as error:
-                raise refuse("not_found", str(error)) from None
-            except DomainError as error:
-                raise refuse(error.code, str(error)) from None
-        raise refuse("unavailable", "the run is changing too fast; retry")
+                return await retry_on_conflict(attempt, what=f"registration of {spec.name!r}")
+            except ConflictRetriesExhausted:
+                raise refuse(
+                    "unavailable", f"workflow {spec.name!r} is being changed concurrently; retry"
+                ) from None

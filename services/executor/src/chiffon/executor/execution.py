@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from langgraph.errors import GraphRecursionError
@@ -33,7 +34,7 @@ from chiffon.eventstore import (
     EventStoreUnavailable,
     JetStreamEventStore,
 )
-from chiffon.executor.domain import RunState
+from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.graph import NodeFailure, RunCancelledSignal
 from chiffon.executor.llm import LlmGateway
 from chiffon.workflow import WorkflowSpec
@@ -150,19 +151,19 @@ class RunExecution:
                 raise
             except NodeFailure as failure:
                 return await self._end(
-                    RunFailed(error=failure.error, duration_ms=self.run.duration_ms()), "failed"
+                    RunFailed(error=failure.error, duration_ms=self._duration_ms()), "failed"
                 )
             except RunCancelledSignal:
                 reason = self.run.cancel_reason or "cancelled"
                 return await self._end(
-                    RunCancelled(reason=reason, duration_ms=self.run.duration_ms()), "cancelled"
+                    RunCancelled(reason=reason, duration_ms=self._duration_ms()), "cancelled"
                 )
             except GraphRecursionError:
                 error = ErrorInfo(
                     type="step_limit", message=f"the run exceeded {self.max_steps} steps"
                 )
                 return await self._end(
-                    RunFailed(error=error, duration_ms=self.run.duration_ms()), "failed"
+                    RunFailed(error=error, duration_ms=self._duration_ms()), "failed"
                 )
             except ClaimLost:
                 return "lost"
@@ -176,11 +177,11 @@ class RunExecution:
                     type="internal_error", message=f"{type(error).__name__}: {error}"[:3900]
                 )
                 return await self._end(
-                    RunFailed(error=info, duration_ms=self.run.duration_ms()), "failed"
+                    RunFailed(error=info, duration_ms=self._duration_ms()), "failed"
                 )
             outputs = {key: final.get(key) for key in spec.run_outputs()}
             return await self._end(
-                RunCompleted(outputs=outputs, duration_ms=self.run.duration_ms()), "succeeded"
+                RunCompleted(outputs=outputs, duration_ms=self._duration_ms()), "succeeded"
             )
         finally:
             watcher.cancel()
@@ -191,6 +192,10 @@ class RunExecution:
         except ClaimLost:
             return "lost"
         return outcome
+
+    def _duration_ms(self) -> float:
+        """The run's duration until now: the domain is handed the time, never reads it."""
+        return self.run.duration_ms(datetime.now(UTC))
 
     def stop(self) -> None:
         """Abandon the run now (the replica shuts down); another one resumes it."""
@@ -227,7 +232,7 @@ class RunExecution:
                         return
                     continue
                 for envelope, sequence in zip(envelopes, result.sequences, strict=True):
-                    self.run.apply(envelope, sequence)
+                    self.run = evolve(self.run, envelope, sequence)
                 self.version = max(self.version, result.version)
                 return
 
@@ -406,7 +411,7 @@ class RunExecution:
         except EventStoreUnavailable as error:
             log.warning("run.suspend_deferred", run_id=self.run.run_id, error=str(error))
             return "unavailable"
-        self.run.apply(envelope, result.version)
+        self.run = evolve(self.run, envelope, result.version)
         self.version = result.version
         return "suspended"
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from chiffon.events.workflows import WorkflowVersionRegistered
-from chiffon.eventstore import AggregateKey, JetStreamEventStore
-from chiffon.executor.domain import RunState
+from chiffon.eventstore import AggregateKey, EventStore
+from chiffon.executor.domain import RunState, WorkflowState, evolve_workflow
 from chiffon.executor.execution import LoadedWorkflow
 from chiffon.executor.graph import build_graph
 from chiffon.workflow import spec_from_dict
 
 
 class RunRepository:
-    def __init__(self, store: JetStreamEventStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
 
     async def load(self, run_id: str) -> RunState:
@@ -22,56 +20,46 @@ class RunRepository:
 
 
 class WorkflowRepository:
-    """Workflow versions by name; a version is immutable, so it is cached once loaded,
-    with its compiled graph."""
+    """Workflow aggregates by name, and their versions compiled. A version is immutable,
+    so it is compiled once, when first needed."""
 
-    def __init__(self, store: JetStreamEventStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._loaded: dict[tuple[str, int], LoadedWorkflow] = {}
-        self._registered: dict[str, tuple[list[WorkflowVersionRegistered], int]] = {}
+        self._compiled: dict[tuple[str, int], LoadedWorkflow] = {}
+        self._states: dict[str, WorkflowState] = {}
 
-    async def registered(self, name: str) -> tuple[list[WorkflowVersionRegistered], int]:
-        """Every registered version of ``name`` (event order) and the aggregate's version.
+    async def load(self, name: str) -> WorkflowState:
+        """The workflow ``name`` (every registered version, and its version).
 
         Kept per name and checked with one direct get of the aggregate's last event: a
         start of "the latest version" must see a version registered a moment ago."""
         key = AggregateKey("workflow", name)
-        cached = self._registered.get(name)
-        if cached is not None and cached[1] == await self.store.aggregate_version(key):
-            return list(cached[0]), cached[1]
+        cached = self._states.get(name)
+        if cached is not None and cached.version == await self.store.aggregate_version(key):
+            return cached
         events, version = await self.store.read_aggregate(key)
-        found = [e.payload for e in events if isinstance(e.payload, WorkflowVersionRegistered)]
-        if found:
-            self._registered[name] = (found, version)
-        return list(found), version
+        state = WorkflowState(name)
+        for event in events:
+            state = evolve_workflow(state, event.payload, event.sequence)
+        if state.versions:
+            self._states[name] = state
+        return state
 
     async def get(self, name: str, version: int | None = None) -> LoadedWorkflow | None:
-        """A version (the highest when ``version`` is None), or None."""
-        if version is not None and (name, version) in self._loaded:
-            return self._loaded[(name, version)]
-        registered, _ = await self.registered(name)
-        if not registered:
-            return None
-        chosen = (
-            max(registered, key=lambda p: p.version)
-            if version is None
-            else next((p for p in registered if p.version == version), None)
-        )
-        if chosen is None:
-            return None
-        return self.load(chosen)
+        """A version compiled (the highest when ``version`` is None), or None."""
+        if version is not None and (name, version) in self._compiled:
+            return self._compiled[(name, version)]
+        chosen = (await self.load(name)).get(version)
+        return None if chosen is None else self.compile(chosen)
 
-    def load(self, registered: WorkflowVersionRegistered) -> LoadedWorkflow:
+    def compile(self, registered: WorkflowVersionRegistered) -> LoadedWorkflow:
         key = (registered.name, registered.version)
-        found = self._loaded.get(key)
+        found = self._compiled.get(key)
         if found is None:
             spec = spec_from_dict(
                 registered.spec, filename=f"{registered.name} v{registered.version}"
             )
-            found = self._loaded[key] = LoadedWorkflow(
+            found = self._compiled[key] = LoadedWorkflow(
                 spec=spec, digest=registered.digest, graph=build_graph(spec)
             )
         return found
-
-    def known_versions(self, registered: list[Any]) -> list[int]:
-        return sorted(p.version for p in registered)

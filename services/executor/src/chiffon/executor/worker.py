@@ -24,22 +24,31 @@ import asyncio
 import contextlib
 import json
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from chiffon.core.logging import get_logger
 from chiffon.events import CATALOG, Actor, EventValidationError, new_event
-from chiffon.events.runs import ErrorInfo, RunClaimed, RunFailed
 from chiffon.eventstore import (
     AggregateKey,
     ConcurrencyConflict,
+    ConflictRetriesExhausted,
     EventStoreError,
     JetStreamEventStore,
     Subscription,
     WorkConsumer,
     WorkIntake,
     WorkItem,
+    retry_on_conflict,
 )
-from chiffon.executor.domain import WORK_EVENT_TYPES, RunState
+from chiffon.executor.domain import (
+    WORK_EVENT_TYPES,
+    ClaimRun,
+    RunState,
+    decide_claim,
+    decide_fail_unregistered,
+    evolve,
+)
 from chiffon.executor.execution import OutputStore, RunExecution
 from chiffon.executor.llm import LlmGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
@@ -238,32 +247,44 @@ class RunWorker:
     async def _work(self, run_id: str, seq: int, envelope: Any, msg: WorkItem) -> bool:
         """Claim and execute the run if it needs it. False: leave the item unacknowledged."""
         key = AggregateKey("run", run_id)
-        if envelope.type == "run.requested" and msg.delivered == 1:
-            # A fresh request: its only event is this one, unless the claim says otherwise.
-            state = RunState.from_events(run_id, [(envelope, seq)])
-        else:
-            state = await self.runs.load(run_id)
-        for _ in range(10):
-            if not state.should_execute(seq):
-                return True
-            claim = new_event(
-                RunClaimed(
-                    executor=self.name, pid=self.pid, resumed=state.claims > 0, work_seq=seq
-                ),
-                aggregate_id=run_id,
-                actor=self.actor,
-                correlation_id=run_id,
-                trace=envelope.trace,
-            )
-            try:
-                result = await self.store.append(key, [claim], expected_version=state.version)
-            except ConcurrencyConflict:
+        command = ClaimRun(work_seq=seq, executor=self.name, pid=self.pid)
+        attempts = 0
+
+        async def claim() -> RunState | None:
+            """The run claimed here, or None when it does not need this replica."""
+            nonlocal attempts
+            attempts += 1
+            fresh = envelope.type == "run.requested" and msg.delivered == 1
+            if attempts == 1 and fresh:
+                # A fresh request: its only event is this one, unless the append says otherwise.
+                state = RunState.from_events(run_id, [(envelope, seq)])
+            else:
                 state = await self.runs.load(run_id)
-                continue
-            state.apply(claim, result.version)
-            break
-        else:
-            return False
+            payloads = decide_claim(state, command, datetime.now(UTC))
+            if not payloads:
+                return None
+            events = [
+                new_event(
+                    p,
+                    aggregate_id=run_id,
+                    actor=self.actor,
+                    correlation_id=run_id,
+                    trace=envelope.trace,
+                )
+                for p in payloads
+            ]
+            result = await self.store.append(key, events, expected_version=state.version)
+            for event, sequence in zip(events, result.sequences, strict=True):
+                state = evolve(state, event, sequence)
+            return state
+
+        try:
+            claimed = await retry_on_conflict(claim, what=f"claim of run {run_id}", attempts=10)
+        except ConflictRetriesExhausted:
+            return False  # too busy to claim now: the item comes back
+        if claimed is None:
+            return True
+        state = claimed
         log.info("run.claimed", run_id=run_id, resumed=state.claims > 1, work_seq=seq)
         return await self._execute(state, envelope.trace)
 
@@ -273,20 +294,18 @@ class RunWorker:
         workflow = await self.workflows.get(request.workflow, request.version)
         execution_actor = self.actor
         if workflow is None or workflow.digest != request.digest:
-            error = ErrorInfo(
-                type="workflow_not_found",
-                message=f"workflow {request.workflow!r} version {request.version} "
-                f"(digest {request.digest[:12]}) is not registered",
-            )
-            event = new_event(
-                RunFailed(error=error, duration_ms=state.duration_ms()),
-                aggregate_id=state.run_id,
-                actor=execution_actor,
-                correlation_id=state.run_id,
-            )
+            events = [
+                new_event(
+                    p,
+                    aggregate_id=state.run_id,
+                    actor=execution_actor,
+                    correlation_id=state.run_id,
+                )
+                for p in decide_fail_unregistered(state, datetime.now(UTC))
+            ]
             try:
                 await self.store.append(
-                    AggregateKey("run", state.run_id), [event], expected_version=state.version
+                    AggregateKey("run", state.run_id), events, expected_version=state.version
                 )
             except ConcurrencyConflict:
                 return False  # changed meanwhile: the item comes back and is decided again
