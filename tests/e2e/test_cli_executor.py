@@ -1,7 +1,8 @@
 """The chiffon CLI end to end: validate, register, run --follow, runs list/show/approve/cancel.
 
-Each command runs as a user would run it (a subprocess, settings from CHIFFON_* variables)
-against the session's NATS and PostgreSQL and one real executor process.
+Each command runs as a user would run it (a subprocess, the gateway's address and an API
+key from CHIFFON_* variables) against a real gateway and one real executor process on the
+session's NATS and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from chiffon.cli.http_client import GatewayClient
 from tests.integration.executor.conftest import (  # noqa: F401 — shared_env is a fixture
     ExecutorProcess,
     shared_env,
     start_executor,
+    start_gateway,
     wait_ready,
 )
+from tests.integration.gateway.support import ADMIN_KEY, stop_all
 from tests.support.cli import run_cli
+from tests.support.fixtures import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -29,35 +34,29 @@ RUN_ID = re.compile(r"run ([0-9a-f-]{36})")
 async def cli_stack(
     shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, str]]:  # noqa: F811
-    proc: ExecutorProcess = start_executor(
-        shared_env, tmp_path_factory.mktemp("cli") / "executor.log", replica=1
-    )
+    logs = tmp_path_factory.mktemp("cli")
+    proc: ExecutorProcess = start_executor(shared_env, logs / "executor.log", replica=1)
+    gateway = None
     try:
         await wait_ready(proc)
+        gateway = await start_gateway(shared_env, logs)
         env = {
             k: v
             for k, v in shared_env.items()
-            if k not in ("CHIFFON_CONFIG_FILE", "CHIFFON_GATEWAY_URL")
+            if not k.startswith("CHIFFON_") or k == "CHIFFON_LOG_FORMAT"
         }
-        # No gateway in this stack: the CLI talks to the executor and read models directly.
-        env["CHIFFON_CLIENT"] = "direct"
+        # What the CLI needs to know: where the gateway is, and a key.
+        env.update(CHIFFON_GATEWAY_URL=gateway.url, CHIFFON_API_KEY=ADMIN_KEY)
         yield env
     finally:
+        if gateway is not None:
+            stop_all([gateway])
         proc.stop(timeout=10)
 
 
 async def status_is(env: dict[str, str], run_id: str, status: str) -> None:
-    """Wait (in-process, through the same client interface) until the read model shows it."""
-    from chiffon.cli.direct_client import DirectClient
-    from chiffon.core.settings import ChiffonSettings
-    from tests.support.fixtures import eventually
-
-    settings = ChiffonSettings(
-        nats_url=env["CHIFFON_NATS_URL"],
-        database_url=env["CHIFFON_DATABASE_URL"],
-        namespace=env["CHIFFON_NAMESPACE"],
-    )
-    async with DirectClient(settings) as client:
+    """Wait (in-process, through the CLI's own client) until the read model shows it."""
+    async with GatewayClient(env["CHIFFON_GATEWAY_URL"], env["CHIFFON_API_KEY"]) as client:
 
         async def probe() -> bool:
             run = await client.get_run(run_id)
@@ -147,7 +146,8 @@ async def test_approve_and_cancel_from_the_cli(cli_stack: dict[str, str]) -> Non
     code, out, _ = await chiffon(cli_stack, "runs", "approve", run_id, "sign_off", "-m", "go")
     assert code == 0 and "approved sign_off" in out
     code, out, _ = await chiffon(cli_stack, "runs", "follow", run_id)
-    assert code == 0 and "approved sign_off by user:" in out and "run succeeded" in out
+    # Decided through the gateway: the approval names the key that decided it.
+    assert code == 0 and "approved sign_off by api_key:" in out and "run succeeded" in out
 
     code, out, _ = await chiffon(cli_stack, "run", "parallel-approval", "-i", "goal=second")
     second = RUN_ID.search(out).group(1)  # type: ignore[union-attr]
@@ -167,6 +167,6 @@ async def test_usage_errors_and_unreachable_services(cli_stack: dict[str, str]) 
     assert code == 2 and "unknown input 'extra'" in err
     code, _, err = await chiffon(cli_stack, "run", "missing-workflow")
     assert code == 4 and "no workflow named 'missing-workflow'" in err
-    down = {**cli_stack, "CHIFFON_NATS_URL": "nats://127.0.0.1:9"}
+    down = {**cli_stack, "CHIFFON_GATEWAY_URL": "http://127.0.0.1:9"}
     code, _, err = await chiffon(down, "run", "linear-brief", "-i", "topic=x")
-    assert code == 6 and "cannot reach NATS" in err and "Traceback" not in err
+    assert code == 6 and "cannot reach the gateway" in err and "Traceback" not in err

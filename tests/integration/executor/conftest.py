@@ -1,5 +1,9 @@
 """Real executor processes (``python -m chiffon.executor``) against the session's NATS and
-PostgreSQL, a client like the CLI's, and the OpenAI-compatible test server."""
+PostgreSQL, a real gateway with the CLI's client in front of them, and the
+OpenAI-compatible test server.
+
+Tests drive runs the way a user does: through the gateway (REST and SSE) with an API
+key, never around it. The gateway is started as the gateway's own tests start it."""
 
 from __future__ import annotations
 
@@ -19,14 +23,21 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
 from chiffon.core.db import ensure_database
 from chiffon.core.settings import ChiffonSettings
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
-from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.host import all_migrations
+from tests.integration.gateway.support import (
+    ADMIN_KEY,
+    Service,
+    gateway_env,
+    start_service,
+    stop_all,
+)
+from tests.integration.gateway.support import wait_ready as wait_service_ready
 
 from .graph_support import RunLog
 from .openai_server import FakeOpenAI
@@ -140,13 +151,27 @@ async def start_ready(*procs: ExecutorProcess) -> list[ExecutorProcess]:
     return list(procs)
 
 
-def client_for(env: dict[str, str], user: str = "alice") -> DirectClient:
-    settings = ChiffonSettings(
-        nats_url=env["CHIFFON_NATS_URL"],
-        database_url=env["CHIFFON_DATABASE_URL"],
-        namespace=env["CHIFFON_NAMESPACE"],
-    )
-    return DirectClient(settings, actor=Actor(kind="user", id=user))
+async def start_gateway(env: dict[str, str], log_dir: Path, name: str = "gateway") -> Service:
+    """A gateway process for ``env``'s namespace and database, once ready; the bootstrap
+    admin key is ``ADMIN_KEY``."""
+    service = start_service("chiffon.gateway", name, gateway_env(env), log_dir, free_port())
+    try:
+        await wait_service_ready(service)
+    except BaseException:
+        stop_all([service])
+        raise
+    return service
+
+
+def client_for(gateway: Service, key: str = ADMIN_KEY) -> GatewayClient:
+    """The CLI's client for ``gateway``, acting with ``key`` (the admin's by default)."""
+    return GatewayClient(gateway.url, key, max_reconnect_delay=1.0)
+
+
+async def key_of(admin: GatewayClient, name: str, role: str = "operator") -> tuple[str, str]:
+    """A new API key named ``name``: (the secret, the actor label its decisions carry)."""
+    created = await admin.create_key(name, role)
+    return created["key"], f"api_key:{created['id']}"
 
 
 @pytest.fixture(scope="module")
@@ -183,17 +208,24 @@ async def shared_executor(
         proc.stop(timeout=10)
 
 
+@pytest.fixture(scope="module")
+async def shared_gateway(
+    shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    """One gateway for the module's namespace (tests that only add runs share it)."""
+    service = await start_gateway(shared_env, tmp_path_factory.mktemp("shared-gateway"))
+    try:
+        yield service
+    finally:
+        stop_all([service])
+
+
 @pytest.fixture
 async def shared_client(
-    shared_env: dict[str, str], shared_executor: ExecutorProcess
-) -> AsyncIterator[DirectClient]:
-    settings = ChiffonSettings(
-        nats_url=shared_env["CHIFFON_NATS_URL"],
-        database_url=shared_env["CHIFFON_DATABASE_URL"],
-        namespace=shared_env["CHIFFON_NAMESPACE"],
-    )
-    async with DirectClient(settings, actor=Actor(kind="user", id="alice")) as direct:
-        yield direct
+    shared_gateway: Service, shared_executor: ExecutorProcess
+) -> AsyncIterator[GatewayClient]:
+    async with client_for(shared_gateway) as client:
+        yield client
 
 
 @pytest.fixture
@@ -206,9 +238,19 @@ def client_settings(service_env: dict[str, str]) -> ChiffonSettings:
 
 
 @pytest.fixture
-async def client(client_settings: ChiffonSettings) -> AsyncIterator[DirectClient]:
-    async with DirectClient(client_settings, actor=Actor(kind="user", id="alice")) as direct:
-        yield direct
+async def gateway(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Service]:
+    """A gateway for this test's namespace; stopped at the end of the test."""
+    service = await start_gateway(service_env, tmp_path)
+    try:
+        yield service
+    finally:
+        stop_all([service])
+
+
+@pytest.fixture
+async def client(gateway: Service) -> AsyncIterator[GatewayClient]:
+    async with client_for(gateway) as admin:
+        yield admin
 
 
 @pytest.fixture

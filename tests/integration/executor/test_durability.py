@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
+from tests.integration.gateway.support import Service
 
 from .conftest import ExecutorProcess, client_for, llm_env, start_executor, start_ready
 from .helpers import events_until, of_type, run_view
@@ -61,16 +62,19 @@ async def llm_stack(
 
 
 @pytest.fixture
-async def stack(llm_stack: LlmStack) -> AsyncIterator[tuple[LlmStack, DirectClient, str]]:
-    """The stack, a client, and a workflow name of this test's own."""
+async def stack(
+    llm_stack: LlmStack, shared_gateway: Service
+) -> AsyncIterator[tuple[LlmStack, GatewayClient, str]]:
+    """The stack, a client (through the module's gateway), and a workflow name of this
+    test's own."""
     llm_stack.server.delay, llm_stack.server.fail_first = 0.0, 0
     llm_stack.server.requests.clear()
-    async with client_for(llm_stack.env) as client:
+    async with client_for(shared_gateway) as client:
         yield llm_stack, client, f"steps-{uuid.uuid4().hex[:8]}"
 
 
 async def test_provider_errors_are_retried_by_the_node_policy(
-    stack: tuple[LlmStack, DirectClient, str],
+    stack: tuple[LlmStack, GatewayClient, str],
 ) -> None:
     llm, client, name = stack
     llm.server.fail_first = 1
@@ -89,7 +93,7 @@ async def test_provider_errors_are_retried_by_the_node_policy(
     assert llm.server.count("step s1") == 2  # one try each, LiteLLM does not retry on its own
 
 
-async def test_cancel_interrupts_a_long_call(stack: tuple[LlmStack, DirectClient, str]) -> None:
+async def test_cancel_interrupts_a_long_call(stack: tuple[LlmStack, GatewayClient, str]) -> None:
     llm, client, name = stack
     llm.server.delay = 20
     await client.register_workflow(STEPS.replace("name: steps", f"name: {name}"))
@@ -106,7 +110,7 @@ async def test_cancel_interrupts_a_long_call(stack: tuple[LlmStack, DirectClient
 
 
 async def test_kill_9_during_a_node_resumes_on_the_other_replica(
-    stack: tuple[LlmStack, DirectClient, str],
+    stack: tuple[LlmStack, GatewayClient, str],
 ) -> None:
     """Last in this module: it kills one of the module's replicas."""
     llm, client, name = stack

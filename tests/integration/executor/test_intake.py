@@ -9,7 +9,7 @@ import uuid
 import nats
 from nats.js import api
 
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
 from chiffon.devstack.servers import NatsServer
 from chiffon.eventstore.intake import JetStreamWorkIntake
 from tests.support.fixtures import eventually
@@ -28,7 +28,7 @@ inputs: {n: {type: integer}}
 
 
 async def test_a_replica_executes_at_most_max_concurrent_runs_at_once(
-    spawn_executor: Spawn, client: DirectClient
+    spawn_executor: Spawn, client: GatewayClient
 ) -> None:
     server = await FakeOpenAI(delay=0.3).start()
     try:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
-from chiffon.cli.direct_client import DirectClient
-from chiffon.core.settings import ChiffonSettings
+from chiffon.cli.http_client import GatewayClient
 from chiffon.devstack.servers import NatsServer
-from chiffon.events import Actor
+from tests.integration.gateway.support import Service
 from tests.support.fixtures import eventually
 
-from .conftest import ExecutorProcess, Spawn, llm_env
+from .conftest import ExecutorProcess, Spawn, client_for, llm_env
 from .helpers import events_until, of_type
 from .openai_server import FakeOpenAI
 
@@ -38,8 +37,8 @@ def logged(proc: ExecutorProcess) -> set[str]:
 
 async def test_a_nats_outage_mid_node_defers_the_run_and_it_completes_after(
     spawn_executor: Spawn,
-    client: DirectClient,
-    client_settings: ChiffonSettings,
+    client: GatewayClient,
+    gateway: Service,
     nats_server: NatsServer,
 ) -> None:
     provider = await FakeOpenAI(delay=1.0).start()
@@ -59,7 +58,8 @@ async def test_a_nats_outage_mid_node_defers_the_run_and_it_completes_after(
         await eventually(gave_up, timeout=90, interval=0.5, message="the append never gave up")
         nats_server.start()
 
-        async with DirectClient(client_settings, actor=Actor(kind="user", id="bob")) as again:
+        # A new client, through the same gateway, which rides out the outage.
+        async with client_for(gateway) as again:
             events = await events_until(again, run_id, timeout=60)
     finally:
         await provider.stop()

@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from chiffon.cli.client import InvalidRequest
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
 from chiffon.commands import CommandReply
 
 from .helpers import events_until
@@ -59,7 +59,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_a_bad_spec_is_refused_with_every_issue(
-    shared_client: DirectClient, case: str
+    shared_client: GatewayClient, case: str
 ) -> None:
     source, expected = CASES[case]
     with pytest.raises(InvalidRequest) as refused:
@@ -71,10 +71,11 @@ async def test_a_bad_spec_is_refused_with_every_issue(
 
 
 async def test_oversized_and_undecodable_requests_are_refused_and_the_executor_keeps_serving(
-    shared_client: DirectClient, shared_env: dict[str, str], examples: Path
+    shared_client: GatewayClient, shared_env: dict[str, str], examples: Path
 ) -> None:
     five_mb = spec("five-mb", "  - {id: a, type: llm, prompt: '" + "y" * (5 * 1024 * 1024) + "'}")
-    with pytest.raises(InvalidRequest, match="too large"):
+    # Refused at the gateway, before any service reads it, saying by how much.
+    with pytest.raises(InvalidRequest, match=r"the body is \d+ bytes; the limit is \d+ bytes"):
         await shared_client.register_workflow(five_mb)
 
     namespace = shared_env["CHIFFON_NAMESPACE"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
 from tests.support.fixtures import eventually
 
 from .conftest import ExecutorProcess, Spawn, start_ready
@@ -28,7 +28,7 @@ def leading(proc: ExecutorProcess) -> bool:
 
 
 async def test_one_projector_leads_and_another_takes_over_when_its_replica_dies(
-    spawn_executor: Spawn, client: DirectClient, examples: Path
+    spawn_executor: Spawn, client: GatewayClient, examples: Path
 ) -> None:
     first, second = await start_ready(
         await spawn_executor(1, wait=False), await spawn_executor(2, wait=False)

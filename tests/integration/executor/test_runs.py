@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 
 from chiffon.cli.client import Conflict, InvalidRequest, NotFound
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
 
 from .conftest import ExecutorProcess
 from .helpers import events_until, of_type, run_view
 
 
-async def register(client: DirectClient, path: Path) -> dict[str, object]:
+async def register(client: GatewayClient, path: Path) -> dict[str, object]:
     return await client.register_workflow(path.read_text())  # noqa: ASYNC240
 
 
 async def test_linear_example_runs_offline_and_is_projected(
-    shared_executor: ExecutorProcess, shared_client: DirectClient, examples: Path
+    shared_executor: ExecutorProcess, shared_client: GatewayClient, examples: Path
 ) -> None:
     client, executor = shared_client, shared_executor
     registered = await register(client, examples / "linear.yaml")
@@ -57,7 +57,7 @@ async def test_linear_example_runs_offline_and_is_projected(
     assert workflow is not None and workflow.source == (examples / "linear.yaml").read_text()
 
 
-async def test_loop_example(shared_client: DirectClient, examples: Path) -> None:
+async def test_loop_example(shared_client: GatewayClient, examples: Path) -> None:
     client = shared_client
     await register(client, examples / "review-loop.yaml")
     started = await client.start_run("review-loop", inputs={"topic": "rain"})
@@ -72,7 +72,7 @@ async def test_loop_example(shared_client: DirectClient, examples: Path) -> None
         assert len(reviews) == 4 and outputs["revision"] == 4
 
 
-async def test_commands_refuse_clearly(shared_client: DirectClient, examples: Path) -> None:
+async def test_commands_refuse_clearly(shared_client: GatewayClient, examples: Path) -> None:
     client = shared_client
     source = (examples / "linear.yaml").read_text()
     await client.register_workflow(source)

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from chiffon.cli.direct_client import DirectClient
+from chiffon.cli.http_client import GatewayClient
 from chiffon.core.settings import ChiffonSettings
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
@@ -42,7 +42,7 @@ nodes:
 
 
 async def test_a_cancel_after_a_decision_still_interrupts_the_running_call(
-    spawn_executor: Spawn, client: DirectClient, client_settings: ChiffonSettings
+    spawn_executor: Spawn, client: GatewayClient, client_settings: ChiffonSettings
 ) -> None:
     provider = await FakeOpenAI(delay=30).start()
     try:
@@ -91,7 +91,7 @@ nodes:
 
 
 async def test_a_replica_that_stalls_past_ack_wait_keeps_its_run_and_calls_once(
-    spawn_executor: Spawn, client: DirectClient, client_settings: ChiffonSettings
+    spawn_executor: Spawn, client: GatewayClient, client_settings: ChiffonSettings
 ) -> None:
     """A stalled replica (here SIGSTOP) misses its progress signals, and JetStream hands
     the item out again, to this same replica once it runs on: it is the run it holds."""

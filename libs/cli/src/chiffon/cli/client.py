@@ -1,8 +1,7 @@
-"""The one interface the CLI talks to Chiffon through.
+"""The one interface the CLI talks to Chiffon through, and the errors it raises.
 
-``GatewayClient`` (HTTP to the gateway) and ``DirectClient`` (NATS commands,
-PostgreSQL read models, the event store) implement it; ``connect.open_client``
-picks one.
+``GatewayClient`` (REST and SSE to the gateway, ``http_client``) implements it; the
+commands and the tests depend on this interface, not on HTTP.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from chiffon.readmodels.views import (
     ApprovalPublic,
@@ -64,7 +63,7 @@ class RunEvent:
 class ChiffonClient(ABC):
     """Every operation the CLI needs. Use as an async context manager."""
 
-    async def __aenter__(self) -> ChiffonClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -130,5 +129,8 @@ class ChiffonClient(ABC):
     async def list_pending_approvals(self) -> list[ApprovalPublic]: ...
 
     @abstractmethod
-    def follow_run_events(self, run_id: str, after_seq: int = 0) -> AsyncIterator[RunEvent]:
-        """The run's events after ``after_seq``: history, then live, until the caller stops."""
+    def follow_run_events(
+        self, run_id: str, after_seq: int = 0, *, follow: bool = True
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events after ``after_seq``: history, then live until the run ends or
+        the caller stops (``follow=False``: the history only)."""

@@ -8,7 +8,7 @@
 | 3 | the followed run was cancelled |
 | 4 | not found (workflow, version, run, node) |
 | 5 | conflict (version registered with other content, run already ended, ...) |
-| 6 | Chiffon unavailable (NATS, PostgreSQL or the executor cannot be reached) |
+| 6 | Chiffon unavailable (the gateway, or a service behind it, cannot be reached) |
 | 130 | interrupted (Ctrl-C); a run keeps running |
 """
 

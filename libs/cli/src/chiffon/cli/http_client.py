@@ -34,7 +34,7 @@ from chiffon.cli.client import (
     RunEvent,
     Unavailable,
 )
-from chiffon.cli.connect import find_config_file
+from chiffon.cli.config import find_config_file
 from chiffon.events.runs import RUN_ENDINGS
 from chiffon.readmodels.views import (
     ApprovalPublic,
@@ -277,7 +277,7 @@ class GatewayClient(ChiffonClient):
 
     # -- events --
 
-    async def follow_run_events(  # type: ignore[override]
+    async def follow_run_events(
         self, run_id: str, after_seq: int = 0, *, follow: bool = True
     ) -> AsyncIterator[RunEvent]:
         """History, then live; on a dropped connection, reconnect and resume after the

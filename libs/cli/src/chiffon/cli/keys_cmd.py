@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from chiffon.cli import exit_codes as codes
+from chiffon.cli import logs_cmd, runs_cmd
 from chiffon.cli.http_client import GatewayClient, gateway_client
 from chiffon.events.keys import API_KEY_ROLES
 
@@ -121,8 +122,6 @@ def gateway_options(
 
 def register(app_: typer.Typer) -> None:
     """Add ``keys`` and ``runs logs`` to the CLI, and the global gateway options."""
-    from chiffon.cli import logs_cmd, runs_cmd
-
     app_.add_typer(app, name="keys")
     logs_cmd.register(runs_cmd.app)
     if app_.registered_callback is None:

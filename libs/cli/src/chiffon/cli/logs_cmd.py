@@ -13,6 +13,7 @@ import typer
 
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.http_client import GatewayClient, gateway_client
+from chiffon.cli.runs_cmd import follow_run
 from chiffon.events.runs import RUN_ENDING_STATUS
 
 
@@ -33,14 +34,15 @@ def logs(
     ),
 ) -> None:
     """Print a run's events. With --follow, exit with the run's end (0, 1 or 3)."""
-    from chiffon.cli.runs_cmd import follow_run
 
     async def main() -> int:
         async with await _open() as client:
             if not as_json:
                 if follow:
                     return await follow_run(client, run_id, after)
-                return await _history(client, run_id, after)
+                # What happened so far, printed as `runs follow` prints it; then exit 0.
+                await follow_run(client, run_id, after, follow=False)
+                return codes.OK
             async for event in client.follow_run_events(run_id, after, follow=follow):
                 typer.echo(
                     json.dumps(
@@ -59,25 +61,6 @@ def logs(
             return codes.OK
 
     raise typer.Exit(codes.run_async(main))
-
-
-class _History(GatewayClient):
-    """The same printing as ``runs follow``, over the history only (``follow=false``)."""
-
-    def __init__(self, inner: GatewayClient) -> None:  # noqa: D107 — a view, not a new client
-        self.__dict__.update(inner.__dict__)
-        self._inner = inner
-
-    def follow_run_events(self, run_id: str, after_seq: int = 0, *, follow: bool = False):  # type: ignore[no-untyped-def,override]
-        return self._inner.follow_run_events(run_id, after_seq, follow=False)
-
-
-async def _history(client: GatewayClient, run_id: str, after: int) -> int:
-    """Without --follow: what happened so far, then exit 0."""
-    from chiffon.cli.runs_cmd import follow_run
-
-    await follow_run(_History(client), run_id, after)
-    return codes.OK
 
 
 def register(runs_app: typer.Typer) -> None:

@@ -82,6 +82,7 @@ def run(
     path = Path(target)
     is_file = path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file()
     source: tuple[str, str] | None = None
+    pinned: int | None
     if is_file:
         spec, text, source_format = read_spec(path)
         name, pinned = spec.name, spec.version
@@ -120,10 +121,13 @@ def run(
     raise typer.Exit(codes.run_async(main))
 
 
-async def follow_run(client: ChiffonClient, run_id: str, after_seq: int = 0) -> int:
-    """Print the run's events as they happen; return the exit code of its end."""
+async def follow_run(
+    client: ChiffonClient, run_id: str, after_seq: int = 0, *, follow: bool = True
+) -> int:
+    """Print the run's events as they happen; return the exit code of its end.
+    ``follow=False``: what happened so far (``runs logs`` without ``--follow``)."""
     tokens: dict[str, tuple[int, int]] = {}
-    async for event in client.follow_run_events(run_id, after_seq):
+    async for event in client.follow_run_events(run_id, after_seq, follow=follow):
         p = event.payload
         t = event.type
         if t == "run.claimed":
