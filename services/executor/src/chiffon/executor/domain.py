@@ -20,7 +20,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from chiffon.commands import ApproveNode, CancelRun, RegisterWorkflow, StartRun
+from chiffon.commands.model import ApproveNode, CancelRun, RegisterWorkflow, StartRun
 from chiffon.events import Actor, Envelope, EventPayload
 from chiffon.events import runs as ev
 from chiffon.events.limits import WORKFLOW_MAX_BYTES
