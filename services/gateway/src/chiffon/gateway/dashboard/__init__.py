@@ -31,7 +31,7 @@ from chiffon.events.limits import (
     REASON_MAX_CHARS,
     WORKFLOW_NAME_MAX_CHARS,
 )
-from chiffon.events.runs import RUN_STATUSES, TriggerRef
+from chiffon.events.runs import RUN_STATUSES, TERMINAL_STATUSES, TriggerRef
 from chiffon.gateway.auth import Principal
 from chiffon.gateway.keys import (
     BOOTSTRAP_KEY_ID,
@@ -67,7 +67,6 @@ static_files = StaticFiles(directory=str(HERE / "static"))
 router = APIRouter(include_in_schema=False)
 
 RUN_EVENT_TYPES = [t for t in CATALOG.types() if t.startswith("run.")]
-ENDED = {"succeeded", "failed", "cancelled"}
 
 
 class LoginRequired(Exception):
@@ -294,7 +293,7 @@ async def _names(gw: Gateway, run: RunPublic) -> dict[str, str]:
 async def _run_view(gw: Gateway, run_id: str, min_position: int = 0) -> dict[str, Any]:
     """What the run page and its refreshed panel show."""
     run = await _run(gw, run_id, min_position)
-    return {"run": run, "who": await _names(gw, run), "ended": run.status in ENDED}
+    return {"run": run, "who": await _names(gw, run), "ended": run.status in TERMINAL_STATUSES}
 
 
 @router.get("/runs/{run_id}")
