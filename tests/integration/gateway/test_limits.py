@@ -105,6 +105,7 @@ async def test_every_name_at_its_limit_registers_runs_and_shows(
         return view if view["status"] == "waiting_approval" else None
 
     view = await eventually(waiting, timeout=60, message="the run waits for its approval")
+    assert view is not None
     assert [n["node_id"] for n in view["nodes"]] == [DRAFT, SIGN_OFF]
     await ready(stack)
 
@@ -120,6 +121,7 @@ async def test_every_name_at_its_limit_registers_runs_and_shows(
         return view if view["status"] == "succeeded" else None
 
     view = await eventually(succeeded, timeout=60, message="the run succeeds")
+    assert view is not None
     assert view["workflow"] == WORKFLOW
     assert view["idempotency_key"] == key
     assert view["inputs"] == {TOPIC: "owls"}
