@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from chiffon.core.logging import get_logger
 from chiffon.events import Actor
 from chiffon.eventstore import EventStoreError, JetStreamEventStore, RecordedEvent
-from chiffon.gateway.keys import ApiKey, allows, bootstrap_key, fold, hash_token, same_hash
+from chiffon.gateway.domain import evolve
+from chiffon.gateway.keys import ApiKey, allows, bootstrap_key, hash_token, same_hash
 from chiffon.gateway.problems import Forbidden, Problem, RateLimited, Unauthorized, problem_response
 from chiffon.gateway.ratelimit import RateLimiter
 from chiffon.gateway.readmodel import api_keys
@@ -64,7 +65,7 @@ class KeyCache:
         current = self._by_id.get(key_id)
         if current is not None and current.position >= event.sequence:
             return
-        updated = fold(current, event)
+        updated = evolve(current, event)
         if updated is not None:
             self.put(updated)
         self.position = max(self.position, event.sequence)
@@ -87,7 +88,7 @@ class KeyCache:
         key = self._by_hash.get(digest)
         if key is None or not same_hash(digest, key.key_hash):
             return None
-        return key if key.usable(now) else None
+        return key if key.usable(now or datetime.now(UTC)) else None
 
     def why_refused(self, token: str) -> str:
         key = self._by_hash.get(hash_token(token)) if token and len(token) <= 512 else None

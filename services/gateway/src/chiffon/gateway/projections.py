@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chiffon.events.keys import ApiKeyCreated
 from chiffon.eventstore import RecordedEvent
-from chiffon.gateway.keys import ApiKey, fold
+from chiffon.gateway.domain import ApiKey, evolve
 from chiffon.gateway.readmodel import api_keys
 from chiffon.projections import Projection
 
@@ -32,7 +32,7 @@ class ApiKeysProjection(Projection):
             keys.update((row.key_id, ApiKey.from_row(row)) for row in rows)
         for event in events:
             key_id = event.envelope.aggregate_id
-            keys[key_id] = fold(keys.get(key_id), event)
+            keys[key_id] = evolve(keys.get(key_id), event)
         changed = [key.row() for key in keys.values() if key is not None]
         if changed:
             await conn.execute(_UPSERT, changed)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -121,6 +122,7 @@ def render(
             "can_operate": bool(principal and allows(principal.key.role, "operator")),
             "is_admin": bool(principal and allows(principal.key.role, "admin")),
             "statuses": RUN_STATUSES,
+            "now": datetime.now(UTC),  # keys show as expired by it
             **context,
         },
         status_code=code,

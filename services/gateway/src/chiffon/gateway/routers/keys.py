@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
@@ -31,7 +32,7 @@ def key_public(key: ApiKey) -> KeyPublic:
         revoked_at=key.revoked_at,
         revoked_by=key.revoked_by,
         revoke_reason=key.revoke_reason,
-        active=key.usable(),
+        active=key.usable(datetime.now(UTC)),
     )
 
 
