@@ -9,7 +9,8 @@ from .api import load_spec, spec_from_dict
 from .durations import parse_duration
 from .errors import InputError, SpecError, SpecIssue
 from .expressions import Expression, ExpressionError, compile_expression
-from .model import (
+from .model import WorkflowSpec
+from .spec_types import (
     BUILTIN_VARIABLES,
     DEFAULT_TIMEOUT_S,
     END,
@@ -26,7 +27,6 @@ from .model import (
     Node,
     RetryPolicy,
     SetNode,
-    WorkflowSpec,
 )
 from .templates import Template, TemplateError, format_value, parse_template, render_value
 from .types import (

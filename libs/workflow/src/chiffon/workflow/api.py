@@ -14,7 +14,8 @@ from chiffon.events.limits import WORKFLOW_MAX_BYTES
 from .errors import Loc, SpecError, SpecIssue, did_you_mean, format_path, issue
 from .expressions import type_name
 from .loader import LineMap, SourceError, check_plain, parse_source, too_large
-from .model import NODE_TYPES, SKIP_TEXTS, TextError, WorkflowSpec
+from .model import WorkflowSpec
+from .spec_types import NODE_TYPES, SKIP_TEXTS, TextError
 
 
 def load_spec(source: str | bytes, *, filename: str = "<string>") -> WorkflowSpec:

@@ -1,329 +1,49 @@
-"""The workflow spec as frozen pydantic models, with the lookups the executor needs."""
+"""``WorkflowSpec``: a whole workflow, checked across its nodes and edges on construction,
+with the lookups the executor needs. Its parts (nodes, edges, defaults) are in ``spec_types``."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
-import keyword
-import re
-from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, TypeAlias
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
-    ValidationInfo,
     model_validator,
 )
 
 from chiffon.events.limits import (
-    CAPABILITY_MAX_CHARS,
-    MODEL_NAME_MAX_CHARS,
-    NODE_ID_MAX_CHARS,
-    VARIABLE_NAME_MAX_CHARS,
-    WORKFLOW_NAME_MAX_CHARS,
     WORKFLOW_VERSION_MAX,
 )
 
-from .durations import parse_duration
-from .errors import InputError, format_path
-from .expressions import JSON_CONSTANTS, Expression, ExpressionError, compile_expression
-from .templates import Template, TemplateError, parse_template
-from .types import FieldTypeError, parse_field_type, validate_value
-
-END = "END"
-START = "START"
-RESERVED_NODE_IDS = frozenset({END, START})
-BUILTIN_VARIABLES: dict[str, str] = {"approved": "boolean", "approval_comment": "string"}
-NODE_TYPES: tuple[str, ...] = ("llm", "approval", "agent", "set")
-DEFAULT_TIMEOUT_S = 600.0
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
-_CAPABILITY = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
-
-
-# --- field validators ----------------------------------------------------------------
-
-
-def _at_most(value: str, limit: int, what: str) -> None:
-    """Names are as long as the columns and events that hold them allow, no longer."""
-    if len(value) > limit:
-        raise ValueError(f"{what} is too long ({len(value)} characters; the limit is {limit})")
-
-
-def _slug(value: str) -> str:
-    if not _SLUG.match(value):
-        raise ValueError(
-            f"invalid name {value!r}: use lowercase letters, digits, '-' and '_' "
-            f"(start with a letter or digit, at most {WORKFLOW_NAME_MAX_CHARS} characters)"
-        )
-    _at_most(value, WORKFLOW_NAME_MAX_CHARS, "name")
-    return value
-
-
-def _node_id(value: str) -> str:
-    _at_most(value, NODE_ID_MAX_CHARS, "node id")
-    if not _IDENT.match(value):
-        raise ValueError(
-            f"invalid node id {value!r}: use letters, digits and '_', not starting with a digit"
-        )
-    if value in RESERVED_NODE_IDS:
-        raise ValueError(f"{value!r} is reserved and cannot be a node id")
-    return value
-
-
-def _var_name(value: str) -> str:
-    _at_most(value, VARIABLE_NAME_MAX_CHARS, "name")
-    if not _IDENT.match(value):
-        raise ValueError(
-            f"invalid name {value!r}: use letters, digits and '_', not starting with a digit"
-        )
-    if keyword.iskeyword(value) or value in JSON_CONSTANTS:
-        raise ValueError(f"{value!r} is a reserved word and cannot be a variable name")
-    return value
-
-
-def _field_type(value: str) -> str:
-    try:
-        return str(parse_field_type(value))
-    except FieldTypeError as exc:
-        raise ValueError(str(exc)) from None
-
-
-class TextError(ValueError):
-    """A template or condition that does not compile (the rest of the spec may be fine)."""
-
-
-# Set in a validation's context: templates and conditions are not compiled. After a
-# first pass failed on those alone, a second pass so relaxed runs the cross-reference
-# and graph checks too, so one report names every problem of the file.
-SKIP_TEXTS = "chiffon.skip_texts"
-
-
-def _skipping_texts(info: ValidationInfo) -> bool:
-    return bool(info.context and info.context.get(SKIP_TEXTS))
-
-
-def _compiles(
-    compile_text: Callable[[str], object], error: type[Exception]
-) -> Callable[[str, ValidationInfo], str]:
-    """An after-validator: the text must compile (unless the context skips texts)."""
-
-    def check(value: str, info: ValidationInfo) -> str:
-        if not _skipping_texts(info):
-            try:
-                compile_text(value)
-            except error as exc:
-                raise TextError(str(exc)) from None
-        return value
-
-    return check
-
-
-_template = _compiles(parse_template, TemplateError)
-_expression = _compiles(compile_expression, ExpressionError)
-
-
-def _task(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-    if not _skipping_texts(info):
-        for loc, text in _strings(value, ()):
-            try:
-                parse_template(text)
-            except TemplateError as exc:
-                raise TextError(f"in {format_path(loc)}: {exc}") from None
-    return value
-
-
-def _model_name(value: str) -> str:
-    _at_most(value, MODEL_NAME_MAX_CHARS, "model")
-    if not value.strip() or any(c.isspace() for c in value):
-        raise ValueError(f"invalid model {value!r}: expected a provider/model string")
-    return value
-
-
-def _capability(value: str) -> str:
-    _at_most(value, CAPABILITY_MAX_CHARS, "capability")
-    if not _CAPABILITY.match(value):
-        raise ValueError(
-            f"invalid capability {value!r}: use lowercase letters, digits, '_', '-' and '.'"
-        )
-    return value
-
-
-def _non_empty(value: Any) -> Any:
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-def _strings(value: Any, loc: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
-    """Every string inside a JSON-like value, with its relative path."""
-    if isinstance(value, str):
-        return [(loc, value)]
-    if isinstance(value, Mapping):
-        return [pair for k, v in value.items() for pair in _strings(v, (*loc, k))]
-    if isinstance(value, (list, tuple)):
-        return [pair for i, v in enumerate(value) for pair in _strings(v, (*loc, i))]
-    return []
-
-
-Slug = Annotated[str, AfterValidator(_slug)]
-NodeId = Annotated[str, AfterValidator(_node_id)]
-VarName = Annotated[str, AfterValidator(_var_name)]
-TypeName = Annotated[str, AfterValidator(_field_type)]
-TemplateText = Annotated[str, AfterValidator(_template)]
-ExpressionText = Annotated[str, AfterValidator(_expression)]
-ModelName = Annotated[str, AfterValidator(_model_name)]
-Capability = Annotated[str, AfterValidator(_capability)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-OnError = Literal["fail", "continue"]
-OutputFields = Annotated[dict[VarName, TypeName], AfterValidator(_non_empty)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, protected_namespaces=()
-    )
-
-
-# --- settings --------------------------------------------------------------------------
-
-
-class Backoff(_Model):
-    """Delay before retry ``n`` (1-based): ``min(initial * multiplier**(n-1), max)``."""
-
-    initial: Duration = 1.0
-    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
-    max: Duration = 60.0
-
-
-class RetryPolicy(_Model):
-    """``attempts`` counts the first try: 1 means no retry."""
-
-    attempts: int = Field(default=1, ge=1, le=20)
-    backoff: Backoff = Backoff()
-
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1 = the second attempt)."""
-        b = self.backoff
-        return float(min(b.initial * b.multiplier ** max(retry - 1, 0), b.max))
-
-
-class Defaults(_Model):
-    model: ModelName | None = None
-    fallbacks: tuple[ModelName, ...] | None = None
-    retry: RetryPolicy | None = None
-    timeout: PositiveDuration | None = None
-    on_error: OnError | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-
-
-class Budget(_Model):
-    max_usd: float = Field(gt=0)
-
-
-class InputSpec(_Model):
-    type: TypeName
-    default: Any = None
-    description: str | None = None
-
-    @property
-    def required(self) -> bool:
-        return "default" not in self.model_fields_set
-
-    @model_validator(mode="after")
-    def _default_matches_type(self) -> InputSpec:
-        if not self.required and self.default is not None:
-            try:
-                validate_value(self.type, self.default)
-            except ValueError as exc:
-                raise ValueError(f"default does not match type: {exc}") from None
-        return self
-
-
-# --- nodes -----------------------------------------------------------------------------
-
-
-class _NodeBase(_Model):
-    id: NodeId
-    description: str | None = None
-
-
-class LlmNode(_NodeBase):
-    type: Literal["llm"]
-    model: ModelName | None = None
-    fallbacks: tuple[ModelName, ...] | None = None
-    system: TemplateText | None = None
-    prompt: TemplateText
-    output: OutputFields | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    retry: RetryPolicy | None = None
-    timeout: PositiveDuration | None = None
-    on_error: OnError | None = None
-
-
-class ApprovalNode(_NodeBase):
-    type: Literal["approval"]
-    message: TemplateText
-    on_reject: str = "fail"
-
-
-class AgentNode(_NodeBase):
-    type: Literal["agent"]
-    requires: tuple[Capability, ...] = ()
-    task: Annotated[dict[str, Any], AfterValidator(_task)]
-    output: OutputFields | None = None
-    retry: RetryPolicy | None = None
-    timeout: PositiveDuration | None = None
-    on_error: OnError | None = None
-
-
-class SetNode(_NodeBase):
-    type: Literal["set"]
-    values: Annotated[dict[VarName, ExpressionText], AfterValidator(_non_empty)]
-
-
-Node: TypeAlias = Annotated[
-    LlmNode | ApprovalNode | AgentNode | SetNode, Field(discriminator="type")
-]
-AnyNode: TypeAlias = LlmNode | ApprovalNode | AgentNode | SetNode
-
-
-class Edge(_Model):
-    """``from`` one node, or several (a join); ``to`` a node or ``END``."""
-
-    from_: Annotated[tuple[str, ...], BeforeValidator(_one_or_many), AfterValidator(_non_empty)] = (
-        Field(alias="from")
-    )
-    to: str
-    when: ExpressionText | None = None
-    max_iterations: int | None = Field(default=None, ge=1, le=10_000)
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return self.from_
-
-    @property
-    def is_join(self) -> bool:
-        return len(self.from_) > 1
-
-    @property
-    def condition(self) -> Expression | None:
-        return None if self.when is None else compile_expression(self.when)
-
+from .errors import InputError, SpecError
+from .expressions import Expression, compile_expression
+from .spec_types import (
+    BUILTIN_VARIABLES,
+    DEFAULT_TIMEOUT_S,
+    START,
+    AgentNode,
+    AnyNode,
+    ApprovalNode,
+    Budget,
+    Defaults,
+    Edge,
+    InputSpec,
+    LlmNode,
+    Node,
+    OnError,
+    RetryPolicy,
+    SetNode,
+    Slug,
+    VarName,
+    _Model,
+)
+from .templates import Template, parse_template
+from .types import validate_value
+from .validate import check_spec
 
 # --- the spec --------------------------------------------------------------------------
 
@@ -349,12 +69,8 @@ class WorkflowSpec(_Model):
 
     @model_validator(mode="after")
     def _check_graph(self) -> WorkflowSpec:
-        from .validate import check_spec  # validate.py reads this module's classes
-
         issues = check_spec(self)
         if issues:
-            from .errors import SpecError
-
             raise SpecError(issues)
         return self
 
@@ -388,7 +104,9 @@ class WorkflowSpec(_Model):
         loop's target); else the nodes with no incoming edge (``on_reject`` counts as one)."""
         if self.declares_entry():
             return tuple(
-                dict.fromkeys(e.to for e in self.edges if e.from_ == (START,) and e.to in self._by_id)
+                dict.fromkeys(
+                    e.to for e in self.edges if e.from_ == (START,) and e.to in self._by_id
+                )
             )
         targets = {e.to for e in self.edges}
         targets |= {

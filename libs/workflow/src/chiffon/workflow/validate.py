@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .errors import Loc, SpecIssue, did_you_mean, issue
 from .expressions import Expression, ExpressionError, compile_expression
-from .model import END, START, AgentNode, ApprovalNode, Edge, LlmNode, SetNode, _strings
+from .spec_types import END, START, AgentNode, ApprovalNode, Edge, LlmNode, SetNode, _strings
 from .templates import Template, TemplateError, parse_template
 
 if TYPE_CHECKING:
