@@ -1,0 +1,245 @@
+"""The agent aggregate: its immutable state, its fold, and the decisions on it.
+
+No I/O and no clock: the time is handed in. An agent registers (and may register again,
+from another host or after a restart), goes offline when its liveness lapses, comes
+back, reports a changed capacity, and deregisters. Heartbeats are not events: only
+transitions and significant capacity changes are, so ``decide_capacity_changed``
+answers nothing for the small moves a heartbeat reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Literal
+
+from chiffon.events.agents import (
+    AgentCameBack,
+    AgentCapacityChanged,
+    AgentDeregistered,
+    AgentRegistered,
+    AgentWentOffline,
+)
+from chiffon.eventstore import RecordedEvent
+
+AgentStatus = Literal["unregistered", "online", "offline", "deregistered"]
+
+CAPACITY_CHANGE_THRESHOLD = 0.10
+"""A resource moving by less than a tenth (of the larger of its old and new values, and
+at least of 1.0) is noise from a heartbeat, not an event: a busy agent's live metrics
+would otherwise flood the AGENTS stream and every projection reading it."""
+
+
+# -- refusals ------------------------------------------------------------------------
+
+
+class AgentRefused(Exception):
+    """A command the agent's state refuses."""
+
+
+class AgentNotFound(AgentRefused):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent {agent_id!r} is registered")
+        self.agent_id = agent_id
+
+
+class AgentDeregisteredAlready(AgentRefused):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} was deregistered: it must register again")
+        self.agent_id = agent_id
+
+
+# -- state ---------------------------------------------------------------------------
+
+
+def _no_resources() -> MappingProxyType[str, float]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    agent_id: str
+    version: int = 0  # stream sequence of the last event folded
+    status: AgentStatus = "unregistered"
+    status_reason: str | None = None
+    name: str | None = None
+    host: str | None = None
+    address: str | None = None
+    capabilities: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=_no_resources)
+    max_concurrency: int = 0
+    registered_at: datetime | None = None  # the first registration's time
+
+    @property
+    def known(self) -> bool:
+        """Registered once at least (it may be offline or deregistered since)."""
+        return self.status != "unregistered"
+
+    @property
+    def available(self) -> bool:
+        """Online: work may be routed to it."""
+        return self.status == "online"
+
+
+def evolve(state: AgentState, event: RecordedEvent) -> AgentState:
+    """The agent after ``event``; pure, so a replay gives the same agent."""
+    payload = event.payload
+    at = event.envelope.occurred_at
+    version = max(state.version, event.sequence)
+    if isinstance(payload, AgentRegistered):
+        return replace(
+            state,
+            version=version,
+            status="online",
+            status_reason=None,
+            name=payload.name,
+            host=payload.host,
+            address=payload.address,
+            capabilities=tuple(payload.capabilities),
+            resources=MappingProxyType(dict(payload.resources)),
+            max_concurrency=payload.max_concurrency,
+            registered_at=state.registered_at or at,
+        )
+    if not state.known:
+        return replace(state, version=version)  # an event of an agent never registered
+    if isinstance(payload, AgentCapacityChanged):
+        return replace(
+            state,
+            version=version,
+            resources=MappingProxyType(dict(payload.resources)),
+            max_concurrency=payload.max_concurrency,
+        )
+    if isinstance(payload, AgentWentOffline):
+        return replace(state, version=version, status="offline", status_reason=payload.reason)
+    if isinstance(payload, AgentCameBack):
+        return replace(state, version=version, status="online", status_reason=None)
+    if isinstance(payload, AgentDeregistered):
+        return replace(state, version=version, status="deregistered", status_reason=payload.reason)
+    return replace(state, version=version)
+
+
+# -- commands and decisions --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAgent:
+    agent_id: str
+    name: str
+    host: str
+    address: str  # gRPC host:port
+    capabilities: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=_no_resources)
+    max_concurrency: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeregisterAgent:
+    agent_id: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkOffline:
+    """The agent's liveness lapsed (no heartbeat within its TTL)."""
+
+    agent_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkBack:
+    """A heartbeat came from an agent marked offline."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCapacity:
+    agent_id: str
+    resources: Mapping[str, float]
+    max_concurrency: int
+
+
+def decide_register(
+    state: AgentState, command: RegisterAgent, now: datetime
+) -> list[AgentRegistered]:
+    """Register, or register again (a new address, a restart, back after deregistering).
+    The same registration of an agent online already changes nothing."""
+    same = (
+        state.available
+        and (state.name, state.host, state.address) == (command.name, command.host, command.address)
+        and state.capabilities == tuple(command.capabilities)
+        and dict(state.resources) == dict(command.resources)
+        and state.max_concurrency == command.max_concurrency
+    )
+    if same:
+        return []
+    return [
+        AgentRegistered(
+            name=command.name,
+            host=command.host,
+            address=command.address,
+            capabilities=tuple(command.capabilities),
+            resources=dict(command.resources),
+            max_concurrency=command.max_concurrency,
+        )
+    ]
+
+
+def decide_deregister(
+    state: AgentState, command: DeregisterAgent, now: datetime
+) -> list[AgentDeregistered]:
+    if not state.known:
+        raise AgentNotFound(command.agent_id)
+    if state.status == "deregistered":
+        raise AgentDeregisteredAlready(command.agent_id)
+    return [AgentDeregistered(reason=command.reason)]
+
+
+def decide_went_offline(
+    state: AgentState, command: MarkOffline, now: datetime
+) -> list[AgentWentOffline]:
+    """Only an online agent goes offline: a lapse noticed twice (by two registry
+    replicas, say) records one transition."""
+    if not state.known:
+        raise AgentNotFound(command.agent_id)
+    return [AgentWentOffline(reason=command.reason)] if state.status == "online" else []
+
+
+def decide_came_back(state: AgentState, command: MarkBack, now: datetime) -> list[AgentCameBack]:
+    if not state.known:
+        raise AgentNotFound(command.agent_id)
+    if state.status == "deregistered":
+        raise AgentDeregisteredAlready(command.agent_id)
+    return [AgentCameBack()] if state.status == "offline" else []
+
+
+def decide_capacity_changed(
+    state: AgentState, command: ReportCapacity, now: datetime
+) -> list[AgentCapacityChanged]:
+    """A capacity change worth an event (see ``CAPACITY_CHANGE_THRESHOLD``), or nothing."""
+    if not state.known:
+        raise AgentNotFound(command.agent_id)
+    if state.status == "deregistered":
+        raise AgentDeregisteredAlready(command.agent_id)
+    if not significant_change(state, command):
+        return []
+    return [
+        AgentCapacityChanged(
+            resources=dict(command.resources), max_concurrency=command.max_concurrency
+        )
+    ]
+
+
+def significant_change(state: AgentState, command: ReportCapacity) -> bool:
+    if command.max_concurrency != state.max_concurrency:
+        return True
+    if set(command.resources) != set(state.resources):
+        return True
+    for name, new in command.resources.items():
+        old = state.resources[name]
+        if abs(new - old) >= CAPACITY_CHANGE_THRESHOLD * max(abs(old), abs(new), 1.0):
+            return True
+    return False
