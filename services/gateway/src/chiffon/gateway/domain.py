@@ -14,7 +14,7 @@ from typing import Any
 
 from chiffon.events import Actor, actor_label
 from chiffon.events.keys import ApiKeyCreated, ApiKeyRevoked, ApiKeyRole
-from chiffon.eventstore import RecordedEvent
+from chiffon.eventstore.model import RecordedEvent
 
 # -- refusals ------------------------------------------------------------------------
 

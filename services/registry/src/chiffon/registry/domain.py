@@ -22,7 +22,7 @@ from chiffon.events.agents import (
     AgentRegistered,
     AgentWentOffline,
 )
-from chiffon.eventstore import RecordedEvent
+from chiffon.eventstore.model import RecordedEvent
 
 AgentStatus = Literal["unregistered", "online", "offline", "deregistered"]
 
