@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "libs" / "agentproto" / "generate.py"
@@ -67,8 +73,6 @@ def test_generation_replaces_a_stale_stub_and_keeps_hand_written_files(tmp_path:
 
 
 def test_the_stubs_serve_the_protocol_under_its_wire_name() -> None:
-    from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
-
     request = agent_pb2.ExecuteRequest(task_id="run-1/draft/1", attempt=1, tool="shell")
     request.arguments.update({"command": "echo ok"})
     decoded = agent_pb2.ExecuteRequest.FromString(request.SerializeToString())
@@ -76,3 +80,58 @@ def test_the_stubs_serve_the_protocol_under_its_wire_name() -> None:
     assert decoded.arguments["command"] == "echo ok"
     assert agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name == "chiffon.agent.v1.Agent"
     assert hasattr(agent_pb2_grpc, "AgentStub") and hasattr(agent_pb2_grpc, "AgentServicer")
+
+
+class _EchoAgent(agent_pb2_grpc.AgentServicer):
+    """The smallest agent: one output line, then its result."""
+
+    async def Execute(
+        self,
+        request: agent_pb2.ExecuteRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.ExecuteRequest, agent_pb2.ExecuteUpdate],
+    ) -> AsyncIterator[agent_pb2.ExecuteUpdate]:
+        yield agent_pb2.ExecuteUpdate(
+            line=agent_pb2.OutputLine(stream=agent_pb2.OutputLine.STREAM_STDOUT, text="ok")
+        )
+        yield agent_pb2.ExecuteUpdate(result=agent_pb2.TaskResult(ok=True, exit_code=0))
+
+    async def Cancel(
+        self,
+        request: agent_pb2.CancelRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.CancelRequest, agent_pb2.CancelReply],
+    ) -> agent_pb2.CancelReply:
+        return agent_pb2.CancelReply(was_running=False)
+
+    async def Describe(
+        self,
+        request: agent_pb2.DescribeRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.DescribeRequest, agent_pb2.AgentDescription],
+    ) -> agent_pb2.AgentDescription:
+        return agent_pb2.AgentDescription(agent_id="a1", capabilities=["shell"])
+
+
+async def test_an_aio_server_and_client_speak_through_the_stubs() -> None:
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentServicer_to_server(_EchoAgent(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            agent = agent_pb2_grpc.AgentStub(channel)
+            description = await agent.Describe(agent_pb2.DescribeRequest(), timeout=5)
+            updates = [
+                update
+                async for update in agent.Execute(
+                    agent_pb2.ExecuteRequest(task_id="t1", tool="shell"), timeout=5
+                )
+            ]
+            health_check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]  # typeshed's HealthStub lists no methods
+            serving = await health_check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        await server.stop(grace=None)
+
+    assert list(description.capabilities) == ["shell"]
+    assert [update.WhichOneof("update") for update in updates] == ["line", "result"]
+    assert updates[-1].result.ok
+    assert serving.status == health_pb2.HealthCheckResponse.SERVING
