@@ -1,8 +1,9 @@
 """What a service process holds open: the event store, the database, its projections.
 
 Also the plug-in points: migrations and projections are found through entry points
-(``chiffon.migrations``, ``chiffon.projections``) so the dev stack and the CLI can run
-every service's migrations and rebuild any projection without importing services.
+(``chiffon.migrations``, in ``chiffon.core.migrate``; ``chiffon.projections``) so the dev
+stack and the CLI can run every service's migrations and rebuild any projection without
+importing services.
 """
 
 from __future__ import annotations
@@ -11,24 +12,17 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chiffon.core.db import Migrations, create_engine
+from chiffon.core.db import create_engine
+from chiffon.core.migrate import all_migrations as all_migrations  # one place finds them
 from chiffon.core.service import ServiceContext
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.base import Projection
 from chiffon.projections.runner import ProjectionRunner
-
-
-def all_migrations() -> list[Migrations]:
-    """Every package's migrations, the shared checkpoint table first."""
-    found = {ep.name: ep.load() for ep in entry_points(group="chiffon.migrations")}
-    first = found.pop("projections", None)
-    return ([first] if first else []) + [found[name] for name in sorted(found)]
 
 
 @dataclass
