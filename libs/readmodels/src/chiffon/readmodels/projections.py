@@ -162,6 +162,61 @@ def fold_node(row: Row | None, event: RecordedEvent) -> Row | None:
     return row
 
 
+ApprovalKey = tuple[str, str, int]  # (run id, node id, iteration)
+
+
+def fold_approvals(
+    approvals: dict[ApprovalKey, Row], event: RecordedEvent, workflow: str
+) -> set[ApprovalKey]:
+    """Fold ``event`` into the run's approval rows (in place); the keys it changed.
+
+    A request opens one, its decision closes it, and the run's ending closes any left.
+    ``approvals`` holds at least every open row of the event's run."""
+    run_id = event.envelope.aggregate_id
+    payload = event.payload
+    at = event.envelope.occurred_at
+    if isinstance(payload, ev.ApprovalRequested):
+        key = (run_id, payload.node_id, payload.iteration)
+        approvals[key] = {
+            "run_id": run_id,
+            "node_id": payload.node_id,
+            "iteration": payload.iteration,
+            "workflow": workflow,
+            "message": payload.message,
+            "requested_at": at,
+            "decided_at": None,
+            "approved": None,
+            "comment": None,
+            "decided_by": None,
+            "open": True,
+        }
+        return {key}
+    if isinstance(payload, ev.ApprovalDecided):
+        key = (run_id, payload.node_id, payload.iteration)
+        if key not in approvals:
+            return set()
+        approvals[key] = {
+            **approvals[key],
+            "decided_at": at,
+            "approved": payload.approved,
+            "comment": payload.comment,
+            "decided_by": actor_label(event.envelope.actor),
+            "open": False,
+        }
+        return {key}
+    if event.type in ev.RUN_ENDINGS:
+        closed = {k for k, row in approvals.items() if k[0] == run_id and row["open"]}
+        for key in closed:
+            approvals[key] = {**approvals[key], "open": False}
+        return closed
+    return set()
+
+
+def open_approvals(approvals: dict[ApprovalKey, Row], run_id: str) -> int:
+    """How many of the run's approval requests are still undecided."""
+    return sum(1 for key, row in approvals.items() if key[0] == run_id and row["open"])
+
+
 _NODE_EVENTS = (ev.NodeStarted, ev.NodeCompleted, ev.NodeFailed, ev.ApprovalRequested, ev.LlmCalled)
 
 
@@ -200,7 +255,7 @@ class RunsProjection(Projection):
             if isinstance(e.payload, (ev.ApprovalRequested, ev.ApprovalDecided))
             or e.type in ev.RUN_ENDINGS
         }
-        approvals: dict[tuple[str, str, int], Row] = {}
+        approvals: dict[ApprovalKey, Row] = {}
         if approval_runs:
             found = await conn.execute(
                 select(run_approvals).where(
@@ -211,46 +266,13 @@ class RunsProjection(Projection):
 
         changed_runs: set[str] = set()
         changed_nodes: set[tuple[str, str]] = set()
-        changed_approvals: set[tuple[str, str, int]] = set()
+        changed_approvals: set[ApprovalKey] = set()
         for event in events:
             run_id = event.envelope.aggregate_id
             payload = event.payload
-            at = event.envelope.occurred_at
-            if isinstance(payload, ev.ApprovalRequested):
-                run = run_rows.get(run_id)
-                key = (run_id, payload.node_id, payload.iteration)
-                approvals[key] = {
-                    "run_id": run_id,
-                    "node_id": payload.node_id,
-                    "iteration": payload.iteration,
-                    "workflow": run["workflow"] if run else "",
-                    "message": payload.message,
-                    "requested_at": at,
-                    "decided_at": None,
-                    "approved": None,
-                    "comment": None,
-                    "decided_by": None,
-                    "open": True,
-                }
-                changed_approvals.add(key)
-            elif isinstance(payload, ev.ApprovalDecided):
-                key = (run_id, payload.node_id, payload.iteration)
-                if key in approvals:
-                    approvals[key] = {
-                        **approvals[key],
-                        "decided_at": at,
-                        "approved": payload.approved,
-                        "comment": payload.comment,
-                        "decided_by": actor_label(event.envelope.actor),
-                        "open": False,
-                    }
-                    changed_approvals.add(key)
-            elif event.type in ev.RUN_ENDINGS:
-                for key, row in approvals.items():
-                    if key[0] == run_id and row["open"]:
-                        approvals[key] = {**row, "open": False}
-                        changed_approvals.add(key)
-            open_count = sum(1 for k, r in approvals.items() if k[0] == run_id and r["open"])
+            run = run_rows.get(run_id)
+            changed_approvals |= fold_approvals(approvals, event, run["workflow"] if run else "")
+            open_count = open_approvals(approvals, run_id)
             new_run = fold_run(run_rows.get(run_id), event, open_count)
             if new_run is not None:
                 run_rows[run_id] = new_run
