@@ -81,12 +81,12 @@ def bare_graph(nodes: int, *, with_llm: bool) -> tuple[Any, Any]:
 
     from langgraph.graph import END, START, StateGraph
 
-    from chiffon.executor.graph import parse_output, response_format_for
-    from chiffon.executor.llm import LlmGateway
+    from chiffon.executor.models import ModelGateway, ModelRequest
+    from chiffon.executor.nodes import parse_output, response_format_for
     from chiffon.workflow import build_output_model, load_spec
 
     spec = load_spec(linear("bare", nodes))
-    llm = LlmGateway(offline_mode="always")
+    llm = ModelGateway(offline_mode="always")
     llm.setup()
     fields: dict[str, Any] = {k: Annotated[Any, lambda _a, b: b] for k in spec.state_keys()}
     state_type = TypedDict("BareState", fields)  # type: ignore[misc]
@@ -109,7 +109,11 @@ def bare_graph(nodes: int, *, with_llm: bool) -> tuple[Any, Any]:
             if not with_llm:
                 return {f"n{node.id[1:]}": prompt}
             reply = await llm.complete(
-                model, [{"role": "user", "content": prompt}], response_format=response_format
+                ModelRequest(
+                    model=model,
+                    messages=[{"role": "user", "content": prompt}],
+                    response_format=response_format,
+                )
             )
             return parse_output(node, reply.text, output_model)
 

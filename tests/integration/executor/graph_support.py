@@ -16,7 +16,7 @@ from chiffon.eventstore import AggregateKey, JetStreamEventStore, RecordedEvent
 from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.execution import LoadedWorkflow, RunExecution
 from chiffon.executor.graph import build_graph
-from chiffon.executor.llm import LlmGateway, LlmReply
+from chiffon.executor.models import ModelGateway, ModelReply, ModelRequest
 from chiffon.workflow import load_spec
 
 from .openai_server import FakeOpenAI, ScriptedFailure
@@ -57,7 +57,7 @@ class RunLog:
 Script = Callable[[str, list[dict[str, str]], dict[str, Any] | None], Any]
 
 
-class ScriptedLlm(LlmGateway):
+class ScriptedLlm(ModelGateway):
     """The executor's real model gateway (LiteLLM) in front of the OpenAI-compatible test
     server (``provider`` fixture), which answers by ``script`` while this gateway calls it:
     (model, messages, schema) -> text, None for the echo answer, or an awaitable; raise
@@ -66,14 +66,17 @@ class ScriptedLlm(LlmGateway):
 
     def __init__(self, script: Script | None = None) -> None:
         super().__init__(offline_mode="never")
+        # LiteLLM's import (seconds on a busy machine) now, as the executor does at start,
+        # not inside the first call of a test that times its run.
+        self.setup()
         self.script = script
         self.calls: list[tuple[str, str]] = []
 
-    async def complete(self, model: str, messages: list[dict[str, str]], **kwargs: Any) -> LlmReply:
+    async def complete(self, request: ModelRequest) -> ModelReply:
         assert PROVIDER.server is not None, "use the provider fixture"
-        self.calls.append((model, messages[-1]["content"]))
+        self.calls.append((request.model, request.messages[-1]["content"]))
         PROVIDER.server.script = self.script
-        return await super().complete(model, messages, **kwargs)
+        return await super().complete(request)
 
 
 @dataclass
@@ -134,8 +137,7 @@ async def claim(log: RunLog, executor: str = "executor-1") -> RunState:
         actor=EXECUTOR,
     )
     result = await log.store.append(log.key, [event], expected_version=version)
-    state = evolve(state, event, result.version)
-    return state
+    return evolve(state, event, result.version)
 
 
 def execution(log: RunLog, workflow: LoadedWorkflow, state: RunState, llm: Any) -> RunExecution:

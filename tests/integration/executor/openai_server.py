@@ -2,7 +2,8 @@
 
 It records every request (so a test can count calls per node) and the most it answered
 at once, and can sleep before answering, to hold a call in flight or to model provider
-latency.
+latency. ``fail_next`` makes it answer as a provider that refuses: a 401 for a bad key,
+a 429 with ``Retry-After``, a 400 for a context window too small.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from chiffon.devstack.ports import free_port
-from chiffon.executor.offline import count_tokens, echo_output
+from chiffon.executor.models.offline import count_tokens, echo_output
 
 
 @dataclass
@@ -42,12 +43,27 @@ class FakeOpenAI:
         self.requests: list[Request] = []
         self.in_flight = 0
         self.most_in_flight = 0  # the most calls it was answering at once
+        self._refusals: list[tuple[int, dict[str, str], dict[str, Any]]] = []
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail_next(
+        self,
+        status: int,
+        *,
+        headers: dict[str, str] | None = None,
+        message: str = "refused",
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        """Answer the next call not yet refused with this HTTP status (OpenAI's error body)
+        and headers; each call queues one refusal, used in order."""
+        error = {"message": message, "type": error_type, "param": None, "code": code}
+        self._refusals.append((status, headers or {}, {"error": error}))
 
     def count(self, prefix: str) -> int:
         """Requests whose prompt starts with ``prefix``."""
@@ -81,6 +97,9 @@ class FakeOpenAI:
             (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
         )
         self.requests.append(Request(body.get("model", ""), str(prompt), time.monotonic(), body))
+        if self._refusals:
+            status, headers, error = self._refusals.pop(0)
+            return web.json_response(error, status=status, headers=headers)
         if self.fail_first > 0:
             self.fail_first -= 1
             return web.json_response(

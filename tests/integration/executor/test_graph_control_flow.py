@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from chiffon.commands import ApproveNode
 from chiffon.events import new_event
 from chiffon.executor.domain import RunState, decide_approval
-from chiffon.executor.offline import echo_value
+from chiffon.executor.models.offline import echo_value
 
 from .graph_support import (  # noqa: F401 — provider: the autouse test server
     LOOP,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from chiffon.events import new_event
 from chiffon.events.runs import CancelRequested
 from chiffon.executor.domain import RunState, decide_cancel
 from chiffon.executor.execution import RunExecution
+from chiffon.executor.models import ModelReply, ModelRequest
 from tests.support.fixtures import eventually
 
 from .graph_support import (  # noqa: F401 — provider: the autouse test server
@@ -53,11 +55,11 @@ class GatedLlm(ScriptedLlm):
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def complete(self, model: str, messages: list[dict[str, str]], **kwargs: Any):  # type: ignore[no-untyped-def]
-        if messages[-1]["content"].startswith(self.block):
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        if request.messages[-1]["content"].startswith(self.block):
             self.entered.set()
             await self.release.wait()
-        return await super().complete(model, messages, **kwargs)
+        return await super().complete(request)
 
 
 async def test_a_resumed_run_never_runs_a_completed_node_again(log: RunLog) -> None:
@@ -98,10 +100,10 @@ async def test_loop_counters_survive_a_crash(log: RunLog) -> None:
     workflow, _ = await start(log, LOOP)
 
     class CrashOnThirdReview(ScriptedLlm):
-        async def complete(self, model, messages, **kw):  # type: ignore[no-untyped-def]
-            if messages[-1]["content"].startswith("review") and reviews == 2:
+        async def complete(self, request: ModelRequest) -> ModelReply:
+            if request.messages[-1]["content"].startswith("review") and reviews == 2:
                 await asyncio.Event().wait()
-            return await super().complete(model, messages, **kw)
+            return await super().complete(request)
 
     task = asyncio.ensure_future(
         execution(log, workflow, await claim(log), CrashOnThirdReview(script)).execute()
@@ -211,6 +213,6 @@ async def test_cancel_is_seen_at_the_next_append_without_a_signal(log: RunLog) -
 async def test_work_items_are_left_to_a_live_holder(log: RunLog) -> None:
     _, state = await start(log, FIVE)
     assert state.should_execute(1)
-    state.holder, state.work_seq = "executor-1", 1
+    state = dataclasses.replace(state, holder="executor-1", work_seq=1)
     assert state.should_execute(1)  # a redelivery of the holder's own item: take over
     assert not state.should_execute(7)  # another item while held: the holder sees it

@@ -18,7 +18,7 @@ from chiffon.core.logging import get_logger
 from chiffon.core.runtime import tune_gc
 from chiffon.core.service import ServiceContext, run_service
 from chiffon.executor.application import Runs, Workflows
-from chiffon.executor.llm import LlmGateway
+from chiffon.executor.models import ModelGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
 from chiffon.executor.worker import RunWorker
@@ -35,7 +35,7 @@ async def serve(ctx: ServiceContext) -> None:
     # Ready only once commands are served and the projector is started: the checks
     # added on the way pass earlier (while the worker's consumer is being set up).
     started = ctx.health.starting()
-    llm = LlmGateway(offline_mode=settings.llm_offline, environment=settings.environment)
+    llm = ModelGateway(offline_mode=settings.llm_offline, environment=settings.environment)
     # Import LiteLLM now (seconds of CPU), never on a run's path; in a thread, so the
     # health endpoint answers meanwhile and NATS/PostgreSQL connect in parallel.
     importing = asyncio.ensure_future(asyncio.to_thread(llm.setup))

@@ -31,12 +31,15 @@ from chiffon.events.runs import (
 from chiffon.eventstore import (
     AggregateKey,
     ConcurrencyConflict,
+    ConflictRetriesExhausted,
     EventStoreUnavailable,
     JetStreamEventStore,
+    retry_on_conflict,
 )
 from chiffon.executor.domain import RunState, evolve
-from chiffon.executor.graph import NodeFailure, RunCancelledSignal
-from chiffon.executor.llm import LlmGateway
+from chiffon.executor.models import ModelGateway
+from chiffon.executor.nodes import NodeFailure, RunCancelledSignal
+from chiffon.executor.outputs import OutputStore
 from chiffon.workflow import WorkflowSpec
 
 log = get_logger(__name__)
@@ -59,34 +62,6 @@ class LoadedWorkflow:
     graph: Any
 
 
-class OutputStore:
-    """Node outputs too large for an event, in a JetStream object store bucket."""
-
-    def __init__(self, store: JetStreamEventStore, namespace: str) -> None:
-        self.store = store
-        self.bucket = f"{namespace.upper()}_RUN_OUTPUTS"
-        self._obs: Any = None
-
-    async def _objects(self) -> Any:
-        if self._obs is None:
-            try:
-                self._obs = await self.store.js.object_store(self.bucket)
-            except Exception:  # noqa: BLE001 — not there yet: create it
-                self._obs = await self.store.js.create_object_store(self.bucket)
-        return self._obs
-
-    async def put(self, name: str, outputs: dict[str, Any]) -> str:
-        obs = await self._objects()
-        await obs.put(name, json.dumps(outputs, ensure_ascii=False).encode())
-        return name
-
-    async def get(self, name: str) -> dict[str, Any]:
-        obs = await self._objects()
-        result = await obs.get(name)
-        data: dict[str, Any] = json.loads(result.data)
-        return data
-
-
 class RunExecution:
     """Executes one claimed run (see the module docstring)."""
 
@@ -97,7 +72,7 @@ class RunExecution:
         workflow: LoadedWorkflow,
         run: RunState,
         actor: Actor,
-        llm: LlmGateway,
+        llm: ModelGateway,
         outputs: OutputStore,
         max_steps: int = 10_000,
         inline_output_limit: int = 64 * 1024,
@@ -167,9 +142,10 @@ class RunExecution:
                 )
             except ClaimLost:
                 return "lost"
-            except EventStoreUnavailable:
-                # NATS away for longer than a read or an append retries: not the run's
-                # fault. The worker hands the item back; the run resumes from its events.
+            except (EventStoreUnavailable, ConflictRetriesExhausted):
+                # NATS away for longer than a read or an append retries, or the run too
+                # busy to append to: not the run's fault. The worker hands the item
+                # back; the run resumes from its events.
                 raise
             except Exception as error:  # noqa: BLE001 — a bug must end the run, not loop on it
                 log.exception("run.internal_error", run_id=self.run.run_id)
@@ -215,26 +191,33 @@ class RunExecution:
         )
 
     async def append(self, payloads: list[Any], *, check_cancel: bool = True) -> None:
-        """Append payloads (dated now) or events made earlier with ``event``."""
+        """Append payloads (dated now) or events made earlier with ``event``.
+
+        On a conflict the run is reloaded (a cancel or a decision is taken in, a lost
+        claim stops the run) and what is not stored yet is appended again, a bounded
+        number of times (``retry_on_conflict``)."""
         envelopes = [p if isinstance(p, Envelope) else self.event(p) for p in payloads]
+
+        async def attempt() -> None:
+            nonlocal envelopes
+            if check_cancel and self._cancel.is_set():
+                raise RunCancelledSignal()
+            try:
+                result = await self.store.append(self.key, envelopes, expected_version=self.version)
+            except ConcurrencyConflict:
+                seen = await self._reload()
+                envelopes = [e for e in envelopes if e.event_id not in seen]
+                if envelopes:
+                    raise
+                return  # every event landed: a retried append met its own success
+            run = self.run
+            for envelope, sequence in zip(envelopes, result.sequences, strict=True):
+                run = evolve(run, envelope, sequence)
+            self.run = run
+            self.version = max(self.version, result.version)
+
         async with self._lock:
-            while True:
-                if check_cancel and self._cancel.is_set():
-                    raise RunCancelledSignal()
-                try:
-                    result = await self.store.append(
-                        self.key, envelopes, expected_version=self.version
-                    )
-                except ConcurrencyConflict:
-                    seen = await self._reload()
-                    envelopes = [e for e in envelopes if e.event_id not in seen]
-                    if not envelopes:
-                        return
-                    continue
-                for envelope, sequence in zip(envelopes, result.sequences, strict=True):
-                    self.run = evolve(self.run, envelope, sequence)
-                self.version = max(self.version, result.version)
-                return
+            await retry_on_conflict(attempt, what=f"appending to run {self.run.run_id}")
 
     async def _reload(self) -> set[Any]:
         """Read the run again; take in outside events. Returns the ids of stored events."""
@@ -396,24 +379,33 @@ class RunExecution:
                 await asyncio.sleep(1.0)
 
     async def _suspend(self) -> Literal["suspended", "busy", "lost", "unavailable"]:
-        """Record ``run.suspended`` (the lock held)."""
-        envelope = self.event(RunSuspended(waiting_for=sorted({node for node, _ in self._waiters})))
-        try:
+        """Record ``run.suspended`` (the lock held), unless the run has work again."""
+
+        async def attempt() -> Literal["suspended", "busy"]:
+            if self._cancel.is_set() or not self._only_undecided_waits():
+                return "busy"  # a decision or a cancel came in: the run goes on
+            waiting_for = sorted({node for node, _ in self._waiters})
+            envelope = self.event(RunSuspended(waiting_for=waiting_for))
             try:
                 result = await self.store.append(
                     self.key, [envelope], expected_version=self.version
                 )
             except ConcurrencyConflict:
-                await self._reload()  # a decision or a cancel may have come in
-                return "busy"
+                await self._reload()  # take in whatever came first, then decide again
+                raise
+            self.run = evolve(self.run, envelope, result.version)
+            self.version = result.version
+            return "suspended"
+
+        try:
+            return await retry_on_conflict(attempt, what=f"suspending run {self.run.run_id}")
+        except ConflictRetriesExhausted:
+            return "busy"  # still idle: the watcher tries again
         except ClaimLost:
             return "lost"
         except EventStoreUnavailable as error:
             log.warning("run.suspend_deferred", run_id=self.run.run_id, error=str(error))
             return "unavailable"
-        self.run = evolve(self.run, envelope, result.version)
-        self.version = result.version
-        return "suspended"
 
     async def completed_outputs(self, completed: NodeCompleted) -> dict[str, Any]:
         if completed.outputs_ref:

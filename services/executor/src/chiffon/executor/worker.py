@@ -49,8 +49,9 @@ from chiffon.executor.domain import (
     decide_fail_unregistered,
     evolve,
 )
-from chiffon.executor.execution import OutputStore, RunExecution
-from chiffon.executor.llm import LlmGateway
+from chiffon.executor.execution import RunExecution
+from chiffon.executor.models import ModelGateway
+from chiffon.executor.outputs import OutputStore
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
 
@@ -77,7 +78,7 @@ class RunWorker:
         name: str,
         workflows: WorkflowRepository,
         runs: RunRepository,
-        llm: LlmGateway,
+        llm: ModelGateway,
     ) -> None:
         self.store = store
         self.settings = settings

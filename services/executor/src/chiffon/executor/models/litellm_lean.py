@@ -59,9 +59,9 @@ def skip_unused_bookkeeping(litellm: Any) -> bool:
         self._restore_correlation_context()
         return None
 
-    Logging.response_cost_calculator = response_cost_calculator
+    Logging.response_cost_calculator = response_cost_calculator  # type: ignore[method-assign]
     Logging._response_cost_calculator = response_cost_calculator  # LiteLLM's own alias
-    Logging.async_success_handler = async_success_handler
+    Logging.async_success_handler = async_success_handler  # type: ignore[method-assign]
     setattr(Logging, _MARK, True)
     return True
 

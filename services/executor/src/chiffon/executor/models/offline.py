@@ -22,6 +22,8 @@ import json
 import time
 from typing import Any
 
+from chiffon.executor.models.base import ModelReply, ModelRequest
+
 PROVIDER = "chiffon"
 MODEL = "chiffon/echo"
 MAX_ECHO = 2000
@@ -99,19 +101,22 @@ def _prompt_of(messages: list[dict[str, Any]]) -> tuple[str, str]:
     return last_user, "\n".join(every)
 
 
-def answer(model: str, messages: list[dict[str, Any]], response_format: Any) -> Any:
-    """The offline model's reply to a chat request, as the executor's ``LlmReply``."""
-    from chiffon.executor.llm import LlmReply
+class OfflineClient:
+    """The ``chiffon/*`` model client: answers in this process, in microseconds, and never
+    fails (so nothing it answers is worth a cancel-interruptible task, see ``in_process``)."""
 
-    started = time.perf_counter()
-    prompt, every = _prompt_of(messages)
-    content = echo_output(_schema_of(response_format), prompt)
-    return LlmReply(
-        text=content,
-        provider=PROVIDER,
-        model=model,
-        prompt_tokens=count_tokens(every),
-        completion_tokens=count_tokens(content),
-        latency_ms=(time.perf_counter() - started) * 1000,
-        finish_reason="stop",
-    )
+    in_process = True
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        started = time.perf_counter()
+        prompt, every = _prompt_of(request.messages)
+        content = echo_output(_schema_of(request.response_format), prompt)
+        return ModelReply(
+            text=content,
+            provider=PROVIDER,
+            model=request.model,
+            prompt_tokens=count_tokens(every),
+            completion_tokens=count_tokens(content),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            finish_reason="stop",
+        )

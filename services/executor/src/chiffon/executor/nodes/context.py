@@ -1,0 +1,74 @@
+"""What a node runner needs from the run it executes in, and how a node fails.
+
+The graph's nodes are compiled once per workflow version; the run comes in with each
+call (``config["configurable"]["chiffon"]``), as an object with the ``Execution``
+interface (``execution.RunExecution``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from chiffon.events import Envelope
+from chiffon.events.runs import ApprovalDecided, ErrorInfo, NodeCompleted
+from chiffon.executor.domain import RunState
+from chiffon.executor.models import ModelGateway
+
+MAX_ERROR = 3900
+
+
+class NodeFailure(Exception):
+    """A node failed for good (attempts spent, ``on_error: fail``): the run fails."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class RunCancelledSignal(Exception):
+    """A cancel was requested: stop at this safe point."""
+
+
+class NodeError(Exception):
+    """One attempt failed. ``retryable`` errors are retried per the node's policy, not
+    before ``retry_after`` seconds when the provider asked for a wait."""
+
+    def __init__(
+        self, kind: str, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Execution(Protocol):
+    """What the graph's nodes need from the run they execute in."""
+
+    run: RunState
+    llm: ModelGateway
+
+    def next_iteration(self, node_id: str) -> int: ...
+    def edge_fired(self, edge_index: int, limit: int | None) -> bool: ...
+    def check_cancel(self) -> None: ...
+    def enter(self) -> None: ...
+    def leave(self) -> None: ...
+    def event(self, payload: Any) -> Envelope[Any]: ...
+    async def append(self, payloads: list[Any], *, check_cancel: bool = True) -> None: ...
+    async def interruptible(self, awaitable: Any) -> Any: ...
+    async def sleep(self, seconds: float) -> None: ...
+    async def wait_approval(self, node_id: str, iteration: int) -> tuple[ApprovalDecided, str]: ...
+    async def completed_outputs(self, completed: NodeCompleted) -> dict[str, Any]: ...
+    async def completion(
+        self,
+        node_id: str,
+        attempt: int,
+        iteration: int,
+        outputs: dict[str, Any],
+        duration_ms: float,
+    ) -> NodeCompleted: ...
+
+
+def error_info(kind: str, message: str, node_id: str | None) -> ErrorInfo:
+    """An ``ErrorInfo`` whose message fits the event's limit."""
+    return ErrorInfo(type=kind, message=message[:MAX_ERROR], node_id=node_id)

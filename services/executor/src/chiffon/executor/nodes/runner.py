@@ -1,0 +1,34 @@
+"""One node of a run: replayed from the run's events if it already ran, else run.
+
+A node whose k-th execution is already completed in the events returns the recorded
+outputs without running (durability by replay, see ``graph``); one that failed for good
+fails again the same way. Otherwise its type's runner executes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chiffon.executor.nodes.approval import run_approval
+from chiffon.executor.nodes.context import Execution
+from chiffon.executor.nodes.plan import NodePlan
+from chiffon.executor.nodes.retry import run_with_retries
+from chiffon.executor.nodes.set_values import run_set
+from chiffon.workflow import AgentNode, ApprovalNode, LlmNode, SetNode
+
+
+async def execute_node(ctx: Execution, plan: NodePlan, state: dict[str, Any]) -> dict[str, Any]:
+    node = plan.node
+    iteration = ctx.next_iteration(node.id)
+    recorded = ctx.run.nodes.get((node.id, iteration))
+    if recorded is not None and recorded.completed is not None:
+        return await ctx.completed_outputs(recorded.completed)  # replay: never runs twice
+    if recorded is not None and recorded.final_failure is not None:
+        return plan.after_final_failure(recorded.final_failure.error)
+    ctx.check_cancel()
+    if isinstance(node, SetNode):
+        return await run_set(ctx, plan, node, state, iteration)
+    if isinstance(node, ApprovalNode):
+        return await run_approval(ctx, plan, node, state, iteration, recorded)
+    assert isinstance(node, (LlmNode, AgentNode))
+    return await run_with_retries(ctx, plan, node, state, iteration, recorded)
