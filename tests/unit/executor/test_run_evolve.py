@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from chiffon.events import EventPayload
 from chiffon.events import runs as ev
 from chiffon.executor.domain import INTERRUPTED, RunState, evolve
 
@@ -128,7 +129,7 @@ def test_approvals_wait_and_a_decision_makes_the_run_pending_when_none_is_left()
 
 def test_a_decision_on_no_request_changes_nothing_but_the_version() -> None:
     state = fold(requested(), ev.ApprovalDecided(node_id="ghost", approved=True))
-    assert (state.approvals, state.status, state.version) == ({}, "pending", 2)
+    assert (dict(state.approvals), state.status, state.version) == ({}, "pending", 2)
 
 
 def test_cancel_requested_is_noted_with_its_reason() -> None:
@@ -156,7 +157,7 @@ def test_pause_lets_go_of_the_run_and_resume_makes_it_pending() -> None:
     ],
 )
 def test_an_ending_ends_the_run_and_nothing_after_reopens_it(
-    ending: ev.EventPayload, status: str
+    ending: EventPayload, status: str
 ) -> None:
     state = fold(requested(), claimed(), ending, claimed(), ev.RunPaused(reason="budget"))
     assert (state.status, state.ended) == (status, True)
