@@ -29,11 +29,12 @@ from chiffon.events.runs import (
     RunSuspended,
 )
 from chiffon.eventstore import (
+    CONFLICT_ATTEMPTS,
     AggregateKey,
     ConcurrencyConflict,
     ConflictRetriesExhausted,
+    EventStore,
     EventStoreUnavailable,
-    JetStreamEventStore,
     retry_on_conflict,
 )
 from chiffon.executor.domain import RunState, evolve
@@ -68,7 +69,7 @@ class RunExecution:
     def __init__(
         self,
         *,
-        store: JetStreamEventStore,
+        store: EventStore,
         workflow: LoadedWorkflow,
         run: RunState,
         actor: Actor,
@@ -195,7 +196,10 @@ class RunExecution:
 
         On a conflict the run is reloaded (a cancel or a decision is taken in, a lost
         claim stops the run) and what is not stored yet is appended again, a bounded
-        number of times (``retry_on_conflict``)."""
+        number of times (``retry_on_conflict``). Every node appends, and the retry
+        helper's machinery costs about 0.1 ms per call on a busy 2-core machine, a third
+        of a bare LangGraph node: so the first try is made directly, and only a
+        conflict brings the helper in, for the attempts that remain."""
         envelopes = [p if isinstance(p, Envelope) else self.event(p) for p in payloads]
 
         async def attempt() -> None:
@@ -217,7 +221,14 @@ class RunExecution:
             self.version = max(self.version, result.version)
 
         async with self._lock:
-            await retry_on_conflict(attempt, what=f"appending to run {self.run.run_id}")
+            try:
+                await attempt()
+            except ConcurrencyConflict:
+                await retry_on_conflict(
+                    attempt,
+                    what=f"appending to run {self.run.run_id}",
+                    attempts=CONFLICT_ATTEMPTS - 1,
+                )
 
     async def _reload(self) -> set[Any]:
         """Read the run again; take in outside events. Returns the ids of stored events."""
