@@ -18,15 +18,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from chiffon.commands.model import ApproveNode, CancelRun, RegisterWorkflow, StartRun
 from chiffon.events import Actor, Envelope, EventPayload
 from chiffon.events import runs as ev
 from chiffon.events.limits import WORKFLOW_MAX_BYTES
 from chiffon.events.run_status import INITIAL_STATUS, next_status
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.workflow import InputError, SpecError, WorkflowSpec, load_spec
+
+if TYPE_CHECKING:  # only their shapes: importing the commands package starts the NATS bus's
+    from chiffon.commands import ApproveNode, CancelRun, RegisterWorkflow, StartRun
 
 # Events that make a run runnable: the work items of the executors' shared consumer.
 WORK_EVENT_TYPES: tuple[str, ...] = (

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chiffon.events import Actor, actor_label
 from chiffon.events.keys import ApiKeyCreated, ApiKeyRevoked, ApiKeyRole
-from chiffon.eventstore.model import RecordedEvent
+
+if TYPE_CHECKING:  # only its shape: importing the event store package loads the NATS client
+    from chiffon.eventstore import RecordedEvent
 
 # -- refusals ------------------------------------------------------------------------
 

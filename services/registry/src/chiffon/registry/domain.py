@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from chiffon.events.agents import (
     AgentCameBack,
@@ -22,7 +22,9 @@ from chiffon.events.agents import (
     AgentRegistered,
     AgentWentOffline,
 )
-from chiffon.eventstore.model import RecordedEvent
+
+if TYPE_CHECKING:  # only its shape: importing the event store package loads the NATS client
+    from chiffon.eventstore import RecordedEvent
 
 AgentStatus = Literal["unregistered", "online", "offline", "deregistered"]
 
