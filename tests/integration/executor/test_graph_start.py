@@ -36,7 +36,9 @@ async def test_the_draft_review_loop_with_start_runs_to_completion(log: RunLog) 
     scores = iter([3, 5, 8])
     llm = ScriptedLlm(
         lambda _m, _msgs, schema: (
-            json.dumps({"score": next(scores)}) if "score" in schema["properties"] else None
+            json.dumps({"score": next(scores)})
+            if schema and "score" in schema["properties"]
+            else None
         )
     )
 
@@ -56,7 +58,7 @@ async def test_the_draft_review_loop_with_start_runs_to_completion(log: RunLog) 
 async def test_the_loop_still_stops_at_max_iterations(log: RunLog) -> None:
     llm = ScriptedLlm(
         lambda _m, _msgs, schema: (
-            json.dumps({"score": 1}) if "score" in schema["properties"] else None
+            json.dumps({"score": 1}) if schema and "score" in schema["properties"] else None
         )
     )
 
