@@ -104,3 +104,29 @@ async def test_chiffon_models_are_answered_in_process(provider: FakeOpenAI) -> N
     assert gateway.in_process("chiffon/echo")
     assert (reply.text, reply.provider) == ("echo: Name three owls.", "chiffon")
     assert provider.requests == []
+
+
+async def test_a_context_window_overflow_and_a_content_refusal_are_named(
+    litellm: Any, provider: FakeOpenAI
+) -> None:
+    provider.fail_next(
+        400,
+        message="This model's maximum context length is 8192 tokens. However, your messages "
+        "resulted in 9000 tokens. Please reduce the length of the messages.",
+        code="context_length_exceeded",
+    )
+    provider.fail_next(
+        400,
+        message="Your request was rejected as a result of our safety system.",
+        code="content_policy_violation",
+    )
+    gateway = ModelGateway(offline_mode="never")
+
+    kinds = []
+    for _ in range(2):
+        with pytest.raises(ProviderError) as refused:
+            await gateway.complete(OWLS)
+        kinds.append((refused.value.kind, refused.value.retryable))
+
+    assert kinds == [("context_window_exceeded", False), ("content_policy", False)]
+    assert len(provider.requests) == 2
