@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chiffon.eventstore import JetStreamEventStore, RecordedEvent, StoredMessage
+from chiffon.eventstore import EventStore, RecordedEvent, StoredMessage
 from chiffon.projections import handoff
 from chiffon.projections.base import Projection
 from chiffon.projections.readahead import read_ahead
@@ -135,7 +135,7 @@ async def wait_workers(workers: list[Worker]) -> None:
 
 
 async def distribute(
-    store: JetStreamEventStore,
+    store: EventStore,
     projection: Projection,
     *,
     end: int,

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chiffon.core.logging import get_logger
-from chiffon.eventstore import JetStreamEventStore, RecordedEvent
+from chiffon.eventstore import EventStore, RecordedEvent
 from chiffon.projections import parallel
 from chiffon.projections.base import Projection
 from chiffon.projections.readahead import read_ahead
@@ -61,7 +61,7 @@ class ProjectionStatus:
 class ProjectionRunner:
     def __init__(
         self,
-        store: JetStreamEventStore,
+        store: EventStore,
         engine: AsyncEngine,
         projection: Projection,
         *,

@@ -33,8 +33,8 @@ from chiffon.eventstore import (
     AggregateKey,
     ConcurrencyConflict,
     ConflictRetriesExhausted,
+    EventStore,
     EventStoreError,
-    JetStreamEventStore,
     Subscription,
     WorkConsumer,
     WorkIntake,
@@ -73,7 +73,7 @@ class RunWorker:
     def __init__(
         self,
         *,
-        store: JetStreamEventStore,
+        store: EventStore,
         settings: ExecutorSettings,
         name: str,
         workflows: WorkflowRepository,

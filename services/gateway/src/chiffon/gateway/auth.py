@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chiffon.core.logging import get_logger
 from chiffon.events import Actor
-from chiffon.eventstore import EventStoreError, JetStreamEventStore, RecordedEvent
+from chiffon.eventstore import EventStore, EventStoreError, RecordedEvent
 from chiffon.gateway.domain import evolve
 from chiffon.gateway.keys import ApiKey, allows, bootstrap_key, hash_token, same_hash
 from chiffon.gateway.problems import Forbidden, Problem, RateLimited, Unauthorized, problem_response
@@ -112,7 +112,7 @@ class KeyCache:
         self.position = max(self.position, int(position or 0))
         return self.position
 
-    async def follow(self, store: JetStreamEventStore, engine: AsyncEngine) -> None:
+    async def follow(self, store: EventStore, engine: AsyncEngine) -> None:
         """Load, then apply every later KEYS event as it is stored. Runs until cancelled."""
         backoff = 0.2
         while True:

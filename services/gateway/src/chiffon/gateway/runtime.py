@@ -23,7 +23,7 @@ from chiffon.core.db import async_dsn
 from chiffon.core.logging import get_logger
 from chiffon.events.envelope import AGGREGATE_ID_PATTERN
 from chiffon.events.limits import COMMAND_MAX_BYTES, NODE_ID_PATTERN, WORKFLOW_NAME_PATTERN
-from chiffon.eventstore import AggregateKey, JetStreamEventStore
+from chiffon.eventstore import AggregateKey, EventStore
 from chiffon.gateway.auth import KeyCache
 from chiffon.gateway.keys import ApiKeys
 from chiffon.gateway.problems import (
@@ -120,7 +120,7 @@ class RunPositions:
 @dataclass
 class Gateway:
     settings: GatewaySettings
-    store: JetStreamEventStore
+    store: EventStore
     engine: AsyncEngine
     bus: CommandBus
     keys: KeyCache

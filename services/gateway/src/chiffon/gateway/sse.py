@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from chiffon.core.logging import get_logger
 from chiffon.events.runs import RUN_ENDINGS
-from chiffon.eventstore import EventStoreError, JetStreamEventStore, RecordedEvent
+from chiffon.eventstore import EventStore, EventStoreError, RecordedEvent
 
 log = get_logger(__name__)
 
@@ -109,9 +109,7 @@ class RunFeed:
 class RunFeeds:
     """The feeds of every followed run on this replica."""
 
-    def __init__(
-        self, store: JetStreamEventStore, *, linger: float = 30.0, batch: int = 500
-    ) -> None:
+    def __init__(self, store: EventStore, *, linger: float = 30.0, batch: int = 500) -> None:
         self.store = store
         self.linger = linger
         self.batch = batch
@@ -247,7 +245,7 @@ async def sse_stream(
 
 
 async def history_stream(
-    store: JetStreamEventStore, run_id: str, *, after: int, start: int, retry_ms: int
+    store: EventStore, run_id: str, *, after: int, start: int, retry_ms: int
 ) -> AsyncIterator[bytes]:
     """``?follow=false``: the events stored so far after ``after``, then the end."""
     yield f"retry: {retry_ms}\n: run {run_id} (history)\n\n".encode()
