@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 from chiffon.cli.client import ChiffonClient, RunEvent
+from chiffon.events.runs import RUN_ENDINGS
 from chiffon.readmodels.views import RunPublic
 from tests.support.fixtures import eventually
 
-ENDINGS = {"run.completed", "run.failed", "run.cancelled"}
+ENDINGS = RUN_ENDINGS
 
 
 async def events_until(

@@ -17,10 +17,12 @@ from typing import Any
 
 import httpx
 
+from chiffon.events.runs import RUN_ENDINGS
+
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 ADMIN_KEY = "chf_test-bootstrap-admin-key-0123456789"
-ENDINGS = {"run.completed", "run.failed", "run.cancelled"}
+ENDINGS = RUN_ENDINGS
 
 THREE_NODES = """\
 name: bench-three
