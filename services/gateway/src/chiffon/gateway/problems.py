@@ -271,18 +271,27 @@ def install_problem_handlers(
         return respond(request, Internal("an unexpected error occurred; it has been logged"))
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
+    """The methods some route serves at this path (for ``Allow`` on a 405).
+
+    Each method is asked of every route through ``matches``, Starlette's public test, a
+    full match meaning path and method both fit. Reading ``route.methods`` instead found
+    nothing once FastAPI wrapped included routers (``DELETE /v1/runs`` said ``Allow:``).
+    """
     from starlette.routing import Match
 
     methods: set[str] = set()
     for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-        match, _ = route.matches({**request.scope, "method": "POST"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+        for method in HTTP_METHODS:
+            if method in methods:
+                continue
+            match, _ = route.matches({**request.scope, "method": method})
+            if match == Match.FULL:
+                methods.add(method)
+    return [m for m in HTTP_METHODS if m in methods]
 
 
 def _wants_html(request: Request) -> bool:

@@ -244,19 +244,21 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID.match(run_id):
+    # fullmatch, not match: the patterns end in ``$``, which also matches before a
+    # trailing newline, so ``x\n`` passed and reached the command model (a 500).
+    if not RUN_ID.fullmatch(run_id):
         raise NotFound(f"no run {run_id[:200]!r}")
     return run_id
 
 
 def check_node_id(node_id: str) -> str:
-    if not NODE_ID.match(node_id):
+    if not NODE_ID.fullmatch(node_id):
         raise NotFound(f"no node {node_id[:200]!r}")
     return node_id
 
 
 def check_workflow_name(name: str) -> str:
-    if not WORKFLOW_NAME.match(name):
+    if not WORKFLOW_NAME.fullmatch(name):
         raise NotFound(f"no workflow named {name[:200]!r}")
     return name
 

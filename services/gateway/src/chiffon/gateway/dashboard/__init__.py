@@ -512,7 +512,7 @@ async def revoke_key(
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     _check_form(request, principal, csrf, "admin")
-    if not RUN_ID.match(key_id) or key_id == BOOTSTRAP_KEY_ID:
+    if not RUN_ID.fullmatch(key_id) or key_id == BOOTSTRAP_KEY_ID:
         raise NotFound(f"no revocable API key {key_id[:100]!r}")
     try:
         key = await gw.api_keys.revoke(

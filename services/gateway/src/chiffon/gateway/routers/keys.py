@@ -73,7 +73,7 @@ async def list_keys(gw: GatewayDep, _: Admin) -> KeysPublic:
 
 @router.get("/keys/{key_id}", response_model=KeyPublic, responses=READ, summary="Get an API key")
 async def get_key(key_id: str, gw: GatewayDep, _: Admin) -> KeyPublic:
-    key = gw.keys.get(key_id) if RUN_ID.match(key_id) else None
+    key = gw.keys.get(key_id) if RUN_ID.fullmatch(key_id) else None
     if key is None:
         raise NotFound(f"no API key {key_id[:200]!r}")
     return key_public(key)
@@ -90,7 +90,7 @@ async def revoke_key(
     key_id: str, gw: GatewayDep, principal: Admin, body: Annotated[KeyRevoke | None, Body()] = None
 ) -> KeyPublic:
     """The key is refused by every gateway replica within a second."""
-    if not RUN_ID.match(key_id):
+    if not RUN_ID.fullmatch(key_id):
         raise NotFound(f"no API key {key_id[:200]!r}")
     if key_id == BOOTSTRAP_KEY_ID:
         raise Conflict(

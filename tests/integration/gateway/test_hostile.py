@@ -1,0 +1,79 @@
+"""Hostile requests from issue 16, through the real gateway: ids with characters no id can
+have, Last-Event-ID values that are no stream sequence, 405 without Allow, control
+characters in key names, and a revoked key's open event stream."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from .test_api import problem, start
+
+# Each holds a character no run id, node id or key id can have; the patterns end in ``$``,
+# which also matches before a trailing newline, so ``x\n`` used to reach the command model.
+CONTROL_IDS = ["x%0A", "x%0D", "x%0D%0A", "x%07", "x%00", "x%1B", "x%7F", "%0A", "x%C2%85"]
+
+
+async def test_ids_with_control_characters_are_404(admin: httpx.AsyncClient) -> None:
+    for raw in CONTROL_IDS:
+        for method, path, body in [
+            ("POST", f"/v1/runs/{raw}/cancel", None),
+            ("POST", f"/v1/runs/{raw}/approvals/review", {"approve": True}),
+            ("POST", f"/v1/runs/abc/approvals/{raw}", {"approve": True}),
+            ("GET", f"/v1/runs/{raw}", None),
+            ("GET", f"/v1/runs/{raw}/events", None),
+            ("GET", f"/v1/keys/{raw}", None),
+            ("POST", f"/v1/keys/{raw}/revoke", None),
+        ]:
+            response = await admin.request(method, path, json=body)
+            assert response.status_code == 404, (method, path, response.text)
+            problem(response, 404, "not-found")
+
+
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999999999999999", "9223372036854775808", "-1", "abc", "+5", "1_0"]
+)
+async def test_last_event_id_that_is_no_sequence_is_400(
+    admin: httpx.AsyncClient, workflows: list[str], value: str
+) -> None:
+    run_id = await start(admin)
+    response = await admin.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": value})
+    body = problem(response, 400, "bad-request")
+    assert "Last-Event-ID" in body["detail"]
+    assert body["errors"][0]["path"] == "header.Last-Event-ID"
+
+
+async def test_largest_last_event_id_gives_a_well_terminated_empty_stream(
+    admin: httpx.AsyncClient, workflows: list[str]
+) -> None:
+    run_id = await start(admin)
+    response = await admin.get(
+        f"/v1/runs/{run_id}/events?follow=false",
+        headers={"Last-Event-ID": str(2**63 - 1)},
+    )
+    assert response.status_code == 200, response.text
+    assert "event: run." not in response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/runs", {"GET", "POST"}),
+        ("PUT", "/v1/runs", {"GET", "POST"}),
+        ("DELETE", "/v1/runs/abc/cancel", {"POST"}),
+        ("GET", "/v1/runs/abc/cancel", {"POST"}),
+        ("PUT", "/v1/workflows/x", None),
+        ("DELETE", "/v1/keys", None),
+        ("PATCH", "/v1/runs/abc/events", {"GET"}),
+    ],
+)
+async def test_every_405_lists_the_methods(
+    admin: httpx.AsyncClient, method: str, path: str, allowed: set[str] | None
+) -> None:
+    response = await admin.request(method, path)
+    problem(response, 405, "method-not-allowed")
+    listed = {m.strip() for m in response.headers["allow"].split(",") if m.strip()}
+    assert listed, response.headers
+    assert method not in listed
+    if allowed is not None:
+        assert allowed <= listed, listed
