@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar, merge_attrib
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scanner import RoundTripScanner
@@ -16,6 +16,7 @@ from ruamel.yaml.scanner import RoundTripScanner
 from chiffon.events.limits import SPEC_STRING_MAX_BYTES, WORKFLOW_MAX_BYTES
 
 from .errors import Loc, SpecIssue, issue
+from .storable import unstorable
 
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
@@ -145,6 +146,7 @@ class _Converter:
     def __init__(self, lines: LineMap | None) -> None:
         self.lines = lines
         self.count = 0
+        self.size = 0
         self.issues: list[SpecIssue] = []
 
     def convert(self, value: Any, loc: Loc, line: int | None) -> Any:
@@ -172,6 +174,9 @@ class _Converter:
                     loc, f"the document has more than {MAX_VALUES} values (alias expansion?)"
                 )
             return None
+        if self.size > WORKFLOW_MAX_BYTES:
+            return None
+        self.size += 1
         if depth > MAX_DEPTH:
             self._fail(loc, f"nested more than {MAX_DEPTH} levels deep")
             return None
@@ -202,17 +207,23 @@ class _Converter:
                     f"the limit is {SPEC_STRING_MAX_BYTES // 1024} KiB)",
                 )
                 return ""
+            if (reason := unstorable(value)) is not None:
+                self._fail(loc, reason)
+                return ""
+            self._grow(loc, len(value))
             return str(value)
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
             for key, item in value.items():
                 name = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
                 if not isinstance(name, str):
-                    self._fail(loc, f"keys must be strings, not {key!r}")
+                    self._fail(loc, f"keys must be strings, not {ascii(key)}")
                     continue
-                child_line = line
-                if isinstance(value, CommentedMap):
-                    child_line = value.lc.key(key)[0] + 1
+                if (reason := unstorable(name)) is not None:
+                    self._fail(loc, f"key {ascii(name)} {reason}")
+                    continue
+                self._grow(loc, len(name))
+                child_line = _key_line(value, key, line)
                 out[str(name)] = self._convert(item, (*loc, str(name)), child_line, depth + 1)
             return out
         if isinstance(value, (list, tuple)):
@@ -234,6 +245,46 @@ class _Converter:
             loc, f"{what} is not supported; use strings, numbers, booleans, lists and mappings"
         )
         return None
+
+    def _grow(self, loc: Loc, chars: int) -> None:
+        """Count ``chars`` towards the expanded size; fail once it passes the limit.
+
+        Aliases (and merge keys) share one parsed object, so the parse itself stays as
+        small as the text; the converter is where each reference is expanded, so the
+        expanded size is measured here, and conversion stops the moment it passes
+        ``WORKFLOW_MAX_BYTES`` instead of building the rest. Characters and values are
+        counted, a lower bound of the JSON size, so a document without aliases is never
+        refused by this check before the source-size check would refuse it.
+        """
+        before = self.size
+        self.size += chars
+        if before <= WORKFLOW_MAX_BYTES < self.size:
+            self._fail(
+                loc,
+                f"the document expands to more than {WORKFLOW_MAX_BYTES} bytes "
+                f"(the limit is {WORKFLOW_MAX_BYTES // 1024} KiB; alias expansion?)",
+            )
+
+
+def _key_line(mapping: Any, key: Any, line: int | None) -> int | None:
+    """The line of ``key`` in a round-trip mapping, following YAML merge keys (``<<``).
+
+    A merged key has no position of its own in the mapping that merges it: its line is
+    the one in the mapping it came from (searched in merge order, nested merges too).
+    """
+    seen: set[int] = set()
+    pending = [mapping]
+    while pending:
+        current = pending.pop(0)
+        if not isinstance(current, CommentedMap) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        position = (current.lc.data or {}).get(key)
+        if position is not None:
+            return int(position[0]) + 1
+        for source in getattr(current, merge_attrib, []):
+            pending.append(source[1] if isinstance(source, tuple) else source)
+    return line
 
 
 def _plain_scalar(value: Any) -> Any:

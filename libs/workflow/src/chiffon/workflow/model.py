@@ -41,6 +41,7 @@ from .spec_types import (
     VarName,
     _Model,
 )
+from .storable import describe, find_unstorable
 from .templates import Template, parse_template
 from .types import validate_value
 from .validate import check_spec
@@ -154,6 +155,11 @@ class WorkflowSpec(_Model):
 
     def validate_inputs(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Check run inputs, coerce them to their types and fill defaults; ``InputError``."""
+        # Before anything prints or stores them: a NUL or lone surrogate at any depth
+        # (keys too) would stop the runs read model or fail to encode (issue 16).
+        found = find_unstorable(values, ("inputs",))
+        if found is not None:
+            raise InputError([describe(*found)])
         problems = [
             f"unknown input {k!r}"
             + (f"; inputs are: {', '.join(self.inputs)}" if self.inputs else "")
