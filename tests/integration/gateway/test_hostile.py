@@ -4,8 +4,17 @@ characters in key names, and a revoked key's open event stream."""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import httpx
 import pytest
+
+from tests.support.cli import run_cli
 
 from .test_api import problem, start
 
@@ -77,3 +86,79 @@ async def test_every_405_lists_the_methods(
     assert method not in listed
     if allowed is not None:
         assert allowed <= listed, listed
+
+
+@pytest.mark.parametrize(
+    "name", ["ci\r\nbot", "bot\n", "ring\x07", "nul\x00", "esc\x1b[2J", "nel\x85"]
+)
+async def test_key_names_with_control_characters_are_422(
+    admin: httpx.AsyncClient, name: str
+) -> None:
+    body = problem(
+        await admin.post("/v1/keys", json={"name": name, "role": "viewer"}),
+        422,
+        "validation-error",
+    )
+    assert [e["path"] for e in body["errors"]] == ["body.name"], body
+    assert "control characters" in body["errors"][0]["message"]
+    listed = (await admin.get("/v1/keys")).json()["keys"]
+    assert name not in {k["name"] for k in listed}  # nothing stored
+
+
+# A key stored before names were checked: the CLI must not print its name raw.
+FORGED = "bot\r\n0000  admin-key    admin     chf_x\x07\x1b[2J\u202e"
+
+
+@pytest.fixture
+def stored_hostile_key() -> Iterator[str]:
+    """A gateway stand-in that lists one key whose name holds control characters."""
+    listing = json.dumps(
+        {
+            "keys": [
+                {
+                    "id": "0190a0a0-0000-7000-8000-000000000001",
+                    "name": FORGED,
+                    "role": "viewer",
+                    "prefix": "chf_ab\x07",
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "created_by": "admin",
+                    "active": True,
+                }
+            ]
+        }
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(listing)))
+            self.end_headers()
+            self.wfile.write(listing)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_keys_list_escapes_control_characters(
+    stored_hostile_key: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
+    env.update(CHIFFON_GATEWAY_URL=stored_hostile_key, CHIFFON_API_KEY="chf_test")
+    code, out, err = await run_cli(env, "keys", "list", cwd=tmp_path)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2, lines  # the header and one row: no forged row
+    for char in "\r\x07\x1b\u202e":
+        assert char not in out
+    assert lines[1].startswith("0190a0a0-0000-7000-8000-000000000001  bot\\r\\n"), lines[1]
+    assert "chf_ab\\x07…" in lines[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,18 @@ from chiffon.events.keys import API_KEY_ROLES
 app = typer.Typer(
     help="API keys: create (shown once), list, revoke. Needs an admin key.", no_args_is_help=True
 )
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, format or unpaired surrogate character escaped
+    (``\\r``, ``\\x07``, ``\\u202e``), so a stored string cannot break or forge a row."""
+    out = []
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(repr(char)[1:-1])
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 async def _client() -> GatewayClient:
@@ -50,7 +63,7 @@ def create(
     if as_json:
         typer.echo(json.dumps(created, indent=2))
         return
-    typer.echo(f"created key {created['id']} ({created['name']}, {created['role']})")
+    typer.echo(f"created key {created['id']} ({printable(created['name'])}, {created['role']})")
     typer.secho(created["key"], bold=True)
     typer.echo("This is the only time the key is shown; it is stored only as a hash.", err=True)
 
@@ -78,9 +91,11 @@ def list_keys(
     typer.echo(f"{'ID':<36}  {'NAME':<20} {'ROLE':<9} {'PREFIX':<12} {'STATE':<8} CREATED")
     for k in found:
         state = "active" if k["active"] else ("revoked" if k.get("revoked_at") else "expired")
-        created = k["created_at"][:19].replace("T", " ")
+        created = printable(k["created_at"][:19].replace("T", " "))
+        cells = [printable(str(k[f])) for f in ("id", "name", "role", "prefix")]
+        key_id, name, role, prefix = cells
         typer.echo(
-            f"{k['id']:<36}  {k['name'][:20]:<20} {k['role']:<9} {k['prefix'] + '…':<12} {state:<8} {created}"
+            f"{key_id:<36}  {name[:20]:<20} {role:<9} {prefix + '…':<12} {state:<8} {created}"
         )
 
 
@@ -96,7 +111,7 @@ def revoke(
             return await client.revoke_key(key_id, reason=reason)
 
     revoked = codes.run_async(main)
-    typer.echo(f"revoked key {revoked['id']} ({revoked['name']})")
+    typer.echo(f"revoked key {printable(revoked['id'])} ({printable(revoked['name'])})")
 
 
 def gateway_options(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from chiffon.events.keys import ApiKeyRole
 from chiffon.events.limits import (
@@ -111,8 +112,25 @@ class WorkflowsPublic(BaseModel):
     workflows: list[WorkflowSummary]
 
 
+def no_control_characters(name: str) -> str:
+    """A name is printed in tables and logs: CR, LF or BEL in one broke or forged rows of
+    ``chiffon keys list``. Control characters (Unicode Cc) and lone surrogates (Cs, not
+    storable) are refused, naming the first one and its position."""
+    for index, char in enumerate(name):
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(
+                f"a key name must not hold control characters "
+                f"(U+{ord(char):04X} at character {index + 1})"
+            )
+    return name
+
+
 class KeyCreate(_In):
-    name: str = Field(min_length=1, max_length=KEY_NAME_MAX_CHARS)
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=KEY_NAME_MAX_CHARS),
+        AfterValidator(no_control_characters),
+    ]
     role: Role
     expires_at: AwareDatetime | None = Field(default=None, description="Optional expiry (UTC)")
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import AfterValidator
 from sqlalchemy import select
 from starlette.staticfiles import StaticFiles
 
@@ -51,7 +52,7 @@ from chiffon.gateway.runtime import (
     check_run_id,
     check_workflow_name,
 )
-from chiffon.gateway.schemas import has_nul
+from chiffon.gateway.schemas import has_nul, no_control_characters
 from chiffon.readmodels.queries import (
     get_run,
     get_workflow,
@@ -482,7 +483,11 @@ async def create_key(
     request: Request,
     gw: GatewayDep,
     principal: Session,
-    name: Annotated[str, Form(min_length=1, max_length=KEY_NAME_MAX_CHARS)],
+    name: Annotated[
+        str,
+        Form(min_length=1, max_length=KEY_NAME_MAX_CHARS),
+        AfterValidator(no_control_characters),
+    ],
     role: Annotated[ApiKeyRole, Form()],
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
