@@ -4,9 +4,11 @@ characters in key names, and a revoked key's open event stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +17,10 @@ import httpx
 import pytest
 
 from tests.support.cli import run_cli
+from tests.support.fixtures import eventually
 
+from .conftest import StartGateway, client
+from .support import ENDINGS, Service, SseEvent, sse_events
 from .test_api import problem, start
 
 # Each holds a character no run id, node id or key id can have; the patterns end in ``$``,
@@ -162,3 +167,47 @@ async def test_keys_list_escapes_control_characters(
         assert char not in out
     assert lines[1].startswith("0190a0a0-0000-7000-8000-000000000001  bot\\r\\n"), lines[1]
     assert "chf_ab\\x07…" in lines[1]
+
+
+async def test_a_revoked_keys_streams_end_within_a_second(
+    admin: httpx.AsyncClient,
+    workflows: list[str],
+    gateway: Service,
+    start_gateway: StartGateway,
+) -> None:
+    made = await admin.post("/v1/keys", json={"name": "sse-follower", "role": "viewer"})
+    assert made.status_code == 201, made.text
+    key_id, token = made.json()["id"], made.json()["key"]
+    other = await start_gateway(replica=2)
+    run_id = await start(admin, "needs-approval", goal="revoked follower")
+    seen: dict[str, list[SseEvent]] = {"here": [], "there": []}
+    ended: dict[str, float] = {}
+
+    async def follow(where: str, http: httpx.AsyncClient) -> None:
+        async with http:
+            async for event in sse_events(http, f"/v1/runs/{run_id}/events"):
+                seen[where].append(event)
+        ended[where] = time.monotonic()
+
+    tasks = [
+        asyncio.create_task(follow("here", client(gateway, token))),
+        asyncio.create_task(follow("there", client(other, token))),
+    ]
+
+    async def both_waiting() -> bool:
+        return all(
+            any(e.event == "run.approval.requested" for e in events) for events in seen.values()
+        )
+
+    await eventually(both_waiting, timeout=30, message="both followers at the approval")
+    revoked = await admin.post(f"/v1/keys/{key_id}/revoke", json={"reason": "test"})
+    assert revoked.status_code == 200, revoked.text
+    at = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)  # the streams end by themselves
+    for where in ("here", "there"):
+        assert ended[where] - at < 1.0, (where, ended[where] - at)
+        assert seen[where][-1].event not in ENDINGS  # it ended for the key, not the run
+    async with client(gateway, token) as http:
+        problem(await http.get(f"/v1/runs/{run_id}/events"), 401, "unauthorized")
+    # The run itself is untouched: an admin still follows it to its end.
+    await admin.post(f"/v1/runs/{run_id}/approvals/sign_off", json={"approve": True})

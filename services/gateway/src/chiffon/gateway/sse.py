@@ -20,7 +20,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from chiffon.core.logging import get_logger
@@ -36,6 +36,12 @@ COALESCE_FOLLOWERS = 32
 COALESCE_SECONDS = 0.015
 # Sent after the run's last event: the run ended, a client should not reconnect.
 END = b": end\n\n"
+# Sent instead when the follower's key was revoked or expired while it listened.
+KEY_UNUSABLE = b": the API key was revoked or has expired\n\n"
+# How often a waiting follower checks that its key is still usable: a revoked key's
+# open streams end within this (plus the KeyCache's own lag) of the revocation; a
+# dictionary lookup every half second per follower is nothing next to a send.
+KEY_CHECK_SECONDS = 0.5
 
 
 def frame(event: RecordedEvent) -> bytes:
@@ -217,13 +223,20 @@ async def sse_stream(
     start: int,
     keepalive: float,
     retry_ms: int,
+    key_usable: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[bytes]:
     """The bytes of one follower's SSE response: history after ``after``, then live,
-    until the run's ending event (included) has been sent."""
+    until the run's ending event (included) has been sent, or until ``key_usable``
+    says the follower's key was revoked or expired (checked before every send and
+    every ``KEY_CHECK_SECONDS`` while waiting)."""
     async with feeds.follow(run_id, start) as feed:
         yield f"retry: {retry_ms}\n: run {run_id}\n\n".encode()
         index = 0
+        waited = 0.0
         while True:
+            if not key_usable():
+                yield KEY_UNUSABLE
+                return
             # Frames at or before ``after`` are skipped, even while the feed catches up.
             index = max(index, feed.index_after(after))
             if feed.end_index is not None and index > feed.end_index:
@@ -240,7 +253,13 @@ async def sse_stream(
             if feed.error is not None:
                 yield f": upstream error: {feed.error}\n\n".encode()
                 return
-            if not await feed.wait_beyond(index, keepalive):
+            step = min(KEY_CHECK_SECONDS, keepalive - waited)
+            if await feed.wait_beyond(index, step):
+                waited = 0.0
+                continue
+            waited += step
+            if waited >= keepalive:
+                waited = 0.0
                 yield KEEPALIVE
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from chiffon.gateway.auth import Viewer
+from chiffon.gateway.auth import KeyCache, Viewer
 from chiffon.gateway.problems import BadRequest, NotFound
 from chiffon.gateway.routers.common import READ
 from chiffon.gateway.runtime import GatewayDep, check_run_id
@@ -23,6 +25,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # and 32-digit numbers; the last one reached the event store and broke the stream mid-body.
 SEQUENCE = re.compile(r"[0-9]{1,19}")
 SEQUENCE_MAX = 2**63 - 1
+
+
+def key_usable(keys: KeyCache, key_id: str) -> bool:
+    """The follower's key, as the KeyCache has it now, still authenticates."""
+    key = keys.get(key_id)
+    return key is not None and key.usable(datetime.now(UTC))
 
 
 def parse_last_event_id(raw: str) -> int:
@@ -67,7 +75,7 @@ def parse_last_event_id(raw: str) -> int:
 async def run_events(
     run_id: str,
     gw: GatewayDep,
-    _: Viewer,
+    principal: Viewer,
     after: Annotated[
         int | None, Query(ge=0, le=2**63 - 1, description="Resume after this stream sequence")
     ] = None,
@@ -100,5 +108,6 @@ async def run_events(
             start=start,
             keepalive=settings.sse_keepalive_seconds,
             retry_ms=settings.sse_retry_ms,
+            key_usable=partial(key_usable, gw.keys, principal.key.key_id),
         )
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
