@@ -211,3 +211,33 @@ async def test_a_revoked_keys_streams_end_within_a_second(
         problem(await http.get(f"/v1/runs/{run_id}/events"), 401, "unauthorized")
     # The run itself is untouched: an admin still follows it to its end.
     await admin.post(f"/v1/runs/{run_id}/approvals/sign_off", json={"approve": True})
+
+
+def _nested(depth: int, leaf: str) -> object:
+    value: object = leaf
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        '{"topic": "\\ud800"}',  # a lone surrogate, JSON-escaped, as a value
+        '{"topic": "owls", "\\udfff": 1}',  # ... as a key
+        json.dumps({"topic": "owls", "deep": _nested(70, "a\x00b")}),  # NUL past 64 levels
+    ],
+    ids=["surrogate-value", "surrogate-key", "nul-70-deep"],
+)
+async def test_run_inputs_with_nul_or_lone_surrogates_are_refused(
+    admin: httpx.AsyncClient, gateway: Service, workflows: list[str], inputs: str
+) -> None:
+    body = f'{{"workflow": "bench-three", "inputs": {inputs}}}'
+    response = await admin.post(
+        "/v1/runs", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    listed = (await admin.get("/v1/runs", params={"limit": 500})).json()["runs"]
+    assert all("\x00" not in json.dumps(r) for r in listed)
+    assert (await admin.get(f"{gateway.url}/readyz")).status_code == 200

@@ -18,6 +18,7 @@ from chiffon.events.limits import (
     WORKFLOW_VERSION_MAX,
 )
 from chiffon.events.runs import RunStatus
+from chiffon.events.storable import find_unstorable
 from chiffon.readmodels.views import ApprovalPublic, RunSummary, WorkflowSummary
 
 # The vocabulary is the events' own: a status or role added there is accepted here.
@@ -25,17 +26,9 @@ RunStatusName = RunStatus
 Role = ApiKeyRole
 
 
-def has_nul(value: Any, depth: int = 0) -> bool:
-    """NUL characters: JSON allows them, PostgreSQL text and JSONB do not."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if depth > 64:
-        return False
-    if isinstance(value, dict):
-        return any(has_nul(k, depth + 1) or has_nul(v, depth + 1) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(has_nul(v, depth + 1) for v in value)
-    return False
+def has_nul(value: Any) -> bool:
+    """Text PostgreSQL or UTF-8 cannot store (NUL, a lone surrogate), at any depth."""
+    return find_unstorable(value) is not None
 
 
 class _In(BaseModel):
@@ -44,8 +37,11 @@ class _In(BaseModel):
     @model_validator(mode="after")
     def _no_nul(self) -> Any:
         for name in type(self).model_fields:
-            if has_nul(getattr(self, name)):
-                raise ValueError(f"{name}: NUL characters (\\u0000) are not allowed")
+            found = find_unstorable(getattr(self, name), (name,))
+            if found is not None:
+                where, reason = found
+                path = ".".join(str(part) for part in where)
+                raise ValueError(f"{path}: {reason}")
         return self
 
 
