@@ -205,6 +205,6 @@ async def test_unknown_and_hostile_run_ids(admin: httpx.AsyncClient) -> None:
         problem(response, 404, "not-found")
     problem(
         await admin.get("/v1/runs/abc/events", headers={"Last-Event-ID": "not-a-number"}),
-        422,
-        "validation-error",
+        400,
+        "bad-request",
     )
