@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from chiffon.gateway.auth import KeyCache, Viewer
-from chiffon.gateway.problems import BadRequest, NotFound
+from chiffon.gateway.problems import BadRequest, NotFound, problem_responses
 from chiffon.gateway.routers.common import READ
 from chiffon.gateway.runtime import GatewayDep, check_run_id
 from chiffon.gateway.sse import history_stream, sse_stream
@@ -69,6 +69,8 @@ def parse_last_event_id(raw: str) -> int:
             },
         },
         **READ,
+        # A Last-Event-ID that is no stream sequence.
+        **problem_responses(400),
     },
     summary="Follow a run's events (SSE)",
 )
