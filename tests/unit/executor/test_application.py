@@ -3,23 +3,20 @@ refusals the command bus answers with."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from chiffon.commands import ApproveNode, CancelRun, CommandRefused, RegisterWorkflow, StartRun
-from chiffon.events import CATALOG, Actor, Envelope, EventPayload, new_event
+from chiffon.events import CATALOG, Actor, EventPayload, new_event
 from chiffon.events import runs as ev
 from chiffon.eventstore import (
     AggregateKey,
-    AppendResult,
-    ConcurrencyConflict,
-    InMemoryEventStore,
 )
 from chiffon.executor.application import Runs, Workflows
 from chiffon.executor.repository import RunRepository, WorkflowRepository
+from tests.support.stores import ConflictingStore
 
 ALICE = Actor(kind="user", id="alice")
 BOB = Actor(kind="user", id="bob")
@@ -31,25 +28,6 @@ inputs: {{topic: {{type: string}}}}
 nodes:
   - {{id: write, type: llm, model: chiffon/echo, prompt: "{prompt}", output: {{text: string}}}}
 """
-
-
-class ConflictingStore(InMemoryEventStore):
-    """Answers the next ``conflicts`` appends with a conflict, as if another writer won."""
-
-    conflicts = 0
-
-    async def append(
-        self,
-        key: AggregateKey,
-        events: Sequence[Envelope[Any]],
-        expected_version: Any = 0,
-        *,
-        idempotency_key: str | None = None,
-    ) -> AppendResult:
-        if self.conflicts > 0:
-            self.conflicts -= 1
-            raise ConcurrencyConflict(key.aggregate, key.aggregate_id, expected_version, None)
-        return await super().append(key, events, expected_version, idempotency_key=idempotency_key)
 
 
 class Executor:

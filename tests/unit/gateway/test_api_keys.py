@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
-from chiffon.events import CATALOG, Actor, Envelope
+from chiffon.events import CATALOG, Actor
 from chiffon.eventstore import (
     AggregateKey,
-    AppendResult,
     ConcurrencyConflict,
-    InMemoryEventStore,
 )
 from chiffon.gateway.keys import (
     TOKEN_PREFIX,
@@ -22,28 +18,10 @@ from chiffon.gateway.keys import (
     KeyNotFound,
     hash_token,
 )
+from tests.support.stores import ConflictingStore
 
 ADMIN = Actor(kind="api_key", id="admin-1", name="root")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class ConflictingStore(InMemoryEventStore):
-    """Answers the next ``conflicts`` appends with a conflict, as if another writer won."""
-
-    conflicts = 0
-
-    async def append(
-        self,
-        key: AggregateKey,
-        events: Sequence[Envelope[Any]],
-        expected_version: Any = 0,
-        *,
-        idempotency_key: str | None = None,
-    ) -> AppendResult:
-        if self.conflicts > 0:
-            self.conflicts -= 1
-            raise ConcurrencyConflict(key.aggregate, key.aggregate_id, expected_version, None)
-        return await super().append(key, events, expected_version, idempotency_key=idempotency_key)
 
 
 @pytest.fixture
