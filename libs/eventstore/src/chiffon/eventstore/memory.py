@@ -280,9 +280,10 @@ class InMemoryEventStore:
         subjects: Sequence[str] | None = None,
         batch: int = 500,
     ) -> AsyncIterator[RecordedEvent]:
+        name = self._stream(context).name
         async for messages in self._batches(context, start, subjects, batch, live=False):
             for message in messages:
-                yield message.decode(self.catalog, self._stream(context).name)
+                yield message.decode(self.catalog, name)
 
     async def subscribe(
         self,
