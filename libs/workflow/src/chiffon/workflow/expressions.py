@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from chiffon.events.storable import unstorable
+
 MAX_LENGTH = 1000
 MAX_DEPTH = 64
 MAX_EXPONENT = 100
@@ -121,6 +123,10 @@ def _check(tree: ast.Expression, src: str) -> frozenset[str]:
                     raise ExpressionError(
                         f"literal of type {type(value).__name__} is not allowed{_where(node)}"
                     )
+                # The text check sees only the escape (\0, \x00, \N{NULL}, ...); the parsed
+                # constant holds the character itself, which no store accepts (issue 16).
+                if isinstance(value, str) and (reason := unstorable(value)) is not None:
+                    raise ExpressionError(f"a string constant {reason}{_where(node)}")
                 children = []
             case ast.Name(id=name):
                 if name not in JSON_CONSTANTS:
