@@ -21,6 +21,7 @@ from chiffon.events.limits import (
     WORKFLOW_NAME_MAX_CHARS,
     WORKFLOW_VERSION_MAX,
 )
+from chiffon.events.storable import MAX_NOTED_PATHS
 
 # The run vocabulary, declared here once: the gateway, the CLI, the read models and the
 # executor import it (a status added here is accepted and shown everywhere).
@@ -98,6 +99,10 @@ class NodeCompleted(EventPayload):
     # Outputs too large for an event are stored in the run outputs object store;
     # ``outputs`` is then empty and this names the object.
     outputs_ref: str | None = Field(default=None, max_length=400)
+    # JSON pointers into ``outputs`` of the strings and keys whose NUL or lone surrogates
+    # were replaced by U+FFFD before recording (``storable.make_storable``, issue 16).
+    # Empty in events recorded before, which still decode.
+    replaced: list[str] = Field(default_factory=list, max_length=MAX_NOTED_PATHS)
 
 
 class NodeFailed(EventPayload):

@@ -7,7 +7,13 @@ from typing import Any
 
 from chiffon.events.runs import ApprovalRequested, NodeStarted
 from chiffon.executor.domain import NodeIteration
-from chiffon.executor.nodes.context import Execution, NodeFailure, error_info
+from chiffon.executor.nodes.context import (
+    Execution,
+    NodeFailure,
+    error_info,
+    storable_completion,
+    storable_text,
+)
 from chiffon.executor.nodes.plan import NodePlan
 from chiffon.workflow import ApprovalNode, TemplateError
 
@@ -30,14 +36,16 @@ async def run_approval(
         await ctx.append(
             [
                 NodeStarted(node_id=node.id, node_type="approval", attempt=1, iteration=iteration),
-                ApprovalRequested(node_id=node.id, message=message[:65_536], iteration=iteration),
+                ApprovalRequested(
+                    node_id=node.id, message=storable_text(message[:65_536]), iteration=iteration
+                ),
             ]
         )
     started = time.perf_counter()
     decision, _by = await ctx.wait_approval(node.id, iteration)
     outputs = {"approved": decision.approved, "approval_comment": decision.comment}
-    completed = await ctx.completion(
-        node.id, 1, iteration, outputs, (time.perf_counter() - started) * 1000
+    completed, outputs = await storable_completion(
+        ctx, node.id, 1, iteration, outputs, (time.perf_counter() - started) * 1000
     )
     await ctx.append([completed], check_cancel=False)
     return outputs

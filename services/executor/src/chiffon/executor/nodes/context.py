@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from chiffon.core.logging import get_logger
 from chiffon.events import Envelope
 from chiffon.events.runs import ApprovalDecided, ErrorInfo, NodeCompleted
+from chiffon.events.storable import make_storable
 from chiffon.executor.domain import RunState
 from chiffon.executor.models import ModelGateway
 
 MAX_ERROR = 3900
+log = get_logger(__name__)
 
 
 class NodeFailure(Exception):
@@ -69,6 +72,40 @@ class Execution(Protocol):
     ) -> NodeCompleted: ...
 
 
+def storable_text(text: str) -> str:
+    """``text`` with any NUL or lone surrogate replaced by U+FFFD: a provider's or a
+    tool's error message is recorded as it came, and PostgreSQL refuses a NUL."""
+    fixed: str = make_storable(text)[0]
+    return fixed
+
+
 def error_info(kind: str, message: str, node_id: str | None) -> ErrorInfo:
-    """An ``ErrorInfo`` whose message fits the event's limit."""
-    return ErrorInfo(type=kind, message=message[:MAX_ERROR], node_id=node_id)
+    """An ``ErrorInfo`` whose message fits the event's limit and can be stored."""
+    return ErrorInfo(type=kind, message=storable_text(message[:MAX_ERROR]), node_id=node_id)
+
+
+async def storable_completion(
+    ctx: Execution,
+    node_id: str,
+    attempt: int,
+    iteration: int,
+    outputs: dict[str, Any],
+    duration_ms: float,
+) -> tuple[NodeCompleted, dict[str, Any]]:
+    """The node's ``run.node.completed`` and the outputs the run goes on with, both made
+    storable first (issue 16): a model's answer, a tool's output or an expression's
+    result holding a NUL or a lone surrogate would stop the runs read model for everyone.
+    What was replaced is noted on the event (``replaced``) and logged."""
+    outputs, replaced = make_storable(outputs)
+    completed = await ctx.completion(node_id, attempt, iteration, outputs, duration_ms)
+    if replaced:
+        log.warning(
+            "run.node.output_replaced",
+            run_id=ctx.run.run_id,
+            node_id=node_id,
+            iteration=iteration,
+            replaced=replaced,
+            reason="NUL or lone surrogate replaced by U+FFFD",
+        )
+        completed = completed.model_copy(update={"replaced": replaced})
+    return completed, outputs

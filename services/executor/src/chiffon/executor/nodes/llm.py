@@ -7,7 +7,7 @@ from typing import Any
 
 from chiffon.events.runs import LlmCalled
 from chiffon.executor.models import ModelRequest, ProviderError
-from chiffon.executor.nodes.context import MAX_ERROR, Execution, NodeError
+from chiffon.executor.nodes.context import MAX_ERROR, Execution, NodeError, storable_text
 from chiffon.executor.nodes.output_schema import parse_output
 from chiffon.executor.nodes.plan import NodePlan
 from chiffon.workflow import LlmNode, TemplateError
@@ -62,7 +62,7 @@ async def llm_attempt(
                     model=error.model,
                     latency_ms=(time.perf_counter() - started) * 1000,
                     ok=False,
-                    error=str(error)[:MAX_ERROR],
+                    error=storable_text(str(error)[:MAX_ERROR]),
                     fallback_index=index,
                 )
             )
@@ -76,7 +76,9 @@ async def llm_attempt(
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
                 latency_ms=reply.latency_ms,
-                finish_reason=reply.finish_reason,
+                finish_reason=None
+                if reply.finish_reason is None
+                else storable_text(reply.finish_reason),
                 fallback_index=index,
             )
         )

@@ -16,7 +16,12 @@ from typing import Any
 from chiffon.events.runs import LlmCalled, NodeFailed, NodeStarted
 from chiffon.executor.domain import INTERRUPTED, NodeIteration
 from chiffon.executor.nodes.agent import agent_attempt
-from chiffon.executor.nodes.context import Execution, NodeError, error_info
+from chiffon.executor.nodes.context import (
+    Execution,
+    NodeError,
+    error_info,
+    storable_completion,
+)
 from chiffon.executor.nodes.llm import llm_attempt
 from chiffon.executor.nodes.plan import NodePlan
 from chiffon.workflow import AgentNode, LlmNode, RetryPolicy
@@ -91,7 +96,9 @@ async def run_with_retries(
             error = failed
         else:
             duration = (time.perf_counter() - started) * 1000
-            completed = await ctx.completion(node.id, attempt, iteration, outputs, duration)
+            completed, outputs = await storable_completion(
+                ctx, node.id, attempt, iteration, outputs, duration
+            )
             await ctx.append([*pending, *calls, completed], check_cancel=False)
             return outputs
         duration = (time.perf_counter() - started) * 1000

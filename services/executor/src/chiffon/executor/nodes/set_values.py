@@ -7,7 +7,12 @@ import time
 from typing import Any
 
 from chiffon.events.runs import NodeFailed, NodeStarted
-from chiffon.executor.nodes.context import Execution, NodeFailure, error_info
+from chiffon.executor.nodes.context import (
+    Execution,
+    NodeFailure,
+    error_info,
+    storable_completion,
+)
 from chiffon.executor.nodes.plan import NodePlan
 from chiffon.workflow import ExpressionError, SetNode
 
@@ -42,6 +47,6 @@ async def run_set(
         )
         raise NodeFailure(info) from None
     duration = (time.perf_counter() - started) * 1000
-    completed = await ctx.completion(node.id, 1, iteration, outputs, duration)
+    completed, outputs = await storable_completion(ctx, node.id, 1, iteration, outputs, duration)
     await ctx.append([node_started, completed])
     return outputs
