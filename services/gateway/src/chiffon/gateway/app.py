@@ -14,6 +14,7 @@ from chiffon.gateway.problems import install_problem_handlers
 from chiffon.gateway.ratelimit import RateLimiter
 from chiffon.gateway.routers import API_ROUTERS
 from chiffon.gateway.settings import GatewaySettings
+from chiffon.gateway.throttle import AuthThrottle
 
 if TYPE_CHECKING:
     from chiffon.gateway.runtime import Gateway
@@ -67,6 +68,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.cookie_name = settings.cookie_name
     limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.limiter = limiter
+    throttle = AuthThrottle(
+        burst=settings.auth_failure_burst,
+        window=settings.auth_failure_window_seconds,
+        prefix_burst=settings.auth_failure_prefix_burst,
+        max_clients=settings.auth_failure_max_clients,
+    )
+    app.state.auth_throttle = throttle
+    app.state.trust_forwarded_for = settings.trust_forwarded_for
 
     install_problem_handlers(app, html_errors=dashboard.error_page)
     # Starlette types every handler as taking Exception, though it calls each with its own.
@@ -87,5 +96,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Starlette wraps in reverse: the last one added runs first.
     app.add_middleware(RunViewFastPath, gateway=gateway)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, cookie_name=settings.cookie_name)
+    app.add_middleware(
+        AuthMiddleware,
+        keys=keys,
+        limiter=limiter,
+        cookie_name=settings.cookie_name,
+        throttle=throttle,
+        trust_forwarded_for=settings.trust_forwarded_for,
+    )
     return app

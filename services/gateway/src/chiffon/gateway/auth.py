@@ -31,6 +31,7 @@ from chiffon.gateway.keys import ApiKey, allows, bootstrap_key, hash_token, same
 from chiffon.gateway.problems import Forbidden, Problem, RateLimited, Unauthorized, problem_response
 from chiffon.gateway.ratelimit import RateLimiter
 from chiffon.gateway.readmodel import api_keys
+from chiffon.gateway.throttle import AuthThrottle, client_address
 from chiffon.projections import checkpoints
 
 log = get_logger(__name__)
@@ -186,6 +187,9 @@ class AuthMiddleware:
     """Authenticates every API request (bearer key, or the dashboard's cookie for safe
     methods) and applies the per-key rate limit, before the body is even read.
 
+    Failed authentications are throttled per client address and per key prefix
+    (``throttle.AuthThrottle``): past the burst, 429 before the key is checked.
+
     The dashboard's HTML pages authenticate through the cookie too; when it is missing
     they redirect to the login page (``require_session`` in the dashboard module).
     """
@@ -197,11 +201,15 @@ class AuthMiddleware:
         keys: Callable[[], KeyCache | None],
         limiter: RateLimiter,
         cookie_name: str,
+        throttle: AuthThrottle,
+        trust_forwarded_for: bool = False,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.cookie_name = cookie_name
+        self.throttle = throttle
+        self.trust_forwarded_for = trust_forwarded_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -226,9 +234,22 @@ class AuthMiddleware:
             cache = None  # still loading: a valid key must not be refused as unknown
         principal: Principal | None = None
         if token and cache is not None:
-            key = cache.authenticate(token)
-            if key is not None:
-                principal = Principal(key, via_cookie, token)
+            address = client_address(scope, trust_forwarded_for=self.trust_forwarded_for)
+            wait, what = self.throttle.wait(address, token)
+            if wait > 0:
+                # Too many failures: the key is not even checked. A dashboard page just
+                # goes to the login form, which says the same with its own 429.
+                if is_api:
+                    await _send_problem(
+                        scope, send, RateLimited(wait, self.throttle.detail(what, wait))
+                    )
+                    return
+            else:
+                key = cache.authenticate(token)
+                if key is not None:
+                    principal = Principal(key, via_cookie, token)
+                else:
+                    self.throttle.failed(address, token)
         if principal is None and is_api:
             if cache is None:
                 from chiffon.gateway.problems import Unavailable

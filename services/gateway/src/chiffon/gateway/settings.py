@@ -21,6 +21,19 @@ class GatewaySettings(ChiffonSettings):
     # Per-key token bucket: sustained requests per second and burst. 0 turns it off.
     rate_limit_per_second: float = Field(default=100.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    # Failed authentications (API and dashboard login): after this many from one client
+    # address within the window, or this many for one key prefix (the `chf_xxxxxx` the
+    # key list shows), 429 with Retry-After before the key is even checked; the bucket
+    # refills over the window. The prefix's is larger, so that one address alone cannot
+    # lock a key out. 0 turns each off.
+    auth_failure_burst: int = Field(default=20, ge=0)
+    auth_failure_prefix_burst: int = Field(default=100, ge=0)
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # At most this many addresses (and as many prefixes) are remembered.
+    auth_failure_max_clients: int = Field(default=100_000, ge=1)
+    # Behind a reverse proxy: count by the address it appended to X-Forwarded-For rather
+    # than by the socket peer (the proxy). Only when every request comes through it.
+    trust_forwarded_for: bool = False
     # How long a command (start, cancel, approve, register) may wait for its owner.
     command_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # How long one read-model query may take before the request gets a 503.

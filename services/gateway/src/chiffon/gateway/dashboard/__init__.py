@@ -42,7 +42,14 @@ from chiffon.gateway.keys import (
     KeyNotFound,
     allows,
 )
-from chiffon.gateway.problems import Forbidden, NotFound, Problem, Unavailable, ValidationFailed
+from chiffon.gateway.problems import (
+    Forbidden,
+    NotFound,
+    Problem,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
+)
 from chiffon.gateway.readmodel import api_keys
 from chiffon.gateway.runtime import (
     RUN_ID,
@@ -53,6 +60,7 @@ from chiffon.gateway.runtime import (
     check_workflow_name,
 )
 from chiffon.gateway.schemas import has_nul, no_control_characters
+from chiffon.gateway.throttle import AuthThrottle, client_address
 from chiffon.readmodels.queries import (
     get_run,
     get_workflow,
@@ -172,13 +180,21 @@ async def login(
     gateway: Gateway | None = getattr(request.app.state, "gateway", None)
     if gateway is None or not gateway.keys.loaded.is_set():
         raise Unavailable("the gateway is starting; try again in a moment", retry_after=1)
-    key = gateway.keys.authenticate(api_key.strip()) if api_key.strip() else None
+    token = api_key.strip()
+    throttle: AuthThrottle = request.app.state.auth_throttle
+    address = client_address(
+        request.scope, trust_forwarded_for=request.app.state.trust_forwarded_for
+    )
+    if token:
+        # As for the API: past the burst of failures, 429 before the key is checked.
+        wait, what = throttle.wait(address, token)
+        if wait > 0:
+            raise RateLimited(wait, throttle.detail(what, wait))
+    key = gateway.keys.authenticate(token) if token else None
     if key is None:
-        reason = (
-            gateway.keys.why_refused(api_key.strip())
-            if gateway and api_key.strip()
-            else "paste an API key"
-        )
+        if token:
+            throttle.failed(address, token)
+        reason = gateway.keys.why_refused(token) if token else "paste an API key"
         return render(
             request, "login.html", None, code=401, next=safe_next(next), error=reason, reason=None
         )
@@ -536,7 +552,9 @@ async def revoke_key(
 
 def error_page(request: Request, problem: Problem) -> Response:
     principal = getattr(request.state, "principal", None)
-    return render(request, "error.html", principal, code=problem.status, problem=problem)
+    page = render(request, "error.html", principal, code=problem.status, problem=problem)
+    page.headers.update(problem.headers)  # Retry-After, Allow, WWW-Authenticate
+    return page
 
 
 def login_redirect(request: Request, exc: LoginRequired) -> Response:
