@@ -102,6 +102,20 @@ class EventStoreConformance:
         assert [e.sequence for e in events] == [first.version, second.version]
         assert version == second.version == await store.aggregate_version(key)
 
+    async def test_an_aggregate_read_after_a_version_returns_only_what_came_since(
+        self, store: EventStore
+    ) -> None:
+        agent = fresh()
+        key = AggregateKey("agent", agent)
+        first = await store.append(key, [registered(agent)], 0)
+        other = fresh()
+        await store.append(AggregateKey("agent", other), [registered(other)], 0)
+        second = await store.append(key, [capacity(agent, 2)], first.version)
+        events, version = await store.read_aggregate(key, after=first.version)
+        assert [e.sequence for e in events] == [second.version]
+        assert version == second.version
+        assert await store.read_aggregate(key, after=second.version) == ([], second.version)
+
     async def test_a_new_aggregate_is_at_version_zero(self, store: EventStore) -> None:
         agent = fresh()
         key = AggregateKey("agent", agent)

@@ -352,12 +352,16 @@ class JetStreamEventStore:
 
     # -- reading -------------------------------------------------------------------
 
-    async def read_aggregate(self, key: AggregateKey) -> tuple[list[RecordedEvent], int]:
-        """An aggregate's events in order, and its version (0 if it has none)."""
+    async def read_aggregate(
+        self, key: AggregateKey, *, after: int = 0
+    ) -> tuple[list[RecordedEvent], int]:
+        """An aggregate's events in order (past ``after`` only), and its version."""
         stream = self.streams.stream_for(key.aggregate)
         subject = self.streams.aggregate_filter(key.aggregate, key.aggregate_id)
         try:
-            messages = await self._direct.read(stream, subject, timeout=self._timeout)
+            messages = await self._direct.read(
+                stream, subject, start=after + 1, timeout=self._timeout
+            )
         except DirectGetTimeout:
             raise EventStoreUnavailable(f"reading {key}: NATS did not answer") from None
         except DirectGetFailed as error:
@@ -365,7 +369,7 @@ class JetStreamEventStore:
                 raise EventStoreUnavailable(f"reading {key}: no stream {stream}") from None
             raise EventStoreError(f"reading {key}: {error}") from None
         events = [self._record_direct(stream, msg) for msg in messages]
-        return events, (events[-1].sequence if events else 0)
+        return events, (events[-1].sequence if events else after)
 
     async def aggregate_version(self, key: AggregateKey) -> int:
         """The aggregate's version (0 if it has no events), by one direct get of its last

@@ -16,6 +16,7 @@ the store's lifetime), and failures of the network. Streams exist from the start
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 from collections import defaultdict
@@ -247,11 +248,14 @@ class InMemoryEventStore:
             headers=dict(stream.headers[sequence - 1]),
         )
 
-    async def read_aggregate(self, key: AggregateKey) -> tuple[list[RecordedEvent], int]:
+    async def read_aggregate(
+        self, key: AggregateKey, *, after: int = 0
+    ) -> tuple[list[RecordedEvent], int]:
         stream = self._streams[self.streams.stream_for(key.aggregate)]
         held = self._aggregates.get(self.streams.aggregate_filter(key.aggregate, key.aggregate_id))
-        events = [self._record(stream, sequence, headers=True) for sequence in held or ()]
-        return events, (events[-1].sequence if events else 0)
+        start = bisect.bisect_right(held, after) if held else 0
+        events = [self._record(stream, sequence, headers=True) for sequence in (held or ())[start:]]
+        return events, (events[-1].sequence if events else after)
 
     async def aggregate_version(self, key: AggregateKey) -> int:
         held = self._aggregates.get(self.streams.aggregate_filter(key.aggregate, key.aggregate_id))

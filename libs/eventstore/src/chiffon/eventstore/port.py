@@ -202,8 +202,12 @@ class EventStore(RequestReply, Protocol):
 
     # -- reading -----------------------------------------------------------------
 
-    async def read_aggregate(self, key: AggregateKey) -> tuple[list[RecordedEvent], int]:
-        """An aggregate's events in order, and its version."""
+    async def read_aggregate(
+        self, key: AggregateKey, *, after: int = 0
+    ) -> tuple[list[RecordedEvent], int]:
+        """An aggregate's events in order (those past stream sequence ``after`` only, to
+        bring a fold kept in memory up to date), and its version (``after`` when nothing
+        came since)."""
         ...
 
     async def aggregate_version(self, key: AggregateKey) -> int:
