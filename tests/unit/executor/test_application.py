@@ -3,18 +3,18 @@ refusals the command bus answers with."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from chiffon.commands import ApproveNode, CancelRun, CommandRefused, RegisterWorkflow, StartRun
-from chiffon.events import CATALOG, Actor, EventPayload, new_event
+from chiffon.events import CATALOG, Actor, Envelope, EventPayload, new_event
 from chiffon.events import runs as ev
-from chiffon.eventstore import (
-    AggregateKey,
-)
+from chiffon.eventstore import ANY, AggregateKey, AppendResult
 from chiffon.executor.application import Runs, Workflows
+from chiffon.executor.domain import RunState
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from tests.support.stores import ConflictingStore
 
@@ -33,8 +33,8 @@ nodes:
 class Executor:
     """The executor's two application services over one in-memory store."""
 
-    def __init__(self) -> None:
-        self.store = ConflictingStore(CATALOG)
+    def __init__(self, store: ConflictingStore | None = None) -> None:
+        self.store = store if store is not None else ConflictingStore(CATALOG)
         workflows = WorkflowRepository(self.store)
         self.repository = RunRepository(self.store)
         self.clock = NOW
@@ -197,6 +197,86 @@ async def test_cancelling_a_held_run_asks_its_holder(executor: Executor) -> None
     await executor.record(run_id, ev.RunClaimed(executor="executor-1", pid=1))
     result = await executor.runs.cancel(CancelRun(actor=ALICE, run_id=run_id))
     assert result == {"run_id": run_id, "status": "running", "cancel_requested": True}
+
+
+class HotRunStore(ConflictingStore):
+    """A held run's holder at work: while ``hot``, every append that names a version
+    loses the race; ``holder_next`` is appended by the holder right after the first
+    append that names none."""
+
+    hot = False
+    holder_next: tuple[EventPayload, ...] = ()
+
+    async def append(
+        self,
+        key: AggregateKey,
+        events: Sequence[Envelope[Any]],
+        expected_version: Any = 0,
+        *,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        if expected_version is not ANY:
+            self.conflicts = 1 if self.hot else 0
+            return await super().append(key, events, expected_version)
+        result = await super().append(key, events, expected_version)
+        holder, self.holder_next = self.holder_next, ()
+        if holder:
+            moved = [new_event(p, aggregate_id=key.aggregate_id, actor=BOB) for p in holder]
+            await super().append(key, moved, ANY)
+        return result
+
+
+async def test_a_cancel_reaches_a_held_run_however_fast_it_appends() -> None:
+    executor = Executor(HotRunStore(CATALOG))
+    await executor.register()
+    run_id = (await executor.start(topic="x"))["run_id"]
+    await executor.record(run_id, ev.RunClaimed(executor="executor-1", pid=1))
+    assert isinstance(executor.store, HotRunStore)
+    executor.store.hot = True
+    result = await executor.runs.cancel(CancelRun(actor=ALICE, run_id=run_id))
+    assert result == {"run_id": run_id, "status": "running", "cancel_requested": True}
+    assert (await executor.repository.load(run_id)).cancel_requested
+
+
+async def test_a_holder_that_let_go_before_taking_the_cancel_in_has_the_run_cancelled() -> None:
+    executor = Executor(HotRunStore(CATALOG))
+    await executor.register()
+    run_id = (await executor.start(topic="x"))["run_id"]
+    await executor.record(
+        run_id,
+        ev.RunClaimed(executor="executor-1", pid=1),
+        ev.ApprovalRequested(node_id="review", message="ok?"),
+    )
+    assert isinstance(executor.store, HotRunStore)
+    executor.store.holder_next = (ev.RunSuspended(waiting_for=["review"]),)
+    result = await executor.runs.cancel(CancelRun(actor=ALICE, run_id=run_id, reason="stop"))
+    assert result["status"] == "cancelled"
+    state = await executor.repository.load(run_id)
+    assert (state.status, state.cancel_reason) == ("cancelled", "stop")
+
+
+async def test_a_run_is_loaded_again_by_reading_only_what_came_since(
+    executor: Executor,
+) -> None:
+    await executor.register()
+    run_id = (await executor.start(topic="x"))["run_id"]
+    await executor.repository.load(run_id)
+    await executor.record(run_id, ev.RunClaimed(executor="executor-1", pid=1))
+    reads: list[int] = []
+    read_aggregate = executor.store.read_aggregate
+
+    async def counted(key: AggregateKey, *, after: int = 0) -> Any:
+        events, version = await read_aggregate(key, after=after)
+        reads.append(len(events))
+        return events, version
+
+    executor.store.read_aggregate = counted  # type: ignore[method-assign]
+    state = await executor.repository.load(run_id)
+    assert (state.status, state.holder, reads) == ("running", "executor-1", [1])
+    assert state == RunState.from_events(
+        run_id,
+        [(e.envelope, e.sequence) for e in (await read_aggregate(AggregateKey("run", run_id)))[0]],
+    )
 
 
 async def test_cancelling_an_unknown_or_ended_run_is_refused(executor: Executor) -> None:

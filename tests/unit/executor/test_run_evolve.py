@@ -163,12 +163,12 @@ def test_an_ending_ends_the_run_and_nothing_after_reopens_it(
     assert (state.status, state.ended) == (status, True)
 
 
-def test_agent_task_events_only_move_the_version() -> None:
+def test_agent_task_events_only_move_the_version_and_the_count() -> None:
     before = fold(requested(), claimed())
     task = ev.AgentTaskRequested(task_id="t", node_id="a", attempt=1)
     after = evolve(before, event(task), 9)
-    assert after.version == 9
-    assert dataclasses.replace(after, version=before.version) == before
+    assert (after.version, after.event_count) == (9, before.event_count + 1)
+    assert dataclasses.replace(after, version=before.version, event_count=2) == before
 
 
 def test_events_out_of_order_never_move_the_version_back() -> None:

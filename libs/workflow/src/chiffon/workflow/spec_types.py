@@ -228,6 +228,9 @@ class Defaults(_Model):
     on_error: OnError | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1)
+    # The run fails (step_limit) past this many node executions; the server's
+    # max_node_executions caps it.
+    max_node_executions: int | None = Field(default=None, ge=1)
 
 
 class Budget(_Model):

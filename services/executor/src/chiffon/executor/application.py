@@ -27,6 +27,7 @@ from chiffon.core.logging import get_logger
 from chiffon.events import Envelope, EventPayload, new_event, uuid7
 from chiffon.events.runs import RunCancelled
 from chiffon.eventstore import (
+    ANY,
     AggregateKey,
     AppendFailed,
     ConflictRetriesExhausted,
@@ -145,6 +146,16 @@ class Runs:
         async def attempt() -> dict[str, Any]:
             state = await self.runs.load(command.run_id)
             payloads = decide_cancel(state, command, self.clock())
+            if payloads and state.held:
+                # Only a request: the holder stops at its next safe point. It names no
+                # version, so a run appending hundreds of events a second cannot make
+                # it lose every race; a holder that let go of the run meanwhile (it
+                # suspended) will not see it, so the run is looked at once more.
+                await self._append(state, payloads, command, unchecked=True)
+                state = await self.runs.load(command.run_id)
+                payloads = (
+                    [] if state.held or state.ended else decide_cancel(state, command, self.clock())
+                )
             if payloads:
                 await self._append(state, payloads, command)
             ended = any(isinstance(p, RunCancelled) for p in payloads)
@@ -173,12 +184,20 @@ class Runs:
             return await retry_on_conflict(attempt, what=f"approval in run {command.run_id}")
 
     async def _append(
-        self, state: RunState, payloads: Sequence[EventPayload], command: CancelRun | ApproveNode
+        self,
+        state: RunState,
+        payloads: Sequence[EventPayload],
+        command: CancelRun | ApproveNode,
+        *,
+        unchecked: bool = False,
     ) -> RunState:
-        """Append after ``state``'s version; the run with the appended events folded in."""
+        """Append after ``state``'s version (``unchecked``: whatever came since); the run
+        with the appended events folded in."""
         envelopes = self._events(state.run_id, payloads, command)
         result = await self.store.append(
-            AggregateKey("run", state.run_id), envelopes, expected_version=state.version
+            AggregateKey("run", state.run_id),
+            envelopes,
+            expected_version=ANY if unchecked else state.version,
         )
         for envelope, sequence in zip(envelopes, result.sequences, strict=True):
             state = evolve(state, envelope, sequence)

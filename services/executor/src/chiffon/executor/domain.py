@@ -221,6 +221,7 @@ class RunState:
     approvals: MappingProxyType[NodeKey, Approval] = field(default_factory=lambda: _NO_APPROVALS)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    event_count: int = 0  # events folded: what a run's cap on stored events counts
 
     @classmethod
     def from_events(cls, run_id: str, events: Iterable[tuple[Envelope[Any], int]]) -> RunState:
@@ -401,6 +402,7 @@ def evolve(state: RunState, envelope: Envelope[Any], sequence: int) -> RunState:
     fold = _FOLDS.get(type(payload))
     changes = fold(state, envelope, payload, sequence) if fold is not None else {}
     changes["version"] = sequence if sequence > state.version else state.version
+    changes["event_count"] = state.event_count + 1
     # Only a decision's transition reads how many approvals are left undecided.
     open_approvals = 0
     if type(payload) is ev.ApprovalDecided:
@@ -490,11 +492,13 @@ def decide_cancel(state: RunState, command: CancelRun, now: datetime) -> list[Ev
     if state.held:
         # The holder stops at its next safe point and records run.cancelled.
         return [] if state.cancel_requested else [requested]
-    # Nobody executes it (pending, waiting for an approval, paused): end it now.
-    return [
-        requested,
-        ev.RunCancelled(reason=command.reason or "cancelled", duration_ms=state.duration_ms(now)),
-    ]
+    # Nobody executes it (pending, waiting for an approval, paused): end it now. (A
+    # request may be there already: its holder let go before taking it in.)
+    cancelled = ev.RunCancelled(
+        reason=command.reason or state.cancel_reason or "cancelled",
+        duration_ms=state.duration_ms(now),
+    )
+    return [cancelled] if state.cancel_requested else [requested, cancelled]
 
 
 def decide_approval(state: RunState, command: ApproveNode, now: datetime) -> ev.ApprovalDecided:

@@ -52,6 +52,16 @@ IDLE_GRACE = 0.05  # let every task of a step start before calling the run idle
 SIGNAL_PATIENCE = 2.0
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """What one run may do before it fails with ``step_limit`` (server settings; a
+    workflow may lower ``node_executions`` in its ``defaults``)."""
+
+    node_executions: int = 10_000
+    events: int = 50_000
+    output_bytes: int = 256 * 1024 * 1024
+
+
 class ClaimLost(Exception):
     """Another replica claimed the run (this one was presumed dead): stop writing."""
 
@@ -75,7 +85,7 @@ class RunExecution:
         actor: Actor,
         llm: ModelGateway,
         outputs: OutputStore,
-        max_steps: int = 10_000,
+        limits: RunLimits = RunLimits(),
         inline_output_limit: int = 64 * 1024,
         trace: str | None = None,
     ) -> None:
@@ -85,7 +95,11 @@ class RunExecution:
         self.actor = actor
         self.llm = llm
         self.outputs = outputs
-        self.max_steps = max_steps
+        self.limits = limits
+        chosen = workflow.spec.defaults.max_node_executions
+        self.max_node_executions = min(chosen or limits.node_executions, limits.node_executions)
+        self._executed = 0  # node executions, replayed ones included
+        self._output_bytes = 0
         self.inline_output_limit = inline_output_limit
         self.trace = trace
         self.key = AggregateKey("run", run.run_id)
@@ -114,7 +128,9 @@ class RunExecution:
         initial = spec.initial_state(self.run.request.inputs)
         config = {
             "configurable": {"chiffon": self},
-            "recursion_limit": self.max_steps,
+            # Node executions are counted (``next_iteration``); LangGraph's own limit
+            # counts supersteps, each at least one node: a backstop, never reached first.
+            "recursion_limit": self.max_node_executions + 2,
         }
         self._graph_task = asyncio.ensure_future(self.workflow.graph.ainvoke(initial, config))
         watcher = asyncio.ensure_future(self._watch_idle())
@@ -136,7 +152,8 @@ class RunExecution:
                 )
             except GraphRecursionError:
                 error = ErrorInfo(
-                    type="step_limit", message=f"the run exceeded {self.max_steps} steps"
+                    type="step_limit",
+                    message=f"the run reached {self.max_node_executions} steps",
                 )
                 return await self._end(
                     RunFailed(error=error, duration_ms=self._duration_ms()), "failed"
@@ -165,7 +182,7 @@ class RunExecution:
 
     async def _end(self, payload: Any, outcome: Outcome) -> Outcome:
         try:
-            await self.append([payload], check_cancel=False)
+            await self.append([payload], check_cancel=False, capped=False)
         except ClaimLost:
             return "lost"
         return outcome
@@ -191,7 +208,9 @@ class RunExecution:
             trace=self.trace,
         )
 
-    async def append(self, payloads: list[Any], *, check_cancel: bool = True) -> None:
+    async def append(
+        self, payloads: list[Any], *, check_cancel: bool = True, capped: bool = True
+    ) -> None:
         """Append payloads (dated now) or events made earlier with ``event``.
 
         On a conflict the run is reloaded (a cancel or a decision is taken in, a lost
@@ -201,6 +220,10 @@ class RunExecution:
         of a bare LangGraph node: so the first try is made directly, and only a
         conflict brings the helper in, for the attempts that remain."""
         envelopes = [p if isinstance(p, Envelope) else self.event(p) for p in payloads]
+        if capped and self.run.event_count + len(envelopes) > self.limits.events:
+            raise self._limit_reached(
+                f"the run reached its limit of {self.limits.events} stored events", None
+            )
 
         async def attempt() -> None:
             nonlocal envelopes
@@ -231,12 +254,18 @@ class RunExecution:
                 )
 
     async def _reload(self) -> set[Any]:
-        """Read the run again; take in outside events. Returns the ids of stored events."""
-        events, version = await self.store.read_aggregate(self.key)
-        fresh = RunState.from_events(self.run.run_id, [(e.envelope, e.sequence) for e in events])
-        if fresh.claim_seq != self.claim_seq:
+        """Read what came since the run's version; take in outside events. Returns the
+        ids of the events read.
+
+        Only what came since: a long run holds thousands of events, and a cancel must
+        be taken in within a second of its arrival, whatever the run's length."""
+        events, version = await self.store.read_aggregate(self.key, after=self.version)
+        run = self.run
+        for event in events:
+            run = evolve(run, event.envelope, event.sequence)
+        if run.claim_seq != self.claim_seq:
             raise ClaimLost()
-        self.run, self.version = fresh, version
+        self.run, self.version = run, max(self.version, version)
         self._take_in_outside_events()
         return {e.envelope.event_id for e in events}
 
@@ -287,6 +316,15 @@ class RunExecution:
     # -- what the graph's nodes call (graph.Execution) -------------------------------
 
     def next_iteration(self, node_id: str) -> int:
+        """The node's next iteration number; counts the run's node executions against
+        its limit (a loop that never ends stops here, whatever runs in parallel)."""
+        self._executed += 1
+        if self._executed > self.max_node_executions:
+            raise self._limit_reached(
+                f"the run reached its limit of {self.max_node_executions} node executions"
+                " (max_node_executions)",
+                node_id,
+            )
         self._iterations[node_id] += 1
         return self._iterations[node_id]
 
@@ -418,10 +456,26 @@ class RunExecution:
             log.warning("run.suspend_deferred", run_id=self.run.run_id, error=str(error))
             return "unavailable"
 
+    def _limit_reached(self, message: str, node_id: str | None) -> NodeFailure:
+        return NodeFailure(ErrorInfo(type="step_limit", message=message, node_id=node_id))
+
+    def _count_output(self, size: int, node_id: str) -> None:
+        self._output_bytes += size
+        if self._output_bytes > self.limits.output_bytes:
+            raise self._limit_reached(
+                f"the run's node outputs reached its limit of {self.limits.output_bytes} bytes",
+                node_id,
+            )
+
     async def completed_outputs(self, completed: NodeCompleted) -> dict[str, Any]:
         if completed.outputs_ref:
-            return await self.outputs.get(completed.outputs_ref)
-        return dict(completed.outputs)
+            outputs = await self.outputs.get(completed.outputs_ref)
+        else:
+            outputs = dict(completed.outputs)
+        # Replayed outputs count as they did when they were recorded.
+        size = len(json.dumps(outputs, ensure_ascii=False, default=str))
+        self._count_output(size, completed.node_id)
+        return outputs
 
     async def completion(
         self,
@@ -432,6 +486,7 @@ class RunExecution:
         duration_ms: float,
     ) -> NodeCompleted:
         size = len(json.dumps(outputs, ensure_ascii=False, default=str))
+        self._count_output(size, node_id)
         if size <= self.inline_output_limit:
             return NodeCompleted(
                 node_id=node_id,

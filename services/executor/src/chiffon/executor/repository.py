@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, EventStore
-from chiffon.executor.domain import RunState, WorkflowState, evolve_workflow
+from chiffon.executor.domain import RunState, WorkflowState, evolve, evolve_workflow
 from chiffon.executor.execution import LoadedWorkflow
 from chiffon.executor.graph import build_graph
 from chiffon.workflow import spec_from_dict
 
 
 class RunRepository:
-    def __init__(self, store: EventStore) -> None:
+    """Runs folded from their events.
+
+    The folds of runs that have not ended are kept, and a load reads only the events
+    since the kept fold's version: a cancel of a run that has written thousands of
+    events reads the few that came since the last look, not all of them. Bounded by
+    runs and by the events their folds hold (least recently used out first); an ended
+    run's fold is dropped the next time it is loaded."""
+
+    def __init__(
+        self, store: EventStore, *, max_runs: int = 256, max_events: int = 100_000
+    ) -> None:
         self.store = store
+        self.max_runs = max_runs
+        self.max_events = max_events
+        self._folds: OrderedDict[str, RunState] = OrderedDict()
+        self._held_events = 0
 
     async def load(self, run_id: str) -> RunState:
-        events, _version = await self.store.read_aggregate(AggregateKey("run", run_id))
-        return RunState.from_events(run_id, [(e.envelope, e.sequence) for e in events])
+        kept = self._forget(run_id)
+        state = kept if kept is not None else RunState(run_id)
+        events, _version = await self.store.read_aggregate(
+            AggregateKey("run", run_id), after=state.version
+        )
+        for event in events:
+            state = evolve(state, event.envelope, event.sequence)
+        if state.exists and not state.ended:
+            self._keep(state)
+        return state
+
+    def _forget(self, run_id: str) -> RunState | None:
+        state = self._folds.pop(run_id, None)
+        if state is not None:
+            self._held_events -= state.event_count
+        return state
+
+    def _keep(self, state: RunState) -> None:
+        self._forget(state.run_id)  # a concurrent load may have kept an older fold
+        self._folds[state.run_id] = state
+        self._held_events += state.event_count
+        while self._folds and (
+            len(self._folds) > self.max_runs or self._held_events > self.max_events
+        ):
+            _, oldest = self._folds.popitem(last=False)
+            self._held_events -= oldest.event_count
 
 
 class WorkflowRepository:

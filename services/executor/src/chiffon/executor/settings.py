@@ -16,8 +16,12 @@ class ExecutorSettings(ChiffonSettings):
     ack_wait_seconds: float = Field(default=5.0, ge=1.0, le=300.0)
     # Runs one replica executes at once (each a task; LLM calls are I/O-bound).
     max_concurrent_runs: int = Field(default=256, ge=1, le=10_000)
-    # A run may execute at most this many node steps (loops included).
-    max_steps_per_run: int = Field(default=10_000, ge=10)
+    # What one run may do before it fails with error type step_limit: node executions
+    # (loops and parallel branches included; a workflow's defaults.max_node_executions
+    # may lower it, never raise it), stored events, and bytes of node outputs.
+    max_node_executions: int = Field(default=10_000, ge=1)
+    max_events_per_run: int = Field(default=50_000, ge=100)
+    max_run_output_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # chiffon/echo instead of a provider: "auto" when the provider has no key (and no
     # base URL) in development; "always" for every llm node; "never" to fail instead.
     llm_offline: Literal["auto", "always", "never"] = "auto"

@@ -49,7 +49,7 @@ from chiffon.executor.domain import (
     decide_fail_unregistered,
     evolve,
 )
-from chiffon.executor.execution import RunExecution
+from chiffon.executor.execution import RunExecution, RunLimits
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.repository import RunRepository, WorkflowRepository
@@ -318,7 +318,11 @@ class RunWorker:
             actor=execution_actor,
             llm=self.llm,
             outputs=self.outputs,
-            max_steps=self.settings.max_steps_per_run,
+            limits=RunLimits(
+                node_executions=self.settings.max_node_executions,
+                events=self.settings.max_events_per_run,
+                output_bytes=self.settings.max_run_output_bytes,
+            ),
             inline_output_limit=self.settings.inline_output_limit,
             trace=trace,
         )
