@@ -19,6 +19,7 @@ from chiffon.events import actor_label
 from chiffon.events import runs as ev
 from chiffon.events.limits import MODEL_NAME_MAX_CHARS
 from chiffon.events.run_status import INITIAL_STATUS, next_status
+from chiffon.events.storable import make_storable
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import RecordedEvent
 from chiffon.projections import Projection
@@ -327,16 +328,26 @@ class WorkflowsProjection(Projection):
     tables: ClassVar[Sequence[Table]] = (workflows,)
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
-        rows = [row for row in (workflow_row(e) for e in events) if row is not None]
+        rows = [storable_row(row) for row in (workflow_row(e) for e in events) if row is not None]
         if rows:
             await conn.execute(insert(workflows).on_conflict_do_nothing(), rows)
+
+
+def storable_row(row: Row) -> Row:
+    """``row`` as PostgreSQL takes it: NUL and lone surrogates in its text and JSONB
+    replaced by U+FFFD. The executor records nothing of the kind (issue 16), but an event
+    recorded before it made its outputs storable may hold one, and PostgreSQL's refusal
+    (``unsupported Unicode escape sequence``) would stop the projection for every run.
+    A row with nothing to replace is itself, after one scan (microseconds)."""
+    fixed: Row = make_storable(row)[0]
+    return fixed
 
 
 async def _upsert(
     conn: AsyncConnection, table: Table, keys: list[str], rows: Iterable[Row | None]
 ) -> None:
     """One upsert statement, executed for many rows (compiled once, cached by SQLAlchemy)."""
-    batch = [row for row in rows if row is not None]
+    batch = [storable_row(row) for row in rows if row is not None]
     if not batch:
         return
     await conn.execute(_upsert_statement(table, tuple(keys)), batch)
