@@ -16,6 +16,13 @@
 3. With LLM latency: an OpenAI-compatible server that sleeps 50 ms per call, a 4-node
    workflow, each replica executing at most 8 runs at once (CHIFFON_MAX_CONCURRENT_RUNS):
    runs/s with 2 replicas vs 1.
+4. Commands during a runaway run (``--scenario commands``): one replica behind a
+   gateway. The round trip of a cancel of an idle run (suspended at an approval node,
+   so no replica executes it) through ``POST /v1/runs/{id}/cancel`` and, raw, through
+   the command bus, p50/p99: first with no load, then while a runaway run (20 parallel
+   self-loops on ``set`` nodes) executes on the same replica. Goal: p99 under load
+   <= 1 s and <= 3x the idle p99. Then how long the cancel of the runaway run itself
+   takes to take effect (its answer to ``cancelled`` in ``GET /v1/runs/{id}``).
 
 Throughputs are the best of a few rounds: on shared cores, noise only slows a round.
 Every round's rate is printed beside the best, so the spread is in plain view.
@@ -42,8 +49,15 @@ import nats
 import psutil
 from sqlalchemy import text
 
-from bench.common import row, servers
-from chiffon.commands import CommandBus, RegisterWorkflow, StartRun
+from bench.common import percentile, row, servers
+from chiffon.commands import (
+    CancelRun,
+    CommandBus,
+    CommandRefused,
+    CommandUnavailable,
+    RegisterWorkflow,
+    StartRun,
+)
 from chiffon.core.db import create_engine, ensure_database
 from chiffon.core.runtime import tune_gc
 from chiffon.devstack.ports import free_port
@@ -452,7 +466,317 @@ def spread(rates: list[float], fmt: str) -> str:
     return "rounds " + " / ".join(format(rate, fmt) for rate in rates)
 
 
-async def main(quick: bool) -> None:
+# -- commands during a runaway run ------------------------------------------------------
+
+IDLE = """\
+name: bench-idle
+version: 1
+inputs: {topic: {type: string}}
+nodes:
+  - {id: wait, type: approval, message: "go?"}
+  - {id: done, type: set, values: {ok: "approved"}}
+edges:
+  - {from: wait, to: done}
+"""
+
+
+def runaway(name: str = "bench-runaway", loops: int = 20) -> str:
+    """The runaway run of issue 16, legal: ``loops`` parallel self-loops on ``set`` nodes,
+    each entered from START and looping while the input ``go`` is true. Left alone it
+    runs until the executor's step limit ends it."""
+    lines = [f"name: {name}", "version: 1", "inputs: {go: {type: boolean}}", "nodes:"]
+    lines += [
+        f'  - {{id: s{i}, type: set, values: {{c{i}: "(c{i} or 0) + 1"}}}}'
+        for i in range(1, loops + 1)
+    ]
+    lines.append("edges:")
+    for i in range(1, loops + 1):
+        lines.append(f"  - {{from: START, to: s{i}}}")
+        lines.append(f"  - {{from: s{i}, to: s{i}, when: go}}")
+        lines.append(f'  - {{from: s{i}, to: END, when: "not go"}}')
+    return "\n".join(lines) + "\n"
+
+
+class Cancels:
+    """Round trips of cancels of idle runs: through the gateway and through the bus."""
+
+    def __init__(self, http: httpx.AsyncClient, bus: CommandBus) -> None:
+        self.http, self.bus = http, bus
+
+    async def measure(
+        self, gateway_ids: list[str], bus_ids: list[str], budget: float
+    ) -> tuple[list[float], list[float], list[str]]:
+        """Seconds per cancel, one at a time, taking turns between the two paths, until
+        the ids or the ``budget`` (s) run out. A refused or unanswered cancel counts at
+        the time it took; what went wrong is returned too."""
+        via_gateway: list[float] = []
+        via_bus: list[float] = []
+        failures: list[str] = []
+        deadline = time.monotonic() + budget
+        for gateway_id, bus_id in zip(gateway_ids, bus_ids, strict=True):
+            if time.monotonic() > deadline:
+                break
+            started = time.perf_counter()
+            try:
+                response = await self.http.post(
+                    f"/v1/runs/{gateway_id}/cancel", json={"reason": "bench"}
+                )
+                if response.status_code != 202:
+                    failures.append(f"gateway {response.status_code}: {problem_detail(response)}")
+            except httpx.HTTPError as error:
+                failures.append(f"gateway {type(error).__name__}")
+            via_gateway.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            try:
+                await self.bus.send(CancelRun(actor=ACTOR, run_id=bus_id, reason="bench"))
+            except (CommandUnavailable, CommandRefused) as error:
+                failures.append(f"bus {error}")
+            via_bus.append(time.perf_counter() - started)
+        return via_gateway, via_bus, failures
+
+
+async def run_status(http: httpx.AsyncClient, run_id: str) -> str | None:
+    response = await http.get(f"/v1/runs/{run_id}")
+    return str(response.json()["status"]) if response.status_code == 200 else None
+
+
+async def wait_status(
+    http: httpx.AsyncClient, run_id: str, wanted: set[str], timeout: float
+) -> str | None:
+    """Poll ``GET /v1/runs/{id}`` until its status is one of ``wanted``; that status, or
+    None at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = await run_status(http, run_id)
+        except httpx.HTTPError:
+            status = None
+        if status in wanted:
+            return status
+        await asyncio.sleep(0.02)
+    return None
+
+
+def problem_detail(response: httpx.Response) -> str:
+    """The ``detail`` of a problem+json answer, shortened; the raw text otherwise."""
+    try:
+        return str(response.json().get("detail", ""))[:80]
+    except ValueError:
+        return response.text[:80]
+
+
+def latency(samples: list[float]) -> str:
+    if not samples:
+        return "no samples"
+    return (
+        f"p50 {statistics.median(samples) * 1000:,.1f} ms"
+        f"  p99 {percentile(samples, 99) * 1000:,.1f} ms"
+    )
+
+
+async def commands_under_runaway(srv: Any, logs: Path, quick: bool) -> None:
+    """Section 4: cancel round trips of idle runs, with no load and with a runaway run
+    executing on the same (only) replica; then the cancel of the runaway run itself."""
+    from bench.gateway import ADMIN, Proc
+
+    samples = 20 if quick else 50
+    budget = 30.0 if quick else 60.0  # per phase: today a busy replica may take 10 s a cancel
+    hot_for = 5.0 if quick else 10.0
+    print(
+        f"\n4. commands during a runaway run: 1 replica behind a gateway, {samples} cancels"
+        " of idle runs (waiting at an approval) per path, with no load and with a runaway"
+        f" run executing on the replica for {hot_for:.0f} s and on (each phase at most"
+        f" {budget:.0f} s)"
+    )
+    stack = await new_stack(srv, "benchcmd", logs)
+    gateway: Proc | None = None
+    try:
+        await stack.start_replicas(1)
+        gateway = Proc(
+            "chiffon.gateway",
+            {
+                **os.environ,
+                "CHIFFON_NATS_URL": stack.nats_url,
+                "CHIFFON_DATABASE_URL": stack.dsn,
+                "CHIFFON_NAMESPACE": stack.namespace,
+                "CHIFFON_LOG_FORMAT": "json",
+                "CHIFFON_LOG_LEVEL": "warning",
+                "CHIFFON_BOOTSTRAP_ADMIN_KEY": ADMIN,
+                "CHIFFON_RATE_LIMIT_PER_SECOND": "0",
+            },
+            logs / "gateway-benchcmd.log",
+        )
+        await gateway.ready()
+        async with (
+            httpx.AsyncClient(
+                base_url=gateway.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60
+            ) as http,
+            JetStreamEventStore.connect(
+                stack.nats_url, CATALOG, namespace=stack.namespace
+            ) as store,
+        ):
+            await commands_scenario(
+                http, store, stack.namespace, samples=samples, budget=budget, hot_for=hot_for
+            )
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        stack.stop()
+
+
+async def commands_scenario(
+    http: httpx.AsyncClient,
+    store: JetStreamEventStore,
+    namespace: str,
+    *,
+    samples: int,
+    budget: float,
+    hot_for: float,
+) -> None:
+    """Cancels of idle runs with no load, then while a runaway run has executed for at
+    least ``hot_for`` s; then the cancel of the runaway run itself."""
+    for source in (IDLE, runaway()):
+        response = await http.post(
+            "/v1/workflows", content=source, headers={"Content-Type": "application/yaml"}
+        )
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"register: {response.status_code} {response.text[:300]}")
+    # Idle runs for both phases and both paths (+ a few to warm every path up).
+    warm = 3
+    ids: list[str] = []
+    for i in range(4 * samples + 2 * warm):
+        response = await http.post(
+            "/v1/runs", json={"workflow": "bench-idle", "inputs": {"topic": f"t{i}"}}
+        )
+        if response.status_code != 202:
+            raise RuntimeError(f"POST /v1/runs: {response.status_code} {response.text[:300]}")
+        ids.append(response.json()["run_id"])
+    for run_id in ids:
+        if await wait_status(http, run_id, {"waiting_approval"}, 60) is None:
+            raise RuntimeError(f"run {run_id} did not reach its approval in 60 s")
+    cancels = Cancels(http, CommandBus(store, namespace, timeout=10))
+    await cancels.measure(ids[:warm], ids[warm : 2 * warm], budget)
+    ids = ids[2 * warm :]
+    idle_gw, idle_bus, idle_failures = await cancels.measure(
+        ids[:samples], ids[samples : 2 * samples], budget
+    )
+
+    # The runaway run: wait until its events flow, then measure the same cancels.
+    runaway_events: list[float] = []
+    ended: list[tuple[str, float]] = []  # the runaway run's end event, when seen
+    response = await http.post(
+        "/v1/runs", json={"workflow": "bench-runaway", "inputs": {"go": True}}
+    )
+    if response.status_code != 202:
+        raise RuntimeError(f"POST runaway: {response.status_code} {response.text[:300]}")
+    hot = str(response.json()["run_id"])
+
+    async def on_event(subject: str, _data: bytes) -> None:
+        now = time.perf_counter()
+        runaway_events.append(now)
+        if subject.endswith((".run.completed", ".run.failed", ".run.cancelled")):
+            ended.append((subject.rsplit(".", 1)[-1], now))
+
+    await store.listen([f"{namespace}.run.{hot}.>"], on_event)
+    deadline = time.monotonic() + 60
+    while len(runaway_events) < 500 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if len(runaway_events) < 500:
+        raise RuntimeError(f"the runaway run wrote {len(runaway_events)} events in 60 s")
+    # Hot for a while first: the issue saw the replica starve commands once the run had
+    # grown, not in its first second.
+    await asyncio.sleep(max(0.0, runaway_events[0] + hot_for - time.perf_counter()))
+    window_start, before = time.perf_counter(), len(runaway_events)
+    load_gw, load_bus, load_failures = await cancels.measure(
+        ids[2 * samples : 3 * samples], ids[3 * samples : 4 * samples], budget
+    )
+    window = time.perf_counter() - window_start
+    during = len(runaway_events) - before
+    ended_in_window = list(ended)
+
+    # The cancel of the runaway run itself: retried until answered 202 (bounded).
+    attempts: list[str] = []
+    first = time.perf_counter()
+    answered: float | None = None
+    cancel_deadline = time.monotonic() + 120
+    while answered is None and time.monotonic() < cancel_deadline and not ended:
+        try:
+            response = await http.post(f"/v1/runs/{hot}/cancel", json={"reason": "bench"})
+            attempts.append(
+                str(response.status_code)
+                if response.status_code == 202
+                else f"{response.status_code} after {response.elapsed.total_seconds():.1f} s"
+                f" ({problem_detail(response)})"
+            )
+            if response.status_code == 202:
+                answered = time.perf_counter()
+            elif response.status_code < 500:
+                break  # refused: retrying would not change the answer
+        except httpx.HTTPError as error:
+            attempts.append(type(error).__name__)
+    visible: float | None = None
+    final: str | None = None
+    if answered is not None:
+        final = await wait_status(
+            http,
+            hot,
+            {"cancelled", "failed", "succeeded"},
+            max(1.0, cancel_deadline - time.monotonic()),
+        )
+        visible = time.perf_counter() if final is not None else None
+
+    print("  cancel round trip of an idle run (gateway: POST /v1/runs/{id}/cancel)")
+    row("  gateway cancel, no load (baseline)", latency(idle_gw), f"n={len(idle_gw)}")
+    row("  gateway cancel, runaway on the replica", latency(load_gw), f"n={len(load_gw)}")
+    row("  bus cancel_run, no load", latency(idle_bus), f"n={len(idle_bus)}")
+    row("  bus cancel_run, runaway on the replica", latency(load_bus), f"n={len(load_bus)}")
+    if idle_gw and load_gw:
+        p99_idle, p99_load = percentile(idle_gw, 99), percentile(load_gw, 99)
+        row(
+            "  gateway p99 under load",
+            f"{p99_load * 1000:,.1f} ms",
+            f"goal <= 1,000 ms: {'meets' if p99_load <= 1 else 'MISSES'}",
+        )
+        row(
+            "  gateway p99 under load / idle p99",
+            f"{p99_load / p99_idle:,.1f}x",
+            f"goal <= 3x: {'meets' if p99_load <= 3 * p99_idle else 'MISSES'}",
+        )
+    failures = idle_failures + load_failures
+    if failures:
+        row("  cancels not answered 202 / refused", f"{len(failures)}", failures[0][:120])
+    row(
+        "  runaway run meanwhile",
+        f"{during / window:,.0f} events/s" if window > 0 else "-",
+        f"{during:,} events in {window:.1f} s, {before:,} before"
+        + (f"; it ended meanwhile (run.{ended_in_window[0][0]})" if ended_in_window else ""),
+    )
+    print("  cancel of the runaway run itself")
+    if answered is None:
+        row(
+            "  cancel answered 202",
+            "not in 120 s" if not ended else "run ended first",
+            f"answers: {', '.join(attempts) or '-'}",
+        )
+    else:
+        row(
+            "  cancel answered 202 after",
+            f"{(answered - first) * 1000:,.0f} ms",
+            f"answers: {', '.join(attempts)}",
+        )
+        row(
+            "  answer -> cancelled in GET /v1/runs/{id}",
+            f"{(visible - answered) * 1000:,.0f} ms" if visible is not None else "not in 120 s",
+            f"status {final}; goal <= 1,000 ms (effect)",
+        )
+        if ended:
+            row(
+                f"  answer -> run.{ended[0][0]} seen on NATS",
+                f"{(ended[0][1] - answered) * 1000:,.0f} ms",
+            )
+
+
+async def main(quick: bool, scenario: str) -> None:
     nodes = 10
     seq_runs = 15 if quick else 40
     concurrent = 100
@@ -460,116 +784,121 @@ async def main(quick: bool) -> None:
     print("chiffon executor benchmark (2 cores; NATS, PostgreSQL, executors and driver share them)")
     with servers() as srv, tempfile.TemporaryDirectory(prefix="chiffon-bench-logs-") as tmp:
         logs = Path(tmp)
-        bare_plain = await bare_langgraph(nodes, seq_runs, with_llm=False)
-        bare = await bare_langgraph(nodes, seq_runs, with_llm=True)
-        # This process drives the runs and serves the test provider: as in every Chiffon
-        # process, a full collection must not rescan LiteLLM's and LangGraph's modules
-        # (a pause of a few hundred ms would hold every call in flight).
-        tune_gc()
+        if scenario in ("all", "overhead"):
+            bare_plain = await bare_langgraph(nodes, seq_runs, with_llm=False)
+            bare = await bare_langgraph(nodes, seq_runs, with_llm=True)
+            # This process drives the runs and serves the test provider: as in every Chiffon
+            # process, a full collection must not rescan LiteLLM's and LangGraph's modules
+            # (a pause of a few hundred ms would hold every call in flight).
+            tune_gc()
 
-        print("\n1. per node, 10-node linear workflow on chiffon/echo, one run at a time")
-        one = await new_stack(srv, "benchone", logs)
-        two = await new_stack(srv, "benchtwo", logs)
-        try:
-            await one.start_replicas(1)
-            chiffon = await per_node_in_chiffon(one, nodes, seq_runs)
-            row("bare LangGraph, node = template only", f"{bare_plain:.3f} ms/node")
-            row("bare LangGraph, same node work (offline model)", f"{bare:.3f} ms/node")
-            row("Chiffon (events, projections, 1 replica)", f"{chiffon:.3f} ms/node")
-            row("overhead of Chiffon", f"{chiffon - bare:.3f} ms/node", "goal <= 2 ms")
+            print("\n1. per node, 10-node linear workflow on chiffon/echo, one run at a time")
+            one = await new_stack(srv, "benchone", logs)
+            two = await new_stack(srv, "benchtwo", logs)
+            try:
+                await one.start_replicas(1)
+                chiffon = await per_node_in_chiffon(one, nodes, seq_runs)
+                row("bare LangGraph, node = template only", f"{bare_plain:.3f} ms/node")
+                row("bare LangGraph, same node work (offline model)", f"{bare:.3f} ms/node")
+                row("Chiffon (events, projections, 1 replica)", f"{chiffon:.3f} ms/node")
+                row("overhead of Chiffon", f"{chiffon - bare:.3f} ms/node", "goal <= 2 ms")
+
+                print(
+                    f"\n2. throughput, {concurrent} concurrent runs x {nodes} nodes"
+                    f" (best of {rounds} rounds, taking turns)"
+                )
+                await two.start_replicas(2)
+                source = linear("tp", nodes)
+                meter = CpuMeter(srv, two)
+                async with (
+                    Load(one, source, "tp", concurrent, nodes) as load_one,
+                    Load(two, source, "tp", concurrent, nodes, meter) as load_two,
+                ):
+                    reference = BareLoad(nodes, concurrent)
+                    bare_rounds, one_rounds, two_rounds = await alternating(
+                        [reference, load_one, load_two], rounds
+                    )
+                rate_bare, rate_one, rate_two = max(bare_rounds), max(one_rounds), max(two_rounds)
+                row(
+                    "bare LangGraph in one process (reference)",
+                    f"{rate_bare:,.0f} node-steps/s",
+                    f"(no events: the machine's speed meanwhile; {spread(bare_rounds, ',.0f')})",
+                )
+                row(
+                    "1 replica",
+                    f"{rate_one:,.0f} node-steps/s",
+                    f"(one process: one core at most; {spread(one_rounds, ',.0f')})",
+                )
+                row(
+                    "2 replicas (the default)",
+                    f"{rate_two:,.0f} node-steps/s",
+                    f"goal >= 1,700 on 2 cores ({spread(two_rounds, ',.0f')})",
+                )
+                row(
+                    "  read model complete after the last run ended",
+                    f"{max(load_two.catch_up) * 1000:,.0f} ms at most",
+                    "(the projector runs below the replicas' priority; polled every 100 ms)",
+                )
+                print("  CPU per node-step with 2 replicas (all rounds, their projection included)")
+                cpu = meter.per_unit_ms()
+                for part, ms in cpu.items():
+                    row(f"  {part}", f"{ms:.3f} ms")
+                total = sum(cpu.values())
+                row(
+                    "  all of it",
+                    f"{total:.3f} ms",
+                    f"(2 cores sustain at most {2000 / total:,.0f} node-steps/s at that cost)",
+                )
+            finally:
+                one.stop()
+                two.stop()
 
             print(
-                f"\n2. throughput, {concurrent} concurrent runs x {nodes} nodes"
-                f" (best of {rounds} rounds, taking turns)"
+                "\n3. with LLM latency: test server sleeping 50 ms per call, 4-node runs,"
+                f" 8 runs per replica at once (best of {rounds} rounds, taking turns)"
             )
-            await two.start_replicas(2)
-            source = linear("tp", nodes)
-            meter = CpuMeter(srv, two)
-            async with (
-                Load(one, source, "tp", concurrent, nodes) as load_one,
-                Load(two, source, "tp", concurrent, nodes, meter) as load_two,
-            ):
-                reference = BareLoad(nodes, concurrent)
-                bare_rounds, one_rounds, two_rounds = await alternating(
-                    [reference, load_one, load_two], rounds
+            from tests.integration.executor.openai_server import FakeOpenAI
+
+            server = await FakeOpenAI(delay=0.05).start()
+            env = {
+                "OPENAI_API_BASE": server.base_url,
+                "OPENAI_API_KEY": "sk-bench",
+                "CHIFFON_LLM_OFFLINE": "never",
+                "CHIFFON_MAX_CONCURRENT_RUNS": "8",
+            }
+            stacks = [await new_stack(srv, f"benchlat{n}", logs) for n in (1, 2)]
+            try:
+                for replicas, stack in zip((1, 2), stacks, strict=True):
+                    await stack.start_replicas(replicas, env)
+                source = linear("slow", 4, model="openai/bench")
+                runs = 48 if quick else 96
+                meters = [CpuMeter(srv, stack) for stack in stacks]
+                async with (
+                    Load(stacks[0], source, "slow", runs, 1, meters[0]) as load_one,
+                    Load(stacks[1], source, "slow", runs, 1, meters[1]) as load_two,
+                ):
+                    slow_rounds = await alternating([load_one, load_two], rounds)
+                slow_one, slow_two = max(slow_rounds[0]), max(slow_rounds[1])
+            finally:
+                for stack in stacks:
+                    stack.stop()
+                await server.stop()
+            row("1 replica", f"{slow_one:.1f} runs/s", f"({spread(slow_rounds[0], '.1f')})")
+            row("2 replicas", f"{slow_two:.1f} runs/s", f"({spread(slow_rounds[1], '.1f')})")
+            row("speed-up", f"{slow_two / slow_one:.2f}x", "goal >= 1.6x")
+            print("  CPU per run (4 LLM calls; the driver serves the test provider too)")
+            for replicas, meter in zip((1, 2), meters, strict=True):
+                cpu = meter.per_unit_ms()
+                parts = ", ".join(f"{part.split(' ')[0]} {ms:.1f}" for part, ms in cpu.items())
+                row(
+                    f"  {replicas} replica{'s' if replicas > 1 else ''}",
+                    f"{sum(cpu.values()):.1f} ms",
+                    parts,
                 )
-            rate_bare, rate_one, rate_two = max(bare_rounds), max(one_rounds), max(two_rounds)
-            row(
-                "bare LangGraph in one process (reference)",
-                f"{rate_bare:,.0f} node-steps/s",
-                f"(no events: the machine's speed meanwhile; {spread(bare_rounds, ',.0f')})",
-            )
-            row(
-                "1 replica",
-                f"{rate_one:,.0f} node-steps/s",
-                f"(one process: one core at most; {spread(one_rounds, ',.0f')})",
-            )
-            row(
-                "2 replicas (the default)",
-                f"{rate_two:,.0f} node-steps/s",
-                f"goal >= 1,700 on 2 cores ({spread(two_rounds, ',.0f')})",
-            )
-            row(
-                "  read model complete after the last run ended",
-                f"{max(load_two.catch_up) * 1000:,.0f} ms at most",
-                "(the projector runs below the replicas' priority; polled every 100 ms)",
-            )
-            print("  CPU per node-step with 2 replicas (all rounds, their projection included)")
-            cpu = meter.per_unit_ms()
-            for part, ms in cpu.items():
-                row(f"  {part}", f"{ms:.3f} ms")
-            total = sum(cpu.values())
-            row(
-                "  all of it",
-                f"{total:.3f} ms",
-                f"(2 cores sustain at most {2000 / total:,.0f} node-steps/s at that cost)",
-            )
-        finally:
-            one.stop()
-            two.stop()
 
-        print(
-            "\n3. with LLM latency: test server sleeping 50 ms per call, 4-node runs,"
-            f" 8 runs per replica at once (best of {rounds} rounds, taking turns)"
-        )
-        from tests.integration.executor.openai_server import FakeOpenAI
-
-        server = await FakeOpenAI(delay=0.05).start()
-        env = {
-            "OPENAI_API_BASE": server.base_url,
-            "OPENAI_API_KEY": "sk-bench",
-            "CHIFFON_LLM_OFFLINE": "never",
-            "CHIFFON_MAX_CONCURRENT_RUNS": "8",
-        }
-        stacks = [await new_stack(srv, f"benchlat{n}", logs) for n in (1, 2)]
-        try:
-            for replicas, stack in zip((1, 2), stacks, strict=True):
-                await stack.start_replicas(replicas, env)
-            source = linear("slow", 4, model="openai/bench")
-            runs = 48 if quick else 96
-            meters = [CpuMeter(srv, stack) for stack in stacks]
-            async with (
-                Load(stacks[0], source, "slow", runs, 1, meters[0]) as load_one,
-                Load(stacks[1], source, "slow", runs, 1, meters[1]) as load_two,
-            ):
-                slow_rounds = await alternating([load_one, load_two], rounds)
-            slow_one, slow_two = max(slow_rounds[0]), max(slow_rounds[1])
-        finally:
-            for stack in stacks:
-                stack.stop()
-            await server.stop()
-        row("1 replica", f"{slow_one:.1f} runs/s", f"({spread(slow_rounds[0], '.1f')})")
-        row("2 replicas", f"{slow_two:.1f} runs/s", f"({spread(slow_rounds[1], '.1f')})")
-        row("speed-up", f"{slow_two / slow_one:.2f}x", "goal >= 1.6x")
-        print("  CPU per run (4 LLM calls; the driver serves the test provider too)")
-        for replicas, meter in zip((1, 2), meters, strict=True):
-            cpu = meter.per_unit_ms()
-            parts = ", ".join(f"{part.split(' ')[0]} {ms:.1f}" for part, ms in cpu.items())
-            row(
-                f"  {replicas} replica{'s' if replicas > 1 else ''}",
-                f"{sum(cpu.values()):.1f} ms",
-                parts,
-            )
+        if scenario in ("all", "commands"):
+            tune_gc()
+            await commands_under_runaway(srv, logs, quick)
 
 
 if __name__ == "__main__":
@@ -579,4 +908,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quick", action="store_true", help="fewer runs (a smoke test of the benchmark)"
     )
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--scenario",
+        choices=("all", "overhead", "commands"),
+        default="all",
+        help="overhead: sections 1-3; commands: section 4 (commands during a runaway run)",
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.scenario))
