@@ -312,7 +312,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large",
         415: "Unsupported content type",
         422: "Validation error",
-        429: "Rate limited (see Retry-After)",
+        429: "Rate limited, or too many failed authentications (see Retry-After)",
         503: "Unavailable; retry (see Retry-After)",
     }
     return {
