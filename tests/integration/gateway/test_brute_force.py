@@ -124,6 +124,12 @@ async def test_the_dashboard_login_is_throttled_per_address(
         )
         # The login's failures and the API's are one count per address.
         assert_throttled(await attacker.get("/v1/me", headers=bearer(ADMIN_KEY)))
+        # A page with a session cookie from there: the same 429, as a page, not a
+        # redirect to the login form saying the key was revoked.
+        page = await attacker.get("/", headers={"Cookie": f"chiffon_session={ADMIN_KEY}"})
+        assert page.status_code == 429, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert 1 <= int(page.headers["retry-after"]) <= WINDOW // BURST
         # Someone else logs in as usual.
         login = await user.post("/login", data={"api_key": ADMIN_KEY, "next": "/"})
         assert login.status_code == 303, login.text

@@ -237,13 +237,13 @@ class AuthMiddleware:
             address = client_address(scope, trust_forwarded_for=self.trust_forwarded_for)
             wait, what = self.throttle.wait(address, token)
             if wait > 0:
-                # Too many failures: the key is not even checked. A dashboard page just
-                # goes to the login form, which says the same with its own 429.
+                # Too many failures: the key is not even checked. A dashboard page gets
+                # the same 429 as a page (the ``session`` dependency raises it).
+                throttled = RateLimited(wait, self.throttle.detail(what, wait))
                 if is_api:
-                    await _send_problem(
-                        scope, send, RateLimited(wait, self.throttle.detail(what, wait))
-                    )
+                    await _send_problem(scope, send, throttled)
                     return
+                scope.setdefault("state", {})["throttled"] = throttled
             else:
                 key = cache.authenticate(token)
                 if key is not None:

@@ -93,6 +93,9 @@ def csrf_token(principal: Principal) -> str:
 
 async def session(request: Request) -> Principal:
     principal: Principal | None = getattr(request.state, "principal", None)
+    throttled: RateLimited | None = getattr(request.state, "throttled", None)
+    if throttled is not None:
+        raise throttled  # too many failed authentications from here: the key was not checked
     if principal is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         had_cookie = bool(request.cookies.get(request.app.state.cookie_name))
