@@ -17,8 +17,9 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from immutables import Map
 
 from chiffon.events import Actor, Envelope, EventPayload
 from chiffon.events import runs as ev
@@ -193,8 +194,11 @@ class Approval(NamedTuple):
 
 
 NodeKey = tuple[str, int]  # (node id, iteration)
-_NO_NODES: MappingProxyType[NodeKey, NodeIteration] = MappingProxyType({})
-_NO_APPROVALS: MappingProxyType[NodeKey, Approval] = MappingProxyType({})
+# Persistent maps (a HAMT): a new node event makes a new map sharing all but a path of
+# the old one, so a run of n node executions folds in O(n log n), not O(n^2) as a copied
+# dict would (20,000 events: 2 s of CPU on the executor's loop, and on every cold load).
+_NO_NODES: Map[NodeKey, NodeIteration] = Map()
+_NO_APPROVALS: Map[NodeKey, Approval] = Map()
 
 
 @dataclass(frozen=True)
@@ -217,8 +221,8 @@ class RunState:
     claims: int = 0
     cancel_requested: bool = False
     cancel_reason: str | None = None
-    nodes: MappingProxyType[NodeKey, NodeIteration] = field(default_factory=lambda: _NO_NODES)
-    approvals: MappingProxyType[NodeKey, Approval] = field(default_factory=lambda: _NO_APPROVALS)
+    nodes: Map[NodeKey, NodeIteration] = field(default_factory=lambda: _NO_NODES)
+    approvals: Map[NodeKey, Approval] = field(default_factory=lambda: _NO_APPROVALS)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     event_count: int = 0  # events folded: what a run's cap on stored events counts
@@ -282,9 +286,7 @@ def _node(state: RunState, node_id: str, iteration: int) -> NodeIteration:
 
 
 def _with_node(state: RunState, node: NodeIteration) -> _Changes:
-    nodes = state.nodes.copy()
-    nodes[(node.node_id, node.iteration)] = node
-    return {"nodes": MappingProxyType(nodes)}
+    return {"nodes": state.nodes.set((node.node_id, node.iteration), node)}
 
 
 def _copy_with(state: RunState, changes: _Changes) -> RunState:
@@ -342,9 +344,8 @@ def _llm_called(state: RunState, env: Envelope[Any], p: ev.LlmCalled, seq: int) 
 def _approval_requested(
     state: RunState, env: Envelope[Any], p: ev.ApprovalRequested, seq: int
 ) -> _Changes:
-    approvals = state.approvals.copy()
-    approvals[(p.node_id, p.iteration)] = Approval(p.node_id, p.iteration, p.message)
-    return {"approvals": MappingProxyType(approvals)}
+    approval = Approval(p.node_id, p.iteration, p.message)
+    return {"approvals": state.approvals.set((p.node_id, p.iteration), approval)}
 
 
 def _approval_decided(
@@ -354,9 +355,8 @@ def _approval_decided(
     approval = state.approvals.get(key)
     if approval is None:
         return {}
-    approvals = state.approvals.copy()
-    approvals[key] = approval._replace(decided=p, decided_by=env.actor)
-    return {"approvals": MappingProxyType(approvals)}
+    decided = approval._replace(decided=p, decided_by=env.actor)
+    return {"approvals": state.approvals.set(key, decided)}
 
 
 def _let_go(state: RunState, env: Envelope[Any], p: Any, seq: int) -> _Changes:
