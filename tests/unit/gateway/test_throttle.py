@@ -26,9 +26,9 @@ def test_a_burst_of_failures_is_allowed_then_the_next_waits() -> None:
     clock = Clock()
     window = FailureWindow(20, 60.0, clock=clock)
     for _ in range(19):
-        window.fail("10.0.0.1")
+        assert window.fail("10.0.0.1") is False
         assert window.wait("10.0.0.1") == 0
-    window.fail("10.0.0.1")
+    assert window.fail("10.0.0.1") is True  # the last try of the burst
     # The 20th failure empties the bucket: one token comes back in 60/20 = 3 s.
     assert window.wait("10.0.0.1") == pytest.approx(3.0)
     clock.now += 1.0

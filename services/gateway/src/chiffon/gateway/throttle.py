@@ -28,6 +28,10 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
+from chiffon.core.logging import get_logger
+
+log = get_logger(__name__)
+
 Clock = Callable[[], float]
 ADDRESS = "this client address"
 PREFIX = "keys with this prefix"
@@ -77,15 +81,17 @@ class FailureWindow:
         tokens = self._tokens(bucket, self.clock())
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
-    def fail(self, key: str) -> None:
-        """Count one failure for ``key``."""
+    def fail(self, key: str) -> bool:
+        """Count one failure for ``key``; True when it used the last try (throttled now)."""
         if not self.enabled:
-            return
+            return False
         now = self.clock()
         bucket = self._buckets.pop(key, None)
         tokens = self.burst if bucket is None else self._tokens(bucket, now)
-        self._buckets[key] = _Bucket(max(0.0, tokens - 1.0), now)  # now the most recent
+        left = max(0.0, tokens - 1.0)
+        self._buckets[key] = _Bucket(left, now)  # now the most recent
         self._prune(now)
+        return left < 1.0
 
     def _prune(self, now: float) -> None:
         # Oldest first: drop buckets that have refilled (no different from none), then,
@@ -130,8 +136,12 @@ class AuthThrottle:
         return 0.0, ""
 
     def failed(self, address: str, token: str) -> None:
-        self.addresses.fail(address)
-        self.prefixes.fail(key_prefix(token))
+        """Count a failed authentication; log when it starts throttling (once a burst)."""
+        prefix = key_prefix(token)
+        if self.addresses.fail(address):
+            log.warning("auth.throttled", address=address, burst=int(self.addresses.burst))
+        if self.prefixes.fail(prefix):
+            log.warning("auth.throttled", key_prefix=prefix, burst=int(self.prefixes.burst))
 
     def detail(self, what: str, wait: float) -> str:
         window = self.addresses if what == ADDRESS else self.prefixes
