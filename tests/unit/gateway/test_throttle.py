@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from chiffon.gateway.settings import GatewaySettings
 from chiffon.gateway.throttle import (
     ADDRESS,
     PREFIX,
@@ -127,3 +129,11 @@ def test_ipv6_addresses_count_by_their_64_block() -> None:
     assert client_address(scope("2001:db8:1:2:bbbb::9")) == "2001:db8:1:2::/64"
     assert client_address(scope("::ffff:10.0.0.7")) == "10.0.0.7"
     assert client_address({"type": "http", "headers": []}) == "unknown"
+
+
+def test_settings_refuse_a_prefix_burst_one_address_could_spend() -> None:
+    with pytest.raises(ValidationError, match="PREFIX_BURST"):
+        GatewaySettings(auth_failure_burst=20, auth_failure_prefix_burst=20)
+    GatewaySettings(auth_failure_burst=20, auth_failure_prefix_burst=21)
+    GatewaySettings(auth_failure_burst=0, auth_failure_prefix_burst=5)  # address count off
+    GatewaySettings(auth_failure_burst=20, auth_failure_prefix_burst=0)  # prefix count off

@@ -54,6 +54,17 @@ class GatewaySettings(ChiffonSettings):
     session_max_age_seconds: int = Field(default=12 * 3600, ge=60)
 
     @model_validator(mode="after")
+    def _refuse_a_prefix_burst_one_address_can_spend(self) -> GatewaySettings:
+        burst, prefix_burst = self.auth_failure_burst, self.auth_failure_prefix_burst
+        if burst and prefix_burst and prefix_burst <= burst:
+            raise ValueError(
+                f"CHIFFON_AUTH_FAILURE_PREFIX_BURST ({prefix_burst}) must be larger than "
+                f"CHIFFON_AUTH_FAILURE_BURST ({burst}): otherwise one address alone can lock "
+                "every key with a given prefix out"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _refuse_weak_bootstrap_key(self) -> GatewaySettings:
         if self.bootstrap_admin_key is None:
             return self
