@@ -336,3 +336,22 @@ async def test_approving_what_is_not_waited_on_is_refused(executor: Executor) ->
         "conflict",
         f"run {run_id} is not waiting for an approval of node 'review'; it waits on no approval",
     )
+
+
+async def test_a_run_executed_here_is_loaded_from_its_live_fold(executor: Executor) -> None:
+    await executor.register()
+    run_id = (await executor.start(topic="x"))["run_id"]
+    await executor.record(run_id, ev.RunClaimed(executor="executor-1", pid=1))
+    events, _ = await executor.store.read_aggregate(AggregateKey("run", run_id))
+    live = RunState.from_events(run_id, [(e.envelope, e.sequence) for e in events])
+    executor.repository.follow(run_id, lambda: live)
+    afters: list[int] = []
+    read_aggregate = executor.store.read_aggregate
+
+    async def counted(key: AggregateKey, *, after: int = 0) -> Any:
+        afters.append(after)
+        return await read_aggregate(key, after=after)
+
+    executor.store.read_aggregate = counted  # type: ignore[method-assign]
+    assert (await executor.repository.load(run_id)).holder == "executor-1"
+    assert afters == [live.version]  # nothing read that the live fold holds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, EventStore
@@ -29,9 +30,21 @@ class RunRepository:
         self.max_events = max_events
         self._folds: OrderedDict[str, RunState] = OrderedDict()
         self._held_events = 0
+        self._live: dict[str, Callable[[], RunState]] = {}
+
+    def follow(self, run_id: str, current: Callable[[], RunState]) -> None:
+        """A run this replica executes: its live fold (every event up to its version)
+        is where a load starts, so a command on it never reads the whole run."""
+        self._live[run_id] = current
+
+    def unfollow(self, run_id: str) -> None:
+        self._live.pop(run_id, None)
 
     async def load(self, run_id: str) -> RunState:
         kept = self._forget(run_id)
+        live = self._live.get(run_id)
+        if live is not None and (kept is None or live().version > kept.version):
+            kept = live()
         state = kept if kept is not None else RunState(run_id)
         events, _version = await self.store.read_aggregate(
             AggregateKey("run", run_id), after=state.version

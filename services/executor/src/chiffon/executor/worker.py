@@ -327,6 +327,7 @@ class RunWorker:
             trace=trace,
         )
         self._executions[state.run_id] = execution
+        self.runs.follow(state.run_id, lambda: execution.run)
         try:
             outcome = await execution.execute()
         finally:
@@ -334,6 +335,7 @@ class RunWorker:
             # while another branch runs) must not unregister this execution.
             if self._executions.get(state.run_id) is execution:
                 del self._executions[state.run_id]
+                self.runs.unfollow(state.run_id)
         log.info(
             "run.finished" if outcome != "suspended" else "run.suspended",
             run_id=state.run_id,
