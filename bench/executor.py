@@ -591,7 +591,15 @@ async def commands_under_runaway(srv: Any, logs: Path, quick: bool) -> None:
     stack = await new_stack(srv, "benchcmd", logs)
     gateway: Proc | None = None
     try:
-        await stack.start_replicas(1)
+        # The runaway must outlast the measurement: its replica lets one run execute
+        # far more than the default 10,000 nodes (the limits are not what is measured).
+        await stack.start_replicas(
+            1,
+            env={
+                "CHIFFON_MAX_NODE_EXECUTIONS": "10000000",
+                "CHIFFON_MAX_EVENTS_PER_RUN": "100000000",
+            },
+        )
         gateway = Proc(
             "chiffon.gateway",
             {
