@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -13,23 +12,12 @@ import typer
 from chiffon.cli import exit_codes as codes
 from chiffon.cli import logs_cmd, runs_cmd
 from chiffon.cli.http_client import GatewayClient, gateway_client
+from chiffon.cli.text import printable
 from chiffon.events.keys import API_KEY_ROLES
 
 app = typer.Typer(
     help="API keys: create (shown once), list, revoke. Needs an admin key.", no_args_is_help=True
 )
-
-
-def printable(text: str) -> str:
-    """``text`` with every control, format or unpaired surrogate character escaped
-    (``\\r``, ``\\x07``, ``\\u202e``), so a stored string cannot break or forge a row."""
-    out = []
-    for char in text:
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            out.append(repr(char)[1:-1])
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 async def _client() -> GatewayClient:

@@ -12,6 +12,7 @@ import typer
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.client import ChiffonClient
 from chiffon.cli.connect import open_client
+from chiffon.cli.text import echo, secho
 from chiffon.cli.workflow_cmd import read_spec
 from chiffon.events.runs import RUN_ENDING_STATUS, RUN_STATUSES
 from chiffon.readmodels.views import ApprovalPublic, RunPublic, RunSummary
@@ -102,19 +103,19 @@ def run(
                 name, inputs=values, version=pinned, idempotency_key=idempotency_key
             )
             if as_json:
-                typer.echo(json.dumps(started))
+                echo(json.dumps(started))
             else:
                 again = (
                     ""
                     if started.get("created", True)
                     else " (existing run for this idempotency key)"
                 )
-                typer.echo(
+                echo(
                     f"run {started['run_id']}: {started['workflow']} v{started['version']} {started['status']}{again}"
                 )
             if not follow:
                 if not as_json:
-                    typer.echo(f"  follow it: chiffon runs follow {started['run_id']}")
+                    echo(f"  follow it: chiffon runs follow {started['run_id']}")
                 return codes.OK
             return await follow_run(client, str(started["run_id"]))
 
@@ -132,14 +133,14 @@ async def follow_run(
         t = event.type
         if t == "run.claimed":
             how = "resumed on" if p.get("resumed") else "running on"
-            typer.echo(f"  {how} {p['executor']} (pid {p['pid']})")
+            echo(f"  {how} {p['executor']} (pid {p['pid']})")
         elif t == "run.node.started":
             attempt = f" attempt {p['attempt']}" if p["attempt"] > 1 else ""
             again = f" #{p['iteration']}" if p.get("iteration", 1) > 1 else ""
-            typer.echo(f"  ▶ {p['node_id']}{again} ({p['node_type']}){attempt}")
+            echo(f"  ▶ {p['node_id']}{again} ({p['node_type']}){attempt}")
         elif t == "run.llm.called":
             if not p.get("ok", True):
-                typer.secho(
+                secho(
                     f"    model {p['model']} failed: {_short(p.get('error'), 160)}",
                     fg=typer.colors.YELLOW,
                 )
@@ -153,28 +154,28 @@ async def follow_run(
             spent = tokens.pop(p["node_id"], None)
             used = f"  {spent[0]}+{spent[1]} tokens" if spent else ""
             outputs = f"  {_short(p['outputs'], 80)}" if p.get("outputs") else ""
-            typer.secho(
+            secho(
                 f"  ✓ {p['node_id']}  {_ms(p['duration_ms'])}{used}{outputs}", fg=typer.colors.GREEN
             )
         elif t == "run.node.failed":
             error = p["error"]
             retry = f"; retry in {_ms(p.get('retry_in_ms'))}" if p.get("will_retry") else ""
-            typer.secho(
+            secho(
                 f"  ✗ {p['node_id']} attempt {p['attempt']}: {error['type']}: {_short(error['message'], 160)}{retry}",
                 fg=typer.colors.YELLOW if p.get("will_retry") else typer.colors.RED,
             )
         elif t == "run.approval.requested":
-            typer.secho(
+            secho(
                 f"  ⏸ {p['node_id']} waits for approval: {_short(p['message'], 120)}",
                 fg=typer.colors.CYAN,
             )
-            typer.echo(f"    chiffon runs approve {run_id} {p['node_id']}   (or --reject)")
+            echo(f"    chiffon runs approve {run_id} {p['node_id']}   (or --reject)")
         elif t == "run.approval.decided":
             verdict = "approved" if p["approved"] else "rejected"
-            comment = f": {p['comment']}" if p.get("comment") else ""
-            typer.echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
+            comment = f": {_short(p['comment'], 400)}" if p.get("comment") else ""
+            echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
         elif t == "run.cancel_requested":
-            typer.echo(f"  cancel requested by {event.actor}")
+            echo(f"  cancel requested by {event.actor}")
         elif t in RUN_ENDING_STATUS:
             return _summary(RUN_ENDING_STATUS[t], p)
     return codes.UNAVAILABLE
@@ -184,15 +185,15 @@ def _summary(status: str, payload: dict[str, Any]) -> int:
     color = {"succeeded": typer.colors.GREEN, "failed": typer.colors.RED}.get(
         status, typer.colors.YELLOW
     )
-    typer.secho(f"run {status} in {_ms(payload.get('duration_ms'))}", fg=color, bold=True)
+    secho(f"run {status} in {_ms(payload.get('duration_ms'))}", fg=color, bold=True)
     if status == "failed":
         error = payload.get("error") or {}
         where = f" at {error['node_id']}" if error.get("node_id") else ""
-        typer.echo(f"  {error.get('type')}{where}: {error.get('message')}")
+        echo(f"  {error.get('type')}{where}: {_short(error.get('message'), 1000)}")
     if status == "cancelled" and payload.get("reason"):
-        typer.echo(f"  reason: {payload['reason']}")
+        echo(f"  reason: {_short(payload['reason'], 1000)}")
     for key, value in (payload.get("outputs") or {}).items():
-        typer.echo(f"  {key}: {_short(value)}")
+        echo(f"  {key}: {_short(value)}")
     return codes.BY_STATUS[status]
 
 
@@ -225,7 +226,7 @@ def list_runs(
 
     found, next_cursor = codes.run_async(main)
     if as_json:
-        typer.echo(
+        echo(
             json.dumps(
                 {"runs": [r.model_dump(mode="json") for r in found], "next_cursor": next_cursor},
                 indent=2,
@@ -233,18 +234,16 @@ def list_runs(
         )
         return
     if not found:
-        typer.echo("no runs")
+        echo("no runs")
         return
-    typer.echo(
-        f"{'RUN':<36}  {'WORKFLOW':<24} {'STATUS':<16} {'DURATION':>9}  {'EXECUTOR':<12} CREATED"
-    )
+    echo(f"{'RUN':<36}  {'WORKFLOW':<24} {'STATUS':<16} {'DURATION':>9}  {'EXECUTOR':<12} CREATED")
     for r in found:
-        typer.echo(
+        echo(
             f"{r.run_id:<36}  {(r.workflow + ' v' + str(r.version)):<24} {r.status:<16} "
             f"{_ms(r.duration_ms):>9}  {(r.executor or '-'):<12} {r.created_at:%Y-%m-%d %H:%M:%S}"
         )
     if next_cursor:
-        typer.echo(f"more: chiffon runs list --cursor {next_cursor}")
+        echo(f"more: chiffon runs list --cursor {next_cursor}")
 
 
 @app.command()
@@ -261,30 +260,30 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
             f"no run {run_id!r} (a run just started may take a moment to appear)", codes.NOT_FOUND
         )
     if as_json:
-        typer.echo(found.model_dump_json(indent=2))
+        echo(found.model_dump_json(indent=2))
         return
     r = found
-    typer.echo(f"run {r.run_id}")
-    typer.echo(f"  workflow   {r.workflow} v{r.version}")
-    typer.echo(
+    echo(f"run {r.run_id}")
+    echo(f"  workflow   {r.workflow} v{r.version}")
+    echo(
         f"  status     {r.status}{' (cancel requested)' if r.cancel_requested and r.status not in ('cancelled',) else ''}"
     )
-    typer.echo(
+    echo(
         f"  executor   {r.executor or '-'}{f' (pid {r.pid})' if r.pid else ''}{f', claimed {r.claims} times' if r.claims > 1 else ''}"
     )
-    typer.echo(f"  created    {r.created_at:%Y-%m-%d %H:%M:%S} by {r.requested_by}")
-    typer.echo(f"  duration   {_ms(r.duration_ms)}")
-    typer.echo(
+    echo(f"  created    {r.created_at:%Y-%m-%d %H:%M:%S} by {r.requested_by}")
+    echo(f"  duration   {_ms(r.duration_ms)}")
+    echo(
         f"  tokens     {r.prompt_tokens} prompt + {r.completion_tokens} completion ({r.llm_calls} calls)"
     )
     if r.inputs:
-        typer.echo(f"  inputs     {_short(r.inputs)}")
+        echo(f"  inputs     {_short(r.inputs)}")
     if r.error:
-        typer.echo(
-            f"  error      {r.error.type}{' at ' + r.error.node_id if r.error.node_id else ''}: {r.error.message}"
+        echo(
+            f"  error      {r.error.type}{' at ' + r.error.node_id if r.error.node_id else ''}: {_short(r.error.message, 1000)}"
         )
     if r.nodes:
-        typer.echo("  nodes:")
+        echo("  nodes:")
         for n in r.nodes:
             extra = f" x{n.iterations}" if n.iterations > 1 else ""
             tries = f", {n.attempts} attempts" if n.attempts > n.iterations else ""
@@ -293,22 +292,22 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                 if n.prompt_tokens or n.completion_tokens
                 else ""
             )
-            typer.echo(
+            echo(
                 f"    {n.node_id:<20} {n.status:<16} {_ms(n.duration_ms):>8}{extra}{tries}{tokens}"
             )
             if n.error and n.status != "succeeded":
-                typer.echo(f"      {n.error.type}: {_short(n.error.message, 120)}")
+                echo(f"      {n.error.type}: {_short(n.error.message, 120)}")
     for a in r.approvals:
         state = (
             "waiting"
             if a.decided_at is None
             else ("approved" if a.approved else "rejected") + f" by {a.decided_by}"
         )
-        typer.echo(f"  approval {a.node_id}: {state} — {_short(a.message, 80)}")
+        echo(f"  approval {a.node_id}: {state} — {_short(a.message, 80)}")
     if r.outputs:
-        typer.echo("  outputs:")
+        echo("  outputs:")
         for key, value in r.outputs.items():
-            typer.echo(f"    {key}: {_short(value)}")
+            echo(f"    {key}: {_short(value)}")
 
 
 @app.command("follow")
@@ -335,9 +334,9 @@ def cancel(
 
     result = codes.run_async(main)
     if result["status"] == "cancelled":
-        typer.echo(f"run {run_id} cancelled")
+        echo(f"run {run_id} cancelled")
     else:
-        typer.echo(
+        echo(
             f"run {run_id}: cancel requested; it stops at its next safe point ({result['status']})"
         )
 
@@ -357,7 +356,7 @@ def approve(
 
     result = codes.run_async(main)
     verdict = "rejected" if reject else "approved"
-    typer.echo(f"{verdict} {node} of run {run_id} (run {result['status']})")
+    echo(f"{verdict} {node} of run {run_id} (run {result['status']})")
 
 
 @app.command()
@@ -370,13 +369,13 @@ def approvals(as_json: bool = typer.Option(False, "--json")) -> None:
 
     found = codes.run_async(main)
     if as_json:
-        typer.echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
         return
     if not found:
-        typer.echo("no approvals waiting")
+        echo("no approvals waiting")
         return
     for a in found:
-        typer.echo(
+        echo(
             f"{a.run_id}  {a.workflow:<20} {a.node_id:<16} since {a.requested_at:%Y-%m-%d %H:%M}  {_short(a.message, 60)}"
         )
-        typer.echo(f"  chiffon runs approve {a.run_id} {a.node_id}   (or --reject)")
+        echo(f"  chiffon runs approve {a.run_id} {a.node_id}   (or --reject)")

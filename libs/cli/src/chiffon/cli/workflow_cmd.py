@@ -9,6 +9,7 @@ import typer
 
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.connect import open_client
+from chiffon.cli.text import echo, secho
 from chiffon.readmodels.views import WorkflowPublic, WorkflowSummary
 from chiffon.workflow import SpecError, WorkflowSpec, load_spec
 
@@ -34,12 +35,12 @@ def read_spec(path: Path) -> tuple[WorkflowSpec, str, str]:
 
 def print_issues(error: SpecError) -> None:
     count = len(error.issues)
-    typer.secho(
+    secho(
         f"{error.filename}: {count} error{'s' if count != 1 else ''}", fg=typer.colors.RED, err=True
     )
     for issue in error.issues:
         where = f"{error.filename}:{issue.line}" if issue.line else error.filename
-        typer.echo(f"  {where}: {issue.path + ': ' if issue.path else ''}{issue.message}", err=True)
+        echo(f"  {where}: {issue.path + ': ' if issue.path else ''}{issue.message}", err=True)
 
 
 def validate(
@@ -53,7 +54,7 @@ def validate(
         except typer.Exit:
             failed = True
             continue
-        typer.echo(
+        echo(
             f"{path}: ok — {spec.name} v{spec.version}, {len(spec.nodes)} nodes, "
             f"{len(spec.edges)} edges, digest {spec.digest()[:12]}"
         )
@@ -72,9 +73,7 @@ def register(file: Path = typer.Argument(..., help="Workflow file (YAML or JSON)
 
     result = codes.run_async(main)
     state = "registered" if result.get("created") else "already registered (same content)"
-    typer.echo(
-        f"{state}: {result['name']} v{result['version']} (digest {str(result['digest'])[:12]})"
-    )
+    echo(f"{state}: {result['name']} v{result['version']} (digest {str(result['digest'])[:12]})")
 
 
 @app.command("list")
@@ -87,14 +86,14 @@ def list_workflows(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
     found = codes.run_async(main)
     if as_json:
-        typer.echo(json.dumps([w.model_dump(mode="json") for w in found], indent=2))
+        echo(json.dumps([w.model_dump(mode="json") for w in found], indent=2))
         return
     if not found:
-        typer.echo("no workflows registered (chiffon workflows register FILE)")
+        echo("no workflows registered (chiffon workflows register FILE)")
         return
-    typer.echo(f"{'NAME':<28} {'LATEST':>6} {'VERSIONS':>8} {'NODES':>5}  REGISTERED")
+    echo(f"{'NAME':<28} {'LATEST':>6} {'VERSIONS':>8} {'NODES':>5}  REGISTERED")
     for w in found:
-        typer.echo(
+        echo(
             f"{w.name:<28} {'v' + str(w.version):>6} {w.versions:>8} {w.node_count:>5}  "
             f"{w.registered_at:%Y-%m-%d %H:%M}"
         )
@@ -120,21 +119,19 @@ def show(
         which = f"{name!r} version {version}" if version else repr(name)
         raise codes.fail(f"no workflow {which}", codes.NOT_FOUND)
     if as_json:
-        typer.echo(found.model_dump_json(indent=2))
+        echo(found.model_dump_json(indent=2))
         return
     if source:
-        typer.echo(found.source, nl=False)
+        echo(found.source, nl=False)
         return
     w = found
-    typer.echo(
+    echo(
         f"{w.name} v{w.version}  digest {w.digest[:12]}  registered {w.registered_at:%Y-%m-%d %H:%M} by {w.registered_by}"
     )
     if w.description:
-        typer.echo(f"  {w.description}")
-    typer.echo(f"  versions: {', '.join(str(v) for v in w.versions)}")
+        echo(f"  {w.description}")
+    echo(f"  versions: {', '.join(str(v) for v in w.versions)}")
     inputs = w.inputs or {}
-    typer.echo(
-        "  inputs: " + (", ".join(f"{k} ({v.get('type')})" for k, v in inputs.items()) or "none")
-    )
+    echo("  inputs: " + (", ".join(f"{k} ({v.get('type')})" for k, v in inputs.items()) or "none"))
     for node in w.spec.get("nodes", []):
-        typer.echo(f"  - {node.get('id')} ({node.get('type')})")
+        echo(f"  - {node.get('id')} ({node.get('type')})")
