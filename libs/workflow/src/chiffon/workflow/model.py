@@ -168,7 +168,17 @@ class WorkflowSpec(_Model):
         ]
         result: dict[str, Any] = {}
         for name, spec in self.inputs.items():
-            if name in values:
+            if (
+                name in values
+                and values[name] is None
+                and not spec.required
+                and spec.default is None
+            ):
+                # ``default: null`` makes null the value when none is given, so null given is
+                # accepted too: inputs once filled in check again (the executor checks the
+                # stored ones when it starts the run; refusing them re-claimed it forever).
+                result[name] = None
+            elif name in values:
                 try:
                     result[name] = validate_value(spec.type, values[name])
                 except ValueError as exc:
