@@ -1,7 +1,8 @@
 """A run's limits, on the in-memory event store: a loop that never ends fails with
 ``step_limit`` after at most ``max_node_executions`` node executions (parallel loops
 counted one by one), a workflow may lower the limit but never raise it past the
-server's, and the caps on stored events and output bytes end a run the same way."""
+server's, and the caps on stored events and output bytes end a run the same way. A
+run its workflow cannot start (stored inputs it refuses) fails once, not forever."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ def runaway(loops: int, defaults: str = "") -> str:
     )
 
 
-async def execute(source: str, limits: RunLimits) -> tuple[str, list[Any]]:
+async def execute(
+    source: str, limits: RunLimits, inputs: dict[str, Any] | None = None
+) -> tuple[str, list[Any]]:
     store = InMemoryEventStore(CATALOG)
     spec = load_spec(source)
-    request = RunRequested(workflow=spec.name, version=1, digest=spec.digest(), inputs={})
+    request = RunRequested(workflow=spec.name, version=1, digest=spec.digest(), inputs=inputs or {})
     await store.append(KEY, [new_event(request, aggregate_id="run-1", actor=USER)], 0)
     claim = RunClaimed(executor="executor-1", pid=1, work_seq=1)
     await store.append(KEY, [new_event(claim, aggregate_id="run-1", actor=EXECUTOR)], 1)
@@ -106,3 +109,11 @@ async def test_the_cap_on_output_bytes_ends_the_run_with_step_limit() -> None:
     assert failure(payloads).error.type == "step_limit"
     assert "2000 bytes" in failure(payloads).error.message
     assert executions(payloads) < 2_000 / len('{"n0": 1}')
+
+
+async def test_a_run_whose_stored_inputs_the_workflow_refuses_fails_once() -> None:
+    outcome, payloads = await execute(runaway(1), RunLimits(), inputs={"go": [1, 2]})
+    assert outcome == "failed"
+    assert failure(payloads).error.type == "invalid_input"
+    assert "go" in failure(payloads).error.message
+    assert executions(payloads) == 0

@@ -41,7 +41,7 @@ from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.nodes import NodeFailure, RunCancelledSignal
 from chiffon.executor.outputs import OutputStore
-from chiffon.workflow import WorkflowSpec
+from chiffon.workflow import InputError, WorkflowSpec
 
 log = get_logger(__name__)
 
@@ -125,7 +125,14 @@ class RunExecution:
     async def execute(self) -> Outcome:
         spec = self.workflow.spec
         assert self.run.request is not None
-        initial = spec.initial_state(self.run.request.inputs)
+        try:
+            initial = spec.initial_state(self.run.request.inputs)
+        except InputError as refused:
+            # Checked when the run was requested; refused now only if the checks have
+            # changed since. Failing the run ends it: raising would hand the item
+            # back and claim the run again forever.
+            info = ErrorInfo(type="invalid_input", message=str(refused)[:3900])
+            return await self._end(RunFailed(error=info, duration_ms=self._duration_ms()), "failed")
         config = {
             "configurable": {"chiffon": self},
             # Node executions are counted (``next_iteration``); LangGraph's own limit
