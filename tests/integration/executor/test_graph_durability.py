@@ -183,8 +183,8 @@ async def test_a_signal_that_arrives_before_its_event_is_stored_is_not_lost(
     read_aggregate = log.store.read_aggregate
     looked = asyncio.Event()
 
-    async def read_and_tell(key: Any) -> Any:
-        found = await read_aggregate(key)
+    async def read_and_tell(key: Any, *, after: int = 0) -> Any:
+        found = await read_aggregate(key, after=after)
         looked.set()
         return found
 
