@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!chiffon/agentproto/v1/agent.proto\x12\x10\x63hiffon.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa6\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12*\n\targuments\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\"\xa7\x01\n\rExecuteUpdate\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.chiffon.agent.v1.ProgressH\x00\x12,\n\x04line\x18\x02 \x01(\x0b\x32\x1c.chiffon.agent.v1.OutputLineH\x00\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1c.chiffon.agent.v1.TaskResultH\x00\x42\x08\n\x06update\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\nOutputLine\x12\x33\n\x06stream\x18\x01 \x01(\x0e\x32#.chiffon.agent.v1.OutputLine.Stream\x12\x0c\n\x04text\x18\x02 \x01(\t\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\"\x94\x01\n\nTaskResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\"0\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0b\x43\x61ncelReply\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\xf8\x01\n\x10\x41gentDescription\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x44\n\tresources\x18\x05 \x03(\x0b\x32\x31.chiffon.agent.v1.AgentDescription.ResourcesEntry\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0f\n\x07running\x18\x07 \x01(\x05\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xf4\x01\n\x05\x41gent\x12N\n\x07\x45xecute\x12 .chiffon.agent.v1.ExecuteRequest\x1a\x1f.chiffon.agent.v1.ExecuteUpdate0\x01\x12H\n\x06\x43\x61ncel\x12\x1f.chiffon.agent.v1.CancelRequest\x1a\x1d.chiffon.agent.v1.CancelReply\x12Q\n\x08\x44\x65scribe\x12!.chiffon.agent.v1.DescribeRequest\x1a\".chiffon.agent.v1.AgentDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!chiffon/agentproto/v1/agent.proto\x12\x10\x63hiffon.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa6\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12*\n\targuments\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\"\xa7\x01\n\rExecuteUpdate\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.chiffon.agent.v1.ProgressH\x00\x12,\n\x04line\x18\x02 \x01(\x0b\x32\x1c.chiffon.agent.v1.OutputLineH\x00\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1c.chiffon.agent.v1.TaskResultH\x00\x42\x08\n\x06update\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\nOutputLine\x12\x33\n\x06stream\x18\x01 \x01(\x0e\x32#.chiffon.agent.v1.OutputLine.Stream\x12\x0c\n\x04text\x18\x02 \x01(\t\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\"\xf0\x01\n\nTaskResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x08 \x01(\x01\x12\x18\n\x10gpu_memory_bytes\x18\t \x01(\x01\x12\x10\n\x08\x61gent_id\x18\n \x01(\t\"0\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0b\x43\x61ncelReply\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\xf8\x01\n\x10\x41gentDescription\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x44\n\tresources\x18\x05 \x03(\x0b\x32\x31.chiffon.agent.v1.AgentDescription.ResourcesEntry\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0f\n\x07running\x18\x07 \x01(\x05\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xf4\x01\n\x05\x41gent\x12N\n\x07\x45xecute\x12 .chiffon.agent.v1.ExecuteRequest\x1a\x1f.chiffon.agent.v1.ExecuteUpdate0\x01\x12H\n\x06\x43\x61ncel\x12\x1f.chiffon.agent.v1.CancelRequest\x1a\x1d.chiffon.agent.v1.CancelReply\x12Q\n\x08\x44\x65scribe\x12!.chiffon.agent.v1.DescribeRequest\x1a\".chiffon.agent.v1.AgentDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTLINE_STREAM']._serialized_start=553
   _globals['_OUTPUTLINE_STREAM']._serialized_end=623
   _globals['_TASKRESULT']._serialized_start=626
-  _globals['_TASKRESULT']._serialized_end=774
-  _globals['_CANCELREQUEST']._serialized_start=776
-  _globals['_CANCELREQUEST']._serialized_end=824
-  _globals['_CANCELREPLY']._serialized_start=826
-  _globals['_CANCELREPLY']._serialized_end=860
-  _globals['_DESCRIBEREQUEST']._serialized_start=862
-  _globals['_DESCRIBEREQUEST']._serialized_end=879
-  _globals['_AGENTDESCRIPTION']._serialized_start=882
-  _globals['_AGENTDESCRIPTION']._serialized_end=1130
-  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_start=1082
-  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_end=1130
-  _globals['_AGENT']._serialized_start=1133
-  _globals['_AGENT']._serialized_end=1377
+  _globals['_TASKRESULT']._serialized_end=866
+  _globals['_CANCELREQUEST']._serialized_start=868
+  _globals['_CANCELREQUEST']._serialized_end=916
+  _globals['_CANCELREPLY']._serialized_start=918
+  _globals['_CANCELREPLY']._serialized_end=952
+  _globals['_DESCRIBEREQUEST']._serialized_start=954
+  _globals['_DESCRIBEREQUEST']._serialized_end=971
+  _globals['_AGENTDESCRIPTION']._serialized_start=974
+  _globals['_AGENTDESCRIPTION']._serialized_end=1222
+  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_start=1174
+  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_end=1222
+  _globals['_AGENT']._serialized_start=1225
+  _globals['_AGENT']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

@@ -168,11 +168,24 @@ class TaskResult(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     error_type: _builtins.str
     error_message: _builtins.str
     exit_code: _builtins.int
     duration_ms: _builtins.float
+    """wall time, measured by the agent"""
+    cpu_seconds: _builtins.float
+    """user + system CPU of the task's processes"""
+    peak_memory_bytes: _builtins.float
+    """peak resident memory of the task's processes"""
+    gpu_memory_bytes: _builtins.float
+    """GPU memory the task used; 0 without a GPU"""
+    agent_id: _builtins.str
+    """the agent that ran it"""
     @_builtins.property
     def output(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -184,10 +197,14 @@ class TaskResult(_message.Message):
         error_message: _builtins.str = ...,
         exit_code: _builtins.int = ...,
         duration_ms: _builtins.float = ...,
+        cpu_seconds: _builtins.float = ...,
+        peak_memory_bytes: _builtins.float = ...,
+        gpu_memory_bytes: _builtins.float = ...,
+        agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "error_message", b"error_message", "error_type", b"error_type", "exit_code", b"exit_code", "ok", b"ok", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cpu_seconds", b"cpu_seconds", "duration_ms", b"duration_ms", "error_message", b"error_message", "error_type", b"error_type", "exit_code", b"exit_code", "gpu_memory_bytes", b"gpu_memory_bytes", "ok", b"ok", "output", b"output", "peak_memory_bytes", b"peak_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
