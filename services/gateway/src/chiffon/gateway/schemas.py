@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -180,3 +180,83 @@ class Me(BaseModel):
     id: str
     name: str
     role: Role
+
+
+# -- agents ------------------------------------------------------------------------------
+
+AgentStatusName = Literal["online", "offline", "deregistered"]
+
+
+class AgentPublic(BaseModel):
+    agent_id: str
+    name: str
+    host: str | None = None
+    grpc_address: str | None = None
+    capabilities: list[str]
+    labels: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, Any] = Field(
+        description="cpu_cores, memory_bytes, gpus [{name, vram_bytes}] as registered"
+    )
+    max_concurrency: int | None = None
+    status: AgentStatusName
+    status_reason: str | None = None
+    ttl_seconds: int | None = None
+    registered_at: datetime | None = None
+    updated_at: datetime | None = None
+    live: dict[str, Any] | None = Field(
+        default=None, description="The last heartbeat's metrics, when known"
+    )
+
+
+class AgentsPublic(BaseModel):
+    agents: list[AgentPublic]
+    next_cursor: str | None = None
+
+
+class CapacityTotals(BaseModel):
+    agents: int
+    slots: int = Field(description="Sum of max_concurrency")
+    cpu_cores: float
+    memory_bytes: float
+    gpus: int
+    gpu_vram_bytes: float
+
+
+class CapacityPublic(BaseModel):
+    agents: list[AgentPublic] = Field(description="Online agents that could take such a task")
+    totals: CapacityTotals
+
+
+class AgentCredentialCreate(_In):
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        description="The agent's name (it registers under it)",
+    )
+
+
+class AgentCredentialCreated(BaseModel):
+    id: str
+    name: str
+    credential: str = Field(description="The secret. Shown once: it is stored only as a hash.")
+    prefix: str
+    created_at: datetime
+
+
+class AgentCredentialPublic(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked: bool
+
+
+class AgentCredentialsPublic(BaseModel):
+    credentials: list[AgentCredentialPublic]
+
+
+class AgentCredentialRevoked(BaseModel):
+    id: str
+    name: str
+    revoked: bool

@@ -1,7 +1,7 @@
 """One router per resource, collected in ``API_ROUTERS``."""
 
-from chiffon.gateway.routers import events, keys, runs, workflows
+from chiffon.gateway.routers import agents, events, keys, runs, workflows
 
-API_ROUTERS = (workflows.router, runs.router, events.router, keys.router)
+API_ROUTERS = (workflows.router, runs.router, events.router, keys.router, agents.router)
 
 __all__ = ["API_ROUTERS"]

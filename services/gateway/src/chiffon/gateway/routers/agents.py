@@ -1,0 +1,94 @@
+"""``/v1/agents``: the agents the registry knows (viewer+), what capacity is free."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from chiffon.gateway.agents import (
+    AGENT_ID,
+    CAPABILITY_MAX_CHARS,
+    available_capacity,
+    get_agent,
+    list_agents,
+)
+from chiffon.gateway.auth import Viewer
+from chiffon.gateway.problems import NotFound
+from chiffon.gateway.routers.common import READ
+from chiffon.gateway.runtime import GatewayDep
+from chiffon.gateway.schemas import AgentPublic, AgentsPublic, AgentStatusName, CapacityPublic
+
+router = APIRouter(prefix="/v1", tags=["agents"])
+
+Capability = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=CAPABILITY_MAX_CHARS,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Only agents with this capability (e.g. shell, gpu)",
+    ),
+]
+
+
+@router.get("/agents", response_model=AgentsPublic, responses=READ, summary="List agents")
+async def list_all(
+    gw: GatewayDep,
+    _: Viewer,
+    request: Request,
+    status: AgentStatusName | None = None,
+    capability: Capability = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Agents by id; ``next_cursor`` (and a ``Link: rel=next`` header) pages on."""
+    found, next_cursor = await gw.query(
+        list_agents(gw.engine, status=status, capability=capability, cursor=cursor, limit=limit)
+    )
+    page = AgentsPublic(
+        agents=[AgentPublic.model_validate(a.public()) for a in found], next_cursor=next_cursor
+    )
+    headers = {}
+    if next_cursor:
+        url = request.url.include_query_params(cursor=next_cursor)
+        headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+    return Response(page.model_dump_json(), media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/agents/available-capacity",
+    response_model=CapacityPublic,
+    responses=READ,
+    summary="Capacity for a task",
+)
+async def capacity(
+    gw: GatewayDep,
+    _: Viewer,
+    capability: Capability = None,
+    cpu_cores: Annotated[float | None, Query(ge=0, le=100_000)] = None,
+    gpu_vram_gb: Annotated[float | None, Query(ge=0, le=100_000)] = None,
+) -> CapacityPublic:
+    """The online agents that could take a task needing ``capability``, ``cpu_cores``
+    and one GPU with ``gpu_vram_gb`` GiB of memory, and their totals."""
+    found = await gw.query(
+        available_capacity(
+            gw.engine, capability=capability, cpu_cores=cpu_cores, gpu_vram_gb=gpu_vram_gb
+        )
+    )
+    return CapacityPublic.model_validate(found)
+
+
+@router.get(
+    "/agents/{agent_id}", response_model=AgentPublic, responses=READ, summary="Get an agent"
+)
+async def get_one(agent_id: str, gw: GatewayDep, _: Viewer) -> AgentPublic:
+    """One agent: status, capabilities, resources, labels."""
+    if not AGENT_ID.fullmatch(agent_id):
+        raise NotFound(f"no agent {agent_id[:200]!r}")
+    found = await gw.query(get_agent(gw.engine, agent_id))
+    if found is None:
+        raise NotFound(f"no agent {agent_id!r}")
+    return AgentPublic.model_validate(found.public())

@@ -1,0 +1,239 @@
+"""Agents through the gateway: ``/v1/agents`` read the registry's read model, fed here by
+``agent.*`` events appended to the real store and projected by a real registry process;
+the credential routes go to the registry over the command bus; the CLI and the dashboard
+page show the same agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from chiffon.devstack.ports import free_port
+from chiffon.events import CATALOG, Actor, new_event
+from chiffon.events.agents import AgentDeregistered, AgentRegistered, AgentWentOffline
+from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
+from tests.support.cli import run_cli
+from tests.support.fixtures import eventually
+
+from .conftest import Stack, client
+from .support import ADMIN_KEY, Service, start_service, stop_all, wait_ready
+
+ACTOR = Actor.service("test")
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+async def registry(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    """The registry process: it projects agent events into ``registry_agents``."""
+    log_dir = tmp_path_factory.mktemp("registry")
+    service = start_service(
+        "chiffon.registry",
+        "registry-1",
+        {**stack.env, "CHIFFON_LOG_LEVEL": "warning", "CHIFFON_REGISTRY_PORT": str(free_port())},
+        log_dir,
+        free_port(),
+    )
+    try:
+        await wait_ready(service)
+        yield service
+    finally:
+        stop_all([service])
+
+
+@pytest.fixture(scope="module")
+async def events(stack: Stack) -> AsyncIterator[JetStreamEventStore]:
+    async with JetStreamEventStore.connect(
+        stack.env["CHIFFON_NATS_URL"], CATALOG, namespace=stack.namespace
+    ) as store:
+        yield store
+
+
+def registration(
+    name: str, capabilities: tuple[str, ...], cores: float, vram_gib: float | None
+) -> AgentRegistered:
+    """A registration in the registry's resource shape (gpus with their VRAM), or in the
+    flat numbers-only shape while the event still carries only numbers."""
+    gpus = [{"name": "gpu0", "vram_bytes": vram_gib * GIB}] if vram_gib else []
+    common: dict[str, Any] = {
+        "name": name,
+        "host": "box.lan",
+        "address": "box.lan:50051",
+        "capabilities": capabilities,
+        "max_concurrency": 4,
+    }
+    try:
+        structured: dict[str, Any] = {"cpu_cores": cores, "memory_bytes": 8 * GIB, "gpus": gpus}
+        return AgentRegistered(**common, resources=structured)
+    except ValidationError:
+        flat = {"cpu_cores": cores, "memory_bytes": 8.0 * GIB}
+        if vram_gib:
+            flat["gpu_vram_bytes"] = vram_gib * GIB
+        return AgentRegistered(**common, resources=flat)
+
+
+async def append(store: JetStreamEventStore, agent_id: str, payload: Any) -> None:
+    event = new_event(payload, aggregate_id=agent_id, actor=ACTOR)
+    await store.append(AggregateKey("agent", agent_id), [event], ANY)
+
+
+async def shown(http: httpx.AsyncClient, agent_id: str, status: str = "online") -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        response = await http.get(f"/v1/agents/{agent_id}")
+        if response.status_code == 200 and response.json()["status"] == status:
+            body: dict[str, Any] = response.json()
+            return body
+        return {}
+
+    found: dict[str, Any] = await eventually(probe, timeout=30, message=f"{agent_id} {status}")
+    return found
+
+
+@pytest.fixture(scope="module")
+async def fleet(stack: Stack, registry: Service, events: JetStreamEventStore) -> dict[str, str]:
+    """Four agents: a GPU box, a CPU box, one offline and one deregistered."""
+    tag = uuid.uuid4().hex[:8]
+    ids = {k: f"{k}-{tag}" for k in ("gpu", "cpu", "off", "gone")}
+    await append(events, ids["gpu"], registration("gpu-box", ("shell", "gpu"), 16, 24))
+    await append(events, ids["cpu"], registration("cpu-box", ("shell",), 4, None))
+    await append(events, ids["off"], registration("off-box", ("shell", "gpu"), 32, 48))
+    await append(events, ids["off"], AgentWentOffline(reason="no heartbeat for 65s"))
+    await append(events, ids["gone"], registration("gone-box", ("python",), 2, None))
+    await append(events, ids["gone"], AgentDeregistered(reason="shutdown"))
+    async with client(stack.gateway, ADMIN_KEY) as http:
+        for key, status in (("gpu", "online"), ("cpu", "online"), ("off", "offline")):
+            await shown(http, ids[key], status)
+        await shown(http, ids["gone"], "deregistered")
+    return ids
+
+
+async def test_agents_are_listed_and_read_with_their_capabilities(
+    stack: Stack, keys: dict[str, str], fleet: dict[str, str]
+) -> None:
+    async with client(stack.gateway, keys["viewer"]) as http:
+        agent = (await http.get(f"/v1/agents/{fleet['gpu']}")).json()
+        assert agent["name"] == "gpu-box" and agent["status"] == "online"
+        assert agent["capabilities"] == ["shell", "gpu"]
+        assert agent["grpc_address"] == "box.lan:50051" and agent["max_concurrency"] == 4
+        assert agent["resources"]["cpu_cores"] == 16
+
+        listed = (await http.get("/v1/agents", params={"limit": 500})).json()
+        by_id = {a["agent_id"]: a for a in listed["agents"]}
+        assert set(fleet.values()) <= set(by_id)
+        assert by_id[fleet["off"]]["status"] == "offline"
+        assert by_id[fleet["off"]]["status_reason"] == "no heartbeat for 65s"
+
+        online = (await http.get("/v1/agents", params={"status": "online", "limit": 500})).json()
+        ids = {a["agent_id"] for a in online["agents"]}
+        assert {fleet["gpu"], fleet["cpu"]} <= ids and not {fleet["off"], fleet["gone"]} & ids
+
+        gpu = (await http.get("/v1/agents", params={"capability": "gpu", "limit": 500})).json()
+        ids = {a["agent_id"] for a in gpu["agents"]}
+        assert {fleet["gpu"], fleet["off"]} <= ids and fleet["cpu"] not in ids
+
+
+async def test_agents_page_by_cursor_without_gaps_or_repeats(
+    stack: Stack, keys: dict[str, str], fleet: dict[str, str]
+) -> None:
+    async with client(stack.gateway, keys["viewer"]) as http:
+        everything = (await http.get("/v1/agents", params={"limit": 500})).json()["agents"]
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 1}
+            if cursor:
+                params["cursor"] = cursor
+            response = await http.get("/v1/agents", params=params)
+            assert response.status_code == 200
+            page = response.json()
+            seen += [a["agent_id"] for a in page["agents"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                assert "link" not in response.headers
+                break
+            assert 'rel="next"' in response.headers["link"]
+        assert seen == [a["agent_id"] for a in everything]
+
+
+async def test_unknown_agents_and_bad_queries_are_problems(
+    stack: Stack, keys: dict[str, str], fleet: dict[str, str]
+) -> None:
+    async with client(stack.gateway, keys["viewer"]) as http:
+        for agent_id in ("nobody-here", "bad%20id", "x" * 129):
+            response = await http.get(f"/v1/agents/{agent_id}")
+            assert response.status_code == 404, agent_id
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["type"].endswith("/not-found")
+        for params in (
+            {"status": "sleeping"},
+            {"cursor": "not-a-cursor"},
+            {"limit": 0},
+            {"capability": "a b"},
+        ):
+            response = await http.get("/v1/agents", params=params)
+            assert response.status_code == 422, params
+            assert response.headers["content-type"] == "application/problem+json"
+        response = await http.get("/v1/agents/available-capacity", params={"gpu_vram_gb": -1})
+        assert response.status_code == 422
+    async with client(stack.gateway, None) as http:
+        assert (await http.get("/v1/agents")).status_code == 401
+
+
+async def test_available_capacity_counts_online_agents_that_fit(
+    stack: Stack, keys: dict[str, str], fleet: dict[str, str]
+) -> None:
+    async with client(stack.gateway, keys["viewer"]) as http:
+
+        async def capacity(**params: Any) -> dict[str, Any]:
+            response = await http.get("/v1/agents/available-capacity", params=params)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        big_gpu = await capacity(gpu_vram_gb=16, capability="gpu")
+        ids = {a["agent_id"] for a in big_gpu["agents"]}
+        # The offline box has 48 GiB but cannot take anything; the CPU box has no GPU.
+        assert fleet["gpu"] in ids and fleet["off"] not in ids and fleet["cpu"] not in ids
+        assert big_gpu["totals"]["gpus"] >= 1
+        assert big_gpu["totals"]["gpu_vram_bytes"] >= 24 * GIB
+
+        too_big = await capacity(gpu_vram_gb=32)
+        assert fleet["gpu"] not in {a["agent_id"] for a in too_big["agents"]}
+
+        shell = await capacity(capability="shell", cpu_cores=4)
+        ids = {a["agent_id"] for a in shell["agents"]}
+        assert {fleet["gpu"], fleet["cpu"]} <= ids
+        assert shell["totals"]["agents"] == len(shell["agents"])
+        assert shell["totals"]["slots"] >= 8 and shell["totals"]["cpu_cores"] >= 20
+
+        python = await capacity(capability="python")
+        assert fleet["gone"] not in {a["agent_id"] for a in python["agents"]}
+
+
+async def test_cli_lists_and_shows_agents(
+    stack: Stack, fleet: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
+    env.update(CHIFFON_GATEWAY_URL=stack.gateway.url, CHIFFON_API_KEY=ADMIN_KEY)
+    code, out, err = await run_cli(env, "agents", "list", cwd=tmp_path)
+    assert code == 0, err
+    assert fleet["gpu"] in out and "gpu-box" in out and "shell,gpu" in out
+    code, out, err = await run_cli(env, "agents", "list", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert fleet["cpu"] in {a["agent_id"] for a in json.loads(out)}
+    code, out, err = await run_cli(env, "agents", "show", fleet["off"], cwd=tmp_path)
+    assert code == 0, err
+    assert "offline" in out and "no heartbeat for 65s" in out
+    code, out, err = await run_cli(env, "agents", "show", fleet["gpu"], "--json", cwd=tmp_path)
+    assert code == 0 and json.loads(out)["name"] == "gpu-box"
+    code, _, err = await run_cli(env, "agents", "show", "nobody-here", cwd=tmp_path)
+    assert code != 0 and "no agent" in err
