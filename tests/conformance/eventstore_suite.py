@@ -312,6 +312,25 @@ class EventStoreConformance:
         with pytest.raises(ObjectNotFound):
             await store.get_object(bucket, fresh("missing-"))
 
+    async def test_a_short_lived_value_is_replaced_deleted_and_expires(
+        self, store: EventStore
+    ) -> None:
+        bucket = f"{store.streams.namespace.upper()}_CONFORMANCE_KV_{uuid.uuid4().hex[:8]}"
+        key = fresh("beat-")
+        assert await store.kv_get(bucket, key) is None
+        await store.kv_put(bucket, key, b"first", ttl=1.0)
+        await store.kv_put(bucket, key, b"second", ttl=1.0)
+        assert await store.kv_get(bucket, key) == b"second"
+        await store.kv_delete(bucket, key)
+        assert await store.kv_get(bucket, key) is None
+        await store.kv_delete(bucket, key)  # not there: no error
+        await store.kv_put(bucket, key, b"again", ttl=1.0)
+
+        async def expired() -> bool:
+            return await store.kv_get(bucket, key) is None
+
+        await eventually(expired, timeout=10, message="the value expired after its TTL")
+
     # -- work intake -----------------------------------------------------------------
 
     async def test_work_items_are_shared_acknowledged_and_redelivered_after_ack_wait(

@@ -68,6 +68,35 @@ class ApproveNode(Command):
     comment: str | None = Field(default=None, max_length=COMMENT_MAX_CHARS)
 
 
+class IssueAgentCredential(Command):
+    """Answered with ``{"id", "name", "credential", "prefix", "created_at"}``: the
+    credential (``chfa_<id>_<secret>``) is in this answer only, never stored."""
+
+    owner = "registry"
+    name = "issue_agent_credential"
+
+    agent_name: str = Field(alias="name", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class RevokeAgentCredential(Command):
+    """Answered with ``{"id", "name", "revoked": true}``."""
+
+    owner = "registry"
+    name = "revoke_agent_credential"
+
+    credential_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+
+
+class ListAgentCredentials(Command):
+    """Answered with ``{"credentials": [{"id", "name", "prefix", "created_at", "revoked"}]}``."""
+
+    owner = "registry"
+    name = "list_agent_credentials"
+
+
 RefusalCode = Literal[
     "invalid",  # the command or its content is malformed (e.g. a spec with errors)
     "not_found",  # the aggregate or a referenced thing does not exist

@@ -37,6 +37,7 @@ from chiffon.eventstore.errors import (
     EventStoreUnavailable,
 )
 from chiffon.eventstore.intake import JetStreamWorkIntake, consumer_config
+from chiffon.eventstore.keyvalue import KeyValues
 from chiffon.eventstore.messaging import Subscriptions
 from chiffon.eventstore.model import (
     ANY,
@@ -122,6 +123,7 @@ class JetStreamEventStore:
         self._acks = AckInbox(nc)
         self._direct = DirectReader(nc)
         self._objects = Objects(self.js)
+        self._values = KeyValues(self.js)
 
     @property
     def connected(self) -> bool:
@@ -546,6 +548,17 @@ class JetStreamEventStore:
 
     async def get_object(self, bucket: str, name: str) -> bytes:
         return await self._objects.get(bucket, name)
+
+    # -- short-lived values ----------------------------------------------------------
+
+    async def kv_put(self, bucket: str, key: str, value: bytes, *, ttl: float) -> None:
+        await self._values.put(bucket, key, value, ttl=ttl)
+
+    async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        return await self._values.get(bucket, key)
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        await self._values.delete(bucket, key)
 
     # -- work and signals ------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -120,6 +121,7 @@ class InMemoryEventStore:
         self._aggregates: dict[str, list[int]] = defaultdict(list)
         self._appended = asyncio.Event()  # replaced on every append: wakes live readers
         self._objects: dict[tuple[str, str], bytes] = {}
+        self._values: dict[tuple[str, str], tuple[bytes, float]] = {}  # value, expiry
         self._listeners: list[_Listener] = []
         self._servers: list[_Server] = []
         self._turn = itertools.count()  # round robin among the servers of a subject
@@ -366,6 +368,20 @@ class InMemoryEventStore:
             return self._objects[(bucket, name)]
         except KeyError:
             raise ObjectNotFound(f"no object {name!r} in {bucket}") from None
+
+    # -- short-lived values --------------------------------------------------------
+
+    async def kv_put(self, bucket: str, key: str, value: bytes, *, ttl: float) -> None:
+        self._values[(bucket, key)] = (bytes(value), time.monotonic() + ttl)
+
+    async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        found = self._values.get((bucket, key))
+        if found is None or found[1] <= time.monotonic():
+            return None
+        return found[0]
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        self._values.pop((bucket, key), None)
 
     # -- work and signals ----------------------------------------------------------
 

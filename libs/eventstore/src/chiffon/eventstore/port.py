@@ -278,6 +278,22 @@ class EventStore(RequestReply, Protocol):
         """What ``put_object`` stored; ``ObjectNotFound`` if nothing was."""
         ...
 
+    # -- short-lived values ------------------------------------------------------
+
+    async def kv_put(self, bucket: str, key: str, value: bytes, *, ttl: float) -> None:
+        """Store ``value`` under ``key`` (replacing it) in a key-value bucket whose
+        entries expire ``ttl`` seconds after their last put (the TTL of the bucket's
+        first put creates it). For values that are not events: heartbeats."""
+        ...
+
+    async def kv_get(self, bucket: str, key: str) -> bytes | None:
+        """The value last put under ``key``, or None (never put, deleted or expired)."""
+        ...
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        """Forget ``key`` (no error if it was not there)."""
+        ...
+
     # -- work and signals --------------------------------------------------------
 
     async def open_work_intake(self, consumer: WorkConsumer) -> WorkIntake:

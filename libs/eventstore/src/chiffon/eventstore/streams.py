@@ -19,7 +19,7 @@ class StreamSpec:
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("RUNS", ("run",)),
     StreamSpec("WORKFLOWS", ("workflow",)),
-    StreamSpec("AGENTS", ("agent",)),
+    StreamSpec("AGENTS", ("agent", "agent_credential")),
     StreamSpec("COSTS", ("cost", "budget")),
     StreamSpec("TRIGGERS", ("trigger", "webhook", "schedule")),
     StreamSpec("KEYS", ("apikey",)),

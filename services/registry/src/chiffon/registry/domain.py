@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Literal
 from chiffon.events.agents import (
     AgentCameBack,
     AgentCapacityChanged,
+    AgentCredentialIssued,
+    AgentCredentialRevoked,
     AgentDeregistered,
     AgentRegistered,
     AgentWentOffline,
+    GpuInfo,
 )
 
 if TYPE_CHECKING:  # only its shape: importing the event store package loads the NATS client
@@ -47,6 +50,20 @@ class AgentNotFound(AgentRefused):
         self.agent_id = agent_id
 
 
+class CredentialNotFound(AgentRefused):
+    def __init__(self, credential_id: str) -> None:
+        super().__init__(f"no agent credential {credential_id!r}")
+        self.credential_id = credential_id
+
+
+class AgentBoundElsewhere(AgentRefused):
+    """The agent id was first registered with another credential."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} is registered with another credential")
+        self.agent_id = agent_id
+
+
 class AgentDeregisteredAlready(AgentRefused):
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"agent {agent_id!r} was deregistered: it must register again")
@@ -57,6 +74,10 @@ class AgentDeregisteredAlready(AgentRefused):
 
 
 def _no_resources() -> MappingProxyType[str, float]:
+    return MappingProxyType({})
+
+
+def _no_labels() -> MappingProxyType[str, str]:
     return MappingProxyType({})
 
 
@@ -73,6 +94,13 @@ class AgentState:
     resources: Mapping[str, float] = field(default_factory=_no_resources)
     max_concurrency: int = 0
     registered_at: datetime | None = None  # the first registration's time
+    agent_id_chosen: str | None = None  # the agent's own id, when not the aggregate id
+    port: int | None = None
+    labels: Mapping[str, str] = field(default_factory=_no_labels)
+    gpus: tuple[GpuInfo, ...] = ()
+    metadata: str | None = None
+    ttl_seconds: int = 60
+    credential_id: str | None = None  # bound at the first registration
 
     @property
     def known(self) -> bool:
@@ -103,6 +131,13 @@ def evolve(state: AgentState, event: RecordedEvent) -> AgentState:
             resources=MappingProxyType(dict(payload.resources)),
             max_concurrency=payload.max_concurrency,
             registered_at=state.registered_at or at,
+            agent_id_chosen=payload.agent_id,
+            port=payload.port,
+            labels=MappingProxyType(dict(payload.labels)),
+            gpus=tuple(payload.gpus),
+            metadata=payload.metadata,
+            ttl_seconds=payload.ttl_seconds,
+            credential_id=payload.credential_id or state.credential_id,
         )
     if not state.known:
         return replace(state, version=version)  # an event of an agent never registered
@@ -134,6 +169,15 @@ class RegisterAgent:
     capabilities: tuple[str, ...] = ()
     resources: Mapping[str, float] = field(default_factory=_no_resources)
     max_concurrency: int = 1
+    agent_id_chosen: str | None = None
+    port: int | None = None
+    labels: Mapping[str, str] = field(default_factory=_no_labels)
+    gpus: tuple[GpuInfo, ...] = ()
+    metadata: str | None = None
+    ttl_seconds: int = 60
+    credential_id: str | None = None
+    credential_revoked: bool = False
+    """Whether the credential the agent is bound to (if another) was revoked since."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +212,26 @@ def decide_register(
     state: AgentState, command: RegisterAgent, now: datetime
 ) -> list[AgentRegistered]:
     """Register, or register again (a new address, a restart, back after deregistering).
-    The same registration of an agent online already changes nothing."""
+    The same registration of an agent online already changes nothing.
+
+    The first registration with a credential binds the agent id to it: another
+    credential may take the id over only once the bound one is revoked (then
+    ``command.credential_revoked`` says so) and for the same agent name."""
+    bound = state.credential_id
+    if bound is not None and command.credential_id is not None and bound != command.credential_id:
+        if not (command.credential_revoked and state.name == command.name):
+            raise AgentBoundElsewhere(command.agent_id)
     same = (
         state.available
         and (state.name, state.host, state.address) == (command.name, command.host, command.address)
         and state.capabilities == tuple(command.capabilities)
         and dict(state.resources) == dict(command.resources)
         and state.max_concurrency == command.max_concurrency
+        and (state.agent_id_chosen, state.port, state.metadata, state.ttl_seconds)
+        == (command.agent_id_chosen, command.port, command.metadata, command.ttl_seconds)
+        and dict(state.labels) == dict(command.labels)
+        and state.gpus == tuple(command.gpus)
+        and (command.credential_id is None or bound == command.credential_id)
     )
     if same:
         return []
@@ -186,6 +243,13 @@ def decide_register(
             capabilities=tuple(command.capabilities),
             resources=dict(command.resources),
             max_concurrency=command.max_concurrency,
+            agent_id=command.agent_id_chosen,
+            port=command.port,
+            labels=dict(command.labels),
+            gpus=tuple(command.gpus),
+            metadata=command.metadata,
+            ttl_seconds=command.ttl_seconds,
+            credential_id=command.credential_id,
         )
     ]
 
@@ -245,3 +309,75 @@ def significant_change(state: AgentState, command: ReportCapacity) -> bool:
         if abs(new - old) >= CAPACITY_CHANGE_THRESHOLD * max(abs(old), abs(new), 1.0):
             return True
     return False
+
+
+# -- agent credentials -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialState:
+    credential_id: str
+    version: int = 0
+    name: str | None = None
+    secret_hash: str | None = None
+    prefix: str | None = None
+    created_at: datetime | None = None
+    revoked: bool = False
+    revoked_reason: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.secret_hash is not None
+
+
+def evolve_credential(state: CredentialState, event: RecordedEvent) -> CredentialState:
+    payload = event.payload
+    version = max(state.version, event.sequence)
+    if isinstance(payload, AgentCredentialIssued):
+        return replace(
+            state,
+            version=version,
+            name=payload.name,
+            secret_hash=payload.secret_hash,
+            prefix=payload.prefix,
+            created_at=event.envelope.occurred_at,
+        )
+    if isinstance(payload, AgentCredentialRevoked) and state.known:
+        return replace(state, version=version, revoked=True, revoked_reason=payload.reason)
+    return replace(state, version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class IssueCredential:
+    credential_id: str
+    name: str
+    secret_hash: str
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeCredential:
+    credential_id: str
+    reason: str | None = None
+
+
+def decide_issue(
+    state: CredentialState, command: IssueCredential, now: datetime
+) -> list[AgentCredentialIssued]:
+    """A fresh id is issued once; issuing it again (a retried command) changes nothing."""
+    if state.known:
+        return []
+    return [
+        AgentCredentialIssued(
+            name=command.name, secret_hash=command.secret_hash, prefix=command.prefix
+        )
+    ]
+
+
+def decide_revoke(
+    state: CredentialState, command: RevokeCredential, now: datetime
+) -> list[AgentCredentialRevoked]:
+    """Revoking a revoked credential again is no change (and no error)."""
+    if not state.known:
+        raise CredentialNotFound(command.credential_id)
+    return [] if state.revoked else [AgentCredentialRevoked(reason=command.reason)]
