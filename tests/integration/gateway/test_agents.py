@@ -23,11 +23,102 @@ from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
 from tests.support.cli import run_cli
 from tests.support.fixtures import eventually
 
-from .conftest import Stack, client
+from .conftest import Stack, StartGateway, client
 from .support import ADMIN_KEY, Service, start_service, stop_all, wait_ready
 
 ACTOR = Actor.service("test")
 GIB = 1024**3
+
+
+# -- credentials ---------------------------------------------------------------------------
+# The first test runs before this module starts a registry: nothing answers the commands.
+
+REGISTRY_SRC = Path(__file__).resolve().parents[3] / "services" / "registry" / "src"
+
+
+def registry_serves_credentials() -> bool:
+    return any(
+        "IssueAgentCredential" in path.read_text(errors="replace")
+        for path in REGISTRY_SRC.rglob("*.py")
+    )
+
+
+async def test_credential_routes_are_503_problems_when_no_registry_answers(
+    stack: Stack, start_gateway: StartGateway
+) -> None:
+    gateway = await start_gateway(env={"CHIFFON_COMMAND_TIMEOUT_SECONDS": "1"})
+    async with client(gateway, ADMIN_KEY) as http:
+        for method, path, body in (
+            ("POST", "/v1/agents/credentials", {"name": "lonely-box"}),
+            ("GET", "/v1/agents/credentials", None),
+            ("DELETE", "/v1/agents/credentials/" + "0" * 32, None),
+        ):
+            response = await http.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "registry" in response.json()["detail"]
+            assert response.headers.get("retry-after")
+
+
+async def test_credential_routes_check_input_and_role_before_any_command(
+    stack: Stack, keys: dict[str, str]
+) -> None:
+    async with client(stack.gateway, keys["admin"]) as http:
+        for body in ({"name": "Upper"}, {"name": ""}, {"name": "a" * 64}, {"name": "x\n"}, {}):
+            response = await http.post("/v1/agents/credentials", json=body)
+            assert response.status_code == 422, body
+        response = await http.delete("/v1/agents/credentials/not-an-id")
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/problem+json"
+    async with client(stack.gateway, keys["operator"]) as http:
+        response = await http.post("/v1/agents/credentials", json={"name": "box"})
+        assert response.status_code == 403
+        assert (await http.get("/v1/agents/credentials")).status_code == 403
+
+
+async def test_credentials_are_issued_once_listed_without_secret_and_revoked(
+    stack: Stack, registry: Service, tmp_path: Path
+) -> None:
+    if not registry_serves_credentials():
+        pytest.skip("the registry does not serve the credential commands yet")
+    async with client(stack.gateway, ADMIN_KEY) as http:
+        response = await http.post("/v1/agents/credentials", json={"name": "build-box"})
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert created["credential"].startswith(f"chfa_{created['id']}_")
+        assert response.headers["cache-control"] == "no-store"
+        listed = (await http.get("/v1/agents/credentials")).json()["credentials"]
+        mine = [c for c in listed if c["id"] == created["id"]]
+        assert mine and mine[0]["name"] == "build-box" and mine[0]["revoked"] is False
+        assert created["credential"] not in json.dumps(listed)
+        response = await http.delete(f"/v1/agents/credentials/{created['id']}")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"id": created["id"], "name": "build-box", "revoked": True}
+        listed = (await http.get("/v1/agents/credentials")).json()["credentials"]
+        assert [c["revoked"] for c in listed if c["id"] == created["id"]] == [True]
+        missing = await http.delete("/v1/agents/credentials/" + "f" * 32)
+        assert missing.status_code == 404, missing.text
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
+    env.update(CHIFFON_GATEWAY_URL=stack.gateway.url, CHIFFON_API_KEY=ADMIN_KEY)
+    target = tmp_path / "agent.credential"
+    code, out, err = await run_cli(
+        env, "agents", "credential", "create", "cli-box", "--output", str(target), cwd=tmp_path
+    )
+    assert code == 0, err
+    token = target.read_text().strip()
+    assert token.startswith("chfa_") and token not in out
+    assert target.stat().st_mode & 0o777 == 0o600
+    code, out, err = await run_cli(env, "agents", "credential", "list", cwd=tmp_path)
+    assert code == 0 and "cli-box" in out and token not in out
+    credential_id = token.split("_")[1]
+    code, out, err = await run_cli(
+        env, "agents", "credential", "revoke", credential_id, cwd=tmp_path
+    )
+    assert code == 0 and "revoked" in out, err
+
+
+# -- agents ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -95,10 +95,12 @@ class AgentRow:
 
     @property
     def gpus_vram(self) -> list[float]:
-        """VRAM of each GPU: ``resources.gpus[].vram_bytes``, or the flat
-        ``gpu_vram_bytes`` (one GPU) of registrations that carry numbers only."""
-        gpus = self.resources.get("gpus")
-        if isinstance(gpus, list):
+        """VRAM of each GPU: a ``gpus`` list of ``{name, vram_bytes}`` when the row has
+        one, else the flat ``gpu_count`` and ``gpu_vram_bytes`` (the largest GPU's)."""
+        gpus = self.data.get("gpus")
+        if not isinstance(gpus, list) or not gpus:
+            gpus = self.resources.get("gpus")
+        if isinstance(gpus, list) and gpus:
             return [_number(g.get("vram_bytes")) for g in gpus if isinstance(g, dict)]
         flat = _number(self.resources.get("gpu_vram_bytes"))
         count = int(_number(self.resources.get("gpu_count")) or (1 if flat else 0))

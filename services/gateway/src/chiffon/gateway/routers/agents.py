@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
+from chiffon.commands.model import (
+    IssueAgentCredential,
+    ListAgentCredentials,
+    RevokeAgentCredential,
+)
+from chiffon.core.telemetry import current_traceparent
 from chiffon.gateway.agents import (
     AGENT_ID,
     CAPABILITY_MAX_CHARS,
@@ -13,13 +21,23 @@ from chiffon.gateway.agents import (
     get_agent,
     list_agents,
 )
-from chiffon.gateway.auth import Viewer
+from chiffon.gateway.auth import Admin, Viewer
 from chiffon.gateway.problems import NotFound
-from chiffon.gateway.routers.common import READ
+from chiffon.gateway.routers.common import READ, WRITE, require_json
 from chiffon.gateway.runtime import GatewayDep
-from chiffon.gateway.schemas import AgentPublic, AgentsPublic, AgentStatusName, CapacityPublic
+from chiffon.gateway.schemas import (
+    AgentCredentialCreate,
+    AgentCredentialCreated,
+    AgentCredentialRevoked,
+    AgentCredentialsPublic,
+    AgentPublic,
+    AgentsPublic,
+    AgentStatusName,
+    CapacityPublic,
+)
 
 router = APIRouter(prefix="/v1", tags=["agents"])
+CREDENTIAL_ID = re.compile(r"[0-9a-f]{32}")
 
 Capability = Annotated[
     str | None,
@@ -79,6 +97,62 @@ async def capacity(
         )
     )
     return CapacityPublic.model_validate(found)
+
+
+@router.post(
+    "/agents/credentials",
+    status_code=201,
+    response_model=AgentCredentialCreated,
+    responses=WRITE,
+    dependencies=[Depends(require_json)],
+    summary="Issue an agent credential",
+)
+async def create_credential(
+    body: AgentCredentialCreate, gw: GatewayDep, principal: Admin
+) -> JSONResponse:
+    """A credential for the agent named ``name`` (it registers and heartbeats with it).
+    The response holds the secret: it is never shown again."""
+    result = await gw.send(
+        IssueAgentCredential(actor=principal.actor, trace=current_traceparent(), name=body.name)
+    )
+    created = AgentCredentialCreated.model_validate(result)
+    return JSONResponse(
+        created.model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/v1/agents/credentials/{created.id}", "Cache-Control": "no-store"},
+    )
+
+
+@router.get(
+    "/agents/credentials",
+    response_model=AgentCredentialsPublic,
+    responses=READ,
+    summary="List agent credentials",
+)
+async def list_credentials(gw: GatewayDep, principal: Admin) -> AgentCredentialsPublic:
+    """Every agent credential ever issued (revoked ones too), without secrets."""
+    result = await gw.send(ListAgentCredentials(actor=principal.actor, trace=current_traceparent()))
+    return AgentCredentialsPublic.model_validate(result)
+
+
+@router.delete(
+    "/agents/credentials/{credential_id}",
+    response_model=AgentCredentialRevoked,
+    responses=WRITE,
+    summary="Revoke an agent credential",
+)
+async def revoke_credential(
+    credential_id: str, gw: GatewayDep, principal: Admin
+) -> AgentCredentialRevoked:
+    """The agent can no longer register or heartbeat with it."""
+    if not CREDENTIAL_ID.fullmatch(credential_id):
+        raise NotFound(f"no agent credential {credential_id[:200]!r}")
+    result = await gw.send(
+        RevokeAgentCredential(
+            actor=principal.actor, trace=current_traceparent(), credential_id=credential_id
+        )
+    )
+    return AgentCredentialRevoked.model_validate(result)
 
 
 @router.get(
