@@ -212,6 +212,12 @@ class AgentTaskAssigned(EventPayload):
     node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
     agent_id: str = Field(max_length=200)
     agent_name: str | None = Field(default=None, max_length=200)
+    # Why this agent: where it was reached, its routing score and the reasons behind it.
+    attempt: int | None = Field(default=None, ge=1)
+    iteration: int | None = Field(default=None, ge=1)
+    address: str | None = Field(default=None, max_length=255)
+    score: float | None = None
+    reasons: list[str] = Field(default_factory=list, max_length=20)
 
 
 class AgentTaskFinished(EventPayload):
@@ -224,6 +230,14 @@ class AgentTaskFinished(EventPayload):
     exit_code: int | None = None
     summary: str | None = Field(default=None, max_length=4000)
     error: ErrorInfo | None = None
+    # The attempt, the agent that ran it, and what the task used as the agent measured it
+    # (wall time, CPU seconds, peak memory, GPU memory when a GPU is present).
+    attempt: int | None = Field(default=None, ge=1)
+    agent_id: str | None = Field(default=None, max_length=200)
+    duration_ms: float | None = Field(default=None, ge=0)
+    cpu_seconds: float | None = Field(default=None, ge=0)
+    peak_memory_bytes: float | None = Field(default=None, ge=0)
+    gpu_memory_bytes: float | None = Field(default=None, ge=0)
 
 
 class RunCompleted(EventPayload):

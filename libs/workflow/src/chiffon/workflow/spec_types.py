@@ -284,6 +284,17 @@ class ApprovalNode(_NodeBase):
     on_reject: str = "fail"
 
 
+class AgentResources(_Model):
+    """What an agent node needs of the agent that runs it (each optional)."""
+
+    gpu_vram_gb: float | None = Field(default=None, gt=0, le=100_000)
+    cpu_cores: float | None = Field(default=None, gt=0, le=100_000)
+
+
+AgentLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+AgentLabelValue = Annotated[str, Field(max_length=255)]
+
+
 class AgentNode(_NodeBase):
     type: Literal["agent"]
     requires: tuple[Capability, ...] = ()
@@ -292,6 +303,11 @@ class AgentNode(_NodeBase):
     retry: RetryPolicy | None = None
     timeout: PositiveDuration | None = None
     on_error: OnError | None = None
+    # Routing: resources the agent must have, labels it must carry (all of them), and
+    # how long the task may wait for such an agent before the node fails (None: no limit).
+    resources: AgentResources | None = None
+    labels: dict[AgentLabel, AgentLabelValue] | None = None
+    capacity_timeout: PositiveDuration | None = None
 
 
 class SetNode(_NodeBase):

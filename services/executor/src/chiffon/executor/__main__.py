@@ -17,6 +17,8 @@ from chiffon.commands import ApproveNode, CancelRun, CommandBus, RegisterWorkflo
 from chiffon.core.logging import get_logger
 from chiffon.core.runtime import tune_gc
 from chiffon.core.service import ServiceContext, run_service
+from chiffon.executor.agents.directory import AgentDirectory
+from chiffon.executor.agents.dispatch import build_dispatch, weights_from
 from chiffon.executor.application import Runs, Workflows
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
@@ -49,6 +51,13 @@ async def serve(ctx: ServiceContext) -> None:
         run_commands = Runs(store, workflows, runs)
         workflow_commands = Workflows(store, workflows)
         bus = CommandBus(store, settings.namespace)
+        directory = AgentDirectory(
+            store,
+            weights=weights_from(settings),
+            unreachable_hold=settings.agent_unreachable_hold_seconds,
+        )
+        await directory.start()  # folds the AGENTS stream, then follows it live
+        agents = build_dispatch(settings, directory)
         worker = RunWorker(
             store=store,
             settings=settings,
@@ -56,6 +65,7 @@ async def serve(ctx: ServiceContext) -> None:
             workflows=workflows,
             runs=runs,
             llm=llm,
+            agents=agents,
         )
         await importing
         await worker.setup()
@@ -85,6 +95,7 @@ async def serve(ctx: ServiceContext) -> None:
         for task in projections:
             task.cancel()
         await asyncio.gather(*projections, return_exceptions=True)
+        await agents.close()
 
 
 def run_projections(resources: Resources) -> list[asyncio.Task[None]]:

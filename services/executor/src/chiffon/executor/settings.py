@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -36,6 +37,18 @@ class ExecutorSettings(ChiffonSettings):
     # the core idle (in larger batches, at less CPU per event); the read model lags more
     # during a burst and catches up after. 0 gives it the replica's own priority.
     projector_nice: int = Field(default=10, ge=0, le=19)
+    # Agent nodes. The executor's Ed25519 private key (PEM) that signs each task's token;
+    # agents hold the public half. Without it, agents refuse the executor's tasks.
+    agent_signing_key_file: Path | None = None
+    # Routing: an agent's score is the weighted sum of its free capacity, its recent
+    # success rate and its latency (scale / (scale + mean recent latency in ms)).
+    agent_weight_capacity: float = Field(default=1.0, ge=0.0, le=100.0)
+    agent_weight_success: float = Field(default=1.0, ge=0.0, le=100.0)
+    agent_weight_latency: float = Field(default=0.5, ge=0.0, le=100.0)
+    agent_latency_scale_ms: float = Field(default=50.0, gt=0.0, le=60_000.0)
+    # An agent this replica could not reach is not routed to for this long, unless it
+    # registers or comes back first.
+    agent_unreachable_hold_seconds: float = Field(default=60.0, ge=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _production_never_fakes_models(self) -> ExecutorSettings:

@@ -41,6 +41,7 @@ from chiffon.eventstore import (
     WorkItem,
     retry_on_conflict,
 )
+from chiffon.executor.agents.dispatch import AgentDispatch, install
 from chiffon.executor.domain import (
     WORK_EVENT_TYPES,
     ClaimRun,
@@ -79,8 +80,10 @@ class RunWorker:
         workflows: WorkflowRepository,
         runs: RunRepository,
         llm: ModelGateway,
+        agents: AgentDispatch | None = None,
     ) -> None:
         self.store = store
+        self.agents = agents  # agent nodes dispatch with it (None: no agent available)
         self.settings = settings
         self.name = name  # executor-<replica>
         self.pid = os.getpid()
@@ -133,6 +136,7 @@ class RunWorker:
 
     async def run(self, stopping: asyncio.Event) -> None:
         assert self._intake is not None
+        install(self.agents)  # the runs' tasks, created below, inherit it
         intake = self._intake
         slots = self.settings.max_concurrent_runs
         refill = max(1, slots // 4)  # ask again once a quarter of the slots are free

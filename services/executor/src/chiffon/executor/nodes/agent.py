@@ -1,19 +1,266 @@
-"""The ``agent`` node: one attempt of a task on an agent."""
+"""The ``agent`` node: one attempt of a task on an agent.
+
+The task is rendered, an agent chosen (``agents.routing``: capabilities, labels and
+resources first, then the score), the choice and its reasons recorded
+(``run.agent_task.assigned``), and the task sent over gRPC with a token signed for that
+agent and task. The result is recorded (``run.agent_task.finished``: ok, exit code, what
+the task used) and becomes the node's outputs: ``{stdout, stderr, exit_code}`` under the
+node's id, or the fields ``output`` picks.
+
+A command that exits non-zero fails the attempt (retried per the node's policy). An agent
+that cannot be reached, or whose stream breaks mid-task, is marked unreachable here and
+the attempt fails as ``interrupted``: the next attempt goes to another capable agent. A
+cancel of the run reaches the agent (``Cancel``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
-from chiffon.executor.nodes.context import Execution, NodeError
-from chiffon.workflow import AgentNode, TemplateError, render_value
+import pydantic
+
+from chiffon.agentproto.v1 import agent_pb2
+from chiffon.events.runs import AgentTaskAssigned, AgentTaskFinished
+from chiffon.executor.agents.client import AgentRefused, AgentUnreachable, TaskOutcome, to_struct
+from chiffon.executor.agents.dispatch import AgentDispatch, current
+from chiffon.executor.agents.routing import Candidate, Requirement
+from chiffon.executor.domain import INTERRUPTED
+from chiffon.executor.nodes.context import (
+    Execution,
+    NodeError,
+    RunCancelledSignal,
+    error_info,
+    storable_text,
+)
+from chiffon.workflow import AgentNode, TemplateError, build_output_model, render_value
+
+# Tool errors no other attempt can cure (the agent said so); others are retried.
+FINAL_TOOL_ERRORS = frozenset(
+    {"not_allowed", "command_not_allowed", "invalid_arguments", "invalid_task", "unknown_tool"}
+)
+TAIL = 1500  # characters of stderr quoted in a failed command's error
+
+
+def requirement(node: AgentNode) -> Requirement:
+    resources = node.resources
+    return Requirement(
+        capabilities=tuple(node.requires),
+        labels=dict(node.labels or {}),
+        gpu_vram_gb=resources.gpu_vram_gb if resources else None,
+        cpu_cores=resources.cpu_cores if resources else None,
+    )
+
+
+def task_id(run_id: str, node_id: str, iteration: int, attempt: int) -> str:
+    return f"{run_id}:{node_id}:{iteration}:{attempt}"
+
+
+def current_attempt(ctx: Execution, node_id: str) -> tuple[int, int]:
+    """The (iteration, attempt) of the node's attempt under way: the one started and
+    not yet ended (a node runs one iteration at a time)."""
+    found = [
+        (iteration, record.open_attempt)
+        for (nid, iteration), record in ctx.run.nodes.items()
+        if nid == node_id and record.open_attempt is not None
+    ]
+    if not found:
+        return 1, 1
+    iteration, attempt = max(found)
+    return iteration, attempt or 1
+
+
+def build_request(
+    run_id: str, node: AgentNode, task: dict[str, Any], iteration: int, attempt: int
+) -> agent_pb2.ExecuteRequest:
+    arguments = dict(task)
+    tool = arguments.pop("tool", None)
+    if not isinstance(tool, str) or not tool:
+        raise NodeError("invalid_task", f"{node.id}.task: no tool named", retryable=False)
+    try:
+        struct = to_struct(arguments)
+    except ValueError as error:
+        raise NodeError("invalid_task", f"{node.id}.task: {error}", retryable=False) from None
+    return agent_pb2.ExecuteRequest(
+        task_id=task_id(run_id, node.id, iteration, attempt),
+        run_id=run_id,
+        node_id=node.id,
+        attempt=attempt,
+        tool=tool,
+        arguments=struct,
+        timeout_seconds=node.timeout or 0.0,
+    )
+
+
+def result_fields(outcome: TaskOutcome) -> dict[str, Any]:
+    """``stdout``, ``stderr`` and ``exit_code`` of the result (the lines when the
+    result's output does not carry them), plus whatever else the tool returned."""
+    output = outcome.output
+    for stream in ("stdout", "stderr"):
+        if not isinstance(output.get(stream), str):
+            output[stream] = "".join(
+                text if text.endswith("\n") else text + "\n"
+                for kind, text in outcome.lines
+                if kind == stream
+            )
+    code = output.get("exit_code", outcome.result.exit_code)
+    output["exit_code"] = int(code) if isinstance(code, (int, float)) else outcome.result.exit_code
+    return output
+
+
+def node_outputs(node: AgentNode, fields: dict[str, Any]) -> dict[str, Any]:
+    if not node.output:
+        return {node.id: fields}
+    try:
+        model = build_output_model(node.id, node.output, extra="ignore")
+        picked: dict[str, Any] = model.model_validate(fields).model_dump(by_alias=True)
+    except pydantic.ValidationError as error:
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+            for e in error.errors(include_url=False)[:5]
+        )
+        raise NodeError(
+            "invalid_output", f"the result does not match the output: {detail}", retryable=False
+        ) from None
+    return picked
+
+
+def failure(outcome: TaskOutcome, fields: dict[str, Any]) -> NodeError:
+    """The attempt's error for a result that is not ok."""
+    result = outcome.result
+    kind = result.error_type or "command_failed"
+    code = fields.get("exit_code")
+    if kind in FINAL_TOOL_ERRORS:
+        return NodeError(kind, result.error_message or kind, retryable=False)
+    message = result.error_message
+    if not message:
+        stderr = str(fields.get("stderr") or "").strip()
+        message = f"the command exited with {code}" + (f": {stderr[-TAIL:]}" if stderr else "")
+    return NodeError(kind, message)
 
 
 async def agent_attempt(ctx: Execution, node: AgentNode, state: dict[str, Any]) -> dict[str, Any]:
     try:
-        render_value(node.task, state)
+        task = render_value(node.task, state)
     except TemplateError as error:
         raise NodeError("template_error", f"{node.id}.task: {error}", retryable=False) from None
-    # Agent dispatch (router + gRPC) comes with the agents service; until then no
-    # agent can take the task.
-    needed = ", ".join(node.requires)
-    raise NodeError("no_agent", f"no agent available for capabilities [{needed}]")
+    dispatch = current()
+    need = requirement(node)
+    if dispatch is None:
+        raise NodeError("no_agent", f"no agent available for {need.describe()}")
+    iteration, attempt = current_attempt(ctx, node.id)
+    request = build_request(ctx.run.run_id, node, task, iteration, attempt)
+    chosen = await choose(dispatch, node, need)
+    return await run_on(ctx, dispatch, node, chosen, request, iteration)
+
+
+async def choose(dispatch: AgentDispatch, node: AgentNode, need: Requirement) -> Candidate:
+    """The best agent for the task now; ``no_agent`` when none can take it.
+
+    The seam for pausing on capacity (issue 17, next step): instead of failing here, the
+    run would record ``run.paused {reason: no_capacity}`` and resume when the directory
+    changes (``AgentDirectory.changed``)."""
+    directory = dispatch.directory
+    await directory.caught_up(dispatch.catch_up_timeout)
+    routing = directory.route(need)
+    best = routing.best
+    if best is None:
+        raise NodeError(
+            "no_agent", f"no agent available for {need.describe()} ({routing.explain()})"
+        )
+    return best
+
+
+async def run_on(
+    ctx: Execution,
+    dispatch: AgentDispatch,
+    node: AgentNode,
+    chosen: Candidate,
+    request: agent_pb2.ExecuteRequest,
+    iteration: int,
+) -> dict[str, Any]:
+    agent = chosen.agent
+    directory, client = dispatch.directory, dispatch.client
+    await ctx.append(
+        [
+            AgentTaskAssigned(
+                task_id=request.task_id,
+                node_id=node.id,
+                agent_id=agent.agent_id,
+                agent_name=agent.name,
+                attempt=request.attempt,
+                iteration=iteration,
+                address=agent.address,
+                score=chosen.score,
+                reasons=[storable_text(r[:300]) for r in chosen.reasons],
+            )
+        ]
+    )
+
+    async def finished(ok: bool, error: NodeError | None, outcome: TaskOutcome | None) -> None:
+        result = outcome.result if outcome is not None else None
+        await ctx.append(
+            [
+                AgentTaskFinished(
+                    task_id=request.task_id,
+                    node_id=node.id,
+                    ok=ok,
+                    exit_code=None if result is None else result.exit_code,
+                    error=None if error is None else error_info(error.kind, str(error), node.id),
+                    attempt=request.attempt,
+                    agent_id=agent.agent_id,
+                    duration_ms=None if result is None else max(0.0, result.duration_ms),
+                    cpu_seconds=None if result is None else max(0.0, result.cpu_seconds),
+                    peak_memory_bytes=None
+                    if result is None
+                    else max(0.0, result.peak_memory_bytes),
+                    gpu_memory_bytes=None if result is None else max(0.0, result.gpu_memory_bytes),
+                )
+            ],
+            check_cancel=False,
+        )
+
+    directory.started(agent.agent_id)
+    ok: bool | None = None
+    latency: float | None = None
+    try:
+        try:
+            outcome: TaskOutcome = await ctx.interruptible(
+                client.execute(agent.agent_id, agent.address, request)
+            )
+        except RunCancelledSignal:
+            await client.cancel(agent.agent_id, agent.address, request.task_id, "run cancelled")
+            raise
+        except asyncio.CancelledError:
+            # The attempt timed out or the replica is stopping: stop the task too.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    client.cancel(agent.agent_id, agent.address, request.task_id, "stopped")
+                )
+            raise
+        except AgentUnreachable as lost:
+            directory.unreachable(agent.agent_id)
+            await client.forget(agent.address)
+            error = NodeError(INTERRUPTED, f"{lost}; the task goes to another capable agent")
+            await finished(False, error, None)
+            raise error from None
+        except AgentRefused as refused:
+            busy = refused.code.name == "RESOURCE_EXHAUSTED"
+            error = NodeError(
+                "agent_busy" if busy else "agent_refused", str(refused), retryable=busy
+            )
+            await finished(False, error, None)
+            raise error from None
+        latency = outcome.overhead_ms
+        fields = result_fields(outcome)
+        if not outcome.result.ok or fields["exit_code"] != 0:
+            ok = False
+            error = failure(outcome, fields)
+            await finished(False, error, outcome)
+            raise error
+        ok = True
+        await finished(True, None, outcome)
+        return node_outputs(node, fields)
+    finally:
+        directory.finished(agent.agent_id, ok=ok, latency_ms=latency)
