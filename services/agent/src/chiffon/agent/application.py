@@ -1,0 +1,155 @@
+"""The agent's capability: run tools for tasks, once per task id, and say what it can do.
+
+`AgentRuntime` holds the tasks and the tools; grpc_server.py maps the wire onto it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from google.protobuf import json_format, struct_pb2
+
+from chiffon.agent.gpu import GpuProbe
+from chiffon.agent.shell import STDERR, ShellRunner, ToolRefused, parse_shell_arguments
+from chiffon.agent.tasks import RunningTask, Tasks
+from chiffon.agentproto.v1 import agent_pb2
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    agent_id: str
+    name: str
+    host: str
+    capabilities: tuple[str, ...]
+    labels: dict[str, str]
+
+
+class AgentRuntime:
+    """Runs tasks on this machine: the shell tool today."""
+
+    def __init__(
+        self,
+        identity: AgentIdentity,
+        *,
+        allow: tuple[str, ...],
+        scratch_root: Path,
+        output_cap: int,
+        max_concurrency: int,
+        default_timeout: float,
+        max_timeout: float,
+        recent_results: int,
+        gpu: GpuProbe | None = None,
+    ) -> None:
+        self.identity = identity
+        self.gpu = gpu or GpuProbe()
+        self.tasks = Tasks(max_concurrency=max_concurrency, recent=recent_results)
+        self._allow = allow
+        self._default_timeout = default_timeout
+        self._max_timeout = max_timeout
+        self._shell = ShellRunner(
+            scratch_root=scratch_root,
+            output_cap=output_cap,
+            max_concurrency=max_concurrency,
+            gpu=self.gpu,
+        )
+
+    def execute(self, request: agent_pb2.ExecuteRequest) -> RunningTask | agent_pb2.TaskResult:
+        """The task for this request: started now, already running, or recently finished.
+
+        Raises AtCapacity when a new task would exceed max_concurrency."""
+        return self.tasks.start_or_attach(request.task_id, lambda task: self._run(request, task))
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        return self.tasks.cancel(task_id, reason)
+
+    async def close(self) -> None:
+        await self.tasks.stop()
+        self._shell.close()
+
+    def _refusal(self, error_type: str, message: str) -> agent_pb2.TaskResult:
+        return agent_pb2.TaskResult(
+            ok=False,
+            error_type=error_type,
+            error_message=message,
+            exit_code=-1,
+            agent_id=self.identity.agent_id,
+        )
+
+    async def _run(
+        self, request: agent_pb2.ExecuteRequest, task: RunningTask
+    ) -> agent_pb2.TaskResult:
+        if request.tool != "shell":
+            return self._refusal("unknown_tool", f"this agent has no tool {request.tool!r}")
+        if "shell" not in self.identity.capabilities:
+            return self._refusal("unknown_tool", "this agent does not offer the shell tool")
+        try:
+            arguments = json_format.MessageToDict(request.arguments)
+            command = parse_shell_arguments(
+                arguments,
+                allow=self._allow,
+                default_timeout=self._default_timeout,
+                max_timeout=self._max_timeout,
+                request_timeout=request.timeout_seconds,
+            )
+
+            def on_line(stream: int, text: str) -> None:
+                kind = (
+                    agent_pb2.OutputLine.STREAM_STDERR
+                    if stream == STDERR
+                    else agent_pb2.OutputLine.STREAM_STDOUT
+                )
+                task.publish(
+                    agent_pb2.ExecuteUpdate(line=agent_pb2.OutputLine(stream=kind, text=text))
+                )
+
+            outcome = await self._shell.run(command, on_line=on_line, cancelled=task.cancelled)
+        except ToolRefused as refused:
+            return self._refusal(refused.error_type, refused.message)
+        output = struct_pb2.Struct()
+        output.update(
+            {"stdout": outcome.stdout, "stderr": outcome.stderr, "exit_code": outcome.exit_code}
+        )
+        if outcome.cancelled:
+            error_type, message = "cancelled", "the task was cancelled"
+        elif outcome.timed_out:
+            error_type, message = "timeout", f"killed after {command.timeout:g} s"
+        elif outcome.exit_code != 0:
+            error_type, message = "nonzero_exit", f"exited with {outcome.exit_code}"
+        else:
+            error_type, message = "", ""
+        return agent_pb2.TaskResult(
+            ok=not error_type,
+            output=output,
+            error_type=error_type,
+            error_message=message,
+            exit_code=outcome.exit_code,
+            duration_ms=outcome.duration_ms,
+            cpu_seconds=outcome.cpu_seconds,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            gpu_memory_bytes=outcome.gpu_memory_bytes,
+            agent_id=self.identity.agent_id,
+        )
+
+    def resources(self) -> dict[str, float]:
+        gpus = self.gpu.devices()
+        return {
+            "cpu_cores": float(os.cpu_count() or 1),
+            "memory_bytes": float(psutil.virtual_memory().total),
+            "gpu_count": float(len(gpus)),
+            "gpu_memory_bytes": sum(gpu.vram_bytes for gpu in gpus),
+        }
+
+    def describe(self) -> agent_pb2.AgentDescription:
+        return agent_pb2.AgentDescription(
+            agent_id=self.identity.agent_id,
+            name=self.identity.name,
+            host=self.identity.host or socket.gethostname(),
+            capabilities=list(self.identity.capabilities),
+            resources=self.resources(),
+            max_concurrency=self.tasks.max_concurrency,
+            running=self.tasks.running,
+        )

@@ -1,0 +1,108 @@
+"""The agent's gRPC server: mapping only, wire <-> AgentRuntime.
+
+Execute and Cancel need `authorization: Bearer <task token>` signed by the executor for
+this agent and this task (chiffon.agentproto.auth); Describe and the standard health
+service need none (they reveal what the registry already shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from chiffon.agent.application import AgentRuntime
+from chiffon.agent.tasks import AtCapacity
+from chiffon.agentproto.auth import TaskTokenRefused, verify_task_token_with_key
+from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
+from chiffon.core.logging import get_logger
+
+log = get_logger(__name__)
+
+MAX_TASK_ID = 512
+
+
+class AgentService(agent_pb2_grpc.AgentServicer):
+    def __init__(self, runtime: AgentRuntime, executor_key: Ed25519PublicKey) -> None:
+        self._runtime = runtime
+        self._key = executor_key
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, task_id: str) -> None:  # type: ignore[type-arg]
+        if not task_id or len(task_id) > MAX_TASK_ID:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task_id is required")
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+        if not token:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "a task token from the executor is required"
+            )
+        try:
+            verify_task_token_with_key(
+                self._key, token.strip(), agent_id=self._runtime.identity.agent_id, task_id=task_id
+            )
+        except TaskTokenRefused as refused:
+            log.warning("agent.call_refused", task_id=task_id[:MAX_TASK_ID], reason=refused.reason)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refused.reason)
+
+    async def Execute(
+        self,
+        request: agent_pb2.ExecuteRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[agent_pb2.ExecuteUpdate]:
+        await self._authorize(context, request.task_id)
+        try:
+            task = self._runtime.execute(request)
+        except AtCapacity as full:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
+            return
+        if isinstance(task, agent_pb2.TaskResult):
+            yield agent_pb2.ExecuteUpdate(result=task)
+            return
+        async for update in task.follow():
+            yield update
+
+    async def Cancel(
+        self,
+        request: agent_pb2.CancelRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> agent_pb2.CancelReply:
+        await self._authorize(context, request.task_id)
+        return agent_pb2.CancelReply(
+            was_running=self._runtime.cancel(request.task_id, request.reason[:1000])
+        )
+
+    async def Describe(
+        self,
+        request: agent_pb2.DescribeRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> agent_pb2.AgentDescription:
+        return self._runtime.describe()
+
+
+async def start_grpc_server(
+    runtime: AgentRuntime, executor_key: Ed25519PublicKey, *, host: str, port: int
+) -> tuple[grpc.aio.Server, HealthServicer, int]:
+    """Serve the agent and health services; the port bound (port 0 picks one)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    agent_pb2_grpc.add_AgentServicer_to_server(AgentService(runtime, executor_key), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not listen on {host}:{port}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set("chiffon.agent.v1.Agent", health_pb2.HealthCheckResponse.SERVING)
+    return server, health, bound

@@ -1,0 +1,102 @@
+"""The agent's settings: CHIFFON_* variables (or `chiffon agent start` options).
+
+An agent refuses to start without the executor's public key: an agent that ran whatever
+reached its port would be a remote shell for anyone on the network.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from chiffon.core.settings import ChiffonSettings
+
+#: The shell tool's default allow-list: commands that read nothing of the agent's and
+#: write nothing (no cat: it would read the agent's own credential file).
+DEFAULT_ALLOW = ("echo", "true", "false", "sleep", "date", "uname", "hostname", "printf")
+
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+AGENT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+class AgentSettings(ChiffonSettings):
+    """What one agent is, where it listens, what it may run and where it registers."""
+
+    agent_name: str = Field(default="local", pattern=AGENT_NAME_PATTERN)
+    # Defaults to "<name>.<hostname>": stable across restarts of the same agent.
+    agent_id: str = Field(default="", pattern=r"^([A-Za-z0-9_.:-]{1,128})?$")
+    agent_capabilities: str = "shell"
+    # "key=value,key=value"
+    agent_labels: str = ""
+    agent_grpc_host: str = "127.0.0.1"
+    agent_grpc_port: int = Field(default=0, ge=0, le=65535)
+    # The host the executor dials; defaults to agent_grpc_host (the hostname if that is 0.0.0.0).
+    agent_advertise_host: str = ""
+    executor_public_key_file: Path | None = None
+    agent_allow: str = ",".join(DEFAULT_ALLOW)
+    agent_scratch_dir: Path | None = None
+    agent_max_concurrency: int = Field(default=4, ge=1, le=10_000)
+    agent_output_cap_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    agent_default_timeout_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    agent_max_timeout_seconds: float = Field(default=3600.0, gt=0, le=86_400)
+    # How many finished tasks' results are kept to answer a repeated Execute.
+    agent_recent_results: int = Field(default=1024, ge=1, le=1_000_000)
+    registry_url: str = ""
+    agent_credential_file: Path | None = None
+    agent_ttl_seconds: int = Field(default=60, ge=5, le=3600)
+
+    @field_validator("registry_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_unauthenticated(self) -> AgentSettings:
+        if self.executor_public_key_file is None:
+            raise ValueError(
+                "CHIFFON_EXECUTOR_PUBLIC_KEY_FILE is required: the agent accepts tasks only "
+                "from the executor holding the matching signing key"
+            )
+        if self.registry_url and self.agent_credential_file is None:
+            raise ValueError("CHIFFON_AGENT_CREDENTIAL_FILE is required with a registry URL")
+        for label in _split(self.agent_labels):
+            if "=" not in label:
+                raise ValueError(f"label {label!r} is not key=value")
+        return self
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return _split(self.agent_capabilities)
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        return _split(self.agent_allow)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        pairs = (label.split("=", 1) for label in _split(self.agent_labels))
+        return {key.strip(): value.strip() for key, value in pairs}
+
+    @property
+    def advertise_host(self) -> str:
+        if self.agent_advertise_host:
+            return self.agent_advertise_host
+        if self.agent_grpc_host in ("0.0.0.0", "::", ""):  # noqa: S104 — a listen address here
+            return socket.gethostname()
+        return self.agent_grpc_host
+
+    @property
+    def resolved_agent_id(self) -> str:
+        if self.agent_id:
+            return self.agent_id
+        host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname()) or "host"
+        return f"{self.agent_name}.{host}"[:128]

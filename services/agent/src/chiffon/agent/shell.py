@@ -1,0 +1,374 @@
+"""The shell tool: an allow-listed command run as argv, never through a shell.
+
+A string command is split like a shell splits words (shlex.split) and the words are
+passed to exec as they are: `echo "a; rm -rf /"` prints `a; rm -rf /`. The command is
+resolved on the agent's own fixed PATH and must be allow-listed by name (or, for a name
+with a slash, by its exact path). The child gets a minimal environment (PATH, LANG,
+HOME = its scratch directory) plus the task's env: never the agent's own environment,
+which holds its credential settings. It runs in its own process group, so a timeout or
+a cancel kills everything it started.
+
+Usage is measured with wait4 on the child: its CPU (user + system) and peak resident
+memory, including the descendants it waited for. A thread waits (not asyncio's child
+watcher, which would reap the child first and lose its rusage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chiffon.agent.gpu import GpuProbe
+
+#: The only PATH commands are resolved on, and the PATH the child sees.
+AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_ARGS = 4096
+MAX_ARG_BYTES = 128 * 1024
+MAX_ENV = 256
+#: A line longer than this is sent in pieces (a child printing without newlines).
+MAX_LINE_BYTES = 64 * 1024
+#: After a cancel's SIGTERM, how long the process group has before SIGKILL.
+TERM_GRACE_SECONDS = 0.5
+#: Variables that would let a task change what an allow-listed program runs.
+_REFUSED_ENV_PREFIXES = ("LD_", "DYLD_")
+_REFUSED_ENV = frozenset({"PATH", "BASH_ENV", "ENV", "IFS"})
+
+STDOUT = 1
+STDERR = 2
+
+
+class ToolRefused(Exception):
+    """The task cannot run as asked; `error_type` is machine-readable, the message is not."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ShellCommand:
+    argv: tuple[str, ...]
+    executable: str
+    cwd: str | None
+    env: Mapping[str, str]
+    timeout: float
+
+
+@dataclass
+class ShellOutcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: float
+    cpu_seconds: float
+    peak_memory_bytes: float
+    gpu_memory_bytes: float
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+def _check_text(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ToolRefused("invalid_arguments", f"{what} contains a NUL character")
+    return value
+
+
+def parse_shell_arguments(
+    arguments: Mapping[str, Any],
+    *,
+    allow: tuple[str, ...],
+    default_timeout: float,
+    max_timeout: float,
+    request_timeout: float = 0.0,
+) -> ShellCommand:
+    """Validate the task's arguments against the allow-list; ToolRefused if they do not pass."""
+    unknown = set(arguments) - {"command", "cwd", "env", "timeout_seconds"}
+    if unknown:
+        raise ToolRefused("invalid_arguments", f"unknown shell arguments: {sorted(unknown)}")
+    command = arguments.get("command")
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(_check_text(command, "command"))
+        except ValueError as error:
+            raise ToolRefused("invalid_arguments", f"command cannot be split: {error}") from None
+    elif isinstance(command, list) and all(isinstance(word, str) for word in command):
+        argv = [_check_text(word, "an argument") for word in command]
+    else:
+        raise ToolRefused("invalid_arguments", "command must be a string or a list of strings")
+    if not argv or not argv[0]:
+        raise ToolRefused("invalid_arguments", "command is empty")
+    if len(argv) > MAX_ARGS or sum(len(word.encode()) for word in argv) > MAX_ARG_BYTES:
+        raise ToolRefused("invalid_arguments", "command is too long")
+    executable = resolve_command(argv[0], allow)
+
+    cwd = arguments.get("cwd")
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd:
+            raise ToolRefused("invalid_arguments", "cwd must be a non-empty string")
+        _check_text(cwd, "cwd")
+
+    env_in = arguments.get("env") or {}
+    if not isinstance(env_in, dict):
+        raise ToolRefused("invalid_arguments", "env must be an object of strings")
+    if len(env_in) > MAX_ENV:
+        raise ToolRefused("invalid_arguments", f"env has more than {MAX_ENV} variables")
+    env: dict[str, str] = {}
+    for key, value in env_in.items():
+        if not isinstance(value, str) or not key or "=" in key:
+            raise ToolRefused(
+                "invalid_arguments", f"env {key!r} must be a name with a string value"
+            )
+        if key.upper() in _REFUSED_ENV or key.upper().startswith(_REFUSED_ENV_PREFIXES):
+            raise ToolRefused("not_allowed", f"env {key!r} may not be set by a task")
+        env[_check_text(key, "env")] = _check_text(value, f"env {key!r}")
+
+    timeout = arguments.get("timeout_seconds")
+    if timeout is None:
+        timeout = request_timeout if request_timeout > 0 else default_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ToolRefused("invalid_arguments", "timeout_seconds must be a positive number")
+    if timeout > max_timeout:
+        raise ToolRefused("invalid_arguments", f"timeout_seconds may be at most {max_timeout:g}")
+    return ShellCommand(tuple(argv), executable, cwd, env, float(timeout))
+
+
+def resolve_command(name: str, allow: tuple[str, ...]) -> str:
+    """The absolute path of allow-listed command `name`; ToolRefused otherwise."""
+    if "/" in name:
+        if name not in allow:
+            raise ToolRefused("not_allowed", f"command {name!r} is not allowed on this agent")
+        if not (os.path.isfile(name) and os.access(name, os.X_OK)):
+            raise ToolRefused("not_found", f"command {name!r} is not installed on this agent")
+        return name
+    if name not in allow:
+        raise ToolRefused("not_allowed", f"command {name!r} is not allowed on this agent")
+    found = shutil.which(name, path=AGENT_PATH)
+    if found is None:
+        raise ToolRefused("not_found", f"command {name!r} is not installed on this agent")
+    return found
+
+
+@dataclass
+class _Capture:
+    cap: int
+    on_line: Callable[[int, str], None]
+    stream: int
+    kept: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+    partial: bytearray = field(default_factory=bytearray)
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.cap - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+        if room <= 0:
+            return
+        self.partial += chunk[:room]
+        while True:
+            newline = self.partial.find(b"\n")
+            if newline < 0:
+                if len(self.partial) >= MAX_LINE_BYTES:
+                    self._emit(bytes(self.partial))
+                    self.partial.clear()
+                return
+            self._emit(bytes(self.partial[:newline]))
+            del self.partial[: newline + 1]
+
+    def close(self) -> None:
+        if self.partial:
+            self._emit(bytes(self.partial))
+            self.partial.clear()
+
+    def _emit(self, line: bytes) -> None:
+        self.on_line(self.stream, line.decode("utf-8", "replace"))
+
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", "replace")
+        if self.dropped:
+            text += f"\n[output truncated: {self.dropped} more bytes not kept]"
+        return text
+
+
+async def _drain(pipe: Any, capture: _Capture) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        while chunk := await reader.read(65536):
+            capture.feed(chunk)
+    finally:
+        capture.close()
+        transport.close()
+
+
+class ShellRunner:
+    """Runs ShellCommands; one waiting thread per running task."""
+
+    def __init__(
+        self,
+        *,
+        scratch_root: Path,
+        output_cap: int,
+        max_concurrency: int,
+        gpu: GpuProbe,
+    ) -> None:
+        self._scratch_root = scratch_root
+        self._output_cap = output_cap
+        self._waiters = ThreadPoolExecutor(
+            max_workers=max_concurrency + 2, thread_name_prefix="agent-wait4"
+        )
+        self._gpu = gpu
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=False, cancel_futures=True)
+
+    def _cwd(self, command: ShellCommand, scratch: Path) -> str:
+        if command.cwd is None:
+            return str(scratch)
+        candidate = Path(command.cwd)
+        if not candidate.is_absolute():
+            candidate = (scratch / candidate).resolve()
+            if not candidate.is_relative_to(scratch.resolve()):
+                raise ToolRefused(
+                    "invalid_arguments", "a relative cwd must stay in the scratch directory"
+                )
+            candidate.mkdir(parents=True, exist_ok=True)
+        if not candidate.is_dir():
+            raise ToolRefused("invalid_arguments", f"cwd {command.cwd!r} is not a directory")
+        return str(candidate)
+
+    async def run(
+        self,
+        command: ShellCommand,
+        *,
+        on_line: Callable[[int, str], None],
+        cancelled: asyncio.Event,
+    ) -> ShellOutcome:
+        self._scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryDirectory(prefix="task-", dir=self._scratch_root) as scratch_dir:
+            scratch = Path(scratch_dir)
+            cwd = self._cwd(command, scratch)
+            env = {"PATH": AGENT_PATH, "LANG": "C.UTF-8", "HOME": str(scratch), **command.env}
+            return await self._run(command, cwd, env, on_line, cancelled)
+
+    async def _run(
+        self,
+        command: ShellCommand,
+        cwd: str,
+        env: dict[str, str],
+        on_line: Callable[[int, str], None],
+        cancelled: asyncio.Event,
+    ) -> ShellOutcome:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            # Popen, not asyncio's subprocess: wait4 below must be the one to reap the child.
+            process = subprocess.Popen(  # noqa: S603, ASYNC220 — argv, allow-listed, no shell
+                list(command.argv),
+                executable=command.executable,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise ToolRefused(
+                "start_failed", f"could not start {command.argv[0]!r}: {error.strerror}"
+            ) from None
+        out = _Capture(self._output_cap, on_line, STDOUT)
+        err = _Capture(self._output_cap, on_line, STDERR)
+        assert process.stdout is not None and process.stderr is not None
+        drains = [
+            asyncio.ensure_future(_drain(process.stdout, out)),
+            asyncio.ensure_future(_drain(process.stderr, err)),
+        ]
+        waited = loop.run_in_executor(self._waiters, os.wait4, process.pid, 0)
+        gpu_peak = 0.0
+        gpu_sampler = (
+            asyncio.ensure_future(self._sample_gpu(process.pid, waited))
+            if self._gpu.present
+            else None
+        )
+        reaped = False
+
+        def kill(sig: int) -> None:
+            if reaped:
+                return
+            try:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        timed_out = was_cancelled = False
+        cancel_wait = asyncio.ensure_future(cancelled.wait())
+        try:
+            watched: set[asyncio.Future[Any]] = {waited, cancel_wait}
+            done, _ = await asyncio.wait(
+                watched, timeout=command.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waited not in done:
+                if cancel_wait in done:
+                    was_cancelled = True
+                    kill(signal.SIGTERM)
+                    finished, _ = await asyncio.wait({waited}, timeout=TERM_GRACE_SECONDS)
+                    if not finished:
+                        kill(signal.SIGKILL)
+                else:
+                    timed_out = True
+                    kill(signal.SIGKILL)
+            _, status, usage = await asyncio.shield(waited)
+            reaped = True
+        except asyncio.CancelledError:
+            kill(signal.SIGKILL)
+            raise
+        finally:
+            cancel_wait.cancel()
+            # The group may still hold the pipes (a child that forked); it is killed above
+            # on timeout and cancel; otherwise give the readers a moment, then stop reading.
+            _, pending = await asyncio.wait(drains, timeout=1.0)
+            for task in pending:
+                task.cancel()
+            if not reaped:
+                kill(signal.SIGKILL)
+            # Popen must not try to reap the pid again (the waiting thread does).
+            process.returncode = -signal.SIGKILL
+            for pipe in (process.stdout, process.stderr):
+                pipe.close()
+            if gpu_sampler is not None:
+                gpu_peak = await gpu_sampler
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        exit_code = os.waitstatus_to_exitcode(status)
+        return ShellOutcome(
+            exit_code=exit_code,
+            stdout=out.text(),
+            stderr=err.text(),
+            duration_ms=duration_ms,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            peak_memory_bytes=float(usage.ru_maxrss) * 1024.0,  # Linux: kilobytes
+            gpu_memory_bytes=gpu_peak,
+            timed_out=timed_out,
+            cancelled=was_cancelled,
+        )
+
+    async def _sample_gpu(self, pid: int, waited: asyncio.Future[Any]) -> float:
+        peak = 0.0
+        while not waited.done():
+            peak = max(peak, await asyncio.to_thread(self._gpu.process_memory, pid))
+            await asyncio.sleep(0.2)
+        return peak

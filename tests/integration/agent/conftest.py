@@ -1,0 +1,108 @@
+"""A real agent process (`python -m chiffon.agent`) on a free port, and a signing key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chiffon.agentproto.auth import generate_keypair, sign_task_token
+from chiffon.agentproto.v1 import agent_pb2_grpc
+from chiffon.devstack.ports import free_port
+
+
+@dataclass
+class AgentProcess:
+    process: subprocess.Popen[bytes]
+    agent_id: str
+    address: str
+    signing_key: bytes
+    log: Path
+
+    def token(self, task_id: str, *, agent_id: str | None = None) -> tuple[tuple[str, str]]:
+        token = sign_task_token(
+            self.signing_key, agent_id=agent_id or self.agent_id, task_id=task_id
+        )
+        return (("authorization", f"Bearer {token}"),)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"agent exited: {log.read_text(errors='replace')}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)  # type: ignore[attr-defined]  # typeshed lists no methods
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise AssertionError(f"agent not serving within 20 s: {log.read_text(errors='replace')}")
+
+
+def start_agent(tmp_path: Path, **extra: str) -> AgentProcess:
+    private, public = generate_keypair()
+    key_file = tmp_path / "executor.pub"
+    key_file.write_bytes(public)
+    port = free_port()
+    agent_id = extra.pop("CHIFFON_AGENT_ID", f"agent-{port}")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHIFFON_")}
+    env.update(
+        CHIFFON_AGENT_ID=agent_id,
+        CHIFFON_AGENT_NAME="test",
+        CHIFFON_AGENT_GRPC_PORT=str(port),
+        CHIFFON_EXECUTOR_PUBLIC_KEY_FILE=str(key_file),
+        CHIFFON_AGENT_SCRATCH_DIR=str(tmp_path / "scratch"),
+        CHIFFON_LOG_FORMAT="json",
+        CHIFFON_SECRET_PROBE="agent-secret-value",
+        **extra,
+    )
+    log = tmp_path / f"agent-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chiffon.agent"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_serving(address, process, log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return AgentProcess(process, agent_id, address, private, log)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    running = start_agent(tmp_path)
+    yield running
+    running.process.terminate()
+    try:
+        running.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        running.process.kill()
+        running.process.wait()
+
+
+@pytest.fixture
+async def stub(agent: AgentProcess) -> AsyncIterator[agent_pb2_grpc.AgentAsyncStub]:
+    async with grpc.aio.insecure_channel(agent.address) as channel:
+        yield agent_pb2_grpc.AgentStub(channel)
