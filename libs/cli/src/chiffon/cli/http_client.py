@@ -271,6 +271,43 @@ class GatewayClient(ChiffonClient):
         )
         return result
 
+    # -- agents --
+
+    async def list_agents(
+        self,
+        *,
+        status: str | None = None,
+        capability: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        params: dict[str, Any] = {"limit": limit}
+        for name, value in (("status", status), ("capability", capability), ("cursor", cursor)):
+            if value is not None:
+                params[name] = value
+        body = await self._json("GET", "/v1/agents", params=params)
+        return list(body["agents"]), body.get("next_cursor")
+
+    async def get_agent(self, agent_id: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._maybe(f"/v1/agents/{_segment(agent_id)}")
+        return found
+
+    async def create_agent_credential(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "POST", "/v1/agents/credentials", json={"name": name}
+        )
+        return result
+
+    async def list_agent_credentials(self) -> list[dict[str, Any]]:
+        body = await self._json("GET", "/v1/agents/credentials")
+        return list(body["credentials"])
+
+    async def revoke_agent_credential(self, credential_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "DELETE", f"/v1/agents/credentials/{_segment(credential_id)}"
+        )
+        return result
+
     async def whoami(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/v1/me")
         return result

@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from chiffon.cli import keys_cmd, migrate_cmd, projections_cmd, runs_cmd, workflow_cmd
+from chiffon.cli import agents_cmd, keys_cmd, migrate_cmd, projections_cmd, runs_cmd, workflow_cmd
 
 PLUGINS = "chiffon.cli"
 
@@ -31,6 +31,7 @@ app.command("validate")(workflow_cmd.validate)
 app.add_typer(workflow_cmd.app, name="workflows")
 app.command("run")(runs_cmd.run)
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(agents_cmd.app, name="agents")
 keys_cmd.register(app)  # `keys`, `runs logs`, and --gateway-url / --api-key
 
 
