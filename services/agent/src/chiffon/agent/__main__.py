@@ -6,11 +6,13 @@ HTTP API and that the executor reaches over gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 
 from chiffon.agent.application import AgentIdentity, AgentRuntime
 from chiffon.agent.grpc_server import start_grpc_server
+from chiffon.agent.registration import Registration
 from chiffon.agent.settings import AgentSettings
 from chiffon.agentproto.auth import load_public_key
 from chiffon.core.logging import get_logger
@@ -63,10 +65,32 @@ async def serve(ctx: ServiceContext) -> None:
         grpc=f"{settings.agent_grpc_host}:{port}",
         capabilities=list(runtime.identity.capabilities),
     )
+    registration: asyncio.Task[None] | None = None
+    if settings.registry_url:
+        assert settings.agent_credential_file is not None
+        try:
+            credential = settings.agent_credential_file.read_text().strip()
+        except OSError as error:
+            raise SystemExit(
+                f"agent credential {settings.agent_credential_file}: {error.strerror}"
+            ) from None
+        registering = Registration(
+            runtime,
+            registry_url=settings.registry_url,
+            credential=credential,
+            grpc_port=port,
+            ttl_seconds=settings.agent_ttl_seconds,
+        )
+        registration = asyncio.create_task(registering.run(ctx.stopping), name="registration")
+    else:
+        log.warning("agent.unregistered", reason="no registry URL: executors cannot find it")
     started()
     try:
         await ctx.stopping.wait()
     finally:
+        if registration is not None:
+            # Deregister first: the executor stops routing here while tasks finish.
+            await asyncio.wait({registration}, timeout=5.0)
         await health.enter_graceful_shutdown()
         await runtime.close()
         await server.stop(grace=2.0)
