@@ -68,6 +68,8 @@ class AgentsProjection(Projection):
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
         # Only agents whose first event here is not a registration need their stored
         # row; a registration replaces the row (the upsert keeps registered_at).
+        # The AGENTS stream holds agent credentials too: not agents, no rows here.
+        events = [e for e in events if e.envelope.aggregate == "agent"]
         first: dict[str, RecordedEvent] = {}
         for event in events:
             first.setdefault(event.envelope.aggregate_id, event)
