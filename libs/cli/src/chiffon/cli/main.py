@@ -32,6 +32,7 @@ app.add_typer(workflow_cmd.app, name="workflows")
 app.command("run")(runs_cmd.run)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(__import__("chiffon.cli.agent_cmd", fromlist=["app"]).app, name="agent")
 keys_cmd.register(app)  # `keys`, `runs logs`, and --gateway-url / --api-key
 
 

@@ -7,8 +7,12 @@ HTTP API and that the executor reaches over gRPC.
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
 
 from chiffon.agent.application import AgentIdentity, AgentRuntime
 from chiffon.agent.grpc_server import start_grpc_server
@@ -44,16 +48,9 @@ def build_runtime(settings: AgentSettings) -> AgentRuntime:
     )
 
 
-async def serve(ctx: ServiceContext) -> None:
+async def serve(ctx: ServiceContext, executor_key: Ed25519PublicKey, credential: str) -> None:
     settings = ctx.settings
     assert isinstance(settings, AgentSettings)
-    assert settings.executor_public_key_file is not None
-    try:
-        executor_key = load_public_key(settings.executor_public_key_file.read_bytes())
-    except (OSError, ValueError) as error:
-        raise SystemExit(
-            f"executor public key {settings.executor_public_key_file}: {error}"
-        ) from None
     runtime = build_runtime(settings)
     started = ctx.health.starting()
     server, health, port = await start_grpc_server(
@@ -67,13 +64,6 @@ async def serve(ctx: ServiceContext) -> None:
     )
     registration: asyncio.Task[None] | None = None
     if settings.registry_url:
-        assert settings.agent_credential_file is not None
-        try:
-            credential = settings.agent_credential_file.read_text().strip()
-        except OSError as error:
-            raise SystemExit(
-                f"agent credential {settings.agent_credential_file}: {error.strerror}"
-            ) from None
         registering = Registration(
             runtime,
             registry_url=settings.registry_url,
@@ -97,7 +87,44 @@ async def serve(ctx: ServiceContext) -> None:
 
 
 def main() -> None:
-    run_service("agent", AgentSettings(), serve)
+    try:
+        settings = AgentSettings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']}"
+            for e in error.errors()
+        )
+        print(f"chiffon agent: invalid settings: {problems}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    assert settings.executor_public_key_file is not None
+    try:
+        executor_key = load_public_key(settings.executor_public_key_file.read_bytes())
+    except (OSError, ValueError) as error:
+        message = error.strerror if isinstance(error, OSError) else str(error)
+        print(  # noqa: T201
+            f"chiffon agent: executor public key {settings.executor_public_key_file}: {message}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    credential = ""
+    if settings.agent_credential_file is not None:
+        try:
+            credential = settings.agent_credential_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            message = error.strerror if isinstance(error, OSError) else "not text"
+            print(  # noqa: T201
+                f"chiffon agent: credential {settings.agent_credential_file}: {message}",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+        if not credential:
+            print("chiffon agent: the credential file is empty", file=sys.stderr)  # noqa: T201
+            raise SystemExit(2)
+
+    async def main_with_keys(ctx: ServiceContext) -> None:
+        await serve(ctx, executor_key, credential)
+
+    run_service("agent", settings, main_with_keys)
 
 
 if __name__ == "__main__":
