@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from chiffon.devstack.ports import free_port
 from chiffon.events import CATALOG, Actor, new_event
-from chiffon.events.agents import AgentDeregistered, AgentRegistered, AgentWentOffline
+from chiffon.events.agents import AgentRegistered, AgentWentOffline
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
 from tests.support.cli import run_cli
 from tests.support.fixtures import eventually
@@ -177,7 +177,7 @@ async def append(store: JetStreamEventStore, agent_id: str, payload: Any) -> Non
     await store.append(AggregateKey("agent", agent_id), [event], ANY)
 
 
-async def shown(http: httpx.AsyncClient, agent_id: str, status: str = "online") -> dict[str, Any]:
+async def shown(http: httpx.AsyncClient, agent_id: str, status: str) -> dict[str, Any]:
     async def probe() -> dict[str, Any]:
         response = await http.get(f"/v1/agents/{agent_id}")
         if response.status_code == 200 and response.json()["status"] == status:
@@ -189,17 +189,55 @@ async def shown(http: httpx.AsyncClient, agent_id: str, status: str = "online") 
     return found
 
 
+async def register(
+    stack: Stack,
+    registry: Service,
+    agent_id: str,
+    capabilities: list[str],
+    cores: float,
+    vram_gib: float | None,
+) -> None:
+    """Register through the registry's agent API, with a credential issued by an admin
+    through the gateway (a registration is a heartbeat too: online for its TTL)."""
+    name = agent_id.split("-")[0] + "-box"
+    async with client(stack.gateway, ADMIN_KEY) as http:
+        response = await http.post("/v1/agents/credentials", json={"name": name})
+        assert response.status_code == 201, response.text
+        credential = response.json()["credential"]
+    body = {
+        "agent_id": agent_id,
+        "agent_name": name,
+        "host": "box.lan",
+        "port": 50051,
+        "ttl_seconds": 3600,
+        "capabilities": capabilities,
+        "labels": {"rack": "a"},
+        "resources": {
+            "cpu_cores": cores,
+            "memory_bytes": 8 * GIB,
+            "gpus": [{"name": "gpu0", "vram_bytes": vram_gib * GIB}] if vram_gib else [],
+        },
+        "max_concurrency": 4,
+    }
+    async with client(registry, credential) as http:
+        response = await http.post("/agents/register", json=body)
+        assert response.status_code == 200, response.text
+        if agent_id.startswith("gone"):
+            response = await http.delete(f"/agents/{agent_id}")
+            assert response.status_code == 200, response.text
+
+
 @pytest.fixture(scope="module")
 async def fleet(stack: Stack, registry: Service, events: JetStreamEventStore) -> dict[str, str]:
     """Four agents: a GPU box, a CPU box, one offline and one deregistered."""
     tag = uuid.uuid4().hex[:8]
     ids = {k: f"{k}-{tag}" for k in ("gpu", "cpu", "off", "gone")}
-    await append(events, ids["gpu"], registration("gpu-box", ("shell", "gpu"), 16, 24))
-    await append(events, ids["cpu"], registration("cpu-box", ("shell",), 4, None))
-    await append(events, ids["off"], registration("off-box", ("shell", "gpu"), 32, 48))
+    await register(stack, registry, ids["gpu"], ["shell", "gpu"], 16, 24)
+    await register(stack, registry, ids["cpu"], ["shell"], 4, None)
+    await register(stack, registry, ids["off"], ["shell", "gpu"], 32, 48)
+    await register(stack, registry, ids["gone"], ["python"], 2, None)
+    # As the registry's sweeper records it when the heartbeats stop.
     await append(events, ids["off"], AgentWentOffline(reason="no heartbeat for 65s"))
-    await append(events, ids["gone"], registration("gone-box", ("python",), 2, None))
-    await append(events, ids["gone"], AgentDeregistered(reason="shutdown"))
     async with client(stack.gateway, ADMIN_KEY) as http:
         for key, status in (("gpu", "online"), ("cpu", "online"), ("off", "offline")):
             await shown(http, ids[key], status)
@@ -328,3 +366,35 @@ async def test_cli_lists_and_shows_agents(
     assert code == 0 and json.loads(out)["name"] == "gpu-box"
     code, _, err = await run_cli(env, "agents", "show", "nobody-here", cwd=tmp_path)
     assert code != 0 and "no agent" in err
+
+
+# -- dashboard ------------------------------------------------------------------------------
+
+
+async def test_dashboard_agents_page_shows_agents_and_escapes_hostile_names(
+    stack: Stack, registry: Service, events: JetStreamEventStore, fleet: dict[str, str]
+) -> None:
+    hostile_id = f"evil-{uuid.uuid4().hex[:8]}"
+    hostile = registration("<script>alert(1)</script>", ("shell", '"><img src=x>'), 1, None)
+    await append(events, hostile_id, hostile)
+    async with client(stack.gateway, ADMIN_KEY) as http:
+
+        async def projected() -> bool:
+            return (await http.get(f"/v1/agents/{hostile_id}")).status_code == 200
+
+        await eventually(projected, timeout=30, message="hostile agent in the read model")
+        cookie = {"Cookie": f"chiffon_session={ADMIN_KEY}"}
+        page = await http.get("/agents", headers=cookie)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        html = page.text
+        assert fleet["gpu"] in html and "gpu-box" in html
+        assert '<span class="cap">shell</span><span class="cap">gpu</span>' in html
+        assert "s-offline" in html and 'href="/agents"' in html  # linked from the nav
+        assert "<script>alert(1)</script>" not in html and "<img src=x>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        # The rows the page refreshes itself with, filtered as the page is.
+        rows = await http.get("/agents/table", params={"status": "offline"}, headers=cookie)
+        assert rows.status_code == 200
+        assert fleet["off"] in rows.text and fleet["gpu"] not in rows.text
+        anonymous = await http.get("/agents", headers={"Authorization": ""})
+        assert anonymous.status_code in (302, 303, 401)

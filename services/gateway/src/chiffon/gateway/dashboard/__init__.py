@@ -34,6 +34,7 @@ from chiffon.events.limits import (
     WORKFLOW_NAME_MAX_CHARS,
 )
 from chiffon.events.runs import RUN_STATUSES, TERMINAL_STATUSES, TriggerRef
+from chiffon.gateway.agents import list_agents
 from chiffon.gateway.auth import Principal
 from chiffon.gateway.keys import (
     BOOTSTRAP_KEY_ID,
@@ -225,6 +226,55 @@ async def logout(
         request.app.state.cookie_name, path="/", httponly=True, samesite="strict"
     )
     return response
+
+
+# -- agents ---------------------------------------------------------------------------
+
+AGENT_STATUSES = ("online", "offline", "deregistered")
+
+
+async def _agents(
+    gw: Gateway, status: str | None, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    if status not in AGENT_STATUSES:
+        status = None
+    found, next_cursor = await gw.query(
+        list_agents(gw.engine, status=status, cursor=cursor or None, limit=100)
+    )
+    return [a.public() for a in found], next_cursor
+
+
+@router.get("/agents")
+async def agents_page(
+    request: Request,
+    gw: GatewayDep,
+    principal: Session,
+    status: Annotated[str | None, Query(max_length=30)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    found, next_cursor = await _agents(gw, status, cursor)
+    return render(
+        request,
+        "agents.html",
+        principal,
+        agents=found,
+        next_cursor=next_cursor,
+        status=status if status in AGENT_STATUSES else "",
+        cursor=cursor or "",
+        agent_statuses=AGENT_STATUSES,
+    )
+
+
+@router.get("/agents/table")
+async def agents_table(
+    request: Request,
+    gw: GatewayDep,
+    principal: Session,
+    status: Annotated[str | None, Query(max_length=30)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    found, _ = await _agents(gw, status, cursor)
+    return render(request, "_agents_rows.html", principal, agents=found)
 
 
 # -- runs -----------------------------------------------------------------------------

@@ -4,9 +4,9 @@
 (function () {
   const page = document.body.dataset.page;
 
-  // -- the runs list: refresh the rows every 2 s while the tab is visible -------------
-  function liveRuns() {
-    const table = document.getElementById("runs");
+  // -- the runs and agents lists: refresh the rows every 2 s while the tab is visible -------------
+  function liveRuns(id) {
+    const table = document.getElementById(id);
     if (!table) return;
     const body = table.querySelector("tbody");
     const url = table.dataset.live;
@@ -106,6 +106,7 @@
     }
   }
 
-  if (page === "runs") liveRuns();
+  if (page === "runs") liveRuns("runs");
+  if (page === "agents") liveRuns("agents");
   if (page === "run") liveRun();
 })();
