@@ -69,6 +69,10 @@ class StackPaths:
         return self.home / "admin-key"
 
     @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
     def overrides(self) -> Path:
         return self.home / "stack.toml"
 
@@ -97,6 +101,10 @@ class StackSettings(BaseSettings):
     cost_port: int = Field(default=8402, ge=1, le=65535)
     trigger_port: int = Field(default=8403, ge=1, le=65535)
     agent_port: int = Field(default=8404, ge=1, le=65535)
+    # The local agent's gRPC port (agent_port is its health HTTP port).
+    agent_grpc_port: int = Field(default=8500, ge=1, le=65535)
+    # The local agent's shell allow-list (comma-separated); the agent's default when empty.
+    agent_allow: str = ""
     # Executor replica N listens on executor_base_port + N.
     executor_base_port: int = Field(default=8410, ge=1, le=65535)
     executor_replicas: int = Field(default=2, ge=0, le=64)

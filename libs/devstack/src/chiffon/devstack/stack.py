@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from chiffon.devstack import supervisor
+from chiffon.devstack.keys import AgentKeys, ensure_agent_keys
 from chiffon.devstack.ports import PortInUse, accepts_connections, require_free
 from chiffon.devstack.procs import ProcessRef
 from chiffon.devstack.servers import NatsServer, PostgresServer, ServerError, tail
@@ -203,10 +204,37 @@ def _check_ports(
         require_free(postgres.port, "CHIFFON_POSTGRES_PORT", "PostgreSQL")
     for spec in missing:
         require_free(spec.port, settings.port_setting(spec.name), f"{spec.label} HTTP")
+        if spec.name == "agent":
+            require_free(settings.agent_grpc_port, "CHIFFON_AGENT_GRPC_PORT", "agent gRPC")
+
+
+# Secrets each service alone may see: every other service's environment drops them.
+SECRETS = ("CHIFFON_BOOTSTRAP_ADMIN_KEY", "CHIFFON_BOOTSTRAP_AGENT_CREDENTIAL")
+
+
+def _agent_env(settings: StackSettings, keys: AgentKeys) -> dict[str, str]:
+    """The local agent: `shell` with the safe default allow-list, registered as `local`."""
+    env = {
+        "CHIFFON_AGENT_NAME": "local",
+        "CHIFFON_AGENT_ID": "local",
+        "CHIFFON_AGENT_CAPABILITIES": "shell",
+        "CHIFFON_AGENT_GRPC_PORT": str(settings.agent_grpc_port),
+        "CHIFFON_EXECUTOR_PUBLIC_KEY_FILE": str(keys.public_key),
+        "CHIFFON_REGISTRY_URL": f"http://127.0.0.1:{settings.service_port('registry')}",
+        "CHIFFON_AGENT_CREDENTIAL_FILE": str(keys.agent_credential),
+    }
+    if settings.agent_allow:
+        env["CHIFFON_AGENT_ALLOW"] = settings.agent_allow
+    return env
 
 
 def _spawn_missing(
-    missing: list[ServiceSpec], state: StackState, paths: StackPaths, admin: str
+    missing: list[ServiceSpec],
+    state: StackState,
+    paths: StackPaths,
+    admin: str,
+    settings: StackSettings,
+    keys: AgentKeys,
 ) -> set[str]:
     """Start every missing service with the stack's URLs; returns the labels started."""
     shared = {
@@ -214,14 +242,18 @@ def _spawn_missing(
         "CHIFFON_DATABASE_URL": state.database_url,
         "CHIFFON_NAMESPACE": state.namespace,
     }
+    own: dict[str, dict[str, str]] = {
+        "gateway": {"CHIFFON_BOOTSTRAP_ADMIN_KEY": admin},
+        "registry": {"CHIFFON_BOOTSTRAP_AGENT_CREDENTIAL": keys.credential()},
+        "executor": {"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys.signing_key)},
+        "agent": _agent_env(settings, keys),
+    }
     base = supervisor.current_env()
     cwd = project_root()
     for spec in missing:
-        if spec.name == "gateway":
-            env = supervisor.service_env(base, {**shared, "CHIFFON_BOOTSTRAP_ADMIN_KEY": admin})
-        else:
-            # Only the gateway needs the admin key; the others never see it.
-            env = supervisor.service_env(base, shared, drop=["CHIFFON_BOOTSTRAP_ADMIN_KEY"])
+        extra = own.get(spec.name, {})
+        drop = [name for name in SECRETS if name not in extra]
+        env = supervisor.service_env(base, {**shared, **extra}, drop=drop)
         state.services.append(supervisor.spawn(spec, env, paths.log(spec.label), cwd))
     state.services.sort(key=_order)
     return {spec.label for spec in missing}
@@ -268,7 +300,8 @@ def _up(settings: StackSettings, paths: StackPaths, say: Say, executors: int | N
         supervisor.stop(surplus, settings.stop_timeout)
         say("stopped surplus replicas: " + ", ".join(r.label for r in surplus))
 
-    started = _spawn_missing(missing, state, paths, key)
+    keys = ensure_agent_keys(paths.keys)
+    started = _spawn_missing(missing, state, paths, key, settings, keys)
     for record in state.services:
         verb = "started" if record.label in started else "running"
         say(f"{verb} {record.label:<11} pid {record.pid:<8} {record.url}")

@@ -1,0 +1,70 @@
+"""`chiffon up` starts one local agent with `shell`, and the keys that let the executor in.
+
+A whole stack on free ports in a temporary CHIFFON_HOME (the devstack tests' Stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from chiffon.agentproto.auth import sign_task_token
+from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
+from chiffon.devstack.ports import free_ports
+from tests.integration.devstack.test_devstack_stack import Stack
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("chiffon-home"))
+    (grpc_port,) = free_ports(1)
+    stack.env["CHIFFON_AGENT_GRPC_PORT"] = str(grpc_port)
+    stack.env["CHIFFON_EXECUTOR_REPLICAS"] = "1"
+    try:
+        done = stack.run("up", light=True, timeout=200)
+        assert done.returncode == 0, f"up failed:\n{done.stdout}\n{done.stderr}"
+        yield stack
+    finally:
+        stack.run("down", light=True)
+
+
+async def test_up_makes_the_keys_and_starts_a_local_shell_agent(stack: Stack) -> None:
+    keys = stack.home / "keys"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    signing = keys / "executor-signing.pem"
+    assert signing.stat().st_mode & 0o777 == 0o600
+    assert (keys / "executor-signing.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY")
+    assert (keys / "agent-credential").stat().st_mode & 0o777 == 0o600
+
+    address = f"127.0.0.1:{stack.env['CHIFFON_AGENT_GRPC_PORT']}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = agent_pb2_grpc.AgentStub(channel)
+        description = await stub.Describe(agent_pb2.DescribeRequest(), timeout=10)
+        assert description.agent_id == "local" and list(description.capabilities) == ["shell"]
+        arguments = struct_pb2.Struct()
+        arguments.update({"command": "echo ok"})
+        request = agent_pb2.ExecuteRequest(
+            task_id="run:node:0:1", tool="shell", arguments=arguments
+        )
+        token = sign_task_token(signing.read_bytes(), agent_id="local", task_id=request.task_id)
+        results = [
+            update.result
+            async for update in stub.Execute(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=10
+            )
+            if update.WhichOneof("update") == "result"
+        ]
+    assert results[0].ok
+    assert json_format.MessageToDict(results[0].output)["stdout"] == "ok\n"
+
+
+def test_a_second_up_keeps_the_same_keys(stack: Stack) -> None:
+    before = (stack.home / "keys" / "executor-signing.pub").read_bytes()
+    done = stack.run("up", light=True)
+    assert done.returncode == 0, done.stderr
+    assert (stack.home / "keys" / "executor-signing.pub").read_bytes() == before
