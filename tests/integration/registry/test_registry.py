@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pydantic
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chiffon.commands import CommandBus, CommandRefused
 from chiffon.commands.model import (
@@ -21,6 +23,7 @@ from chiffon.commands.model import (
 from chiffon.devstack.ports import free_port
 from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore, RecordedEvent
+from chiffon.registry.readmodel import agents
 from tests.integration.gateway.support import Service, start_service, stop_all, wait_ready
 from tests.support.fixtures import eventually
 
@@ -138,7 +141,7 @@ async def test_bad_registrations_are_refused_and_store_nothing(
 
 
 async def test_registration_is_idempotent_and_bound_to_its_credential(
-    store: JetStreamEventStore, registry: Service
+    store: JetStreamEventStore, registry: Service, engine: AsyncEngine
 ) -> None:
     token = (await issue(store, "box"))["credential"]
     other = (await issue(store, "box"))["credential"]
@@ -175,6 +178,18 @@ async def test_registration_is_idempotent_and_bound_to_its_credential(
         late = await http.post("/agents/box-1/heartbeat", headers=bearer(token))
         assert late.status_code == 409
         assert await types(store, "box-1") == ["agent.registered", "agent.deregistered"]
+
+        async def projected() -> dict[str, Any] | None:
+            async with engine.connect() as conn:
+                row = (
+                    await conn.execute(select(agents).where(agents.c.agent_id == "box-1"))
+                ).first()
+            return dict(row._mapping) if row and row.status == "deregistered" else None
+
+        row = await eventually(projected, message="the read model shows the agent")
+        assert row is not None
+        assert row["labels"] == {"zone": "desk"} and row["ttl_seconds"] == 5
+        assert row["address"] == "127.0.0.1:7070" and row["capabilities"] == ["shell"]
         dotted = await http.post(
             "/agents/register", json=registration("desk.lan:1"), headers=bearer(token)
         )

@@ -43,6 +43,11 @@ def fold(row: dict[str, Any] | None, event: RecordedEvent) -> dict[str, Any] | N
             "registered_at": row["registered_at"] if row else at,
             "updated_at": at,
             "version": event.sequence,
+            "labels": dict(payload.labels),
+            "gpus": [gpu.model_dump() for gpu in payload.gpus],
+            "ttl_seconds": payload.ttl_seconds,
+            "port": payload.port,
+            "chosen_id": payload.agent_id,
         }
     if row is None:
         return None  # an event for an agent never registered: nothing to show

@@ -1,4 +1,5 @@
-"""The registry's read model: one row per agent."""
+"""The registry's read model: one row per agent (the gateway reads it for
+``GET /v1/agents``; live heartbeat metrics are not here, they are in the registry's API)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ agents = Table(
     Column("registered_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("version", BigInteger, nullable=False),  # stream sequence of the last event
+    # Since issue 17 (migration 0002).
+    Column("labels", JSONB, nullable=False, server_default="{}"),
+    Column("gpus", JSONB, nullable=False, server_default="[]"),  # [{name, vram_bytes}]
+    Column("ttl_seconds", Integer, nullable=False, server_default="60"),
+    Column("port", Integer),
+    # The agent's own id when it is not ``agent_id`` (an id with . or : is stored under
+    # a digest, see the registry's ``aggregate_id_for``): show ``chosen_id or agent_id``.
+    Column("chosen_id", String(128)),
 )
 
 MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "registry")
