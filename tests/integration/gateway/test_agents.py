@@ -222,6 +222,10 @@ async def register(
     async with client(registry, credential) as http:
         response = await http.post("/agents/register", json=body)
         assert response.status_code == 200, response.text
+        if agent_id.startswith("gpu"):  # live metrics: in the heartbeats bucket, not events
+            beat = {"load": [0.5, 0.4, 0.3], "free_memory_bytes": 4 * GIB, "running_tasks": 1}
+            response = await http.post(f"/agents/{agent_id}/heartbeat", json=beat)
+            assert response.status_code == 200, response.text
         if agent_id.startswith("gone"):
             response = await http.delete(f"/agents/{agent_id}")
             assert response.status_code == 200, response.text
@@ -254,6 +258,8 @@ async def test_agents_are_listed_and_read_with_their_capabilities(
         assert agent["capabilities"] == ["shell", "gpu"]
         assert agent["grpc_address"] == "box.lan:50051" and agent["max_concurrency"] == 4
         assert agent["resources"]["cpu_cores"] == 16
+        assert agent["live"]["load"] == [0.5, 0.4, 0.3] and agent["live"]["running_tasks"] == 1
+        assert agent["live"]["last_heartbeat"]
 
         listed = (await http.get("/v1/agents", params={"limit": 500})).json()
         by_id = {a["agent_id"]: a for a in listed["agents"]}
@@ -355,7 +361,7 @@ async def test_cli_lists_and_shows_agents(
     env.update(CHIFFON_GATEWAY_URL=stack.gateway.url, CHIFFON_API_KEY=ADMIN_KEY)
     code, out, err = await run_cli(env, "agents", "list", cwd=tmp_path)
     assert code == 0, err
-    assert fleet["gpu"] in out and "gpu-box" in out and "shell,gpu" in out
+    assert fleet["gpu"] in out and "gpu-box" in out and "shell,gpu" in out and "0.50 (1/4" in out
     code, out, err = await run_cli(env, "agents", "list", "--json", cwd=tmp_path)
     assert code == 0, err
     assert fleet["cpu"] in {a["agent_id"] for a in json.loads(out)}
@@ -390,6 +396,7 @@ async def test_dashboard_agents_page_shows_agents_and_escapes_hostile_names(
         assert fleet["gpu"] in html and "gpu-box" in html
         assert '<span class="cap">shell</span><span class="cap">gpu</span>' in html
         assert "s-offline" in html and 'href="/agents"' in html  # linked from the nav
+        assert "0.50 · 1 running" in html
         assert "<script>alert(1)</script>" not in html and "<img src=x>" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
         # The rows the page refreshes itself with, filtered as the page is.

@@ -9,10 +9,13 @@ missing ones are simply absent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -29,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chiffon.eventstore import EventStore
 from chiffon.readmodels.queries import InvalidCursor
 
 # Same as the registry's agent API accepts (c17.md section 2).
@@ -111,7 +115,7 @@ class AgentRow:
         value = self.data.get("capabilities")
         return [str(c) for c in value] if isinstance(value, list) else []
 
-    def public(self) -> dict[str, Any]:
+    def public(self, live: dict[str, Any] | None = None) -> dict[str, Any]:
         d = self.data
         labels = d.get("labels")
         return {
@@ -128,7 +132,7 @@ class AgentRow:
             "ttl_seconds": d.get("ttl_seconds"),
             "registered_at": d.get("registered_at"),
             "updated_at": d.get("updated_at"),
-            "live": None,
+            "live": live,
         }
 
     def fits(self, *, cpu_cores: float | None, gpu_vram_gb: float | None) -> bool:
@@ -198,3 +202,52 @@ async def available_capacity(
             "gpu_vram_bytes": sum(sum(r.gpus_vram) for r in fit),
         },
     }
+
+
+def heartbeats_bucket(namespace: str) -> str:
+    """The registry's bucket of last heartbeats (c17.md: ``<NS>_AGENT_HEARTBEATS``)."""
+    return f"{namespace.upper()}_AGENT_HEARTBEATS"
+
+
+def decode_heartbeat(data: bytes | None) -> dict[str, Any] | None:
+    """``{"at": epoch, "live": {...} | null}`` as the registry stores it, shown as the
+    live metrics plus ``last_heartbeat`` (ISO 8601); None when absent or unreadable."""
+    if data is None:
+        return None
+    try:
+        value = json.loads(data)
+        at = datetime.fromtimestamp(float(value["at"]), UTC)
+    except (ValueError, TypeError, KeyError, OverflowError, OSError):
+        return None
+    live = value.get("live") if isinstance(value, dict) else None
+    return {**(live if isinstance(live, dict) else {}), "last_heartbeat": at.isoformat()}
+
+
+async def live_metrics(
+    store: EventStore, namespace: str, agent_ids: list[str], timeout: float = 1.0
+) -> dict[str, dict[str, Any]]:
+    """Each agent's last heartbeat, read from the bucket. Metrics are a nicety: a slow or
+    missing bucket leaves them out (within ``timeout``) rather than failing the page."""
+    bucket = heartbeats_bucket(namespace)
+
+    async def one(agent_id: str) -> dict[str, Any] | None:
+        try:
+            return decode_heartbeat(await store.kv_get(bucket, agent_id))
+        except Exception:  # noqa: BLE001 — no bucket yet, NATS reconnecting: no metrics
+            return None
+
+    try:
+        found = await asyncio.wait_for(
+            asyncio.gather(*(one(a) for a in agent_ids)), timeout=timeout
+        )
+    except TimeoutError:
+        return {}
+    return {a: m for a, m in zip(agent_ids, found, strict=True) if m is not None}
+
+
+async def public_with_live(
+    store: EventStore, namespace: str, rows: list[AgentRow]
+) -> list[dict[str, Any]]:
+    """The rows as the API shows them, each with its last heartbeat's metrics."""
+    live = await live_metrics(store, namespace, [r.agent_id for r in rows])
+    return [r.public(live.get(r.agent_id)) for r in rows]

@@ -34,7 +34,7 @@ from chiffon.events.limits import (
     WORKFLOW_NAME_MAX_CHARS,
 )
 from chiffon.events.runs import RUN_STATUSES, TERMINAL_STATUSES, TriggerRef
-from chiffon.gateway.agents import list_agents
+from chiffon.gateway.agents import list_agents, public_with_live
 from chiffon.gateway.auth import Principal
 from chiffon.gateway.keys import (
     BOOTSTRAP_KEY_ID,
@@ -241,7 +241,7 @@ async def _agents(
     found, next_cursor = await gw.query(
         list_agents(gw.engine, status=status, cursor=cursor or None, limit=100)
     )
-    return [a.public() for a in found], next_cursor
+    return await public_with_live(gw.store, gw.settings.namespace, found), next_cursor
 
 
 @router.get("/agents")

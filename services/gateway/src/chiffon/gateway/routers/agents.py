@@ -20,6 +20,7 @@ from chiffon.gateway.agents import (
     available_capacity,
     get_agent,
     list_agents,
+    public_with_live,
 )
 from chiffon.gateway.auth import Admin, Viewer
 from chiffon.gateway.problems import NotFound
@@ -66,8 +67,9 @@ async def list_all(
     found, next_cursor = await gw.query(
         list_agents(gw.engine, status=status, capability=capability, cursor=cursor, limit=limit)
     )
+    shown = await public_with_live(gw.store, gw.settings.namespace, found)
     page = AgentsPublic(
-        agents=[AgentPublic.model_validate(a.public()) for a in found], next_cursor=next_cursor
+        agents=[AgentPublic.model_validate(a) for a in shown], next_cursor=next_cursor
     )
     headers = {}
     if next_cursor:
@@ -165,4 +167,5 @@ async def get_one(agent_id: str, gw: GatewayDep, _: Viewer) -> AgentPublic:
     found = await gw.query(get_agent(gw.engine, agent_id))
     if found is None:
         raise NotFound(f"no agent {agent_id!r}")
-    return AgentPublic.model_validate(found.public())
+    (shown,) = await public_with_live(gw.store, gw.settings.namespace, [found])
+    return AgentPublic.model_validate(shown)
