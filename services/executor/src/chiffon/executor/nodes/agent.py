@@ -38,8 +38,10 @@ from chiffon.workflow import AgentNode, TemplateError, build_output_model, rende
 
 # Tool errors no other attempt can cure (the agent said so); others are retried.
 FINAL_TOOL_ERRORS = frozenset(
-    {"not_allowed", "command_not_allowed", "invalid_arguments", "invalid_task", "unknown_tool"}
+    {"not_allowed", "not_found", "invalid_arguments", "invalid_task", "unknown_tool"}
 )
+# The agent's word for a command that ran and exited non-zero.
+NONZERO_EXIT = frozenset({"", "nonzero_exit", "command_failed"})
 TAIL = 1500  # characters of stderr quoted in a failed command's error
 
 
@@ -129,15 +131,14 @@ def node_outputs(node: AgentNode, fields: dict[str, Any]) -> dict[str, Any]:
 def failure(outcome: TaskOutcome, fields: dict[str, Any]) -> NodeError:
     """The attempt's error for a result that is not ok."""
     result = outcome.result
-    kind = result.error_type or "command_failed"
-    code = fields.get("exit_code")
+    kind = result.error_type
     if kind in FINAL_TOOL_ERRORS:
         return NodeError(kind, result.error_message or kind, retryable=False)
-    message = result.error_message
-    if not message:
+    if kind in NONZERO_EXIT:
         stderr = str(fields.get("stderr") or "").strip()
-        message = f"the command exited with {code}" + (f": {stderr[-TAIL:]}" if stderr else "")
-    return NodeError(kind, message)
+        message = f"the command exited with {fields.get('exit_code')}"
+        return NodeError("command_failed", message + (f": {stderr[-TAIL:]}" if stderr else ""))
+    return NodeError(kind, result.error_message or kind)
 
 
 async def agent_attempt(ctx: Execution, node: AgentNode, state: dict[str, Any]) -> dict[str, Any]:
