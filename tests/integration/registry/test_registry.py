@@ -237,3 +237,37 @@ async def test_an_agent_goes_offline_once_when_heartbeats_stop_and_comes_back(
             assert statuses == {"box-1": "online", "box-2": "offline"}
     finally:
         stop_all(replicas)
+
+
+async def test_a_restarted_registry_knows_the_agents_registered_before(
+    store: JetStreamEventStore, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    first = start_registry(service_env, tmp_path, 1)
+    try:
+        await wait_ready(first)
+        token = (await issue(store, "box"))["credential"]
+    finally:
+        stop_all([first])
+    # It starts on a stream that holds a credential and no agent.
+    second = start_registry(service_env, tmp_path, 2)
+    try:
+        await wait_ready(second)
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(
+                f"{second.url}/agents/register",
+                json=registration(ttl_seconds=3600),
+                headers=bearer(token),
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        stop_all([second])
+    third = start_registry(service_env, tmp_path, 3)
+    try:
+        await wait_ready(third)
+        async with httpx.AsyncClient(timeout=10) as http:
+            listed = await http.get(f"{third.url}/agents", headers=bearer(token))
+            assert [a["agent_id"] for a in listed.json()] == ["box-1"]
+            health = await http.get(f"{third.url}/health")
+            assert health.json()["active_agents"] == 1
+    finally:
+        stop_all([third])

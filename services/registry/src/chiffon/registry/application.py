@@ -250,17 +250,17 @@ class AgentsView:
             self.agents[agent] = evolve(state, event)
 
     async def follow(self, store: EventStore) -> None:
+        """Catch up to the stream's end (then ``caught_up`` is set), then follow it.
+        An event read twice (appended while catching up) is folded once."""
         subject = f"{store.streams.namespace}.agent.>"
         end = await store.last_sequence("AGENTS")
-        if end == 0:
-            self.caught_up.set()
-        async for batch in store.subscribe_batches("AGENTS", subjects=[subject]):
+        async for batch in store.subscribe_batches("AGENTS", subjects=[subject], live=False):
             for event in batch:
                 self.apply(event)
-            if batch and batch[-1].sequence >= end:
-                self.caught_up.set()
-            elif not batch:
-                self.caught_up.set()
+        self.caught_up.set()
+        async for batch in store.subscribe_batches("AGENTS", start=end + 1, subjects=[subject]):
+            for event in batch:
+                self.apply(event)
 
 
 class Agents:
