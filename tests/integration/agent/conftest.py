@@ -62,14 +62,16 @@ def start_agent(tmp_path: Path, **extra: str) -> AgentProcess:
     agent_id = extra.pop("CHIFFON_AGENT_ID", f"agent-{port}")
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHIFFON_")}
     env.update(
-        CHIFFON_AGENT_ID=agent_id,
-        CHIFFON_AGENT_NAME="test",
-        CHIFFON_AGENT_GRPC_PORT=str(port),
-        CHIFFON_EXECUTOR_PUBLIC_KEY_FILE=str(key_file),
-        CHIFFON_AGENT_SCRATCH_DIR=str(tmp_path / "scratch"),
-        CHIFFON_LOG_FORMAT="json",
-        CHIFFON_SECRET_PROBE="agent-secret-value",
-        **extra,
+        {
+            "CHIFFON_AGENT_ID": agent_id,
+            "CHIFFON_AGENT_NAME": "test",
+            "CHIFFON_AGENT_GRPC_PORT": str(port),
+            "CHIFFON_EXECUTOR_PUBLIC_KEY_FILE": str(key_file),
+            "CHIFFON_AGENT_SCRATCH_DIR": str(tmp_path / "scratch"),
+            "CHIFFON_LOG_FORMAT": "json",
+            "CHIFFON_SECRET_PROBE": "agent-secret-value",
+            **extra,
+        }
     )
     log = tmp_path / f"agent-{port}.log"
     with log.open("wb") as out:
