@@ -1,0 +1,109 @@
+"""The agent runtime in process, with real child processes: caps, limits, never twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from chiffon.agent.application import AgentIdentity, AgentRuntime
+from chiffon.agent.settings import DEFAULT_ALLOW
+from chiffon.agent.tasks import AtCapacity, RunningTask
+from chiffon.agentproto.v1 import agent_pb2
+
+
+def _runtime(tmp_path: Path, **overrides: Any) -> AgentRuntime:
+    options: dict[str, Any] = {
+        "allow": (*DEFAULT_ALLOW, "head", "yes"),
+        "scratch_root": tmp_path / "scratch",
+        "output_cap": 1024,
+        "max_concurrency": 2,
+        "default_timeout": 30.0,
+        "max_timeout": 60.0,
+        "recent_results": 2,
+    }
+    options.update(overrides)
+    identity = AgentIdentity("a-1", "a", "127.0.0.1", ("shell",), {})
+    return AgentRuntime(identity, **options)
+
+
+def _request(task_id: str, command: Any, **arguments: Any) -> agent_pb2.ExecuteRequest:
+    args = struct_pb2.Struct()
+    args.update({"command": command, **arguments})
+    return agent_pb2.ExecuteRequest(task_id=task_id, tool="shell", arguments=args)
+
+
+async def _result(runtime: AgentRuntime, request: agent_pb2.ExecuteRequest) -> agent_pb2.TaskResult:
+    task = runtime.execute(request)
+    if isinstance(task, agent_pb2.TaskResult):
+        return task
+    updates = [update async for update in task.follow()]
+    return updates[-1].result
+
+
+async def test_output_beyond_the_cap_is_drained_and_counted(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path)
+    try:
+        result = await _result(runtime, _request("t1", ["head", "-c", "100000", "/dev/zero"]))
+    finally:
+        await runtime.close()
+    stdout = json_format.MessageToDict(result.output)["stdout"]
+    assert result.ok
+    assert stdout.endswith("[output truncated: 98976 more bytes not kept]")
+
+
+async def test_a_relative_cwd_cannot_leave_the_scratch_directory(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path)
+    try:
+        result = await _result(runtime, _request("t1", "true", cwd="../.."))
+    finally:
+        await runtime.close()
+    assert result.error_type == "invalid_arguments"
+
+
+async def test_more_tasks_than_max_concurrency_are_refused(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path)
+    try:
+        first = runtime.execute(_request("t1", "sleep 5"))
+        second = runtime.execute(_request("t2", "sleep 5"))
+        assert isinstance(first, RunningTask) and isinstance(second, RunningTask)
+        with pytest.raises(AtCapacity):
+            runtime.execute(_request("t3", "sleep 5"))
+        # The same task again is not a new one: it attaches.
+        assert runtime.execute(_request("t1", "sleep 5")) is first
+    finally:
+        await runtime.close()
+    assert first.result is not None and first.result.error_type == "cancelled"
+
+
+async def test_a_cancel_before_the_execute_keeps_it_from_starting(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path)
+    try:
+        assert runtime.cancel("t1", "run cancelled") is False
+        result = await _result(runtime, _request("t1", "echo never"))
+    finally:
+        await runtime.close()
+    assert result.error_type == "cancelled" and "run cancelled" in result.error_message
+
+
+async def test_recent_results_are_bounded(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path)
+    try:
+        for task_id in ("t1", "t2", "t3"):
+            await _result(runtime, _request(task_id, "true"))
+        assert runtime.tasks.recent_result("t1") is None
+        assert runtime.tasks.recent_result("t3") is not None
+    finally:
+        await runtime.close()
+
+
+async def test_an_unknown_tool_is_refused(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path)
+    try:
+        request = agent_pb2.ExecuteRequest(task_id="t1", tool="python")
+        result = await _result(runtime, request)
+    finally:
+        await runtime.close()
+    assert result.error_type == "unknown_tool"
