@@ -27,6 +27,7 @@ from chiffon.executor.agents.client import AgentClient
 from chiffon.executor.agents.directory import AgentDirectory
 from chiffon.executor.agents.dispatch import AgentDispatch, install
 from chiffon.executor.domain import RunState, decide_cancel
+from tests.support.fixtures import eventually
 
 from .graph_support import RunLog, ScriptedLlm, claim, execution, start
 
@@ -302,3 +303,37 @@ async def test_an_unsigned_task_is_refused_by_the_agent(
     assert failed.error.type == "agent_refused"
     assert "refused the task" in failed.error.message
     assert agents[0].requests == []
+
+
+async def test_a_task_waits_its_capacity_timeout_for_a_capable_agent(
+    log: RunLog, agents: list[FakeAgent]
+) -> None:
+    source = WORKFLOW.replace("COMMAND", "echo").replace(
+        "    requires: [shell]\n", "    requires: [shell]\n    capacity_timeout: 30s\n"
+    )
+    async with dispatching(log.store):
+        workflow, _ = await start(log, source)
+        running = execution(log, workflow, await claim(log), ScriptedLlm())
+        task = asyncio.ensure_future(running.execute())
+
+        async def waiting() -> bool:
+            return "run.node.started" in [e.type for e in await log.of()][-1:]
+
+        await eventually(waiting, timeout=10, message="the agent node waiting for an agent")
+        await register(log.store, agents[0])  # a capable agent registers meanwhile
+        assert await asyncio.wait_for(task, 10) == "succeeded"
+    assert [p.agent_id for p in await payloads(log, "run.agent_task.assigned")] == ["a1"]
+    assert await payloads(log, "run.node.failed") == []
+
+
+async def test_a_task_fails_once_its_capacity_timeout_passes(log: RunLog) -> None:
+    source = WORKFLOW.replace("COMMAND", "echo").replace(
+        "    requires: [shell]\n", "    requires: [shell]\n    capacity_timeout: 200ms\n"
+    )
+    async with dispatching(log.store):
+        workflow, _ = await start(log, source)
+        running = execution(log, workflow, await claim(log), ScriptedLlm())
+        assert await asyncio.wait_for(running.execute(), 10) == "failed"
+    failed = await payloads(log, "run.node.failed")
+    assert [(f.error.type, f.duration_ms >= 200) for f in failed] == [("no_agent", True)] * 2
+    assert failed[-1].error.message.endswith("(no agent is registered)")

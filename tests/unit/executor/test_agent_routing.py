@@ -221,4 +221,7 @@ async def test_running_tasks_fill_an_agent_and_outcomes_count() -> None:
         4.0,
     )
     assert directory.route(need).best is not None
-    assert await directory.changed(0.01) is False  # nothing changed since
+    change = directory.watch()
+    assert not change.is_set()
+    directory.finished("a1", ok=False, latency_ms=None)  # capacity freed: a change
+    assert change.is_set() and not directory.watch().is_set()

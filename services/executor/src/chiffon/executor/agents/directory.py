@@ -150,7 +150,7 @@ class AgentDirectory:
         self._local: dict[str, _Local] = {}
         self._caught_up = asyncio.Event()
         self._target = 0
-        self._changed = asyncio.Event()
+        self._next_change = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- the stream ------------------------------------------------------------------
@@ -170,7 +170,7 @@ class AgentDirectory:
                     mark = self._local.get(updated.agent_id)
                     if mark is not None:
                         mark.unreachable_at = None  # announced itself again
-                self._changed.set()
+                self._signal_change()
         if self.position >= self._target:
             self._caught_up.set()
 
@@ -211,15 +211,15 @@ class AgentDirectory:
             return False
         return True
 
-    async def changed(self, timeout: float) -> bool:
-        """Wait for the next change of the agents or of local capacity (the seam for
-        waiting on capacity); True if one came within ``timeout``."""
-        self._changed.clear()
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    def watch(self) -> asyncio.Event:
+        """An event set at the next change of the agents or of local capacity (the seam
+        for waiting on capacity). Take it before routing, then wait on it: a change in
+        between is not missed."""
+        return self._next_change
+
+    def _signal_change(self) -> None:
+        changed, self._next_change = self._next_change, asyncio.Event()
+        changed.set()
 
     # -- this replica's marks ---------------------------------------------------------
 
@@ -238,7 +238,7 @@ class AgentDirectory:
         mark.running = max(0, mark.running - 1)
         if ok is not None:
             mark.recent.append((ok, latency_ms if latency_ms is not None else -1.0))
-        self._changed.set()
+        self._signal_change()
 
     def unreachable(self, agent_id: str) -> None:
         """The agent could not be reached, or its stream broke: not routed to from here
@@ -246,7 +246,7 @@ class AgentDirectory:
         mark = self._mark(agent_id)
         mark.unreachable_at = self.clock()
         mark.recent.append((False, -1.0))
-        self._changed.set()
+        self._signal_change()
 
     def local_view(self, agent_id: str) -> LocalView:
         mark = self._local.get(agent_id)

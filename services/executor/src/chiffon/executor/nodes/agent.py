@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import pydantic
@@ -152,19 +153,31 @@ async def agent_attempt(ctx: Execution, node: AgentNode, state: dict[str, Any]) 
         raise NodeError("no_agent", f"no agent available for {need.describe()}")
     iteration, attempt = current_attempt(ctx, node.id)
     request = build_request(ctx.run.run_id, node, task, iteration, attempt)
-    chosen = await choose(dispatch, node, need)
+    chosen = await choose(ctx, dispatch, node, need)
     return await run_on(ctx, dispatch, node, chosen, request, iteration)
 
 
-async def choose(dispatch: AgentDispatch, node: AgentNode, need: Requirement) -> Candidate:
+async def choose(
+    ctx: Execution, dispatch: AgentDispatch, node: AgentNode, need: Requirement
+) -> Candidate:
     """The best agent for the task now; ``no_agent`` when none can take it.
 
-    The seam for pausing on capacity (issue 17, next step): instead of failing here, the
-    run would record ``run.paused {reason: no_capacity}`` and resume when the directory
-    changes (``AgentDirectory.changed``)."""
+    With ``capacity_timeout`` the task waits that long (here, holding the run) for a
+    capable agent to register, come back or free capacity. The seam for pausing on
+    capacity (issue 17, next step): instead of failing or waiting here, the run would
+    record ``run.paused {reason: no_capacity}``, hold nothing, and be resumed by event
+    when the directory changes (``AgentDirectory.watch``)."""
     directory = dispatch.directory
     await directory.caught_up(dispatch.catch_up_timeout)
+    change = directory.watch()
     routing = directory.route(need)
+    if routing.best is None and node.capacity_timeout:
+        deadline = time.monotonic() + node.capacity_timeout
+        while routing.best is None and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await ctx.interruptible(asyncio.wait_for(change.wait(), left))
+            change = directory.watch()
+            routing = directory.route(need)
     best = routing.best
     if best is None:
         raise NodeError(
