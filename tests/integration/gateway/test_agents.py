@@ -196,10 +196,11 @@ async def register(
     capabilities: list[str],
     cores: float,
     vram_gib: float | None,
+    name: str | None = None,
 ) -> None:
     """Register through the registry's agent API, with a credential issued by an admin
     through the gateway (a registration is a heartbeat too: online for its TTL)."""
-    name = agent_id.split("-")[0] + "-box"
+    name = name or agent_id.split("-")[0] + "-box"
     async with client(stack.gateway, ADMIN_KEY) as http:
         response = await http.post("/v1/agents/credentials", json={"name": name})
         assert response.status_code == 201, response.text
@@ -274,6 +275,16 @@ async def test_agents_are_listed_and_read_with_their_capabilities(
         gpu = (await http.get("/v1/agents", params={"capability": "gpu", "limit": 500})).json()
         ids = {a["agent_id"] for a in gpu["agents"]}
         assert {fleet["gpu"], fleet["off"]} <= ids and fleet["cpu"] not in ids
+
+
+async def test_an_agent_whose_id_has_dots_and_colons_is_found_by_it(
+    stack: Stack, keys: dict[str, str], registry: Service, fleet: dict[str, str]
+) -> None:
+    agent_id = f"box.lan:{uuid.uuid4().hex[:6]}"
+    await register(stack, registry, agent_id, ["shell"], 2, None, name="dotted-box")
+    async with client(stack.gateway, keys["viewer"]) as http:
+        agent = await shown(http, agent_id, "online")
+        assert agent["name"] == "dotted-box"
 
 
 async def test_agents_page_by_cursor_without_gaps_or_repeats(

@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from chiffon.gateway.agents import GIB, AgentRow, decode_cursor, decode_heartbeat, encode_cursor
+from chiffon.gateway.agents import (
+    GIB,
+    AgentRow,
+    aggregate_id_for,
+    decode_cursor,
+    decode_heartbeat,
+    encode_cursor,
+)
 from chiffon.readmodels.queries import InvalidCursor
 
 
@@ -67,3 +74,9 @@ def test_heartbeats_become_live_metrics_with_their_time() -> None:
     }
     for junk in (None, b"", b"[]", b'{"at": "soon"}', b'{"at": 1e400}'):
         assert decode_heartbeat(junk) is None
+
+
+def test_an_agent_id_with_dots_or_colons_is_found_under_the_registrys_digest_key() -> None:
+    assert aggregate_id_for("gpu-box-1") == "gpu-box-1"
+    key = aggregate_id_for("box.lan:50051")
+    assert key.startswith("h-") and len(key) == 42 and key == aggregate_id_for("box.lan:50051")

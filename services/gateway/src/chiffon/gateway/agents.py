@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -32,12 +33,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chiffon.events.envelope import AGGREGATE_ID_PATTERN
 from chiffon.eventstore import EventStore
 from chiffon.readmodels.queries import InvalidCursor
 
 # Same as the registry's agent API accepts (c17.md section 2).
 AGENT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
 AGENT_ID = re.compile(AGENT_ID_PATTERN)
+AGGREGATE_ID = re.compile(AGGREGATE_ID_PATTERN)
 AGENT_STATUSES = ("online", "offline", "deregistered")
 CAPABILITY_MAX_CHARS = 100
 GIB = 1024**3  # nvml reports an "8 GB" card's memory as 8 GiB
@@ -169,8 +172,16 @@ async def list_agents(
     return page, next_cursor
 
 
+def aggregate_id_for(agent_id: str) -> str:
+    """The registry's rule for the row's key: the agent's own id, or for one with ``.``
+    or ``:`` (which NATS subjects cannot carry) ``h-`` and a digest of it."""
+    if AGGREGATE_ID.fullmatch(agent_id):
+        return agent_id
+    return "h-" + hashlib.sha256(agent_id.encode()).hexdigest()[:40]
+
+
 async def get_agent(engine: AsyncEngine, agent_id: str) -> AgentRow | None:
-    query = _all_columns().where(registry_agents.c.agent_id == agent_id)
+    query = _all_columns().where(registry_agents.c.agent_id == aggregate_id_for(agent_id))
     async with engine.connect() as conn:
         row = (await conn.execute(query)).first()
     return AgentRow(dict(row._mapping)) if row is not None else None
