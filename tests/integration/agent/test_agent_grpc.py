@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.agent.conftest import AgentProcess, start_agent
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
 
 def _request(
     command: Any, task_id: str | None = None, **arguments: Any
@@ -37,7 +39,9 @@ async def _execute(
 ) -> tuple[list[agent_pb2.OutputLine], agent_pb2.TaskResult]:
     lines: list[agent_pb2.OutputLine] = []
     results: list[agent_pb2.TaskResult] = []
-    async for update in stub.Execute(request, metadata=agent.token(request.task_id), timeout=30):
+    # A traceparent as the executor sends it: the agent's span continues the run's trace.
+    metadata = (*agent.token(request.task_id), ("traceparent", TRACEPARENT))
+    async for update in stub.Execute(request, metadata=metadata, timeout=30):
         kind = update.WhichOneof("update")
         if kind == "line":
             lines.append(update.line)

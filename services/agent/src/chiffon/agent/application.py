@@ -12,11 +12,15 @@ from pathlib import Path
 
 import psutil
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
 
 from chiffon.agent.gpu import GpuProbe
 from chiffon.agent.shell import STDERR, ShellRunner, ToolRefused, parse_shell_arguments
 from chiffon.agent.tasks import RunningTask, Tasks
 from chiffon.agentproto.v1 import agent_pb2
+from chiffon.core.telemetry import context_from_traceparent
+
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,35 @@ class AgentRuntime:
             gpu=self.gpu,
         )
 
-    def execute(self, request: agent_pb2.ExecuteRequest) -> RunningTask | agent_pb2.TaskResult:
+    def execute(
+        self, request: agent_pb2.ExecuteRequest, traceparent: str | None = None
+    ) -> RunningTask | agent_pb2.TaskResult:
         """The task for this request: started now, already running, or recently finished.
 
-        Raises AtCapacity when a new task would exceed max_concurrency."""
-        return self.tasks.start_or_attach(request.task_id, lambda task: self._run(request, task))
+        `traceparent` (from the call's metadata) makes the task's span a child of the
+        executor's. Raises AtCapacity when a new task would exceed max_concurrency."""
+        return self.tasks.start_or_attach(
+            request.task_id, lambda task: self._traced(request, task, traceparent)
+        )
+
+    async def _traced(
+        self, request: agent_pb2.ExecuteRequest, task: RunningTask, traceparent: str | None
+    ) -> agent_pb2.TaskResult:
+        context = context_from_traceparent(traceparent)
+        with tracer.start_as_current_span(
+            "agent.task",
+            context=context,  # type: ignore[arg-type]
+            attributes={
+                "chiffon.task_id": request.task_id,
+                "chiffon.tool": request.tool,
+                "chiffon.agent_id": self.identity.agent_id,
+            },
+        ) as span:
+            result = await self._run(request, task)
+            span.set_attribute("chiffon.ok", result.ok)
+            if result.error_type:
+                span.set_attribute("chiffon.error_type", result.error_type)
+            return result
 
     def cancel(self, task_id: str, reason: str) -> bool:
         return self.tasks.cancel(task_id, reason)

@@ -57,8 +57,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[agent_pb2.ExecuteUpdate]:
         await self._authorize(context, request.task_id)
+        traceparent = next(
+            (v for k, v in context.invocation_metadata() or () if k == "traceparent"), None
+        )
         try:
-            task = self._runtime.execute(request)
+            task = self._runtime.execute(
+                request, traceparent if isinstance(traceparent, str) else None
+            )
         except AtCapacity as full:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
             return
