@@ -177,7 +177,11 @@ async def test_registration_is_idempotent_and_bound_to_its_credential(
         assert gone.json() == {"status": "deleted", "agent_id": "box-1"}
         late = await http.post("/agents/box-1/heartbeat", headers=bearer(token))
         assert late.status_code == 409
-        assert await types(store, "box-1") == ["agent.registered", "agent.deregistered"]
+        assert await types(store, "box-1") == [
+            "agent.registered",
+            "agent.capacity_changed",  # the heartbeat said 1 of 4 slots is taken
+            "agent.deregistered",
+        ]
 
         async def projected() -> dict[str, Any] | None:
             async with engine.connect() as conn:

@@ -141,7 +141,7 @@ async def test_a_lapsed_agent_goes_offline_once_and_comes_back_with_a_heartbeat(
     wall.now += 0.2
     assert await agents.sweep() + await twin.sweep() == 1
     assert await twin.sweep() == 0
-    await agents.heartbeat("a1", mine, {"running_tasks": 0})
+    await agents.heartbeat("a1", mine, None)
     events, _ = await store.read_aggregate(AggregateKey("agent", "a1"))
     assert [e.type for e in events] == [
         "agent.registered",
@@ -156,3 +156,23 @@ async def test_a_lapsed_agent_goes_offline_once_and_comes_back_with_a_heartbeat(
         await agents.heartbeat("a1", mine, None)
     wall.now += 3600
     assert await agents.sweep() == 0  # a deregistered agent never goes offline
+
+
+async def test_a_heartbeat_that_frees_slots_changes_the_agents_capacity() -> None:
+    store = fresh_store()
+    credentials = Credentials(store, REGISTRY)
+    agents = Agents(store, REGISTRY, AgentsView(), wall=Wall())
+    _, mine = await issued(credentials)
+    await agents.register(command("a1", mine, max_concurrency=4), mine, REGISTRY)
+    await agents.heartbeat("a1", mine, {"running_tasks": 4})  # full: 0 free
+    await agents.heartbeat("a1", mine, {"running_tasks": 4})  # the same: nothing
+    await agents.heartbeat("a1", mine, {"load": [0.0, 0.0, 0.0]})  # no count: nothing
+    await agents.heartbeat("a1", mine, {"running_tasks": 1})  # 3 free
+    await agents.register(command("a1", mine, max_concurrency=4), mine, REGISTRY)  # same
+    events, _ = await store.read_aggregate(AggregateKey("agent", "a1"))
+    assert [e.type for e in events] == [
+        "agent.registered",
+        "agent.capacity_changed",
+        "agent.capacity_changed",
+    ]
+    assert [e.payload.resources["free_slots"] for e in events[1:]] == [0.0, 3.0]

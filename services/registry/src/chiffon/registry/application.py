@@ -44,6 +44,7 @@ from chiffon.registry.credentials import (
     same_hash,
 )
 from chiffon.registry.domain import (
+    FREE_SLOTS,
     AgentState,
     CredentialNotFound,
     CredentialState,
@@ -52,8 +53,10 @@ from chiffon.registry.domain import (
     MarkBack,
     MarkOffline,
     RegisterAgent,
+    ReportCapacity,
     RevokeCredential,
     decide_came_back,
+    decide_capacity_changed,
     decide_deregister,
     decide_issue,
     decide_register,
@@ -358,7 +361,38 @@ class Agents:
                 await self._append(current, payloads)
 
             await retry_on_conflict(attempt, what="agent came back")
+            state = await self.load(aggregate_id)
+        running = (live or {}).get("running_tasks")
+        if isinstance(running, int) and state.status == "online":
+            await self._report_free_slots(state, running)
         return beat
+
+    async def _report_free_slots(self, state: AgentState, running: int) -> None:
+        """``agent.capacity_changed`` when the agent's free slots (its max concurrency
+        less the tasks it says it runs) moved by a tenth or more: what lets a run paused
+        for want of capacity resume when an agent frees some. At most one event per
+        heartbeat, so an agent cannot flood the stream faster than it beats."""
+
+        def report(current: AgentState) -> ReportCapacity:
+            free = float(max(0, current.max_concurrency - running))
+            return ReportCapacity(
+                current.agent_id,
+                {**current.resources, FREE_SLOTS: free},
+                current.max_concurrency,
+            )
+
+        first = True
+
+        async def attempt() -> None:
+            nonlocal first
+            current = state if first else await self.load(state.agent_id)
+            first = False
+            if current.status != "online":
+                return
+            payloads = decide_capacity_changed(current, report(current), self.clock())
+            await self._append(current, payloads)
+
+        await retry_on_conflict(attempt, what="agent capacity changed")
 
     async def deregister(self, aggregate_id: str, credential: CredentialState) -> None:
         await self.guard(aggregate_id, credential)

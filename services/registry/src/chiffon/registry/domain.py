@@ -36,6 +36,10 @@ CAPACITY_CHANGE_THRESHOLD = 0.10
 at least of 1.0) is noise from a heartbeat, not an event: a busy agent's live metrics
 would otherwise flood the AGENTS stream and every projection reading it."""
 
+FREE_SLOTS = "free_slots"
+"""The resource a heartbeat's ``running_tasks`` reports (max concurrency less running):
+live, so a registration that repeats itself ignores it."""
+
 
 # -- refusals ------------------------------------------------------------------------
 
@@ -225,7 +229,7 @@ def decide_register(
         state.available
         and (state.name, state.host, state.address) == (command.name, command.host, command.address)
         and state.capabilities == tuple(command.capabilities)
-        and dict(state.resources) == dict(command.resources)
+        and _totals(state.resources) == _totals(command.resources)
         and state.max_concurrency == command.max_concurrency
         and (state.agent_id_chosen, state.port, state.metadata, state.ttl_seconds)
         == (command.agent_id_chosen, command.port, command.metadata, command.ttl_seconds)
@@ -252,6 +256,10 @@ def decide_register(
             credential_id=command.credential_id,
         )
     ]
+
+
+def _totals(resources: Mapping[str, float]) -> dict[str, float]:
+    return {name: value for name, value in resources.items() if name != FREE_SLOTS}
 
 
 def decide_deregister(
