@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from chiffon.eventstore import JetStreamEventStore
-from tests.integration.agent.conftest import start_agent
+from tests.integration.agent.conftest import start_agent, wait_serving
 from tests.integration.gateway.support import Service, stop_all, wait_ready
 from tests.integration.registry.test_registry import agent_events, issue, start_registry
 from tests.support.fixtures import eventually
@@ -73,3 +73,27 @@ async def test_an_agent_registers_heartbeats_and_deregisters(
         if agent.process.poll() is None:
             agent.process.kill()
             agent.process.wait()
+
+
+async def test_an_agent_the_registry_refuses_keeps_serving_and_says_why(
+    registry: Service, tmp_path: Path
+) -> None:
+    credential = tmp_path / "wrong.credential"
+    credential.write_text("chfa_nope_notasecret")
+    agent = start_agent(
+        tmp_path,
+        CHIFFON_REGISTRY_URL=registry.url,
+        CHIFFON_AGENT_CREDENTIAL_FILE=str(credential),
+    )
+    try:
+
+        async def refused() -> bool:
+            return "agent.registry_refused" in agent.log.read_text(errors="replace")
+
+        await eventually(refused, timeout=15, message="the refusal logged")
+        assert "401" in agent.tail()
+        assert agent.process.poll() is None
+        await asyncio.to_thread(wait_serving, agent.address, agent.process, agent.log)
+    finally:
+        agent.process.terminate()
+        agent.process.wait(timeout=10)
