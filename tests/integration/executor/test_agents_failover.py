@@ -86,7 +86,7 @@ def wait_serving(agent: Agent, timeout: float = 30.0) -> None:
     raise AssertionError(f"agent not serving in {timeout}s: {agent.log.read_text()}")
 
 
-def start_agent(agent_id: str, public_key: Path, tmp_path: Path) -> Agent:
+def start_agent(agent_id: str, public_key: Path, tmp_path: Path, **extra: str) -> Agent:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHIFFON_")}
     env.update(
@@ -99,6 +99,7 @@ def start_agent(agent_id: str, public_key: Path, tmp_path: Path) -> Agent:
         CHIFFON_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra)
     log = tmp_path / f"{agent_id}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -1,0 +1,90 @@
+"""The whole way: an agent started after the run, registering with the real registry
+(its credential issued by an admin), is found by the executor, which sends it the task
+the run was waiting for (the node's ``capacity_timeout``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chiffon.cli.http_client import GatewayClient
+from chiffon.commands import CommandBus
+from chiffon.commands.model import IssueAgentCredential
+from chiffon.devstack.ports import free_port
+from chiffon.events import Actor
+from chiffon.eventstore import JetStreamEventStore
+from tests.integration.gateway.support import start_service, stop_all, wait_ready
+
+from .conftest import Spawn
+from .helpers import events_until, of_type
+from .test_agents_failover import keys as keys  # noqa: F401 — the fixture
+from .test_agents_failover import start_agent, wait_serving
+
+ADMIN = Actor(kind="api_key", id="admin-key", name="admin")
+
+WORKFLOW = """
+name: waits-for-an-agent
+version: 1
+nodes:
+  - id: work
+    type: agent
+    requires: [shell]
+    labels: {zone: desk}
+    capacity_timeout: 90s
+    task: {tool: shell, command: [echo, "hello; rm -rf /"]}
+"""
+
+
+async def test_an_agent_registered_later_takes_the_waiting_task(
+    spawn_executor: Spawn,
+    client: GatewayClient,
+    store: JetStreamEventStore,
+    service_env: dict[str, str],
+    keys: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    registry = start_service(
+        "chiffon.registry",
+        "registry",
+        {**service_env, "CHIFFON_LOG_LEVEL": "warning"},
+        tmp_path,
+        free_port(),
+    )
+    agent = None
+    try:
+        await wait_ready(registry)
+        await spawn_executor(1, env={"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys[0])})
+        await client.register_workflow(WORKFLOW)
+        run_id = (await client.start_run("waits-for-an-agent", inputs={}))["run_id"]
+        await events_until(client, run_id, lambda e: e.type == "run.node.started")
+
+        issued = await CommandBus(store, store.streams.namespace).send(
+            IssueAgentCredential(actor=ADMIN, name="desk")
+        )
+        credential = tmp_path / "desk.credential"
+        credential.write_text(issued["credential"])
+        credential.chmod(0o600)
+        agent = start_agent(
+            "desk-1",
+            keys[1],
+            tmp_path,
+            CHIFFON_AGENT_NAME="desk",
+            CHIFFON_AGENT_LABELS="zone=desk",
+            CHIFFON_REGISTRY_URL=registry.url,
+            CHIFFON_AGENT_CREDENTIAL_FILE=str(credential),
+        )
+        wait_serving(agent)
+
+        events = await events_until(client, run_id, timeout=60)
+        assert events[-1].type == "run.completed", [e.type for e in events]
+        [assigned] = of_type(events, "run.agent_task.assigned")
+        assert (assigned["agent_id"], assigned["agent_name"]) == ("desk-1", "desk")
+        assert assigned["address"] == agent.address
+        assert "labels zone=desk" in assigned["reasons"][0]
+        [finished] = of_type(events, "run.agent_task.finished")
+        assert finished["ok"] is True and finished["agent_id"] == "desk-1"
+        # An argument is passed as it is, never interpreted by a shell.
+        assert events[-1].payload["outputs"]["work"]["stdout"] == "hello; rm -rf /\n"
+    finally:
+        if agent is not None:
+            agent.stop()
+        stop_all([registry])
