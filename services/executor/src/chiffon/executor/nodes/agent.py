@@ -35,7 +35,13 @@ from chiffon.executor.nodes.context import (
     error_info,
     storable_text,
 )
-from chiffon.workflow import AgentNode, TemplateError, build_output_model, render_value
+from chiffon.workflow import (
+    AgentNode,
+    TemplateError,
+    WorkflowSpec,
+    build_output_model,
+    render_value,
+)
 
 # Tool errors no other attempt can cure (the agent said so); others are retried.
 FINAL_TOOL_ERRORS = frozenset(
@@ -74,8 +80,21 @@ def current_attempt(ctx: Execution, node_id: str) -> tuple[int, int]:
     return iteration, attempt or 1
 
 
+def attempt_timeout(ctx: Execution, node: AgentNode) -> float:
+    """The attempt's timeout in seconds (0: the agent's default), sent for the agent to
+    enforce as well: the node's, else the workflow's default, as the executor enforces."""
+    spec = getattr(getattr(ctx, "workflow", None), "spec", None)
+    timeout = spec.effective_timeout(node) if isinstance(spec, WorkflowSpec) else node.timeout
+    return float(timeout or 0.0)
+
+
 def build_request(
-    run_id: str, node: AgentNode, task: dict[str, Any], iteration: int, attempt: int
+    run_id: str,
+    node: AgentNode,
+    task: dict[str, Any],
+    iteration: int,
+    attempt: int,
+    timeout: float = 0.0,
 ) -> agent_pb2.ExecuteRequest:
     arguments = dict(task)
     tool = arguments.pop("tool", None)
@@ -92,7 +111,7 @@ def build_request(
         attempt=attempt,
         tool=tool,
         arguments=struct,
-        timeout_seconds=node.timeout or 0.0,
+        timeout_seconds=timeout,
     )
 
 
@@ -152,7 +171,8 @@ async def agent_attempt(ctx: Execution, node: AgentNode, state: dict[str, Any]) 
     if dispatch is None:
         raise NodeError("no_agent", f"no agent available for {need.describe()}")
     iteration, attempt = current_attempt(ctx, node.id)
-    request = build_request(ctx.run.run_id, node, task, iteration, attempt)
+    timeout = attempt_timeout(ctx, node)
+    request = build_request(ctx.run.run_id, node, task, iteration, attempt, timeout)
     chosen = await choose(ctx, dispatch, node, need)
     return await run_on(ctx, dispatch, node, chosen, request, iteration)
 
