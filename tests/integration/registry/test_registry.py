@@ -275,3 +275,48 @@ async def test_a_restarted_registry_knows_the_agents_registered_before(
             assert health.json()["active_agents"] == 1
     finally:
         stop_all([third])
+
+
+async def test_hostile_requests_are_4xx_problems_and_the_registry_keeps_serving(
+    store: JetStreamEventStore, registry: Service
+) -> None:
+    token = (await issue(store, "box"))["credential"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for _ in range(20):
+            yield b" " * 8192
+
+    hostile: list[tuple[str, str, Any]] = [
+        ("POST", "/agents/register", {"content": b"\x00\xff\xfe"}),
+        ("POST", "/agents/register", {"content": b"[]"}),
+        ("POST", "/agents/register", {"content": b"null"}),
+        ("POST", "/agents/register", {"content": b"[" * 5000 + b"]" * 5000}),
+        ("POST", "/agents/register", {"json": registration(port=10**30)}),
+        ("POST", "/agents/register", {"json": registration(port="7070")}),
+        ("POST", "/agents/register", {"json": registration(host="a\x00b")}),
+        ("POST", "/agents/register", {"json": registration("a/b")}),
+        ("POST", "/agents/register", {"json": registration("x" * 129)}),
+        ("POST", "/agents/register", {"json": registration(ttl_seconds=1)}),
+        ("POST", "/agents/register", {"json": registration(labels={"a": 1})}),
+        ("POST", "/agents/register", {"json": registration(resources={"cpu_cores": "x"})}),
+        ("POST", "/agents/register", {"content": chunks()}),
+        ("POST", "/agents/box-1/heartbeat", {"json": {"load": "high"}}),
+        ("POST", "/agents/%00/heartbeat", {}),
+        ("GET", "/agents/" + "x" * 300, {}),
+        ("GET", "/agents?include_dead=maybe", {}),
+        ("PUT", "/agents/register", {}),
+        ("GET", "/nowhere", {}),
+    ]
+    async with httpx.AsyncClient(timeout=10, base_url=registry.url) as http:
+        for method, path, extra in hostile:
+            answer = await http.request(method, path, headers=bearer(token), **extra)
+            assert 400 <= answer.status_code < 500, (method, path, answer.status_code, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json", path
+        assert [
+            e
+            async for e in store.read_stream(
+                "AGENTS", subjects=[f"{store.streams.namespace}.agent.>"]
+            )
+        ] == []
+        good = await http.post("/agents/register", json=registration(), headers=bearer(token))
+        assert good.status_code == 200, good.text

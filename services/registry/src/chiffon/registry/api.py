@@ -144,7 +144,7 @@ def install_problems(app: FastAPI) -> None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class GpuSpec(_Strict):
