@@ -71,6 +71,7 @@ class Stack:
             "COST",
             "TRIGGER",
             "AGENT",
+            "AGENT_GRPC",
         ]
         ports = free_ports(len(names))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
