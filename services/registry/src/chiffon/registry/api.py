@@ -7,6 +7,7 @@ needs ``Authorization: Bearer <agent credential>``; every error is problem+json 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -346,13 +347,10 @@ async def list_agents(
     request: Request, credential: CredentialDep, include_dead: bool = False
 ) -> list[dict[str, Any]]:
     agents, _ = _services(request)
-    found = []
-    for state in list(agents.view.agents.values()):
-        beat = await agents.heartbeat_of(state.agent_id)
-        info = agent_info(state, beat, agents)
-        if include_dead or info["is_alive"]:
-            found.append(info)
-    return found
+    states = list(agents.view.agents.values())
+    beats = await asyncio.gather(*(agents.heartbeat_of(s.agent_id) for s in states))
+    infos = [agent_info(state, beat, agents) for state, beat in zip(states, beats, strict=True)]
+    return [info for info in infos if include_dead or info["is_alive"]]
 
 
 @router.get("/agents/{agent_id}")
