@@ -181,3 +181,37 @@ async def test_a_killed_agent_task_completes_on_the_other(
     after = [p for p in of_type(events, "run.agent_task.assigned") if p["node_id"] == "after"]
     assert [p["agent_id"] for p in after] == ["a2"]  # a1 is unreachable from here now
     assert events[-1].payload["outputs"]["after"]["stdout"] == "42\n"
+
+
+async def test_after_the_executor_dies_its_agent_task_is_attached_to_not_run_again(
+    spawn_executor: Spawn,
+    client: GatewayClient,
+    store: JetStreamEventStore,
+    agents: list[Agent],
+    keys: tuple[Path, Path],
+) -> None:
+    first, second = agents
+    await register(store, first)
+    await register(store, second)
+    signing = {"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys[0])}
+    executor = await spawn_executor(1, env=signing)
+    await client.register_workflow(WORKFLOW)
+    run_id = (await client.start_run("failover", inputs={}))["run_id"]
+    events = await events_until(client, run_id, lambda e: e.type == "run.agent_task.assigned")
+    [sent] = of_type(events, "run.agent_task.assigned")
+    executor.kill()  # the executor dies while `sleep 2` runs on a1
+    await spawn_executor(2, env=signing)
+
+    events = await events_until(client, run_id, timeout=60)
+    assert events[-1].type == "run.completed", [e.type for e in events]
+    work = [p for p in of_type(events, "run.agent_task.assigned") if p["node_id"] == "work"]
+    # The second attempt went back to the task the first one sent: one task, one run.
+    assert [(p["agent_id"], p["task_id"], p["attempt"]) for p in work] == [
+        ("a1", sent["task_id"], 1),
+        ("a1", sent["task_id"], 2),
+    ]
+    assert work[1]["reasons"][0].startswith("attached to task")
+    finished = [p for p in of_type(events, "run.agent_task.finished") if p["node_id"] == "work"]
+    assert [(p["task_id"], p["ok"]) for p in finished] == [(sent["task_id"], True)]
+    [failed] = of_type(events, "run.node.failed")
+    assert (failed["attempt"], failed["error"]["type"]) == (1, "interrupted")

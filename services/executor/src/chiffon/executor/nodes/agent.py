@@ -24,6 +24,7 @@ import pydantic
 
 from chiffon.agentproto.v1 import agent_pb2
 from chiffon.events.runs import AgentTaskAssigned, AgentTaskFinished
+from chiffon.eventstore import AggregateKey
 from chiffon.executor.agents.client import AgentRefused, AgentUnreachable, TaskOutcome, to_struct
 from chiffon.executor.agents.dispatch import AgentDispatch, current
 from chiffon.executor.agents.routing import Candidate, Requirement
@@ -173,8 +174,55 @@ async def agent_attempt(ctx: Execution, node: AgentNode, state: dict[str, Any]) 
     iteration, attempt = current_attempt(ctx, node.id)
     timeout = attempt_timeout(ctx, node)
     request = build_request(ctx.run.run_id, node, task, iteration, attempt, timeout)
-    chosen = await choose(ctx, dispatch, node, need)
+    chosen = await orphaned_task(ctx, dispatch, node.id, iteration, attempt, request)
+    if chosen is None:
+        chosen = await choose(ctx, dispatch, node, need)
     return await run_on(ctx, dispatch, node, chosen, request, iteration)
+
+
+async def orphaned_task(
+    ctx: Execution,
+    dispatch: AgentDispatch,
+    node_id: str,
+    iteration: int,
+    attempt: int,
+    request: agent_pb2.ExecuteRequest,
+) -> Candidate | None:
+    """The agent still running (or having run) the previous attempt's task, when the
+    executor that sent it stopped before its result: that task is attached to again
+    (same task id: the agent runs a task once and replays its result) rather than run a
+    second time. ``request`` takes that task's id. None when there is no such task."""
+    previous = ctx.run.nodes.get((node_id, iteration))
+    store = dispatch.directory.store
+    if attempt < 2 or previous is None or store is None:
+        return None
+    lost = [f for f in previous.failures if f.attempt == attempt - 1]
+    if not lost or lost[-1].error.type != INTERRUPTED:
+        return None
+    events, _ = await store.read_aggregate(AggregateKey("run", ctx.run.run_id))
+    assigned: AgentTaskAssigned | None = None
+    ended: set[str] = set()
+    for recorded in events:
+        payload = recorded.payload
+        if isinstance(payload, AgentTaskFinished):
+            ended.add(payload.task_id)
+        elif (
+            isinstance(payload, AgentTaskAssigned)
+            and payload.node_id == node_id
+            and payload.iteration == iteration
+            and payload.attempt == attempt - 1
+        ):
+            assigned = payload
+    if assigned is None or assigned.task_id in ended:
+        return None
+    agent = next(
+        (a for a in dispatch.directory.agents.values() if a.agent_id == assigned.agent_id), None
+    )
+    if agent is None or dispatch.directory.local_view(agent.agent_id).unreachable:
+        return None
+    request.task_id = assigned.task_id
+    reason = f"attached to task {assigned.task_id}, sent before the executor stopped"
+    return Candidate(agent, assigned.score or 0.0, (reason,))
 
 
 async def choose(
@@ -276,7 +324,9 @@ async def run_on(
         except AgentUnreachable as lost:
             directory.unreachable(agent.agent_id)
             await client.forget(agent.address)
-            error = NodeError(INTERRUPTED, f"{lost}; the task goes to another capable agent")
+            error = NodeError(
+                INTERRUPTED, f"{lost} (not routed to from this executor until it is back)"
+            )
             await finished(False, error, None)
             raise error from None
         except AgentRefused as refused:
