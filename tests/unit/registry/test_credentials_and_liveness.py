@@ -176,3 +176,19 @@ async def test_a_heartbeat_that_frees_slots_changes_the_agents_capacity() -> Non
         "agent.capacity_changed",
     ]
     assert [e.payload.resources["free_slots"] for e in events[1:]] == [0.0, 3.0]
+
+
+async def test_the_dev_stacks_bootstrap_credential_is_accepted_for_its_agent_only() -> None:
+    store = fresh_store()
+    token = "chfa_bootstrap_" + "s" * 43
+    credentials = Credentials(store, REGISTRY, bootstrap=(token, "local"))
+    accepted = await credentials.verify(token)
+    assert (accepted.credential_id, accepted.name, accepted.known) == ("bootstrap", "local", True)
+    for wrong in (token[:-1] + "t", "chfa_bootstrap_", token + "s"):
+        with pytest.raises(CredentialRefused):
+            await credentials.verify(wrong)
+    # Never stored, never listed: it lives in the registry's settings only.
+    assert (await credentials.list(ListAgentCredentials(actor=ADMIN)))["credentials"] == []
+    without = Credentials(store, REGISTRY)
+    with pytest.raises(CredentialRefused):
+        await without.verify(token)

@@ -40,7 +40,14 @@ async def serve(ctx: ServiceContext) -> None:
         await asyncio.wait({following, caught_up}, return_when=asyncio.FIRST_COMPLETED)
         if following.done():
             following.result()  # it failed: so does start-up
-        credentials = Credentials(store, actor)
+        secret = settings.bootstrap_agent_credential
+        credentials = Credentials(
+            store,
+            actor,
+            bootstrap=(secret.get_secret_value(), settings.bootstrap_agent_name)
+            if secret
+            else None,
+        )
         agents = Agents(store, actor, view, grace=settings.heartbeat_grace_seconds)
         ctx.app.state.registry = (agents, credentials)
         bus = CommandBus(store, settings.namespace)

@@ -104,11 +104,32 @@ class CredentialRefused(Exception):
         self.revoked = revoked
 
 
+BOOTSTRAP_CREDENTIAL_ID = "bootstrap"
+
+
 class Credentials:
-    def __init__(self, store: EventStore, actor: Actor, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        actor: Actor,
+        *,
+        clock: Clock = utc_now,
+        bootstrap: tuple[str, str] | None = None,
+    ) -> None:
+        """``bootstrap``: (token, agent name) of the dev stack's local agent, accepted
+        without an issued credential; never stored, never listed."""
         self.store = store
         self.actor = actor
         self.clock = clock
+        self._bootstrap: CredentialState | None = None
+        if bootstrap is not None:
+            token, name = bootstrap
+            self._bootstrap = CredentialState(
+                BOOTSTRAP_CREDENTIAL_ID,
+                name=name,
+                secret_hash=hash_token(token),
+                prefix=display_prefix(token),
+            )
 
     async def load(self, credential_id: str) -> CredentialState:
         events, _ = await self.store.read_aggregate(AggregateKey("agent_credential", credential_id))
@@ -191,6 +212,13 @@ class Credentials:
 
     async def verify(self, token: str) -> CredentialState:
         """The credential ``token`` is, or ``CredentialRefused``."""
+        bootstrap = self._bootstrap
+        if (
+            bootstrap is not None
+            and bootstrap.secret_hash is not None
+            and same_hash(bootstrap.secret_hash, hash_token(token))
+        ):
+            return bootstrap
         credential_id = credential_id_of(token)
         if credential_id is None:
             raise CredentialRefused("not an agent credential (chfa_...)")
