@@ -21,11 +21,12 @@ from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from chiffon.commands import CancelRun
 from chiffon.devstack.ports import free_port
 from chiffon.events import Actor, new_event
-from chiffon.events.agents import AgentRegistered
+from chiffon.events.agents import AgentRegistered, AgentWentOffline
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.executor.agents.client import AgentClient
 from chiffon.executor.agents.directory import AgentDirectory
 from chiffon.executor.agents.dispatch import AgentDispatch, install
+from chiffon.executor.agents.routing import Requirement
 from chiffon.executor.domain import RunState, decide_cancel
 from tests.support.fixtures import eventually
 
@@ -337,3 +338,28 @@ async def test_a_task_fails_once_its_capacity_timeout_passes(log: RunLog) -> Non
     failed = await payloads(log, "run.node.failed")
     assert [(f.error.type, f.duration_ms >= 200) for f in failed] == [("no_agent", True)] * 2
     assert failed[-1].error.message.endswith("(no agent is registered)")
+
+
+async def test_an_agent_recorded_offline_mid_task_hands_the_task_to_another(
+    log: RunLog, agents: list[FakeAgent]
+) -> None:
+    first, second = agents
+    await register(log.store, first)
+    await register(log.store, second)
+    async with dispatching(log.store) as dispatch:
+        workflow, _ = await start(log, WORKFLOW.replace("COMMAND", "sleep"))
+        running = execution(log, workflow, await claim(log), ScriptedLlm())
+        task = asyncio.ensure_future(running.execute())
+        await asyncio.wait_for(first.entered.wait(), 10)
+        # Its heartbeats stopped; its connection did not break (a host gone silent).
+        await log.store.append(
+            AggregateKey("agent", "a1"),
+            [new_event(AgentWentOffline(reason="ttl"), aggregate_id="a1", actor=REGISTRY)],
+        )
+        assert await asyncio.wait_for(task, 20) == "succeeded"
+        assert dispatch.directory.route(Requirement()).passed_over == {"a1": "offline"}
+    assert first.cancels == [f"{log.run_id}:shell:1:1"]  # told to stop, in case it hears
+    assigned = await payloads(log, "run.agent_task.assigned")
+    assert [(a.agent_id, a.attempt) for a in assigned] == [("a1", 1), ("a2", 2)]
+    [failed] = await payloads(log, "run.node.failed")
+    assert failed.error.type == "interrupted" and "a1 went offline" in failed.error.message

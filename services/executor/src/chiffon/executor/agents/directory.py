@@ -151,6 +151,7 @@ class AgentDirectory:
         self._caught_up = asyncio.Event()
         self._target = 0
         self._next_change = asyncio.Event()
+        self._offline: dict[str, asyncio.Event] = {}  # agent id -> set when it goes offline
         self._task: asyncio.Task[None] | None = None
 
     # -- the stream ------------------------------------------------------------------
@@ -166,6 +167,10 @@ class AgentDirectory:
             )
             if updated is not None:
                 self.agents[agent_id] = updated
+                if recorded.type == "agent.went_offline":
+                    gone = self._offline.pop(updated.agent_id, None)
+                    if gone is not None:
+                        gone.set()  # its tasks here are interrupted (``went_offline``)
                 if recorded.type in ("agent.registered", "agent.came_back"):
                     mark = self._local.get(updated.agent_id)
                     if mark is not None:
@@ -216,6 +221,14 @@ class AgentDirectory:
         for waiting on capacity). Take it before routing, then wait on it: a change in
         between is not missed."""
         return self._next_change
+
+    def went_offline(self, agent_id: str) -> asyncio.Event:
+        """An event set when the registry records the agent offline (not when it
+        deregisters: an agent shutting down deregisters first, then finishes its tasks)."""
+        event = self._offline.get(agent_id)
+        if event is None:
+            event = self._offline[agent_id] = asyncio.Event()
+        return event
 
     def _signal_change(self) -> None:
         changed, self._next_change = self._next_change, asyncio.Event()

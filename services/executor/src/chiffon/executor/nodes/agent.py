@@ -27,7 +27,7 @@ from chiffon.events.runs import AgentTaskAssigned, AgentTaskFinished
 from chiffon.eventstore import AggregateKey
 from chiffon.executor.agents.client import AgentRefused, AgentUnreachable, TaskOutcome, to_struct
 from chiffon.executor.agents.dispatch import AgentDispatch, current
-from chiffon.executor.agents.routing import Candidate, Requirement
+from chiffon.executor.agents.routing import AgentView, Candidate, Requirement
 from chiffon.executor.domain import INTERRUPTED
 from chiffon.executor.nodes.context import (
     Execution,
@@ -254,6 +254,30 @@ async def choose(
     return best
 
 
+async def watched(
+    dispatch: AgentDispatch, agent: AgentView, request: agent_pb2.ExecuteRequest
+) -> TaskOutcome:
+    """The task's outcome, unless the registry records the agent offline first (its
+    heartbeats stopped: a host gone without closing its connections looks like this):
+    then ``AgentUnreachable``, and the agent is told to stop the task, if it hears."""
+    gone = dispatch.directory.went_offline(agent.agent_id)
+    call = asyncio.ensure_future(dispatch.client.execute(agent.agent_id, agent.address, request))
+    offline = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait({call, offline}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    finally:
+        offline.cancel()
+    if call.done():
+        return call.result()
+    call.cancel()
+    with contextlib.suppress(Exception):
+        await dispatch.client.cancel(agent.agent_id, agent.address, request.task_id, "offline")
+    raise AgentUnreachable(f"agent {agent.agent_id} went offline (its heartbeats stopped)")
+
+
 async def run_on(
     ctx: Execution,
     dispatch: AgentDispatch,
@@ -308,9 +332,7 @@ async def run_on(
     latency: float | None = None
     try:
         try:
-            outcome: TaskOutcome = await ctx.interruptible(
-                client.execute(agent.agent_id, agent.address, request)
-            )
+            outcome: TaskOutcome = await ctx.interruptible(watched(dispatch, agent, request))
         except RunCancelledSignal:
             await client.cancel(agent.agent_id, agent.address, request.task_id, "run cancelled")
             raise
