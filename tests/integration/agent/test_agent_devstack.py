@@ -6,8 +6,10 @@ A whole stack on free ports in a temporary CHIFFON_HOME (the devstack tests' Sta
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format, struct_pb2
 
@@ -15,6 +17,7 @@ from chiffon.agentproto.auth import sign_task_token
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from chiffon.devstack.ports import free_ports
 from tests.integration.devstack.test_devstack_stack import Stack
+from tests.support.fixtures import eventually
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,6 +64,20 @@ async def test_up_makes_the_keys_and_starts_a_local_shell_agent(stack: Stack) ->
         ]
     assert results[0].ok
     assert json_format.MessageToDict(results[0].output)["stdout"] == "ok\n"
+
+    # It registered with the stack's registry under the bootstrap credential.
+    registry = f"http://127.0.0.1:{stack.env['CHIFFON_REGISTRY_PORT']}"
+    credential = (keys / "agent-credential").read_text().strip()
+    async with httpx.AsyncClient(
+        base_url=registry, headers={"Authorization": f"Bearer {credential}"}, timeout=10
+    ) as http:
+
+        async def registered() -> dict[str, Any] | None:
+            answer = await http.get("/agents/local")
+            return answer.json() if answer.status_code == 200 else None
+
+        info = await eventually(registered, timeout=30, message="the local agent registered")
+    assert (info["status"], info["capabilities"]) == ("online", ["shell"])
 
 
 def test_a_second_up_keeps_the_same_keys(stack: Stack) -> None:
