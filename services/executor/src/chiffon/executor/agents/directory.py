@@ -199,7 +199,7 @@ class AgentDirectory:
                     self.apply(recorded)
             except EventStoreError as error:
                 log.warning("agents.directory_follow_failed", error=str(error))
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # then follow again from where the fold is
 
     async def stop(self) -> None:
         if self._task is not None:
