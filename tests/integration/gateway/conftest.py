@@ -68,6 +68,27 @@ async def stack(
         stop_all([gateway, executor])
 
 
+@pytest.fixture(scope="module")
+async def registry(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    """A registry process on the stack (for this module): it projects agent events into
+    ``registry_agents`` and answers the agent-credential commands."""
+    log_dir = tmp_path_factory.mktemp("registry")
+    service = start_service(
+        "chiffon.registry",
+        "registry-1",
+        {**stack.env, "CHIFFON_LOG_LEVEL": "warning", "CHIFFON_REGISTRY_PORT": str(free_port())},
+        log_dir,
+        free_port(),
+    )
+    try:
+        await wait_ready(service)
+        yield service
+    finally:
+        stop_all([service])
+
+
 @pytest.fixture
 async def start_gateway(stack: Stack, tmp_path: Path) -> AsyncIterator[StartGateway]:
     """More gateway replicas on the module's stack (stopped at the end of the test)."""

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from chiffon.devstack.ports import free_port
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.agents import AgentRegistered, AgentWentOffline
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
@@ -23,7 +22,7 @@ from tests.support.cli import run_cli
 from tests.support.fixtures import eventually
 
 from .conftest import Stack, StartGateway, client
-from .support import ADMIN_KEY, Service, start_service, stop_all, wait_ready
+from .support import ADMIN_KEY, Service
 
 ACTOR = Actor.service("test")
 GIB = 1024**3
@@ -31,15 +30,6 @@ GIB = 1024**3
 
 # -- credentials ---------------------------------------------------------------------------
 # The first test runs before this module starts a registry: nothing answers the commands.
-
-REGISTRY_SRC = Path(__file__).resolve().parents[3] / "services" / "registry" / "src"
-
-
-def registry_serves_credentials() -> bool:
-    return any(
-        "IssueAgentCredential" in path.read_text(errors="replace")
-        for path in REGISTRY_SRC.rglob("*.py")
-    )
 
 
 async def test_credential_routes_are_503_problems_when_no_registry_answers(
@@ -78,8 +68,6 @@ async def test_credential_routes_check_input_and_role_before_any_command(
 async def test_credentials_are_issued_once_listed_without_secret_and_revoked(
     stack: Stack, registry: Service, tmp_path: Path
 ) -> None:
-    if not registry_serves_credentials():
-        pytest.skip("the registry does not serve the credential commands yet")
     async with client(stack.gateway, ADMIN_KEY) as http:
         response = await http.post("/v1/agents/credentials", json={"name": "build-box"})
         assert response.status_code == 201, response.text
@@ -118,26 +106,6 @@ async def test_credentials_are_issued_once_listed_without_secret_and_revoked(
 
 
 # -- agents ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def registry(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Service]:
-    """The registry process: it projects agent events into ``registry_agents``."""
-    log_dir = tmp_path_factory.mktemp("registry")
-    service = start_service(
-        "chiffon.registry",
-        "registry-1",
-        {**stack.env, "CHIFFON_LOG_LEVEL": "warning", "CHIFFON_REGISTRY_PORT": str(free_port())},
-        log_dir,
-        free_port(),
-    )
-    try:
-        await wait_ready(service)
-        yield service
-    finally:
-        stop_all([service])
 
 
 @pytest.fixture(scope="module")
