@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chiffon.agentproto.auth import (
+    TaskSigner,
     TaskTokenRefused,
     generate_keypair,
     sign_task_token,
@@ -79,3 +80,24 @@ def test_garbage_is_refused_not_crashed_on(token: str) -> None:
 
 def test_a_token_issued_far_in_the_future_is_refused() -> None:
     assert _refusal(_token(now=NOW + 3600)) == "token issued in the future"
+
+
+def test_a_signer_holding_its_key_signs_tokens_agents_accept() -> None:
+    signer = TaskSigner(PRIVATE)
+    for task_id in ("run:a:0:1", "run:b:0:1"):
+        token = signer.sign(agent_id="agent-1", task_id=task_id, now=NOW)
+        assert token == sign_task_token(PRIVATE, agent_id="agent-1", task_id=task_id, now=NOW)
+        verify_task_token(PUBLIC, token, agent_id="agent-1", task_id=task_id, now=NOW + 1)
+    assert (
+        _refusal(
+            signer.sign(agent_id="agent-1", task_id="run:a:0:1", now=NOW, ttl=5),
+            task_id="run:a:0:1",
+            now=NOW + 6,
+        )
+        == "token expired"
+    )
+
+
+def test_a_signer_refuses_a_key_that_is_not_an_ed25519_private_key() -> None:
+    with pytest.raises(ValueError):
+        TaskSigner(PUBLIC)

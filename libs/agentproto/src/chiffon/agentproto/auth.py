@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
+    "TaskSigner",
     "TaskTokenRefused",
     "generate_keypair",
     "load_private_key",
@@ -87,6 +88,32 @@ def load_public_key(public_pem: bytes) -> Ed25519PublicKey:
     return key
 
 
+class TaskSigner:
+    """Signs task tokens with a key loaded once (an executor holds one for its life).
+
+    Parsing the PEM costs about as much as signing; `sign_task_token` does both per call.
+    ValueError at construction if `private_pem` is not an Ed25519 private key.
+    """
+
+    def __init__(self, private_pem: bytes) -> None:
+        self._key = load_private_key(private_pem)
+
+    def sign(
+        self,
+        *,
+        agent_id: str,
+        task_id: str,
+        ttl: float = 60.0,
+        now: float | None = None,
+    ) -> str:
+        """A token allowing the holder to Execute or Cancel `task_id` on `agent_id` for `ttl` s."""
+        issued = time.time() if now is None else now
+        claims = {"aud": agent_id, "task": task_id, "exp": issued + ttl, "iat": issued}
+        payload = _b64encode(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        signature = self._key.sign(payload.encode("ascii"))
+        return f"{payload}.{_b64encode(signature)}"
+
+
 def sign_task_token(
     private_pem: bytes,
     *,
@@ -95,12 +122,10 @@ def sign_task_token(
     ttl: float = 60.0,
     now: float | None = None,
 ) -> str:
-    """A token allowing the holder to Execute or Cancel `task_id` on `agent_id` for `ttl` s."""
-    issued = time.time() if now is None else now
-    claims = {"aud": agent_id, "task": task_id, "exp": issued + ttl, "iat": issued}
-    payload = _b64encode(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    signature = load_private_key(private_pem).sign(payload.encode("ascii"))
-    return f"{payload}.{_b64encode(signature)}"
+    """A token allowing the holder to Execute or Cancel `task_id` on `agent_id` for `ttl` s.
+
+    Loads the key on every call: for many tokens, hold a `TaskSigner`."""
+    return TaskSigner(private_pem).sign(agent_id=agent_id, task_id=task_id, ttl=ttl, now=now)
 
 
 def verify_task_token(
