@@ -438,6 +438,34 @@ class EventStoreConformance:
         finally:
             await subscription.unsubscribe()
 
+    async def test_a_published_message_reaches_listeners_and_is_not_stored(
+        self, store: EventStore
+    ) -> None:
+        heard: list[tuple[str, bytes]] = []
+
+        async def on_message(subject: str, data: bytes) -> None:
+            heard.append((subject, data))
+
+        run = fresh("run")
+        subject = f"{store.streams.namespace}.live.run.{run}.output"
+        before = await store.last_sequence("RUNS")
+        subscription = await store.listen(
+            [f"{store.streams.namespace}.live.run.{run}.>"], on_message
+        )
+        try:
+            await store.publish(subject, b"one")
+            await store.publish(subject, b"two")
+
+            async def got_both() -> bool:
+                return len(heard) == 2
+
+            await eventually(got_both, timeout=5, message="the published messages")
+            assert heard == [(subject, b"one"), (subject, b"two")]
+            assert await store.last_sequence("RUNS") == before
+        finally:
+            await subscription.unsubscribe()
+        await store.publish(subject, b"nobody listens")  # not an error
+
     async def test_a_request_is_answered_by_one_server(self, store: EventStore) -> None:
         subject = f"{store.streams.namespace}.conformance.{fresh('echo')}"
         answered: list[str] = []

@@ -575,6 +575,9 @@ class JetStreamEventStore:
     async def listen(self, subjects: Sequence[str], handler: SignalHandler) -> Subscriptions:
         return await messaging.listen(self.nc, subjects, handler)
 
+    async def publish(self, subject: str, data: bytes) -> None:
+        await messaging.publish(self.nc, subject, data)
+
     async def request(
         self,
         subject: str,

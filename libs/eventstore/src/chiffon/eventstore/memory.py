@@ -400,6 +400,11 @@ class InMemoryEventStore:
         self._listeners.append(listener)
         return listener
 
+    async def publish(self, subject: str, data: bytes) -> None:
+        for listener in self._listeners:
+            if any(subject_matches(pattern, subject) for pattern in listener.subjects):
+                listener.queue.put_nowait((subject, data))
+
     # -- request and reply ---------------------------------------------------------
 
     async def request(

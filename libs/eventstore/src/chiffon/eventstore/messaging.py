@@ -38,6 +38,12 @@ async def listen(nc: NATS, subjects: Sequence[str], handler: SignalHandler) -> S
     return Subscriptions([await nc.subscribe(subject, cb=on_message) for subject in subjects])
 
 
+async def publish(nc: NATS, subject: str, data: bytes) -> None:
+    """Core NATS, not stored: lost when nobody listens or the connection is down."""
+    with contextlib.suppress(nats.errors.Error):  # at most once: a reconnect loses it
+        await nc.publish(subject, data)
+
+
 async def request(
     nc: NATS,
     subject: str,

@@ -305,3 +305,9 @@ class EventStore(RequestReply, Protocol):
         time, in order; at most once (a signal lost in a reconnect is not repeated,
         so it may only hurry up what the stream itself would tell)."""
         ...
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """Send ``data`` on ``subject`` to whoever listens now (core NATS: not stored,
+        at most once, nothing to replay): live output, never an event. ``subject`` must
+        lie outside the streams' subjects (``<namespace>.live.…``)."""
+        ...
