@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from chiffon.agentproto.auth import sign_task_token
+from chiffon.agentproto.auth import TaskSigner
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from chiffon.core.logging import get_logger
 
@@ -81,15 +81,15 @@ def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
 class AgentClient:
     def __init__(self, signing_key: bytes | None, *, token_ttl: float = 60.0) -> None:
         self.signing_key = signing_key
+        # Loaded once: parsing the PEM per call cost as much as the signature.
+        self._signer = None if signing_key is None else TaskSigner(signing_key)
         self.token_ttl = token_ttl
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _metadata(self, agent_id: str, task_id: str) -> list[tuple[str, str]]:
-        if self.signing_key is None:
+        if self._signer is None:
             return []
-        token = sign_task_token(
-            self.signing_key, agent_id=agent_id, task_id=task_id, ttl=self.token_ttl
-        )
+        token = self._signer.sign(agent_id=agent_id, task_id=task_id, ttl=self.token_ttl)
         return [("authorization", f"Bearer {token}")]
 
     def _stub(self, address: str) -> agent_pb2_grpc.AgentAsyncStub:
