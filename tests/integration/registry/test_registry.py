@@ -4,6 +4,10 @@ the agent-facing HTTP API, and liveness by heartbeats (agents' TTL is 5 s here).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chiffon.agentproto.auth import generate_keypair
 from chiffon.commands import CommandBus, CommandRefused
 from chiffon.commands.model import (
     IssueAgentCredential,
@@ -22,8 +27,10 @@ from chiffon.commands.model import (
 )
 from chiffon.devstack.ports import free_port
 from chiffon.events import Actor
+from chiffon.events.agents import AgentRegistered
 from chiffon.eventstore import JetStreamEventStore, RecordedEvent
 from chiffon.registry.readmodel import agents
+from tests.integration.agent.conftest import wait_serving
 from tests.integration.gateway.support import Service, start_service, stop_all, wait_ready
 from tests.support.fixtures import eventually
 
@@ -320,3 +327,95 @@ async def test_hostile_requests_are_4xx_problems_and_the_registry_keeps_serving(
         ] == []
         good = await http.post("/agents/register", json=registration(), headers=bearer(token))
         assert good.status_code == 200, good.text
+
+
+def _start_agent_on(
+    tmp_path: Path, port: int, env: dict[str, str], name: str
+) -> subprocess.Popen[bytes]:
+    """A real agent process on ``port`` (the same port again after a restart: only its
+    ``instance`` differs from the registration before)."""
+    full = {key: value for key, value in os.environ.items() if not key.startswith("CHIFFON_")}
+    full.update(
+        CHIFFON_AGENT_ID="restarted-1",
+        CHIFFON_AGENT_NAME="test",
+        CHIFFON_AGENT_GRPC_PORT=str(port),
+        CHIFFON_AGENT_SCRATCH_DIR=str(tmp_path / "scratch"),
+        CHIFFON_LOG_FORMAT="json",
+        CHIFFON_AGENT_TTL_SECONDS="5",
+        **env,
+    )
+    log = tmp_path / f"agent-{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chiffon.agent"],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_serving(f"127.0.0.1:{port}", process, log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+async def test_an_agent_killed_and_started_again_is_registered_again(
+    store: JetStreamEventStore, registry: Service, tmp_path: Path
+) -> None:
+    """A restarted agent sends the same body but a new ``instance``: the registry
+    appends a second ``agent.registered`` (what clears an executor's unreachable
+    mark at once); the same process heartbeating and registering again appends nothing."""
+    credential = (await issue(store, "test"))["credential"]
+    credential_file = tmp_path / "agent.credential"
+    credential_file.write_text(credential + "\n")
+    credential_file.chmod(0o600)
+    _, public = generate_keypair()
+    key_file = tmp_path / "executor.pub"
+    key_file.write_bytes(public)
+    env = {
+        "CHIFFON_REGISTRY_URL": registry.url,
+        "CHIFFON_AGENT_CREDENTIAL_FILE": str(credential_file),
+        "CHIFFON_EXECUTOR_PUBLIC_KEY_FILE": str(key_file),
+    }
+    port = free_port()
+    first = _start_agent_on(tmp_path, port, env, "first")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+
+        async def registrations() -> list[RecordedEvent]:
+            events = await agent_events(store, "restarted-1")
+            return [e for e in events if e.type == "agent.registered"]
+
+        (registered,) = await eventually(registrations, timeout=30, message="registered")
+        async with httpx.AsyncClient(base_url=registry.url, headers=bearer(credential)) as http:
+
+            async def beat_with_load() -> bool:
+                info = (await http.get("/agents/restarted-1")).json()
+                return bool(info["live"] and len(info["live"].get("load", [])) == 3)
+
+            await eventually(beat_with_load, timeout=10, message="a heartbeat right away")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = _start_agent_on(tmp_path, port, env, "second")
+
+        async def registered_twice() -> list[RecordedEvent]:
+            found = await registrations()
+            return found if len(found) == 2 else []
+
+        found = await eventually(registered_twice, timeout=30, message="registered again")
+        before, after = (e.payload for e in found)
+        assert isinstance(before, AgentRegistered) and isinstance(after, AgentRegistered)
+        assert before.instance and after.instance and before.instance != after.instance
+        assert before.model_dump(exclude={"instance"}) == after.model_dump(exclude={"instance"})
+        assert registered.payload == before
+        # Heartbeats report free slots (agent.capacity_changed); no other transition.
+        kinds = await types(store, "restarted-1")
+        assert [k for k in kinds if k != "agent.capacity_changed"] == ["agent.registered"] * 2
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

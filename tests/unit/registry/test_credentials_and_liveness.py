@@ -192,3 +192,23 @@ async def test_the_dev_stacks_bootstrap_credential_is_accepted_for_its_agent_onl
     without = Credentials(store, REGISTRY)
     with pytest.raises(CredentialRefused):
         await without.verify(token)
+
+
+async def test_a_restarted_agent_is_registered_again_the_same_process_is_not() -> None:
+    """A restart sends the same body from a new process (``instance``): a new
+    ``agent.registered`` is what clears an executor's unreachable mark at once."""
+    store = fresh_store()
+    credentials = Credentials(store, REGISTRY)
+    agents = Agents(store, REGISTRY, AgentsView(), wall=Wall())
+    _, mine = await issued(credentials)
+    await agents.register(command("a1", mine, instance="p1"), mine, REGISTRY)
+    await agents.register(command("a1", mine, instance="p1"), mine, REGISTRY)  # same process
+    state = await agents.register(command("a1", mine, instance="p2"), mine, REGISTRY)  # restart
+    await agents.register(command("a1", mine, instance="p2"), mine, REGISTRY)
+    assert state.instance == "p2"
+    # A client that sends no instance (configurable-agents') stays idempotent.
+    await agents.register(command("a1", mine), mine, REGISTRY)
+    await agents.register(command("a1", mine), mine, REGISTRY)
+    events, _ = await store.read_aggregate(AggregateKey("agent", "a1"))
+    assert [e.type for e in events] == ["agent.registered", "agent.registered"]
+    assert [e.payload.instance for e in events] == ["p1", "p2"]

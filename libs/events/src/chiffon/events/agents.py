@@ -46,6 +46,11 @@ class AgentRegistered(EventPayload):
     metadata: str | None = Field(default=None, max_length=4096)
     ttl_seconds: int = Field(default=60, ge=1, le=86_400)
     credential_id: str | None = Field(default=None, max_length=64)
+    instance: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The agent process's own id, random at its start: a new one is a restart",
+    )
 
 
 class AgentCapacityChanged(EventPayload):

@@ -2,7 +2,12 @@
 
 The agent registers at start, heartbeats every ttl/3 with live metrics, registers again
 when the registry says it does not know it (404) or took it off (409), and deregisters
-(DELETE) on shutdown. A registry that is down never stops the agent serving: it retries
+(DELETE) on shutdown. Each process sends its own ``instance`` id (random at its start):
+a restarted agent sends the same body otherwise, and only the new instance makes the
+registry record the restart (a new ``agent.registered``), which is what tells executors
+that marked the old process unreachable to try this one at once. The first heartbeat
+follows each registration at once, so its load shows as soon as the agent does.
+A registry that is down never stops the agent serving: it retries
 with exponential backoff (1 s doubling to 30 s), and the executor keeps the tasks it has.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +72,8 @@ class Registration:
         )
         self._sleep = sleep
         self.registered = False
+        self.instance = secrets.token_hex(8)
+        """This process's id: a new one at every start, the same for its whole life."""
 
     def registration_body(self) -> dict[str, Any]:
         identity = self._runtime.identity
@@ -89,6 +97,7 @@ class Registration:
                 ],
             },
             "max_concurrency": self._runtime.tasks.max_concurrency,
+            "instance": self.instance,
         }
 
     def heartbeat_body(self) -> dict[str, Any]:
@@ -133,12 +142,14 @@ class Registration:
         try:
             while not stopping.is_set():
                 try:
-                    if not self.registered:
+                    registering = not self.registered
+                    if registering:
                         await self.register()
-                    else:
+                    if self.registered:  # at once after registering: live metrics shown
                         await self.heartbeat()
                     backoff = BACKOFF_START
-                    delay = self._ttl / 3 if self.registered else 0.0
+                    # A registry that forgets the agent at once is not asked again at once.
+                    delay = self._ttl / 3 if self.registered or registering else 0.0
                 except (httpx.HTTPError, RegistryRefused) as error:
                     level = log.error if isinstance(error, RegistryRefused) else log.warning
                     level(

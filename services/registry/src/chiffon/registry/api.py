@@ -178,6 +178,11 @@ class AgentRegister(_Strict):
     ] = Field(default_factory=dict, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     max_concurrency: int = Field(default=4, ge=1, le=10_000)
+    instance: StrictStr | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"
+    )
+    """The agent process's id, random at its start (optional: configurable-agents'
+    clients send none): the same body from a new instance is a restart, recorded."""
 
 
 class GpuLive(_Strict):
@@ -317,6 +322,7 @@ async def register(request: Request, credential: CredentialDep) -> dict[str, Any
         metadata=body.metadata,
         ttl_seconds=body.ttl_seconds,
         credential_id=credential.credential_id,
+        instance=body.instance,
     )
     actor = Actor(kind="service", id=f"agent:{credential.credential_id}", name=credential.name)
     try:

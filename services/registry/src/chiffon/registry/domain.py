@@ -105,6 +105,7 @@ class AgentState:
     metadata: str | None = None
     ttl_seconds: int = 60
     credential_id: str | None = None  # bound at the first registration
+    instance: str | None = None  # the agent process that registered last, when it said
 
     @property
     def known(self) -> bool:
@@ -142,6 +143,7 @@ def evolve(state: AgentState, event: RecordedEvent) -> AgentState:
             metadata=payload.metadata,
             ttl_seconds=payload.ttl_seconds,
             credential_id=payload.credential_id or state.credential_id,
+            instance=payload.instance,
         )
     if not state.known:
         return replace(state, version=version)  # an event of an agent never registered
@@ -182,6 +184,9 @@ class RegisterAgent:
     credential_id: str | None = None
     credential_revoked: bool = False
     """Whether the credential the agent is bound to (if another) was revoked since."""
+    instance: str | None = None
+    """The agent process's id (random at its start); None from an agent that sends none
+    (configurable-agents' clients), whose repeated registration stays idempotent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,10 @@ def decide_register(
     state: AgentState, command: RegisterAgent, now: datetime
 ) -> list[AgentRegistered]:
     """Register, or register again (a new address, a restart, back after deregistering).
-    The same registration of an agent online already changes nothing.
+    The same registration of an agent online already changes nothing, unless it comes
+    from another process (``instance``): a restarted agent sends the same body, and only
+    a new ``agent.registered`` tells executors that marked the old process unreachable
+    that this one is worth trying at once.
 
     The first registration with a credential binds the agent id to it: another
     credential may take the id over only once the bound one is revoked (then
@@ -236,6 +244,7 @@ def decide_register(
         and dict(state.labels) == dict(command.labels)
         and state.gpus == tuple(command.gpus)
         and (command.credential_id is None or bound == command.credential_id)
+        and (command.instance is None or state.instance == command.instance)
     )
     if same:
         return []
@@ -254,6 +263,7 @@ def decide_register(
             metadata=command.metadata,
             ttl_seconds=command.ttl_seconds,
             credential_id=command.credential_id,
+            instance=command.instance,
         )
     ]
 
