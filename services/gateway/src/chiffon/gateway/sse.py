@@ -9,6 +9,14 @@ that arrived meanwhile go out together). A slow follower delays nobody else.
 
 The SSE ``id`` is the event's stream sequence, the same on every replica, so
 ``Last-Event-ID`` (or ``?after=``) resumes anywhere with nothing lost or repeated.
+While it follows a live run, the feed also listens to the run's live output subject
+(``<ns>.live.run.<id>.output``, core NATS, published by the executor as an agent
+task's lines arrive, never stored) and sends each message as ``event: output`` without
+an ``id:`` to the followers that asked (``?output=true``; opt-in, as a client that
+reads every message as a stored event would not cope). Such frames are not resumable
+(the stored result holds the full output): a follower sees only those arriving while
+it follows, ahead of stored events arriving at the same moment.
+
 The feed stops following when the run ends; when its last follower leaves before
 that, the consumer is deleted at once. An ended run's frames linger a little for late
 or resuming followers, then are dropped.
@@ -19,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from chiffon.core.logging import get_logger
 from chiffon.events.runs import RUN_ENDINGS
-from chiffon.eventstore import EventStore, EventStoreError, RecordedEvent
+from chiffon.eventstore import EventStore, EventStoreError, RecordedEvent, Subscription
 
 log = get_logger(__name__)
 
@@ -42,11 +51,34 @@ KEY_UNUSABLE = b": the API key was revoked or has expired\n\n"
 # open streams end within this (plus the KeyCache's own lag) of the revocation; a
 # dictionary lookup every half second per follower is nothing next to a send.
 KEY_CHECK_SECONDS = 0.5
+# Live output frames kept per feed for its followers (a follower further behind skips
+# the older ones: live output is best effort, the result holds all of it).
+LIVE_KEEP = 1000
+LIVE_MAX_BYTES = 16 * 1024  # a larger live message is dropped
+
+
+def live_frame(data: bytes) -> bytes | None:
+    """An ``event: output`` frame (no id) of one live output message; None if it is not
+    a JSON object or too large."""
+    if len(data) > LIVE_MAX_BYTES:
+        return None
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    return f"event: output\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
 
 
 def frame(event: RecordedEvent) -> bytes:
     data = event.envelope.model_dump_json()
     return f"id: {event.sequence}\nevent: {event.type}\ndata: {data}\n\n".encode()
+
+
+def live_subject(store: EventStore, run_id: str) -> str:
+    """Where the executor publishes a run's live output (see the executor's agent node)."""
+    return f"{store.streams.namespace}.live.run.{run_id}.output"
 
 
 @dataclass
@@ -60,12 +92,34 @@ class RunFeed:
     followers: int = 0
     task: asyncio.Task[None] | None = None
     released_at: float | None = None
+    live: list[bytes] = field(default_factory=list)  # live output frames, newest last
+    live_base: int = 0  # how many live frames were dropped from the front
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _timer: asyncio.TimerHandle | None = None
 
     @property
     def ended(self) -> bool:
         return self.end_index is not None
+
+    @property
+    def live_end(self) -> int:
+        """The position after the newest live frame (positions count every live frame)."""
+        return self.live_base + len(self.live)
+
+    def publish_live(self, data: bytes) -> None:
+        built = live_frame(data)
+        if built is None or self.finished:
+            return
+        self.live.append(built)
+        if len(self.live) > LIVE_KEEP:
+            drop = len(self.live) - LIVE_KEEP
+            del self.live[:drop]
+            self.live_base += drop
+        self._announce()
+
+    def live_since(self, position: int) -> bytes:
+        """The live frames at ``position`` and after, joined."""
+        return b"".join(self.live[max(0, position - self.live_base) :])
 
     @property
     def finished(self) -> bool:
@@ -80,6 +134,11 @@ class RunFeed:
             self.frames.append(frame(event))
             if event.type in RUN_ENDINGS and self.end_index is None:
                 self.end_index = len(self.frames) - 1
+                self.live_base += len(self.live)  # no follower sends them any more
+                self.live.clear()
+        self._announce()
+
+    def _announce(self) -> None:
         if self.followers >= COALESCE_FOLLOWERS and not self.ended:
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.notify)
@@ -100,9 +159,10 @@ class RunFeed:
     def index_after(self, after: int) -> int:
         return bisect.bisect_right(self.seqs, after)
 
-    async def wait_beyond(self, index: int, timeout: float) -> bool:
-        """Wait until there is a frame at ``index`` or the feed finished; False on timeout."""
-        if index < len(self.frames) or self.finished:
+    async def wait_beyond(self, index: int, timeout: float, live: int | None = None) -> bool:
+        """Wait until there is a frame at ``index`` (or a live frame at ``live``) or the
+        feed finished; False on timeout."""
+        if index < len(self.frames) or self.finished or (live is not None and live < self.live_end):
             return True
         changed = self._changed
         try:
@@ -185,7 +245,13 @@ class RunFeeds:
 
     async def _pump(self, feed: RunFeed) -> None:
         subject = self.store.streams.aggregate_filter("run", feed.run_id)
+        live: Subscription | None = None
+
+        async def on_live(_subject: str, data: bytes) -> None:
+            feed.publish_live(data)
+
         try:
+            live = await self.store.listen([live_subject(self.store, feed.run_id)], on_live)
             async for batch in self.store.subscribe_batches(
                 "RUNS", start=feed.start, subjects=[subject], batch=self.batch
             ):
@@ -200,6 +266,9 @@ class RunFeeds:
         except Exception as error:  # noqa: BLE001 — followers get an end, not a hang
             log.exception("sse.upstream_crashed", run_id=feed.run_id)
             feed.fail(f"{type(error).__name__}: {error}")
+        finally:
+            if live is not None:
+                await asyncio.shield(live.unsubscribe())
 
     async def close(self) -> None:
         """Shutting down: every follower's stream ends (they resume elsewhere)."""
@@ -224,19 +293,27 @@ async def sse_stream(
     keepalive: float,
     retry_ms: int,
     key_usable: Callable[[], bool] = lambda: True,
+    output: bool = False,
 ) -> AsyncIterator[bytes]:
     """The bytes of one follower's SSE response: history after ``after``, then live,
     until the run's ending event (included) has been sent, or until ``key_usable``
     says the follower's key was revoked or expired (checked before every send and
-    every ``KEY_CHECK_SECONDS`` while waiting)."""
+    every ``KEY_CHECK_SECONDS`` while waiting). With ``output``, the live output frames
+    arriving while it follows go out too, ahead of stored events arriving with them."""
     async with feeds.follow(run_id, start) as feed:
         yield f"retry: {retry_ms}\n: run {run_id}\n\n".encode()
         index = 0
+        live = feed.live_end if output else None  # live output from now on only
         waited = 0.0
         while True:
             if not key_usable():
                 yield KEY_UNUSABLE
                 return
+            if live is not None and live < feed.live_end and not feed.ended:
+                chunk = feed.live_since(live)
+                live = feed.live_end
+                yield chunk
+                continue
             # Frames at or before ``after`` are skipped, even while the feed catches up.
             index = max(index, feed.index_after(after))
             if feed.end_index is not None and index > feed.end_index:
@@ -254,7 +331,7 @@ async def sse_stream(
                 yield f": upstream error: {feed.error}\n\n".encode()
                 return
             step = min(KEY_CHECK_SECONDS, keepalive - waited)
-            if await feed.wait_beyond(index, step):
+            if await feed.wait_beyond(index, step, live):
                 waited = 0.0
                 continue
             waited += step

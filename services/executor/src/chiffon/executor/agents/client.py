@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +107,14 @@ class AgentClient:
                 await channel.close(grace=None)
 
     async def execute(
-        self, agent_id: str, address: str, request: agent_pb2.ExecuteRequest
+        self,
+        agent_id: str,
+        address: str,
+        request: agent_pb2.ExecuteRequest,
+        on_line: Callable[[str, str], None] | None = None,
     ) -> TaskOutcome:
-        """Run the task on the agent and wait for its one result.
+        """Run the task on the agent and wait for its one result. ``on_line(stream, text)``
+        hears each output line as it arrives (stream: stdout or stderr).
 
         ``AgentUnreachable`` when the agent cannot be reached or the stream ends without a
         result; ``AgentRefused`` when it refuses the call."""
@@ -121,9 +127,13 @@ class AgentClient:
         try:
             async for update in call:
                 kind = update.WhichOneof("update")
-                if kind == "line" and len(lines) < MAX_LINES:
+                if kind == "line":
                     stderr = update.line.stream == agent_pb2.OutputLine.STREAM_STDERR
-                    lines.append(("stderr" if stderr else "stdout", update.line.text))
+                    stream = "stderr" if stderr else "stdout"
+                    if len(lines) < MAX_LINES:
+                        lines.append((stream, update.line.text))
+                    if on_line is not None:
+                        on_line(stream, update.line.text)
                 elif kind == "result" and result is None:
                     result = update.result
                     wall_ms = (time.perf_counter() - started) * 1000

@@ -11,25 +11,32 @@ A command that exits non-zero fails the attempt (retried per the node's policy).
 that cannot be reached, or whose stream breaks mid-task, is marked unreachable here and
 the attempt fails as ``interrupted``: the next attempt goes to another capable agent. A
 cancel of the run reaches the agent (``Cancel``).
+
+The task's output lines are published live as they arrive (``LiveOutput``), on core
+NATS, not stored: ``<namespace>.live.run.<run_id>.output``, which the gateway's SSE
+forwards as ``event: output``. The stored result keeps the full output.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
 import pydantic
 
 from chiffon.agentproto.v1 import agent_pb2
-from chiffon.events.runs import AgentTaskAssigned, AgentTaskFinished
-from chiffon.eventstore import AggregateKey
+from chiffon.core.logging import get_logger
+from chiffon.events.runs import AgentTaskAssigned, AgentTaskFinished, RunPaused
+from chiffon.eventstore import AggregateKey, EventStore
 from chiffon.executor.agents.client import AgentRefused, AgentUnreachable, TaskOutcome, to_struct
 from chiffon.executor.agents.dispatch import AgentDispatch, current
 from chiffon.executor.agents.routing import AgentView, Candidate, Requirement
 from chiffon.executor.domain import INTERRUPTED
 from chiffon.executor.nodes.context import (
+    CapacityPause,
     Execution,
     NodeError,
     RunCancelledSignal,
@@ -51,6 +58,89 @@ FINAL_TOOL_ERRORS = frozenset(
 # The agent's word for a command that ran and exited non-zero.
 NONZERO_EXIT = frozenset({"", "nonzero_exit", "command_failed"})
 TAIL = 1500  # characters of stderr quoted in a failed command's error
+# Live output: lines are published at most this often (batched in between), each
+# truncated to LIVE_LINE_BYTES, at most LIVE_LINES_PER_SECOND per task (the others are
+# skipped: ``seq`` counts every line, so a gap shows it; the result has them all).
+LIVE_FLUSH_SECONDS = 0.05
+LIVE_LINE_BYTES = 4096
+LIVE_LINES_PER_SECOND = 200
+
+log = get_logger(__name__)
+
+
+def live_subject(namespace: str, run_id: str) -> str:
+    return f"{namespace}.live.run.{run_id}.output"
+
+
+class LiveOutput:
+    """One task's output lines to the run's live subject, as they arrive: JSON
+    ``{node_id, attempt, task_id, stream, text, seq}`` per line, never stored (nobody
+    listening, or a reconnect, loses them: the result holds the full output)."""
+
+    def __init__(
+        self, store: EventStore | None, run_id: str, request: agent_pb2.ExecuteRequest
+    ) -> None:
+        self.store = store
+        self.subject = live_subject(store.streams.namespace, run_id) if store else ""
+        self.node_id = request.node_id
+        self.attempt = request.attempt
+        self.task_id = request.task_id
+        self.seq = 0
+        self.pending: list[bytes] = []
+        self._window = (0.0, 0)  # start of the current second, lines forwarded in it
+        self._last_flush = 0.0
+        self._flusher: asyncio.Task[None] | None = None
+
+    def line(self, stream: str, text: str) -> None:
+        if self.store is None:
+            return
+        self.seq += 1
+        now = time.monotonic()
+        start, count = self._window
+        if now - start >= 1.0:
+            start, count = now, 0
+        if count >= LIVE_LINES_PER_SECOND:
+            return
+        self._window = (start, count + 1)
+        raw = text.encode("utf-8", "replace")
+        if len(raw) > LIVE_LINE_BYTES:
+            text = raw[:LIVE_LINE_BYTES].decode("utf-8", "ignore") + "… (truncated)"
+        message = {
+            "node_id": self.node_id,
+            "attempt": self.attempt,
+            "task_id": self.task_id,
+            "stream": stream,
+            "text": storable_text(text),
+            "seq": self.seq,
+        }
+        self.pending.append(json.dumps(message).encode())
+        if self._flusher is None:
+            delay = max(0.0, self._last_flush + LIVE_FLUSH_SECONDS - now)
+            self._flusher = asyncio.create_task(self._flush_after(delay))
+
+    async def _flush_after(self, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)  # batching: at most one flush per LIVE_FLUSH_SECONDS
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        self._last_flush = time.monotonic()
+        if self.store is None:
+            return
+        try:
+            for data in pending:
+                await self.store.publish(self.subject, data)
+        except Exception as error:  # noqa: BLE001 — live output is best effort
+            log.warning("agent.live_output_failed", task_id=self.task_id, error=str(error))
+
+    async def close(self) -> None:
+        """Send what is pending now (before the result is recorded)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush()
 
 
 def requirement(node: AgentNode) -> Requirement:
@@ -228,13 +318,13 @@ async def orphaned_task(
 async def choose(
     ctx: Execution, dispatch: AgentDispatch, node: AgentNode, need: Requirement
 ) -> Candidate:
-    """The best agent for the task now; ``no_agent`` when none can take it.
+    """The best agent for the task now.
 
-    With ``capacity_timeout`` the task waits that long (here, holding the run) for a
-    capable agent to register, come back or free capacity. The seam for pausing on
-    capacity (issue 17, next step): instead of failing or waiting here, the run would
-    record ``run.paused {reason: no_capacity}``, hold nothing, and be resumed by event
-    when the directory changes (``AgentDirectory.watch``)."""
+    When none can take it, the run pauses (``CapacityPause``): it records
+    ``run.paused {reason: no_capacity}`` with what the task needs, holds nothing, and is
+    resumed by event when a capable agent registers, comes back or frees capacity
+    (``agents.resumer``). A node with ``capacity_timeout`` waits that long instead (here,
+    holding the run), then fails with ``no_agent``."""
     directory = dispatch.directory
     await directory.caught_up(dispatch.catch_up_timeout)
     change = directory.watch()
@@ -247,6 +337,17 @@ async def choose(
             change = directory.watch()
             routing = directory.route(need)
     best = routing.best
+    if best is None and not node.capacity_timeout:
+        raise CapacityPause(
+            RunPaused(
+                reason="no_capacity",
+                node_id=node.id,
+                requires=need.capabilities,
+                labels=dict(need.labels),
+                gpu_vram_gb=need.gpu_vram_gb,
+                cpu_cores=need.cpu_cores,
+            )
+        )
     if best is None:
         raise NodeError(
             "no_agent", f"no agent available for {need.describe()} ({routing.explain()})"
@@ -255,13 +356,19 @@ async def choose(
 
 
 async def watched(
-    dispatch: AgentDispatch, agent: AgentView, request: agent_pb2.ExecuteRequest
+    dispatch: AgentDispatch,
+    agent: AgentView,
+    request: agent_pb2.ExecuteRequest,
+    live: LiveOutput | None = None,
 ) -> TaskOutcome:
     """The task's outcome, unless the registry records the agent offline first (its
     heartbeats stopped: a host gone without closing its connections looks like this):
     then ``AgentUnreachable``, and the agent is told to stop the task, if it hears."""
     gone = dispatch.directory.went_offline(agent.agent_id)
-    call = asyncio.ensure_future(dispatch.client.execute(agent.agent_id, agent.address, request))
+    on_line = live.line if live is not None else None
+    call = asyncio.ensure_future(
+        dispatch.client.execute(agent.agent_id, agent.address, request, on_line)
+    )
     offline = asyncio.ensure_future(gone.wait())
     try:
         await asyncio.wait({call, offline}, return_when=asyncio.FIRST_COMPLETED)
@@ -330,9 +437,15 @@ async def run_on(
     directory.started(agent.agent_id)
     ok: bool | None = None
     latency: float | None = None
+    live = LiveOutput(directory.store, ctx.run.run_id, request)
     try:
         try:
-            outcome: TaskOutcome = await ctx.interruptible(watched(dispatch, agent, request))
+            try:
+                outcome: TaskOutcome = await ctx.interruptible(
+                    watched(dispatch, agent, request, live)
+                )
+            finally:
+                await live.close()
         except RunCancelledSignal:
             await client.cancel(agent.agent_id, agent.address, request.task_id, "run cancelled")
             raise

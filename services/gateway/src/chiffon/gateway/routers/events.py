@@ -82,12 +82,20 @@ async def run_events(
         int | None, Query(ge=0, le=2**63 - 1, description="Resume after this stream sequence")
     ] = None,
     follow: Annotated[bool, Query(description="false: send the history and end")] = True,
+    output: Annotated[
+        bool,
+        Query(
+            description="true: while following, also send agent tasks' output lines live as "
+            "`event: output` messages without `id:` (not resumable; the result holds them all)"
+        ),
+    ] = False,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """The run's history, then its live events; the stream ends after the run's last
     event (run.completed, run.failed or run.cancelled). ``Last-Event-ID`` (or ``after``)
     resumes after that event, on any gateway replica, with nothing lost or repeated.
-    A comment line keeps an idle connection alive."""
+    A comment line keeps an idle connection alive. With ``output=true`` the lines agent
+    tasks print arrive too, live, as ``event: output`` (no ``id:``)."""
     check_run_id(run_id)
     position = after or 0
     if last_event_id is not None and last_event_id.strip():
@@ -111,5 +119,6 @@ async def run_events(
             keepalive=settings.sse_keepalive_seconds,
             retry_ms=settings.sse_retry_ms,
             key_usable=partial(key_usable, gw.keys, principal.key.key_id),
+            output=output,
         )
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
