@@ -153,14 +153,15 @@ async def register(
     cores: float,
     vram_gib: float | None,
     name: str | None = None,
-) -> None:
+) -> str:
     """Register through the registry's agent API, with a credential issued by an admin
-    through the gateway (a registration is a heartbeat too: online for its TTL)."""
+    through the gateway (a registration is a heartbeat too: online for its TTL); the
+    credential."""
     name = name or agent_id.split("-")[0] + "-box"
     async with client(stack.gateway, ADMIN_KEY) as http:
         response = await http.post("/v1/agents/credentials", json={"name": name})
         assert response.status_code == 201, response.text
-        credential = response.json()["credential"]
+        credential = str(response.json()["credential"])
     body = {
         "agent_id": agent_id,
         "agent_name": name,
@@ -186,6 +187,7 @@ async def register(
         if agent_id.startswith("gone"):
             response = await http.delete(f"/agents/{agent_id}")
             assert response.status_code == 200, response.text
+    return credential
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +243,32 @@ async def test_an_agent_whose_id_has_dots_and_colons_is_found_by_it(
     async with client(stack.gateway, keys["viewer"]) as http:
         agent = await shown(http, agent_id, "online")
         assert agent["name"] == "dotted-box"
+
+
+async def test_a_heartbeats_load_is_shown_by_the_gateway_and_the_cli(
+    stack: Stack, keys: dict[str, str], registry: Service, fleet: dict[str, str], tmp_path: Path
+) -> None:
+    """The gateway reads the bucket the registry writes (``<NS>_AGENT_HEARTBEATS``) under
+    the key it writes (the aggregate id, a digest for an id with dots and colons): a
+    registration alone has no load (``load -``), the heartbeat after it does."""
+    agent_id = f"desk.lan:{uuid.uuid4().hex[:6]}"
+    credential = await register(stack, registry, agent_id, ["shell"], 2, None, name="beating-box")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
+    env.update(CHIFFON_GATEWAY_URL=stack.gateway.url, CHIFFON_API_KEY=ADMIN_KEY)
+    async with client(stack.gateway, keys["viewer"]) as http:
+        agent = await shown(http, agent_id, "online")
+        assert agent["live"] is not None and "load" not in agent["live"]
+        code, out, err = await run_cli(env, "agents", "show", agent_id, cwd=tmp_path)
+        assert code == 0 and "load          -" in out, err + out
+        async with client(registry, credential) as agent_http:
+            beat = {"load": [1.25, 1.0, 0.75], "free_memory_bytes": GIB, "running_tasks": 2}
+            response = await agent_http.post(f"/agents/{agent_id}/heartbeat", json=beat)
+            assert response.status_code == 200, response.text
+        live = (await http.get(f"/v1/agents/{agent_id}")).json()["live"]
+        assert live["load"] == [1.25, 1.0, 0.75] and live["running_tasks"] == 2
+        assert live["free_memory_bytes"] == GIB and live["last_heartbeat"]
+    code, out, err = await run_cli(env, "agents", "show", agent_id, cwd=tmp_path)
+    assert code == 0 and "1.25 (2/4 tasks)" in out, err + out
 
 
 async def test_agents_page_by_cursor_without_gaps_or_repeats(
