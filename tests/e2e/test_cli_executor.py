@@ -124,7 +124,8 @@ async def test_failed_run_exits_1_with_the_reason(
     deploy = tmp_path / "deploy.yaml"
     deploy.write_text(
         "name: deploy-cli\nversion: 1\nnodes:\n"
-        "  - {id: publish, type: agent, requires: [shell], task: {tool: shell, command: 'echo ok'}}\n"
+        "  - {id: publish, type: agent, requires: [shell], capacity_timeout: 1s,\n"
+        "     task: {tool: shell, command: 'echo ok'}}\n"
     )
     code, out, _ = await chiffon(cli_stack, "run", str(deploy), "--follow")
     assert code == 1

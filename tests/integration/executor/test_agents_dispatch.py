@@ -278,18 +278,16 @@ async def test_cancel_of_the_run_reaches_the_agent(log: RunLog, agents: list[Fak
     assert first.cancels == [f"{log.run_id}:shell:1:1"]
 
 
-async def test_no_capable_agent_fails_with_the_reasons(
+async def test_no_capable_agent_pauses_the_run_with_what_its_task_needs(
     log: RunLog, agents: list[FakeAgent]
 ) -> None:
     await register(log.store, agents[0], capabilities=("python",))
     async with dispatching(log.store):
         outcome, _ = await run_command(log, "echo")
-    assert outcome == "failed"
-    failed = await payloads(log, "run.node.failed")
-    assert failed[-1].error.type == "no_agent"
-    assert failed[-1].error.message == (
-        "no agent available for capabilities [shell] (a1: lacks capabilities [shell])"
-    )
+    assert outcome == "paused"
+    [paused] = await payloads(log, "run.paused")
+    assert (paused.reason, paused.node_id, paused.requires) == ("no_capacity", "shell", ("shell",))
+    assert await payloads(log, "run.node.failed") == []  # a pause is no failure
     assert agents[0].requests == []
 
 

@@ -166,10 +166,21 @@ class CancelRequested(EventPayload):
 
 
 class RunPaused(EventPayload):
+    """The run stopped until something outside it changes; no replica holds it.
+
+    ``reason: no_capacity``: an agent node found no agent that can take its task; what
+    it needs is recorded, so that the run is resumed (``run.resumed``) by whichever
+    replica first sees a capable agent register, come back or free capacity."""
+
     event_type = "run.paused"
     aggregate = "run"
 
     reason: str = Field(max_length=REASON_MAX_CHARS)
+    node_id: str | None = Field(default=None, max_length=NODE_ID_MAX_CHARS)
+    requires: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+    gpu_vram_gb: float | None = None
+    cpu_cores: float | None = None
 
 
 class RunResumed(EventPayload):

@@ -55,6 +55,7 @@ def fold_run(row: Row | None, event: RecordedEvent, open_approvals: int = 0) -> 
             "trigger": payload.trigger.model_dump(mode="json") if payload.trigger else None,
             "idempotency_key": payload.idempotency_key,
             "cancel_requested": False,
+            "paused": None,
             "created_at": at,
             "started_at": None,
             "ended_at": None,
@@ -79,6 +80,17 @@ def fold_run(row: Row | None, event: RecordedEvent, open_approvals: int = 0) -> 
         row["llm_calls"] += 1
     elif isinstance(payload, ev.CancelRequested):
         row["cancel_requested"] = True
+    elif isinstance(payload, ev.RunPaused):
+        row["paused"] = {
+            "reason": payload.reason,
+            "node_id": payload.node_id,
+            "requires": list(payload.requires),
+            "labels": payload.labels,
+            "gpu_vram_gb": payload.gpu_vram_gb,
+            "cpu_cores": payload.cpu_cores,
+        }
+    elif isinstance(payload, ev.RunResumed):
+        row["paused"] = None
     elif isinstance(payload, ev.RunCompleted):
         row.update(
             outputs=truncate(payload.outputs, max_json=65_536),

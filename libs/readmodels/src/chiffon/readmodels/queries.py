@@ -100,6 +100,7 @@ async def get_run(db: Db, run_id: str) -> RunPublic | None:
             trigger=m["trigger"],
             idempotency_key=m["idempotency_key"],
             cancel_requested=m["cancel_requested"],
+            paused=m["paused"],
             llm_calls=m["llm_calls"],
             position=m["position"],
             nodes=[NodePublic.model_validate(dict(n._mapping)) for n in nodes],

@@ -62,6 +62,17 @@ class RunSummary(_View):
     error: ErrorPublic | None = None
 
 
+class PausePublic(_View):
+    """Why a paused run waits (``no_capacity``: no agent can take ``node_id``'s task)."""
+
+    reason: str
+    node_id: str | None = None
+    requires: list[str] = []
+    labels: dict[str, str] = {}
+    gpu_vram_gb: float | None = None
+    cpu_cores: float | None = None
+
+
 class RunPublic(RunSummary):
     digest: str
     inputs: dict[str, Any]
@@ -72,6 +83,7 @@ class RunPublic(RunSummary):
     trigger: dict[str, Any] | None = None
     idempotency_key: str | None = None
     cancel_requested: bool = False
+    paused: PausePublic | None = None
     llm_calls: int = 0
     position: int  # stream sequence of the last event folded: follow events after it
     nodes: list[NodePublic] = []

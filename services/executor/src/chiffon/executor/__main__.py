@@ -17,8 +17,10 @@ from chiffon.commands import ApproveNode, CancelRun, CommandBus, RegisterWorkflo
 from chiffon.core.logging import get_logger
 from chiffon.core.runtime import tune_gc
 from chiffon.core.service import ServiceContext, run_service
+from chiffon.events import Actor
 from chiffon.executor.agents.directory import AgentDirectory
 from chiffon.executor.agents.dispatch import build_dispatch, weights_from
+from chiffon.executor.agents.resumer import CapacityResumer
 from chiffon.executor.application import Runs, Workflows
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
@@ -58,6 +60,10 @@ async def serve(ctx: ServiceContext) -> None:
         )
         await directory.start()  # folds the AGENTS stream, then follows it live
         agents = build_dispatch(settings, directory)
+        resumer = CapacityResumer(
+            store, directory, runs, Actor.service("executor", settings.replica)
+        )
+        await resumer.start(ctx.stopping)
         worker = RunWorker(
             store=store,
             settings=settings,
@@ -95,6 +101,7 @@ async def serve(ctx: ServiceContext) -> None:
         for task in projections:
             task.cancel()
         await asyncio.gather(*projections, return_exceptions=True)
+        await resumer.stop()
         await agents.close()
 
 

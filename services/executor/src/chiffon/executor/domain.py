@@ -483,6 +483,15 @@ def decide_claim(state: RunState, command: ClaimRun, now: datetime) -> list[ev.R
     ]
 
 
+def decide_resume(state: RunState, reason: str) -> list[ev.RunResumed]:
+    """A paused run made runnable again: its ``run.resumed`` is the next work item, which
+    any replica claims. Nothing for a run that is not paused (resumed by another replica
+    already, cancelled, ...)."""
+    if state.status != "paused":
+        return []
+    return [ev.RunResumed(reason=reason)]
+
+
 def decide_cancel(state: RunState, command: CancelRun, now: datetime) -> list[EventPayload]:
     if not state.exists:
         raise RunNotFound(state.run_id)

@@ -26,6 +26,7 @@ from chiffon.events.runs import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunPaused,
     RunSuspended,
 )
 from chiffon.eventstore import (
@@ -39,13 +40,13 @@ from chiffon.eventstore import (
 )
 from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.models import ModelGateway
-from chiffon.executor.nodes import NodeFailure, RunCancelledSignal
+from chiffon.executor.nodes import CapacityPause, NodeFailure, RunCancelledSignal
 from chiffon.executor.outputs import OutputStore
 from chiffon.workflow import InputError, WorkflowSpec
 
 log = get_logger(__name__)
 
-Outcome = Literal["succeeded", "failed", "cancelled", "suspended", "lost"]
+Outcome = Literal["succeeded", "failed", "cancelled", "suspended", "paused", "lost"]
 IDLE_GRACE = 0.05  # let every task of a step start before calling the run idle
 # How long a signalled outside event (a cancel, a decision) is looked for before it
 # counts as refused: JetStream stores it within milliseconds when it takes it at all.
@@ -153,10 +154,9 @@ class RunExecution:
                     RunFailed(error=failure.error, duration_ms=self._duration_ms()), "failed"
                 )
             except RunCancelledSignal:
-                reason = self.run.cancel_reason or "cancelled"
-                return await self._end(
-                    RunCancelled(reason=reason, duration_ms=self._duration_ms()), "cancelled"
-                )
+                return await self._cancelled()
+            except CapacityPause as pause:
+                return await self._pause(pause.paused)
             except GraphRecursionError:
                 error = ErrorInfo(
                     type="step_limit",
@@ -186,6 +186,23 @@ class RunExecution:
             )
         finally:
             watcher.cancel()
+
+    async def _cancelled(self) -> Outcome:
+        reason = self.run.cancel_reason or "cancelled"
+        return await self._end(
+            RunCancelled(reason=reason, duration_ms=self._duration_ms()), "cancelled"
+        )
+
+    async def _pause(self, paused: RunPaused) -> Outcome:
+        """Record ``run.paused`` and let go of the run (a cancel that came first wins)."""
+        try:
+            await self.append([paused], capped=False)
+        except RunCancelledSignal:
+            return await self._cancelled()
+        except ClaimLost:
+            return "lost"
+        log.info("run.paused", run_id=self.run.run_id, reason=paused.reason, node=paused.node_id)
+        return "paused"
 
     async def _end(self, payload: Any, outcome: Outcome) -> Outcome:
         try:

@@ -340,11 +340,10 @@ class RunWorker:
             if self._executions.get(state.run_id) is execution:
                 del self._executions[state.run_id]
                 self.runs.unfollow(state.run_id)
-        log.info(
-            "run.finished" if outcome != "suspended" else "run.suspended",
-            run_id=state.run_id,
-            outcome=outcome,
-        )
+        if outcome == "suspended":
+            log.info("run.suspended", run_id=state.run_id)
+        elif outcome != "paused":  # execution logs a pause with its reason
+            log.info("run.finished", run_id=state.run_id, outcome=outcome)
         if outcome == "lost":
             return False  # another replica holds it now: its delivery owns the item
         self.completed += 1

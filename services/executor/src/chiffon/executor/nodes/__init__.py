@@ -1,6 +1,7 @@
 """Node runners (llm, set, approval, agent) and the one retry policy that owns retries."""
 
 from chiffon.executor.nodes.context import (
+    CapacityPause,
     Execution,
     NodeError,
     NodeFailure,
@@ -16,6 +17,7 @@ __all__ = [
     "NodeError",
     "NodeFailure",
     "NodePlan",
+    "CapacityPause",
     "RunCancelledSignal",
     "error_info",
     "execute_node",

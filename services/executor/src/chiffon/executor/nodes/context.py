@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from chiffon.core.logging import get_logger
 from chiffon.events import Envelope
-from chiffon.events.runs import ApprovalDecided, ErrorInfo, NodeCompleted
+from chiffon.events.runs import ApprovalDecided, ErrorInfo, NodeCompleted, RunPaused
 from chiffon.events.storable import make_storable
 from chiffon.executor.domain import RunState
 from chiffon.executor.models import ModelGateway
@@ -30,6 +30,15 @@ class NodeFailure(Exception):
 
 class RunCancelledSignal(Exception):
     """A cancel was requested: stop at this safe point."""
+
+
+class CapacityPause(Exception):
+    """No agent can take a node's task: the run pauses (``paused``, a ``RunPaused``
+    saying what it needs) and holds nothing until a capable agent shows up."""
+
+    def __init__(self, paused: RunPaused) -> None:
+        super().__init__(paused.reason)
+        self.paused = paused
 
 
 class NodeError(Exception):
