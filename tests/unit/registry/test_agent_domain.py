@@ -195,3 +195,18 @@ def test_capacity_of_an_unknown_or_deregistered_agent_is_refused() -> None:
         decide_capacity_changed(AgentState("gpu-box"), command, T0)
     with pytest.raises(AgentDeregisteredAlready):
         decide_capacity_changed(fold(registered(), AgentDeregistered()), command, T0)
+
+
+def test_a_new_instance_is_a_restart_the_same_one_or_none_is_not() -> None:
+    first = dataclasses.replace(REGISTER, instance="p1")
+    (event,) = decide_register(AgentState("gpu-box"), first, T0)
+    assert event.instance == "p1"
+    state = fold(event)
+    assert state.instance == "p1"
+    assert decide_register(state, first, T0) == []  # the same process again
+    assert decide_register(state, REGISTER, T0) == []  # a client that sends no instance
+    (restart,) = decide_register(state, dataclasses.replace(REGISTER, instance="p2"), T0)
+    assert restart.instance == "p2"
+    assert restart.model_dump(exclude={"instance"}) == event.model_dump(exclude={"instance"})
+    # An event from before issue 17's instance decodes without one.
+    assert AgentRegistered.model_validate(event.model_dump(exclude={"instance"})).instance is None
