@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 
 import httpx
 
+from chiffon.agentproto.v1 import agent_pb2
 from chiffon.cli.http_client import GatewayClient
-from chiffon.eventstore import JetStreamEventStore
+from chiffon.events import CATALOG
+from chiffon.eventstore import InMemoryEventStore, JetStreamEventStore
+from chiffon.executor.nodes.agent import LIVE_LINE_BYTES, LIVE_LINES_PER_SECOND, LiveOutput
 from tests.integration.gateway.support import ADMIN_KEY, Service, SseEvent, sse_events
 from tests.support.fixtures import eventually
 
@@ -130,3 +134,41 @@ async def test_output_lines_reach_the_sse_stream_before_the_node_completes(
                 await task
         if agent is not None:
             agent.stop()
+
+
+async def test_live_lines_are_batched_truncated_and_capped_per_second() -> None:
+    store = InMemoryEventStore(CATALOG, namespace="unit")
+    heard: list[dict[str, object]] = []
+
+    async def on_message(_subject: str, data: bytes) -> None:
+        heard.append(json.loads(data))
+
+    subscription = await store.listen(["unit.live.run.r1.output"], on_message)
+    request = agent_pb2.ExecuteRequest(task_id="r1:n:1:2", node_id="n", attempt=2)
+    live = LiveOutput(store, "r1", request)
+    try:
+        live.line("stdout", "x" * (LIVE_LINE_BYTES + 100))
+        for n in range(LIVE_LINES_PER_SECOND + 50):  # within one second: 50 too many
+            live.line("stderr", f"line {n}")
+        await live.close()  # what is pending goes out before the result is recorded
+
+        async def all_heard() -> bool:
+            return len(heard) == LIVE_LINES_PER_SECOND
+
+        await eventually(all_heard, timeout=5, message="the forwarded lines")
+    finally:
+        await subscription.unsubscribe()
+    first = heard[0]
+    assert (first["node_id"], first["attempt"], first["task_id"], first["seq"]) == (
+        "n",
+        2,
+        "r1:n:1:2",
+        1,
+    )
+    assert str(first["text"]).endswith("… (truncated)")
+    assert len(str(first["text"]).encode()) <= LIVE_LINE_BYTES + len("… (truncated)".encode())
+    # The rest of the second's lines are skipped; seq still counts them.
+    assert [m["seq"] for m in heard] == list(range(1, LIVE_LINES_PER_SECOND + 1))
+    live.line("stdout", "later")
+    await live.close()
+    assert live.seq == LIVE_LINES_PER_SECOND + 52
