@@ -128,6 +128,8 @@ async def test_bad_registrations_are_refused_and_store_nothing(
             (token, b'{"agent_id": "' + b"x" * (1024 * 1024) + b'"}', 413),
             (token, json.dumps(registration(capabilities=[1, {"a": 2}])).encode(), 422),
             (token, json.dumps(registration(surprise=True)).encode(), 422),
+            (token, json.dumps(registration(instance="a\nb")).encode(), 422),
+            (token, json.dumps(registration(instance="i" * 65)).encode(), 422),
             (token, json.dumps(registration(name="other")).encode(), 403),
             (token, b"{not json", 422),
         ]
