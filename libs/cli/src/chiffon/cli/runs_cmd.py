@@ -174,6 +174,16 @@ async def follow_run(
             verdict = "approved" if p["approved"] else "rejected"
             comment = f": {_short(p['comment'], 400)}" if p.get("comment") else ""
             echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
+        elif t == "run.paused":
+            needs = ", ".join(p.get("requires") or []) or "an agent"
+            where = f" at {p['node_id']}" if p.get("node_id") else ""
+            secho(
+                f"  ⏸ paused{where}: {p['reason']} (needs {needs}); it resumes by itself"
+                " when an agent can take the task",
+                fg=typer.colors.CYAN,
+            )
+        elif t == "run.resumed":
+            echo(f"  resumed: {_short(p.get('reason') or 'by event', 200)}")
         elif t == "run.cancel_requested":
             echo(f"  cancel requested by {event.actor}")
         elif t in RUN_ENDING_STATUS:
@@ -271,6 +281,9 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     echo(
         f"  executor   {r.executor or '-'}{f' (pid {r.pid})' if r.pid else ''}{f', claimed {r.claims} times' if r.claims > 1 else ''}"
     )
+    if r.paused is not None:
+        needs = ", ".join(r.paused.requires) or "an agent"
+        echo(f"  paused     {r.paused.reason} at {r.paused.node_id or '-'} (needs {needs})")
     echo(f"  created    {r.created_at:%Y-%m-%d %H:%M:%S} by {r.requested_by}")
     echo(f"  duration   {_ms(r.duration_ms)}")
     echo(
