@@ -242,7 +242,7 @@ async def test_an_agent_whose_id_has_dots_and_colons_is_found_by_it(
     await register(stack, registry, agent_id, ["shell"], 2, None, name="dotted-box")
     async with client(stack.gateway, keys["viewer"]) as http:
         agent = await shown(http, agent_id, "online")
-        assert agent["name"] == "dotted-box"
+        assert (agent["agent_id"], agent["name"]) == (agent_id, "dotted-box")
 
 
 async def test_a_heartbeats_load_is_shown_by_the_gateway_and_the_cli(

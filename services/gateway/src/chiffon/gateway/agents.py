@@ -88,6 +88,12 @@ class AgentRow:
         return str(self.data["agent_id"])
 
     @property
+    def chosen_id(self) -> str:
+        """The id the agent registered with (the row's key is a digest of one that holds
+        dots or colons, which NATS subjects cannot carry)."""
+        return str(self.data.get("chosen_id") or self.data["agent_id"])
+
+    @property
     def resources(self) -> dict[str, Any]:
         value = self.data.get("resources")
         return dict(value) if isinstance(value, dict) else {}
@@ -122,7 +128,7 @@ class AgentRow:
         d = self.data
         labels = d.get("labels")
         return {
-            "agent_id": self.agent_id,
+            "agent_id": self.chosen_id,
             "name": d["name"],
             "host": d.get("host"),
             "grpc_address": d.get("grpc_address") or d.get("address"),
