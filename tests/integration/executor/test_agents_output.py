@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from chiffon.agentproto.v1 import agent_pb2
+from chiffon.cli.client import RunEvent
 from chiffon.cli.http_client import GatewayClient
 from chiffon.events import CATALOG
 from chiffon.eventstore import InMemoryEventStore, JetStreamEventStore
@@ -79,16 +80,23 @@ async def test_output_lines_reach_the_sse_stream_before_the_node_completes(
                     seen.append(event)
 
             events = f"/v1/runs/{run_id}/events"
+            by_cli: list[RunEvent] = []  # what `chiffon runs follow` reads
+
+            async def follow_as_the_cli() -> None:
+                async for event in client.follow_run_events(run_id, output=True):
+                    by_cli.append(event)
+
             tasks = [
                 asyncio.create_task(follow(f"{events}?output=true", with_output)),
                 asyncio.create_task(follow(events, without)),
+                asyncio.create_task(follow_as_the_cli()),
             ]
 
             async def both_waiting() -> bool:
                 return all(
                     any(e.event == "run.approval.requested" for e in seen)
                     for seen in (with_output, without)
-                )
+                ) and any(e.type == "run.approval.requested" for e in by_cli)
 
             # Both follow the run live before the task starts printing.
             await eventually(both_waiting, timeout=30, message="the approval on both streams")
@@ -127,6 +135,9 @@ async def test_output_lines_reach_the_sse_stream_before_the_node_completes(
         assert with_output[completed].data["payload"]["outputs"]["ticker"]["stdout"] == (
             "one\nthree\n"
         )
+        # The CLI's client shows the same lines, between the same stored events.
+        assert [e.payload["text"] for e in by_cli if e.type == "output"] == ["one", "two", "three"]
+        assert [e.type for e in by_cli if e.type != "output"] == [e.event for e in history]
     finally:
         for task in tasks:
             task.cancel()

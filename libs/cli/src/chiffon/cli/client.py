@@ -130,7 +130,9 @@ class ChiffonClient(ABC):
 
     @abstractmethod
     def follow_run_events(
-        self, run_id: str, after_seq: int = 0, *, follow: bool = True
+        self, run_id: str, after_seq: int = 0, *, follow: bool = True, output: bool = False
     ) -> AsyncIterator[RunEvent]:
         """The run's events after ``after_seq``: history, then live until the run ends or
-        the caller stops (``follow=False``: the history only)."""
+        the caller stops (``follow=False``: the history only). ``output``: also agent
+        tasks' output lines as they are printed (``type == "output"``, not stored: their
+        ``seq`` is the last stored event's, and a resumed follow does not replay them)."""

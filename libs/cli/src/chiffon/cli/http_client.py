@@ -19,7 +19,7 @@ import os
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +315,7 @@ class GatewayClient(ChiffonClient):
     # -- events --
 
     async def follow_run_events(
-        self, run_id: str, after_seq: int = 0, *, follow: bool = True
+        self, run_id: str, after_seq: int = 0, *, follow: bool = True, output: bool = False
     ) -> AsyncIterator[RunEvent]:
         """History, then live; on a dropped connection, reconnect and resume after the
         last event received (``Last-Event-ID``). Stops after the run's ending event."""
@@ -324,6 +324,8 @@ class GatewayClient(ChiffonClient):
         retry_ms: float | None = None
         path = f"/v1/runs/{_segment(run_id)}/events"
         params = {} if follow else {"follow": "false"}
+        if output and follow:
+            params["output"] = "true"
         while True:
             ended = False
             try:
@@ -347,6 +349,10 @@ class GatewayClient(ChiffonClient):
                         if message.retry is not None:
                             retry_ms = message.retry
                         if message.data is None:
+                            continue
+                        if message.id is None:  # live output: no stored event, no id
+                            if output and message.event == "output":
+                                yield _output_line(message, last)
                             continue
                         event = _run_event(message)
                         last = event.seq
@@ -414,6 +420,17 @@ def _run_event(message: _Message) -> RunEvent:
         occurred_at=datetime.fromisoformat(envelope["occurred_at"]),
         actor=f"{actor.get('kind')}:{actor.get('id')}",
         payload=envelope.get("payload") or {},
+    )
+
+
+def _output_line(message: _Message, last: int) -> RunEvent:
+    line = json.loads(message.data or "{}")
+    return RunEvent(
+        seq=last,
+        type="output",
+        occurred_at=datetime.now(UTC),
+        actor="agent",
+        payload=line if isinstance(line, dict) else {},
     )
 
 

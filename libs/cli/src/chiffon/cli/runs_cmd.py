@@ -128,10 +128,12 @@ async def follow_run(
     """Print the run's events as they happen; return the exit code of its end.
     ``follow=False``: what happened so far (``runs logs`` without ``--follow``)."""
     tokens: dict[str, tuple[int, int]] = {}
-    async for event in client.follow_run_events(run_id, after_seq, follow=follow):
+    async for event in client.follow_run_events(run_id, after_seq, follow=follow, output=True):
         p = event.payload
         t = event.type
-        if t == "run.claimed":
+        if t == "output":  # an agent task's line, live
+            secho(f"    │ {p.get('text', '')}", dim=True, err=p.get("stream") == "stderr")
+        elif t == "run.claimed":
             how = "resumed on" if p.get("resumed") else "running on"
             echo(f"  {how} {p['executor']} (pid {p['pid']})")
         elif t == "run.node.started":
