@@ -61,6 +61,7 @@ class FakeAgent:
     port: int = field(default_factory=free_port)
     requests: list[agent_pb2.ExecuteRequest] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
+    traces: list[str | None] = field(default_factory=list)  # each call's traceparent
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_task: asyncio.Event = field(default_factory=asyncio.Event)
     server: grpc.aio.Server | None = None
@@ -87,6 +88,7 @@ class _Servicer(agent_pb2_grpc.AgentServicer):
 
     async def _check(self, request_task: str, context: Any) -> None:
         metadata = dict(context.invocation_metadata() or ())
+        self.agent.traces.append(metadata.get("traceparent"))
         token = str(metadata.get("authorization", "")).removeprefix("Bearer ")
         try:
             verify_task_token(PUBLIC, token, agent_id=self.agent.agent_id, task_id=request_task)
@@ -174,9 +176,13 @@ async def dispatching(
         await dispatch.close()
 
 
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 async def run_command(log: RunLog, command: str) -> tuple[str, Any]:
     workflow, _ = await start(log, WORKFLOW.replace("COMMAND", command))
     running = execution(log, workflow, await claim(log), ScriptedLlm())
+    running.trace = TRACE  # the run's trace context, as a traced request gives it
     return await running.execute(), running
 
 
@@ -194,6 +200,7 @@ async def test_a_task_runs_on_an_agent_and_its_result_is_recorded(
     completed = [p for p in await payloads(log, "run.node.completed") if p.node_id == "shell"]
     assert completed[0].outputs == {"shell": {"stdout": "21\n", "stderr": "", "exit_code": 0}}
     [assigned] = await payloads(log, "run.agent_task.assigned")
+    assert agents[0].traces == [TRACE]  # the agent's span continues the run's trace
     task_id = f"{log.run_id}:shell:1:1"
     assert (assigned.task_id, assigned.agent_id, assigned.address) == (
         task_id,

@@ -87,11 +87,16 @@ class AgentClient:
         self.token_ttl = token_ttl
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _metadata(self, agent_id: str, task_id: str) -> list[tuple[str, str]]:
+    def _metadata(
+        self, agent_id: str, task_id: str, trace: str | None = None
+    ) -> list[tuple[str, str]]:
+        """The call's metadata: the signed token, and the run's trace context (the agent's
+        span for the task continues it)."""
+        metadata = [("traceparent", trace)] if trace else []
         if self._signer is None:
-            return []
+            return metadata
         token = self._signer.sign(agent_id=agent_id, task_id=task_id, ttl=self.token_ttl)
-        return [("authorization", f"Bearer {token}")]
+        return [("authorization", f"Bearer {token}"), *metadata]
 
     def _stub(self, address: str) -> agent_pb2_grpc.AgentAsyncStub:
         channel = self._channels.get(address)
@@ -112,6 +117,8 @@ class AgentClient:
         address: str,
         request: agent_pb2.ExecuteRequest,
         on_line: Callable[[str, str], None] | None = None,
+        *,
+        trace: str | None = None,
     ) -> TaskOutcome:
         """Run the task on the agent and wait for its one result. ``on_line(stream, text)``
         hears each output line as it arrives (stream: stdout or stderr).
@@ -122,7 +129,7 @@ class AgentClient:
         lines: list[tuple[str, str]] = []
         result: agent_pb2.TaskResult | None = None
         call = self._stub(address).Execute(
-            request, metadata=self._metadata(agent_id, request.task_id)
+            request, metadata=self._metadata(agent_id, request.task_id, trace)
         )
         try:
             async for update in call:

@@ -360,6 +360,7 @@ async def watched(
     agent: AgentView,
     request: agent_pb2.ExecuteRequest,
     live: LiveOutput | None = None,
+    trace: str | None = None,
 ) -> TaskOutcome:
     """The task's outcome, unless the registry records the agent offline first (its
     heartbeats stopped: a host gone without closing its connections looks like this):
@@ -367,7 +368,7 @@ async def watched(
     gone = dispatch.directory.went_offline(agent.agent_id)
     on_line = live.line if live is not None else None
     call = asyncio.ensure_future(
-        dispatch.client.execute(agent.agent_id, agent.address, request, on_line)
+        dispatch.client.execute(agent.agent_id, agent.address, request, on_line, trace=trace)
     )
     offline = asyncio.ensure_future(gone.wait())
     try:
@@ -442,7 +443,7 @@ async def run_on(
         try:
             try:
                 outcome: TaskOutcome = await ctx.interruptible(
-                    watched(dispatch, agent, request, live)
+                    watched(dispatch, agent, request, live, trace=ctx.trace)
                 )
             finally:
                 await live.close()

@@ -59,6 +59,7 @@ class Execution(Protocol):
 
     run: RunState
     llm: ModelGateway
+    trace: str | None  # the run's W3C traceparent, carried to what it calls (agents)
 
     def next_iteration(self, node_id: str) -> int: ...
     def edge_fired(self, edge_index: int, limit: int | None) -> bool: ...
