@@ -176,6 +176,10 @@ async def follow_run(
             verdict = "approved" if p["approved"] else "rejected"
             comment = f": {_short(p['comment'], 400)}" if p.get("comment") else ""
             echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
+        elif t == "run.agent_task.finished":
+            used = _task_usage(p)
+            if used:
+                echo(f"    ⚙ {p.get('agent_id') or 'agent'}: {used}")
         elif t == "run.paused":
             needs = ", ".join(p.get("requires") or []) or "an agent"
             where = f" at {p['node_id']}" if p.get("node_id") else ""
@@ -191,6 +195,20 @@ async def follow_run(
         elif t in RUN_ENDING_STATUS:
             return _summary(RUN_ENDING_STATUS[t], p)
     return codes.UNAVAILABLE
+
+
+def _task_usage(p: dict[str, Any]) -> str:
+    """What an agent task used, as the agent measured it (empty when it said nothing)."""
+    parts = []
+    if p.get("duration_ms") is not None:
+        parts.append(_ms(p["duration_ms"]))
+    if p.get("cpu_seconds") is not None:
+        parts.append(f"cpu {p['cpu_seconds']:.3f} s")
+    if p.get("peak_memory_bytes"):
+        parts.append(f"peak memory {p['peak_memory_bytes'] / 2**20:.1f} MiB")
+    if p.get("gpu_memory_bytes"):
+        parts.append(f"GPU memory {p['gpu_memory_bytes'] / 2**20:.1f} MiB")
+    return ", ".join(parts)
 
 
 def _summary(status: str, payload: dict[str, Any]) -> int:
