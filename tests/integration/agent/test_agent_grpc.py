@@ -66,7 +66,8 @@ async def test_echo_streams_its_line_and_returns_exit_code_0_with_usage(
     assert _output(result) == {"stdout": "ok\n", "stderr": "", "exit_code": 0}
     assert result.duration_ms > 0
     assert result.cpu_seconds >= 0
-    assert result.peak_memory_bytes > 0
+    # The task's own peak, not the agent's image (~90 MiB) that wait4 would report.
+    assert 0 <= result.peak_memory_bytes < 20 * 2**20
     assert result.gpu_memory_bytes == 0
     assert result.agent_id == agent.agent_id
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from google.protobuf import json_format, struct_pb2
 
@@ -12,6 +14,8 @@ from chiffon.agent.application import AgentIdentity, AgentRuntime
 from chiffon.agent.settings import DEFAULT_ALLOW
 from chiffon.agent.tasks import AtCapacity, RunningTask
 from chiffon.agentproto.v1 import agent_pb2
+
+MIB = 1 << 20
 
 
 def _runtime(tmp_path: Path, **overrides: Any) -> AgentRuntime:
@@ -107,3 +111,28 @@ async def test_an_unknown_tool_is_refused(tmp_path: Path) -> None:
     finally:
         await runtime.close()
     assert result.error_type == "unknown_tool"
+
+
+async def test_the_peak_memory_of_a_task_is_its_own_not_the_agents(tmp_path: Path) -> None:
+    # wait4's ru_maxrss of a child spawned by the agent holds the agent's own image (~90 MiB
+    # for `true` before); the task's figure must not.
+    agent_rss = psutil.Process().memory_info().rss
+    assert agent_rss > 40 * MIB, "the test needs an agent far larger than `true`"
+    runtime = _runtime(tmp_path)
+    try:
+        result = await _result(runtime, _request("t1", "true"))
+    finally:
+        await runtime.close()
+    assert result.ok
+    assert 0 <= result.peak_memory_bytes < 20 * MIB
+
+
+async def test_a_task_that_allocates_reports_what_it_allocated(tmp_path: Path) -> None:
+    program = "b = bytearray(64 << 20); import time; time.sleep(0.5)"
+    runtime = _runtime(tmp_path, allow=(sys.executable,))
+    try:
+        result = await _result(runtime, _request("t1", [sys.executable, "-S", "-c", program]))
+    finally:
+        await runtime.close()
+    assert result.ok, result.error_message
+    assert 64 * MIB <= result.peak_memory_bytes < 64 * MIB + psutil.Process().memory_info().rss

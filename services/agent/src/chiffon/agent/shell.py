@@ -8,15 +8,30 @@ HOME = its scratch directory) plus the task's env: never the agent's own environ
 which holds its credential settings. It runs in its own process group, so a timeout or
 a cancel kills everything it started.
 
-Usage is measured with wait4 on the child: its CPU (user + system) and peak resident
-memory, including the descendants it waited for. A thread waits (not asyncio's child
-watcher, which would reap the child first and lose its rusage).
+Usage: CPU (user + system) is wait4's rusage of the child, including the descendants it
+waited for. Peak memory is the task's own, not the agent's: wait4's ru_maxrss cannot be
+trusted below the agent's own peak, because Linux records the high-water mark of the image
+a process leaves at exec, and a spawned child leaves the agent's (vfork, which Popen uses
+here, and posix_spawn alike: `true` reported ~90 MiB, the agent's RSS). So the peak is
+ru_maxrss when it exceeds the agent's own (then it can only be the task's image or a
+descendant's); otherwise the largest VmHWM (which restarts at exec) read from
+/proc/<pid>/status right after the spawn, when it first writes output and every
+SAMPLE_SECONDS while it runs: a lower bound for a short task (0 if it ended before any
+read caught it; reading its figure after exit is impossible, an exited process has no
+memory left to report, and its rusage holds the agent's).
+
+The child is reaped on the event loop: a pidfd becomes readable when it exits, then
+wait4(WNOHANG) takes its status and rusage. No thread per task (the hand-off to a wait4
+thread and back cost more loop callbacks than the rest of the task), and asyncio's child
+watcher never sees the pid (it would reap it and lose the rusage). Its pipes are read with
+add_reader and os.read, without a StreamReader and transport per pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -24,7 +39,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +54,8 @@ MAX_ENV = 256
 MAX_LINE_BYTES = 64 * 1024
 #: After a cancel's SIGTERM, how long the process group has before SIGKILL.
 TERM_GRACE_SECONDS = 0.5
+#: How often a running task's VmHWM is read (its peak memory when wait4's is the agent's).
+SAMPLE_SECONDS = 0.1
 #: Variables that would let a task change what an allow-listed program runs.
 _REFUSED_ENV_PREFIXES = ("LD_", "DYLD_")
 _REFUSED_ENV = frozenset({"PATH", "BASH_ENV", "ENV", "IFS"})
@@ -202,20 +218,89 @@ class _Capture:
         return text
 
 
-async def _drain(pipe: Any, capture: _Capture) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+class _PipeReader:
+    """Reads a child's pipe on the loop (add_reader + os.read) into a _Capture until EOF."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        capture: _Capture,
+        on_first_output: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._capture = capture
+        self._on_first_output: Callable[[], None] | None = on_first_output
+        self.done: asyncio.Future[None] = loop.create_future()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            if self._on_first_output is not None:
+                self._on_first_output()
+                self._on_first_output = None
+            self._capture.feed(chunk)
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop reading (at EOF, or when the child's group still holds the pipe)."""
+        if not self.done.done():
+            self._loop.remove_reader(self._fd)
+            self._capture.close()
+            self.done.set_result(None)
+
+
+def _vm_hwm_bytes(pid: int) -> float:
+    """The peak resident memory of `pid`'s current image (VmHWM); 0 if it has none any more."""
     try:
-        while chunk := await reader.read(65536):
-            capture.feed(chunk)
-    finally:
-        capture.close()
-        transport.close()
+        with open(f"/proc/{pid}/status", "rb") as status:
+            data = status.read()
+    except OSError:
+        return 0.0
+    start = data.find(b"VmHWM:")
+    if start < 0:
+        return 0.0
+    end = data.find(b"kB", start)
+    try:
+        return float(int(data[start + 6 : end])) * 1024.0
+    except ValueError:
+        return 0.0
+
+
+def _remove_scratch(path: str) -> None:
+    # Most tasks leave their scratch directory empty: one rmdir. Otherwise remove the tree,
+    # making directories the task made read-only writable again.
+    try:
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
+
+    def writable_again(function: Any, name: str, _: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                function(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=writable_again)
 
 
 class ShellRunner:
-    """Runs ShellCommands; one waiting thread per running task."""
+    """Runs ShellCommands; children are reaped on the event loop through pidfds."""
 
     def __init__(
         self,
@@ -226,14 +311,13 @@ class ShellRunner:
         gpu: GpuProbe,
     ) -> None:
         self._scratch_root = scratch_root
+        self._scratch_ready = False
         self._output_cap = output_cap
-        self._waiters = ThreadPoolExecutor(
-            max_workers=max_concurrency + 2, thread_name_prefix="agent-wait4"
-        )
+        self._max_concurrency = max_concurrency
         self._gpu = gpu
 
     def close(self) -> None:
-        self._waiters.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: a child still running is reaped by its pidfd's callback."""
 
     def _cwd(self, command: ShellCommand, scratch: Path) -> str:
         if command.cwd is None:
@@ -257,12 +341,21 @@ class ShellRunner:
         on_line: Callable[[int, str], None],
         cancelled: asyncio.Event,
     ) -> ShellOutcome:
-        self._scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(prefix="task-", dir=self._scratch_root) as scratch_dir:
+        if not self._scratch_ready:
+            self._scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._scratch_ready = True
+        try:
+            scratch_dir = tempfile.mkdtemp(prefix="task-", dir=self._scratch_root)
+        except FileNotFoundError:  # the root was removed under a running agent
+            self._scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            scratch_dir = tempfile.mkdtemp(prefix="task-", dir=self._scratch_root)
+        try:
             scratch = Path(scratch_dir)
             cwd = self._cwd(command, scratch)
-            env = {"PATH": AGENT_PATH, "LANG": "C.UTF-8", "HOME": str(scratch), **command.env}
+            env = {"PATH": AGENT_PATH, "LANG": "C.UTF-8", "HOME": scratch_dir, **command.env}
             return await self._run(command, cwd, env, on_line, cancelled)
+        finally:
+            _remove_scratch(scratch_dir)
 
     async def _run(
         self,
@@ -275,7 +368,8 @@ class ShellRunner:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            # Popen, not asyncio's subprocess: wait4 below must be the one to reap the child.
+            # Popen (vfork + exec here), not asyncio's subprocess: we must be the one to reap
+            # the child, with wait4, to get its rusage.
             process = subprocess.Popen(  # noqa: S603, ASYNC220 — argv, allow-listed, no shell
                 list(command.argv),
                 executable=command.executable,
@@ -291,27 +385,61 @@ class ShellRunner:
             raise ToolRefused(
                 "start_failed", f"could not start {command.argv[0]!r}: {error.strerror}"
             ) from None
+        pid = process.pid
+        # Popen must never reap the pid (wait4 below does): it believes it is done.
+        process.returncode = -signal.SIGKILL
+        sampled_peak = _vm_hwm_bytes(pid)
+
+        def sample_now() -> None:
+            # Also when it first writes: a short task is loaded by then and still alive.
+            nonlocal sampled_peak
+            sampled_peak = max(sampled_peak, _vm_hwm_bytes(pid))
+
         out = _Capture(self._output_cap, on_line, STDOUT)
         err = _Capture(self._output_cap, on_line, STDERR)
         assert process.stdout is not None and process.stderr is not None
-        drains = [
-            asyncio.ensure_future(_drain(process.stdout, out)),
-            asyncio.ensure_future(_drain(process.stderr, err)),
+        readers = [
+            _PipeReader(loop, process.stdout.fileno(), out, sample_now),
+            _PipeReader(loop, process.stderr.fileno(), err, sample_now),
         ]
-        waited = loop.run_in_executor(self._waiters, os.wait4, process.pid, 0)
+        waited: asyncio.Future[tuple[int, int, resource.struct_rusage]] = loop.create_future()
+        pidfd = os.pidfd_open(pid)
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                reaped_pid, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError as error:  # not ours to reap: cannot happen, say so
+                if not waited.done():
+                    waited.set_exception(error)
+                return
+            if not waited.done():
+                waited.set_result((reaped_pid, status, usage))
+
+        loop.add_reader(pidfd, exited)
+
+        sampler: asyncio.TimerHandle | None = None
+
+        def sample() -> None:
+            nonlocal sampler
+            if waited.done():
+                return
+            sample_now()
+            sampler = loop.call_later(SAMPLE_SECONDS, sample)
+
+        sampler = loop.call_later(SAMPLE_SECONDS, sample)
         gpu_peak = 0.0
         gpu_sampler = (
-            asyncio.ensure_future(self._sample_gpu(process.pid, waited))
-            if self._gpu.present
-            else None
+            asyncio.ensure_future(self._sample_gpu(pid, waited)) if self._gpu.present else None
         )
         reaped = False
 
         def kill(sig: int) -> None:
-            if reaped:
+            if reaped or waited.done():
                 return
             try:
-                os.killpg(process.pid, sig)
+                os.killpg(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -339,15 +467,17 @@ class ShellRunner:
             raise
         finally:
             cancel_wait.cancel()
+            if sampler is not None:
+                sampler.cancel()
             # The group may still hold the pipes (a child that forked); it is killed above
             # on timeout and cancel; otherwise give the readers a moment, then stop reading.
-            _, pending = await asyncio.wait(drains, timeout=1.0)
-            for task in pending:
-                task.cancel()
+            pending = [reader for reader in readers if not reader.done.done()]
+            if pending:
+                await asyncio.wait([reader.done for reader in pending], timeout=1.0)
+            for reader in readers:
+                reader.stop()
             if not reaped:
-                kill(signal.SIGKILL)
-            # Popen must not try to reap the pid again (the waiting thread does).
-            process.returncode = -signal.SIGKILL
+                kill(signal.SIGKILL)  # the pidfd's callback still reaps it
             for pipe in (process.stdout, process.stderr):
                 pipe.close()
             if gpu_sampler is not None:
@@ -360,7 +490,7 @@ class ShellRunner:
             stderr=err.text(),
             duration_ms=duration_ms,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            peak_memory_bytes=float(usage.ru_maxrss) * 1024.0,  # Linux: kilobytes
+            peak_memory_bytes=_task_peak(usage, sampled_peak),
             gpu_memory_bytes=gpu_peak,
             timed_out=timed_out,
             cancelled=was_cancelled,
@@ -372,3 +502,10 @@ class ShellRunner:
             peak = max(peak, await asyncio.to_thread(self._gpu.process_memory, pid))
             await asyncio.sleep(0.2)
         return peak
+
+
+def _task_peak(usage: resource.struct_rusage, sampled: float) -> float:
+    """The task's peak resident memory in bytes (see the module's docstring)."""
+    reported = float(usage.ru_maxrss) * 1024.0  # Linux: kilobytes
+    own = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0
+    return reported if reported > own else sampled
