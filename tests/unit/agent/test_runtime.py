@@ -136,3 +136,20 @@ async def test_a_task_that_allocates_reports_what_it_allocated(tmp_path: Path) -
         await runtime.close()
     assert result.ok, result.error_message
     assert 64 * MIB <= result.peak_memory_bytes < 64 * MIB + psutil.Process().memory_info().rss
+
+
+async def test_each_task_starts_in_an_empty_scratch_directory_removed_after_use(
+    tmp_path: Path,
+) -> None:
+    runtime = _runtime(tmp_path, allow=("touch", "ls", "mkdir", "true"))
+    try:
+        wrote = await _result(runtime, _request("t1", "touch left-behind"))
+        listed = await _result(runtime, _request("t2", "ls -A"))
+        made = await _result(runtime, _request("t3", "mkdir sub"))
+        listed_again = await _result(runtime, _request("t4", "ls -A"))
+    finally:
+        await runtime.close()
+    assert wrote.ok and made.ok
+    assert json_format.MessageToDict(listed.output)["stdout"] == ""
+    assert json_format.MessageToDict(listed_again.output)["stdout"] == ""
+    assert list((tmp_path / "scratch").iterdir()) == []
