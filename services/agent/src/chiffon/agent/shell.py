@@ -342,12 +342,22 @@ class ShellRunner:
         self._output_cap = output_cap
         self._max_concurrency = max_concurrency
         self._gpu = gpu
+        self._null: int | None = None
+
+    def _devnull(self) -> int:
+        # Opened once (Popen's DEVNULL opens and closes /dev/null for every child).
+        if self._null is None:
+            self._null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return self._null
 
     def close(self) -> None:
         """Remove the spare scratch directories (a child still running is reaped by its
         pidfd's callback)."""
         while self._free_scratch:
             _remove_scratch(self._free_scratch.pop())
+        if self._null is not None:
+            os.close(self._null)
+            self._null = None
 
     def _cwd(self, command: ShellCommand, scratch: Path) -> str:
         if command.cwd is None:
@@ -369,7 +379,7 @@ class ShellRunner:
         command: ShellCommand,
         *,
         on_line: Callable[[int, str], None],
-        cancelled: asyncio.Event,
+        cancelled: asyncio.Future[None],
     ) -> ShellOutcome:
         scratch_dir = self._free_scratch.pop() if self._free_scratch else self._new_scratch()
         reusable = False
@@ -412,7 +422,7 @@ class ShellRunner:
         cwd: str,
         env: dict[str, str],
         on_line: Callable[[int, str], None],
-        cancelled: asyncio.Event,
+        cancelled: asyncio.Future[None],
     ) -> tuple[ShellOutcome, bool]:
         """The outcome, and whether the task's process group is gone."""
         loop = asyncio.get_running_loop()
@@ -423,7 +433,7 @@ class ShellRunner:
             process = subprocess.Popen(  # noqa: S603, ASYNC220 — argv, allow-listed, no shell
                 list(command.argv),
                 executable=command.executable,
-                stdin=subprocess.DEVNULL,
+                stdin=self._devnull(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
@@ -494,14 +504,13 @@ class ShellRunner:
                 pass
 
         timed_out = was_cancelled = False
-        cancel_wait = asyncio.ensure_future(cancelled.wait())
         try:
-            watched: set[asyncio.Future[Any]] = {waited, cancel_wait}
+            watched: set[asyncio.Future[Any]] = {waited, cancelled}
             done, _ = await asyncio.wait(
                 watched, timeout=command.timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if waited not in done:
-                if cancel_wait in done:
+                if cancelled in done:
                     was_cancelled = True
                     kill(signal.SIGTERM)
                     finished, _ = await asyncio.wait({waited}, timeout=TERM_GRACE_SECONDS)
@@ -516,7 +525,6 @@ class ShellRunner:
             kill(signal.SIGKILL)
             raise
         finally:
-            cancel_wait.cancel()
             if sampler is not None:
                 sampler.cancel()
             # The group may still hold the pipes (a child that forked); it is killed above

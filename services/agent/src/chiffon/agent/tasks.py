@@ -21,14 +21,24 @@ class AtCapacity(Exception):
     """The agent already runs max_concurrency tasks."""
 
 
+def _new_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
 @dataclass
 class RunningTask:
     task_id: str
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Done when the task is to stop. A future, not an Event: the runner waits on it with
+    #: the child's exit directly, without a task per run to wait on an Event.
+    cancelled: asyncio.Future[None] = field(default_factory=_new_future)
     updates: list[agent_pb2.ExecuteUpdate] = field(default_factory=list)
     result: agent_pb2.TaskResult | None = None
     runner: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def cancel(self) -> None:
+        if not self.cancelled.done():
+            self.cancelled.set_result(None)
 
     def publish(self, update: agent_pb2.ExecuteUpdate) -> None:
         self.updates.append(update)
@@ -128,7 +138,7 @@ class Tasks:
         as cancelled, so an Execute racing behind its Cancel does not start it."""
         task = self._running.get(task_id)
         if task is not None:
-            task.cancelled.set()
+            task.cancel()
             return True
         if task_id not in self._recent:
             self._remember(
@@ -146,7 +156,7 @@ class Tasks:
     async def stop(self) -> None:
         """Cancel every running task (the agent is shutting down)."""
         for task in list(self._running.values()):
-            task.cancelled.set()
+            task.cancel()
         runners = [t.runner for t in self._running.values() if t.runner is not None]
         if runners:
             await asyncio.wait(runners, timeout=5.0)
