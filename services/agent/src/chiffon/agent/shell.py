@@ -466,15 +466,19 @@ class ShellRunner:
         pidfd = os.pidfd_open(pid)
 
         def exited() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
             try:
                 reaped_pid, status, usage = os.wait4(pid, os.WNOHANG)
             except ChildProcessError as error:  # not ours to reap: cannot happen, say so
-                if not waited.done():
-                    waited.set_exception(error)
+                reaped_pid, failure = -1, error
+            if reaped_pid == 0:
+                return  # not waitable yet: the pidfd will say so again
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if waited.done():
                 return
-            if not waited.done():
+            if reaped_pid < 0:
+                waited.set_exception(failure)
+            else:
                 waited.set_result((reaped_pid, status, usage))
 
         loop.add_reader(pidfd, exited)
