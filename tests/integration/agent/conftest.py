@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chiffon.agentproto.auth import generate_keypair, sign_task_token
 from chiffon.agentproto.v1 import agent_pb2_grpc
 from chiffon.devstack.ports import free_port
+from tests.support.agents import wait_agent_serving
 
 
 @dataclass
@@ -38,20 +37,7 @@ class AgentProcess:
 
 
 def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"agent exited: {log.read_text(errors='replace')}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)  # type: ignore[attr-defined]  # typeshed lists no methods
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise AssertionError(f"agent not serving within 20 s: {log.read_text(errors='replace')}")
+    wait_agent_serving(address, process, log)
 
 
 def start_agent(tmp_path: Path, **extra: str) -> AgentProcess:

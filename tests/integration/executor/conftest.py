@@ -24,10 +24,13 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from chiffon.cli.http_client import GatewayClient
+from chiffon.commands import CommandBus
+from chiffon.commands.model import IssueAgentCredential
 from chiffon.core.db import ensure_database
 from chiffon.core.settings import ChiffonSettings
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
+from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore
 from chiffon.projections.host import all_migrations
 from tests.integration.gateway.support import (
@@ -277,3 +280,32 @@ def examples() -> Iterator[Path]:
 def log(store: JetStreamEventStore) -> RunLog:
     """One run's graph, driven directly against the real event store (a namespace per test)."""
     return RunLog(store)
+
+
+@pytest.fixture
+async def registry(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Service]:
+    """A registry process for this test's namespace, once ready; stopped at the end."""
+    service = start_service(
+        "chiffon.registry",
+        "registry",
+        {**service_env, "CHIFFON_LOG_LEVEL": "warning"},
+        tmp_path,
+        free_port(),
+    )
+    try:
+        await wait_service_ready(service)
+        yield service
+    finally:
+        stop_all([service])
+
+
+async def issue_credential(store: JetStreamEventStore, name: str, folder: Path) -> Path:
+    """An agent credential for ``name``, issued as an admin does (the registry's command),
+    in a 0600 file under ``folder``."""
+    issued = await CommandBus(store, store.streams.namespace).send(
+        IssueAgentCredential(actor=Actor(kind="api_key", id="admin-key", name="admin"), name=name)
+    )
+    credential = folder / f"{name}.credential"
+    credential.write_text(issued["credential"])
+    credential.chmod(0o600)
+    return credential

@@ -10,15 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chiffon.agentproto.auth import generate_keypair
 from chiffon.cli.http_client import GatewayClient
@@ -26,6 +23,7 @@ from chiffon.devstack.ports import free_port
 from chiffon.events import Actor, new_event
 from chiffon.events.agents import AgentRegistered
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
+from tests.support.agents import wait_agent_serving
 
 from .conftest import Spawn
 from .helpers import events_until, of_type
@@ -70,20 +68,7 @@ class Agent:
 
 
 def wait_serving(agent: Agent, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(agent.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if agent.process.poll() is not None:
-                raise AssertionError(f"agent exited: {agent.log.read_text(errors='replace')}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)  # type: ignore[attr-defined]  # typeshed lists no methods
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise AssertionError(f"agent not serving in {timeout}s: {agent.log.read_text()}")
+    wait_agent_serving(agent.address, agent.process, agent.log, timeout)
 
 
 def start_agent(agent_id: str, public_key: Path, tmp_path: Path, **extra: str) -> Agent:

@@ -9,21 +9,17 @@ import sys
 from pathlib import Path
 
 from chiffon.cli.http_client import GatewayClient
-from chiffon.commands import CommandBus
-from chiffon.commands.model import IssueAgentCredential
 from chiffon.core.settings import ChiffonSettings
 from chiffon.devstack.ports import free_port
-from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore
-from tests.integration.gateway.support import start_service, stop_all, wait_ready
+from tests.integration.gateway.support import Service
 
-from .conftest import Spawn
+from .conftest import Spawn, issue_credential
 from .helpers import events_until, of_type, run_view
 from .test_agents_failover import Agent, wait_serving
 from .test_agents_failover import keys as keys  # noqa: F401 — the fixture
 from .test_signals import work_consumer
 
-ADMIN = Actor(kind="api_key", id="admin-key", name="admin")
 CHIFFON = Path(sys.executable).with_name("chiffon")
 
 WORKFLOW = """
@@ -50,19 +46,12 @@ async def test_a_run_without_a_capable_agent_pauses_and_resumes_when_one_starts(
     store: JetStreamEventStore,
     service_env: dict[str, str],
     keys: tuple[Path, Path],  # noqa: F811
+    registry: Service,
     tmp_path: Path,
 ) -> None:
-    registry = start_service(
-        "chiffon.registry",
-        "registry",
-        {**service_env, "CHIFFON_LOG_LEVEL": "warning"},
-        tmp_path,
-        free_port(),
-    )
     agent: Agent | None = None
     signing = {"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys[0])}
     try:
-        await wait_ready(registry)
         first = await spawn_executor(1, env=signing)
         await client.register_workflow(WORKFLOW)
         run_id = (await client.start_run("needs-a-desk", inputs={}))["run_id"]
@@ -79,12 +68,7 @@ async def test_a_run_without_a_capable_agent_pauses_and_resumes_when_one_starts(
         assert first.stop(timeout=20) == 0
         await spawn_executor(2, env=signing)
 
-        issued = await CommandBus(store, store.streams.namespace).send(
-            IssueAgentCredential(actor=ADMIN, name="desk")
-        )
-        credential = tmp_path / "desk.credential"
-        credential.write_text(issued["credential"])
-        credential.chmod(0o600)
+        credential = await issue_credential(store, "desk", tmp_path)
         port = free_port()
         log = tmp_path / "desk.log"
         with log.open("wb") as out:
@@ -133,4 +117,3 @@ async def test_a_run_without_a_capable_agent_pauses_and_resumes_when_one_starts(
     finally:
         if agent is not None:
             agent.stop()
-        stop_all([registry])

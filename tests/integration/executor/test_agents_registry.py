@@ -7,19 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from chiffon.cli.http_client import GatewayClient
-from chiffon.commands import CommandBus
-from chiffon.commands.model import IssueAgentCredential
-from chiffon.devstack.ports import free_port
-from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore
-from tests.integration.gateway.support import start_service, stop_all, wait_ready
+from tests.integration.gateway.support import Service
 
-from .conftest import Spawn
+from .conftest import Spawn, issue_credential
 from .helpers import events_until, of_type
 from .test_agents_failover import keys as keys  # noqa: F401 — the fixture
 from .test_agents_failover import start_agent, wait_serving
-
-ADMIN = Actor(kind="api_key", id="admin-key", name="admin")
 
 WORKFLOW = """
 name: waits-for-an-agent
@@ -38,31 +32,18 @@ async def test_an_agent_registered_later_takes_the_waiting_task(
     spawn_executor: Spawn,
     client: GatewayClient,
     store: JetStreamEventStore,
-    service_env: dict[str, str],
     keys: tuple[Path, Path],  # noqa: F811
+    registry: Service,
     tmp_path: Path,
 ) -> None:
-    registry = start_service(
-        "chiffon.registry",
-        "registry",
-        {**service_env, "CHIFFON_LOG_LEVEL": "warning"},
-        tmp_path,
-        free_port(),
-    )
     agent = None
     try:
-        await wait_ready(registry)
         await spawn_executor(1, env={"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys[0])})
         await client.register_workflow(WORKFLOW)
         run_id = (await client.start_run("waits-for-an-agent", inputs={}))["run_id"]
         await events_until(client, run_id, lambda e: e.type == "run.node.started")
 
-        issued = await CommandBus(store, store.streams.namespace).send(
-            IssueAgentCredential(actor=ADMIN, name="desk")
-        )
-        credential = tmp_path / "desk.credential"
-        credential.write_text(issued["credential"])
-        credential.chmod(0o600)
+        credential = await issue_credential(store, "desk", tmp_path)
         agent = start_agent(
             "desk-1",
             keys[1],
@@ -87,4 +68,3 @@ async def test_an_agent_registered_later_takes_the_waiting_task(
     finally:
         if agent is not None:
             agent.stop()
-        stop_all([registry])

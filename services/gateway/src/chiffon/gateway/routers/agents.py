@@ -24,7 +24,7 @@ from chiffon.gateway.agents import (
 )
 from chiffon.gateway.auth import Admin, Viewer
 from chiffon.gateway.problems import NotFound
-from chiffon.gateway.routers.common import READ, WRITE, require_json
+from chiffon.gateway.routers.common import READ, WRITE, page_response, require_json
 from chiffon.gateway.runtime import GatewayDep
 from chiffon.gateway.schemas import (
     AgentCredentialCreate,
@@ -71,11 +71,7 @@ async def list_all(
     page = AgentsPublic(
         agents=[AgentPublic.model_validate(a) for a in shown], next_cursor=next_cursor
     )
-    headers = {}
-    if next_cursor:
-        url = request.url.include_query_params(cursor=next_cursor)
-        headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
-    return Response(page.model_dump_json(), media_type="application/json", headers=headers)
+    return page_response(request, page, next_cursor)
 
 
 @router.get(

@@ -1,10 +1,12 @@
-"""Helpers shared by the routers: content types, and the problems each route documents."""
+"""Helpers shared by the routers: content types, pages, and the problems each route
+documents."""
 
 from __future__ import annotations
 
 import email.message
 
-from fastapi import Request
+from fastapi import Request, Response
+from pydantic import BaseModel
 
 from chiffon.gateway.problems import UnsupportedMediaType, problem_responses
 
@@ -47,3 +49,12 @@ async def optional_json(request: Request) -> None:
     media = media_type(request)
     if media is not None and not is_json(media):
         raise UnsupportedMediaType(f"send the body as application/json (got {media})")
+
+
+def page_response(request: Request, page: BaseModel, next_cursor: str | None) -> Response:
+    """A page of a list, with a ``Link: rel=next`` header to the next one when there is."""
+    headers = {}
+    if next_cursor:
+        url = request.url.include_query_params(cursor=next_cursor)
+        headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+    return Response(page.model_dump_json(), media_type="application/json", headers=headers)

@@ -13,7 +13,13 @@ from chiffon.events.limits import IDEMPOTENCY_KEY_MAX_CHARS, WORKFLOW_NAME_MAX_C
 from chiffon.events.runs import TERMINAL_STATUSES, TriggerRef
 from chiffon.gateway.auth import Operator, Viewer
 from chiffon.gateway.problems import NotFound
-from chiffon.gateway.routers.common import READ, WRITE, optional_json, require_json
+from chiffon.gateway.routers.common import (
+    READ,
+    WRITE,
+    optional_json,
+    page_response,
+    require_json,
+)
 from chiffon.gateway.runtime import GatewayDep, RunView, check_node_id, check_run_id
 from chiffon.gateway.schemas import (
     ApprovalCreate,
@@ -90,11 +96,7 @@ async def list_all(
         list_runs(gw.engine, status=status, workflow=workflow, cursor=cursor, limit=limit)
     )
     page = RunsPublic(runs=found, next_cursor=next_cursor)
-    headers = {}
-    if next_cursor:
-        url = request.url.include_query_params(cursor=next_cursor)
-        headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
-    return Response(page.model_dump_json(), media_type="application/json", headers=headers)
+    return page_response(request, page, next_cursor)
 
 
 @router.get(
