@@ -6,10 +6,20 @@ an upcaster registered below (``@CATALOG.upcaster("run.node.completed", 1)``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from chiffon.events.agents import AGENT_EVENTS
+from chiffon.events.costs import COST_EVENTS
 from chiffon.events.keys import APIKEY_EVENTS
 from chiffon.events.registry import Catalog
 from chiffon.events.runs import RUN_EVENTS
 from chiffon.events.workflows import WORKFLOW_EVENTS
 
-CATALOG = Catalog([*WORKFLOW_EVENTS, *RUN_EVENTS, *AGENT_EVENTS, *APIKEY_EVENTS])
+CATALOG = Catalog([*WORKFLOW_EVENTS, *RUN_EVENTS, *AGENT_EVENTS, *APIKEY_EVENTS, *COST_EVENTS])
+
+
+@CATALOG.upcaster("run.llm.called", 1)
+def _llm_called_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 knew no cached, cache-write or reasoning tokens: none were recorded, so
+    none are known (0), and no budget chose its model."""
+    return payload

@@ -8,6 +8,7 @@ approved what, and why it ended.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,9 +120,16 @@ class NodeFailed(EventPayload):
 
 
 class LlmCalled(EventPayload):
-    """One call to a model (one per try, fallbacks included)."""
+    """One call to a model (one per try, fallbacks included).
+
+    Version 2 (issue 18) records the token counts a price depends on beyond prompt and
+    completion: cached input read and written, and reasoning tokens, where the provider
+    reports them (0 where it does not), and why a budget chose the model when it did.
+    ``prompt_tokens`` includes the cached ones and ``completion_tokens`` the reasoning
+    ones, as OpenAI-style usage reports them."""
 
     event_type = "run.llm.called"
+    schema_version = 2
     aggregate = "run"
 
     node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
@@ -130,11 +138,19 @@ class LlmCalled(EventPayload):
     model: str
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
+    cached_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    reasoning_tokens: int = Field(default=0, ge=0)
     latency_ms: float = Field(ge=0)
     finish_reason: str | None = None
     ok: bool = True
     error: str | None = Field(default=None, max_length=4000)
     fallback_index: int = Field(default=0, ge=0, description="0: the node's model, 1+: fallbacks")
+    budget_note: str | None = Field(
+        default=None,
+        max_length=REASON_MAX_CHARS,
+        description="Why a budget sent the call to this model (a fallback taken before the call)",
+    )
 
 
 class ApprovalRequested(EventPayload):
@@ -170,7 +186,10 @@ class RunPaused(EventPayload):
 
     ``reason: no_capacity``: an agent node found no agent that can take its task; what
     it needs is recorded, so that the run is resumed (``run.resumed``) by whichever
-    replica first sees a capable agent register, come back or free capacity."""
+    replica first sees a capable agent register, come back or free capacity.
+
+    ``reason: budget``: an LLM call would cross a hard budget and no cheaper fallback
+    fits; the run resumes when that budget is raised or its period rolls over."""
 
     event_type = "run.paused"
     aggregate = "run"
@@ -181,6 +200,10 @@ class RunPaused(EventPayload):
     labels: dict[str, str] = Field(default_factory=dict)
     gpu_vram_gb: float | None = None
     cpu_cores: float | None = None
+    # ``reason: budget`` (issue 18): the budget whose hard limit the call would cross
+    # (its aggregate id, e.g. ``global`` or ``workflow_triage``) and the call's worst case.
+    budget: str | None = Field(default=None, max_length=200)
+    needed_usd: Decimal | None = None
 
 
 class RunResumed(EventPayload):
