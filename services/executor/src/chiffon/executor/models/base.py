@@ -35,6 +35,11 @@ class ModelReply:
     completion_tokens: int
     latency_ms: float
     finish_reason: str | None
+    # Parts of the two counts above that are priced differently, where the provider
+    # reports them (0 where it does not): cached input read and written, reasoning.
+    cached_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class ProviderError(Exception):
