@@ -75,6 +75,9 @@ async def llm_attempt(
                 model=reply.model,
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
+                cached_read_tokens=reply.cached_read_tokens,
+                cache_write_tokens=reply.cache_write_tokens,
+                reasoning_tokens=reply.reasoning_tokens,
                 latency_ms=reply.latency_ms,
                 finish_reason=None
                 if reply.finish_reason is None
