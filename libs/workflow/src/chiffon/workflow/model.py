@@ -251,6 +251,16 @@ class WorkflowSpec(_Model):
             return None
         return n.max_tokens if n.max_tokens is not None else self.defaults.max_tokens
 
+    def effective_prefer_local_below(self, node: AnyNode | str) -> float | None:
+        """The percentage of a budget's hard limit below which the node's zero-cost
+        fallback is tried first (None: never)."""
+        n = self._resolve(node)
+        if not isinstance(n, LlmNode):
+            return None
+        if n.prefer_local_below is not None:
+            return n.prefer_local_below
+        return self.defaults.prefer_local_below
+
     def templates(self, node: AnyNode | str) -> dict[str, Template]:
         """The node's parsed templates by field (``prompt``, ``system``, ``message``)."""
         n = self._resolve(node)

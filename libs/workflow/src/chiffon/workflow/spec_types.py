@@ -162,6 +162,26 @@ def _non_empty(value: Any) -> Any:
     return value
 
 
+def _percentage(value: Any) -> float:
+    """``prefer_local_below``: ``"20%"`` (or ``"20"``) or a number, a percentage 0..100."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a percentage such as '20%' or 20, got {value!r}")
+    number: float
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip().removesuffix("%").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"expected a percentage such as '20%' or 20, got {value!r}") from None
+    else:
+        raise ValueError(f"expected a percentage such as '20%' or 20, got {value!r}")
+    if not 0.0 <= number <= 100.0 or number != number:
+        raise ValueError(f"a percentage must be between 0% and 100%, got {value!r}")
+    return number
+
+
 def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -187,6 +207,7 @@ ModelName = Annotated[str, AfterValidator(_model_name)]
 Capability = Annotated[str, AfterValidator(_capability)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Percentage = Annotated[float, BeforeValidator(_percentage)]
 OnError = Literal["fail", "continue"]
 OutputFields = Annotated[dict[VarName, TypeName], AfterValidator(_non_empty)]
 
@@ -231,6 +252,10 @@ class Defaults(_Model):
     # The run fails (step_limit) past this many node executions; the server's
     # max_node_executions caps it.
     max_node_executions: int | None = Field(default=None, ge=1)
+    # Issue 18: when a budget that applies has less than this share of its hard limit
+    # left (a percentage, "20%" or 20), an llm node tries its first zero-cost fallback
+    # first.
+    prefer_local_below: Percentage | None = None
 
 
 class Budget(_Model):
@@ -276,6 +301,7 @@ class LlmNode(_NodeBase):
     retry: RetryPolicy | None = None
     timeout: PositiveDuration | None = None
     on_error: OnError | None = None
+    prefer_local_below: Percentage | None = None
 
 
 class ApprovalNode(_NodeBase):
