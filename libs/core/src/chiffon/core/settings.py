@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,16 @@ from pydantic_settings import (
 
 _URL_PASSWORD = re.compile(
     r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)"
+)
+
+
+_PRICE_OVERRIDE_KEYS = frozenset(
+    {
+        f"{price}_per_{unit}"
+        for price in ("input", "output", "cache_read", "cache_write", "reasoning")
+        for unit in ("token", "million")
+    }
+    | {"max_output_tokens"}
 )
 
 
@@ -49,12 +60,42 @@ class ChiffonSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     replica: int = Field(default=0, ge=0)
+    # Per-model prices that win over LiteLLM's price map (self-hosted or negotiated prices),
+    # JSON: {"openai/gpt-4o-mini": {"input_per_token": "0.00000015", "output_per_token":
+    # "0.0000006"}}; also cache_read_*, cache_write_*, reasoning_* and *_per_million.
+    price_overrides: dict[str, dict[str, str | float | int]] = Field(default_factory=dict)
 
     @field_validator("nats_url")
     @classmethod
     def _nats_scheme(cls, value: str) -> str:
         if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ValueError("must be a nats:// (or tls://) URL")
+        return value
+
+    @field_validator("price_overrides")
+    @classmethod
+    def _price_overrides(
+        cls, value: dict[str, dict[str, str | float | int]]
+    ) -> dict[str, dict[str, str | float | int]]:
+        for model, fields in value.items():
+            if not model or not fields:
+                raise ValueError(f"{model!r}: a model name and at least one price")
+            for key, amount in fields.items():
+                if key not in _PRICE_OVERRIDE_KEYS:
+                    allowed = ", ".join(sorted(_PRICE_OVERRIDE_KEYS))
+                    raise ValueError(f"{model}: unknown field {key!r} (allowed: {allowed})")
+                if key == "max_output_tokens":
+                    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+                        raise ValueError(f"{model}: max_output_tokens must be a positive integer")
+                    continue
+                try:
+                    number = Decimal(str(amount))
+                except InvalidOperation:
+                    number = Decimal("NaN")
+                if isinstance(amount, bool) or not number.is_finite() or number < 0:
+                    raise ValueError(
+                        f"{model}: {key} must be a non-negative decimal, got {amount!r}"
+                    )
         return value
 
     @classmethod
