@@ -6,7 +6,9 @@ untouched and a client's disconnect still reaches the route at once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,8 +138,9 @@ class RunViewFastPath:
 
     The hottest read of the API is a client polling a run. Its JSON is kept and served
     here without routing, dependency injection or loading the run: an ended run's as
-    is, a live run's after one indexed lookup shows the read model has not moved on
-    (else the API builds the view again). The request is already authenticated and
+    is (its cost looked at again once a second: see ``COST_RECHECK_SECONDS``), a live
+    run's after one indexed lookup shows the read model has not moved on (else the API
+    builds the view again). The request is already authenticated and
     rate-limited; every role may read runs. Anything else goes on to the API as usual.
     """
 
@@ -162,15 +165,20 @@ class RunViewFastPath:
         if gateway is None or scope.get("state", {}).get("principal") is None:
             return None
         view = gateway.run_views.get(run_id)
-        if view is None or view.ended:
+        now = time.monotonic()
+        if view is None or not view.needs_check(now):
             return view
         if gateway.positions is None:
             return None
         try:
-            position = await gateway.positions.get(run_id)
+            seen = await gateway.positions.position_and_cost(run_id)
         except Exception:  # noqa: BLE001 — the API answers (or reports the trouble)
             return None
-        return view if position == view.position else None
+        if seen is None or not view.current(*seen):
+            return None
+        if view.ended:
+            gateway.run_views.put(run_id, replace(view, checked_at=now))
+        return view
 
     @staticmethod
     async def _send(scope: Scope, send: Send, etag: str, body: bytes) -> None:

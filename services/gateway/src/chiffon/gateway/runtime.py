@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from chiffon.events.envelope import AGGREGATE_ID_PATTERN
 from chiffon.events.limits import COMMAND_MAX_BYTES, NODE_ID_PATTERN, WORKFLOW_NAME_PATTERN
 from chiffon.eventstore import AggregateKey, EventStore
 from chiffon.gateway.auth import KeyCache
+from chiffon.gateway.costs import usd
 from chiffon.gateway.keys import ApiKeys
 from chiffon.gateway.problems import (
     BadRequest,
@@ -50,12 +52,28 @@ NODE_ID = re.compile(NODE_ID_PATTERN)
 WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
 
 
+COST_RECHECK_SECONDS = 1.0
+"""How long an ended run's view is served without looking again at its cost: the cost
+service prices a run's last calls shortly after the run ends, so an ended run's view
+may still change, by its ``cost_usd`` only. One lookup a second per polled run keeps
+the cached answer (2,000+ GET/s) and the cost at most a second behind the read model."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunView:
     position: int  # the stream sequence of the last event folded into this view
     etag: str
     body: bytes
     ended: bool
+    cost: str = "0"  # the run's cost_usd in this view
+    checked_at: float = 0.0  # time.monotonic() when position and cost were last seen current
+
+    def current(self, position: int, cost: str) -> bool:
+        return position == self.position and cost == self.cost
+
+    def needs_check(self, now: float) -> bool:
+        """A live run's view is checked on every read; an ended one's once a second."""
+        return not self.ended or now - self.checked_at >= COST_RECHECK_SECONDS
 
 
 class RunViewCache:
@@ -93,12 +111,18 @@ class RunPositions:
     the whole cached answer."""
 
     QUERY = "SELECT position FROM runs WHERE run_id = $1"
+    QUERY_WITH_COST = (
+        "SELECT r.position, c.cost_usd FROM runs r"
+        " LEFT JOIN cost_runs c ON c.run_id = r.run_id WHERE r.run_id = $1"
+    )
+    NO_COSTS_RETRY_SECONDS = 30.0  # the cost service's tables may be created after we start
 
     def __init__(self, dsn: str, size: int = 4) -> None:
         url = make_url(async_dsn(dsn)).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._size = size
         self._pool: asyncpg.Pool | None = None
+        self._no_costs_until = 0.0
 
     async def __aenter__(self) -> RunPositions:
         self._pool = await asyncpg.create_pool(
@@ -115,6 +139,23 @@ class RunPositions:
         assert self._pool is not None
         position = await self._pool.fetchval(self.QUERY, run_id)
         return int(position) if position is not None else None
+
+    async def position_and_cost(self, run_id: str) -> tuple[int, str] | None:
+        """The run's position and its cost_usd (as the API writes it) in one lookup;
+        None if the run has no row (yet). Without the cost service's tables, cost "0"."""
+        assert self._pool is not None
+        now = time.monotonic()
+        if now >= self._no_costs_until:
+            try:
+                row = await self._pool.fetchrow(self.QUERY_WITH_COST, run_id)
+            except asyncpg.UndefinedTableError:
+                self._no_costs_until = now + self.NO_COSTS_RETRY_SECONDS
+            else:
+                if row is None:
+                    return None
+                return int(row[0]), usd(row[1])
+        position = await self.get(run_id)
+        return (position, "0") if position is not None else None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from chiffon.events.costs import BudgetPeriod
 from chiffon.events.keys import ApiKeyRole
 from chiffon.events.limits import (
     COMMENT_MAX_CHARS,
@@ -27,7 +29,7 @@ from chiffon.events.limits import (
 )
 from chiffon.events.runs import RunStatus
 from chiffon.events.storable import find_unstorable
-from chiffon.readmodels.views import ApprovalPublic, RunSummary, WorkflowSummary
+from chiffon.readmodels.views import ApprovalPublic, RunPublic, RunSummary, WorkflowSummary
 
 # The vocabulary is the events' own: a status or role added there is accepted here.
 RunStatusName = RunStatus
@@ -260,3 +262,89 @@ class AgentCredentialRevoked(BaseModel):
     id: str
     name: str
     revoked: bool
+
+
+# -- costs and budgets -----------------------------------------------------------------
+
+USD_MAX_PLACES = 12
+USD_MAX = Decimal("1e12")
+
+
+def usd_amount(value: Any) -> Any:
+    """A dollar amount as a decimal string or a JSON number (read through its text, never
+    as a binary float): not negative, finite, at most 12 decimal places."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError('must be an amount in US dollars, as a string ("0.50") or a number')
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{str(value)[:40]!r} is not a number") from None
+    if not amount.is_finite():
+        raise ValueError("must be a finite amount")
+    if amount < 0:
+        raise ValueError("must not be negative")
+    if amount > USD_MAX:
+        raise ValueError(f"must be at most {USD_MAX:f}")
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > USD_MAX_PLACES:
+        raise ValueError(f"must have at most {USD_MAX_PLACES} decimal places")
+    return amount
+
+
+UsdIn = Annotated[Decimal | None, BeforeValidator(usd_amount)]
+
+
+class CostGroupPublic(BaseModel):
+    key: str = Field(description="The provider, model, workflow, key id or day; (none) if unset")
+    cost_usd: str = Field(description="Known spend, a decimal string")
+    calls: int
+    unknown_calls: int = Field(description="Calls of a model no price is known for")
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CostsPublic(BaseModel):
+    group_by: str
+    groups: list[CostGroupPublic] = Field(description="Most expensive first")
+    total_usd: str
+
+
+class RunCostPublic(RunPublic):
+    cost_usd: str = Field(default="0", description="The run's known spend, a decimal string")
+
+
+class BudgetPut(_In):
+    period: BudgetPeriod = Field(description="day and month are calendar-aligned in timezone")
+    hard_usd: UsdIn = Field(default=None, description="Calls that would cross it do not go out")
+    soft_usd: UsdIn = Field(default=None, description="An alert when spend reaches it")
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=64, description="An IANA time zone name"
+    )
+
+
+class BudgetPublic(BaseModel):
+    id: str
+    scope: str
+    scope_id: str
+    period: str
+    hard_usd: str | None = None
+    soft_usd: str | None = None
+    timezone: str
+    spent_usd: str = "0"
+    reserved_usd: str = "0"
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    soft_reached: bool = False
+    updated_at: datetime | None = None
+
+
+class BudgetsPublic(BaseModel):
+    budgets: list[BudgetPublic]
+
+
+class BudgetRemovedPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    removed: bool

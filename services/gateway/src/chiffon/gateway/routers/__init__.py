@@ -1,7 +1,14 @@
 """One router per resource, collected in ``API_ROUTERS``."""
 
-from chiffon.gateway.routers import agents, events, keys, runs, workflows
+from chiffon.gateway.routers import agents, costs, events, keys, runs, workflows
 
-API_ROUTERS = (workflows.router, runs.router, events.router, keys.router, agents.router)
+API_ROUTERS = (
+    workflows.router,
+    runs.router,
+    events.router,
+    keys.router,
+    agents.router,
+    costs.router,
+)
 
 __all__ = ["API_ROUTERS"]

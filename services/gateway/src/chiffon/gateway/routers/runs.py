@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
@@ -12,6 +13,7 @@ from chiffon.core.telemetry import current_traceparent
 from chiffon.events.limits import IDEMPOTENCY_KEY_MAX_CHARS, WORKFLOW_NAME_MAX_CHARS
 from chiffon.events.runs import TERMINAL_STATUSES, TriggerRef
 from chiffon.gateway.auth import Operator, Viewer
+from chiffon.gateway.costs import run_cost, usd
 from chiffon.gateway.problems import NotFound
 from chiffon.gateway.routers.common import (
     READ,
@@ -28,6 +30,7 @@ from chiffon.gateway.schemas import (
     CancelAccepted,
     CancelCreate,
     RunAccepted,
+    RunCostPublic,
     RunCreate,
     RunsPublic,
     RunStatusName,
@@ -101,7 +104,7 @@ async def list_all(
 
 @router.get(
     "/runs/{run_id}",
-    response_model=RunPublic,
+    response_model=RunCostPublic,
     responses={304: {"description": "Not modified (If-None-Match)"}, **READ},
     summary="Get a run",
 )
@@ -111,23 +114,31 @@ async def get_one(
     _: Viewer,
     request: Request,
 ) -> Response:
-    """Status, inputs, outputs, error, every node with timings, approvals, tokens so far.
+    """Status, inputs, outputs, error, every node with timings, approvals, tokens so far,
+    and ``cost_usd``, the run's known spend ("0" when none).
 
-    The ``ETag`` is the stream sequence of the last event folded into this view.
+    The ``ETag`` is the stream sequence of the last event folded into this view and the
+    cost it shows.
     """
     check_run_id(run_id)
     view = gw.run_views.get(run_id)
-    if view is None or not view.ended:
+    if view is None or view.needs_check(time.monotonic()):
         run: RunPublic | None = await gw.read_through(
             "run", run_id, lambda: get_run(gw.engine, run_id)
         )
         if run is None:
             raise NotFound(f"no run {run_id!r}")
+        cost = usd(await gw.query(run_cost(gw.engine, run_id)))
+        # RunCostPublic's JSON without validating the run a second time: one more member.
+        shown = run.model_dump_json()
+        shown = shown[:-1] + ("," if shown != "{}" else "") + f'"cost_usd":"{cost}"}}'
         view = RunView(
             position=run.position,
-            etag=f'"{run.position}"',
-            body=run.model_dump_json().encode(),
+            etag=f'"{run.position}-{cost}"',
+            body=shown.encode(),
             ended=run.status in TERMINAL_STATUSES,
+            cost=cost,
+            checked_at=time.monotonic(),
         )
         gw.run_views.put(run_id, view)
     etag, body = view.etag, view.body
