@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from chiffon.executor.models.base import ModelReply, ModelRequest
@@ -136,13 +137,73 @@ class LiteLlmClient:
             raise self._errors.classify(error, model=request.model, provider=provider) from None
         latency = (time.perf_counter() - started) * 1000
         choice = response.choices[0]
-        usage = getattr(response, "usage", None)
+        counts = usage_counts(getattr(response, "usage", None))
         return ModelReply(
             text=str(getattr(choice.message, "content", None) or ""),
             provider=provider,
             model=request.model,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            prompt_tokens=counts.prompt,
+            completion_tokens=counts.completion,
             latency_ms=latency,
             finish_reason=getattr(choice, "finish_reason", None),
+            cached_read_tokens=counts.cached_read,
+            cache_write_tokens=counts.cache_write,
+            reasoning_tokens=counts.reasoning,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounts:
+    prompt: int = 0
+    completion: int = 0
+    cached_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+
+def usage_counts(usage: Any) -> UsageCounts:
+    """The token counts a price depends on, from a response's usage (an object or a dict).
+
+    OpenAI shape: ``prompt_tokens_details.cached_tokens`` and
+    ``completion_tokens_details.reasoning_tokens``. Anthropic's, as LiteLLM passes it on:
+    ``cache_read_input_tokens`` and ``cache_creation_input_tokens`` (LiteLLM counts both in
+    ``prompt_tokens``, as OpenAI counts cached tokens). A count the provider does not
+    report is 0; a part never exceeds its whole."""
+    if usage is None:
+        return UsageCounts()
+    prompt = _count(usage, "prompt_tokens")
+    completion = _count(usage, "completion_tokens")
+    prompt_details = _field(usage, "prompt_tokens_details")
+    completion_details = _field(usage, "completion_tokens_details")
+    cached_read = _count(usage, "cache_read_input_tokens") or _count(
+        prompt_details, "cached_tokens"
+    )
+    cache_write = (
+        _count(usage, "cache_creation_input_tokens")
+        or _count(prompt_details, "cache_creation_tokens")
+        or _count(prompt_details, "cache_write_tokens")
+    )
+    reasoning = _count(completion_details, "reasoning_tokens")
+    cached_read = min(cached_read, prompt)
+    return UsageCounts(
+        prompt=prompt,
+        completion=completion,
+        cached_read=cached_read,
+        cache_write=min(cache_write, prompt - cached_read),
+        reasoning=min(reasoning, completion),
+    )
+
+
+def _field(holder: Any, name: str) -> Any:
+    if holder is None:
+        return None
+    if isinstance(holder, dict):
+        return holder.get(name)
+    return getattr(holder, name, None)
+
+
+def _count(holder: Any, name: str) -> int:
+    value = _field(holder, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return max(0, int(value))
