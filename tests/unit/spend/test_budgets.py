@@ -1,6 +1,7 @@
 """The budget ledger's pure fold: calendar periods in a zone (DST days included),
 reservations that count until settled or expired, settlements in their reservation's
-period, a removed budget, and the soft alert once per period."""
+period, a removed budget, and the soft alert once per period. Then the cost service's
+pure budget decisions: a command validated field by field, set/remove, what is due."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from typing import Any
 
 import pytest
 
+from chiffon.commands.model import SetBudget
+from chiffon.cost.budget_domain import (
+    BudgetInvalid,
+    BudgetNotFound,
+    answer,
+    decide_due,
+    decide_remove,
+    decide_set,
+    validate_set,
+)
 from chiffon.events import Actor, EventPayload, new_event
 from chiffon.events.costs import (
     BudgetRemoved,
@@ -294,3 +305,92 @@ def _request(rid: str, amount: str, now: datetime) -> Reservation:
         node_id="n1",
         model="openai/gpt-4o-mini",
     )
+
+
+# -- the cost service's budget decisions ---------------------------------------------------------
+
+
+def _set(**fields: Any) -> SetBudget:
+    base: dict[str, Any] = {
+        "actor": ACTOR,
+        "scope": "workflow",
+        "scope_id": "triage",
+        "period": "day",
+        "hard_usd": D("0.50"),
+        "soft_usd": D("0.40"),
+        "timezone": "Europe/Berlin",
+    }
+    return SetBudget(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "words"),
+    [
+        ({"hard_usd": D("-1")}, "hard_usd", "negative"),
+        ({"soft_usd": D("0.60")}, "soft_usd", "above the hard limit"),
+        ({"scope": "team"}, "scope", "unknown scope"),
+        ({"period": "week"}, "period", "unknown period"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "unknown time zone"),
+        ({"timezone": "../etc/passwd"}, "timezone", "unknown time zone"),
+        ({"scope": "global", "scope_id": "all"}, "scope_id", "'global'"),
+        ({"scope_id": "Triage Flow"}, "scope_id", "not a workflow name"),
+        ({"scope": "run", "scope_id": "a.b"}, "scope_id", "not a run id"),
+        ({"hard_usd": None, "soft_usd": None}, "hard_usd", "hard or a soft"),
+        ({"hard_usd": D("1e13")}, "hard_usd", "above"),
+    ],
+)
+def test_a_bad_budget_is_refused_naming_the_field(
+    fields: dict[str, Any], path: str, words: str
+) -> None:
+    with pytest.raises(BudgetInvalid) as refused:
+        validate_set(_set(**fields))
+    assert any(d["path"] == path and words in d["message"] for d in refused.value.details), (
+        refused.value.details
+    )
+
+
+def test_setting_the_same_budget_again_changes_nothing() -> None:
+    ledger = Ledger()
+    wanted = validate_set(_set())
+    assert decide_set(ledger.state, wanted) == [wanted]
+    ledger.add(wanted, at("2026-12-07T10:00:00+00:00"))
+    assert decide_set(ledger.state, validate_set(_set())) == []
+    assert decide_set(ledger.state, validate_set(_set(hard_usd=D("0.5000")))) == []
+    assert len(decide_set(ledger.state, validate_set(_set(hard_usd=D("0.70"))))) == 1
+    assert len(decide_remove(ledger.state)) == 1
+
+
+def test_removing_a_missing_budget_is_not_found() -> None:
+    with pytest.raises(BudgetNotFound):
+        decide_remove(BudgetState(budget_id="run_r1"))
+
+
+def test_the_answer_and_what_is_due() -> None:
+    ledger = Ledger(period="day", hard_usd=D("0.50"), soft_usd=D("0.40"), timezone="Europe/Berlin")
+    now = at("2026-12-07T10:00:00+00:00")
+    ledger.reserve("a", "0.30", now, ttl=30)
+    ledger.settle("a", "0.41", now)
+    ledger.reserve("b", "0.05", now, ttl=30)
+    body = answer(ledger.state, now)
+    assert body == {
+        "id": "workflow_triage",
+        "scope": "workflow",
+        "scope_id": "triage",
+        "period": "day",
+        "hard_usd": "0.50",
+        "soft_usd": "0.40",
+        "timezone": "Europe/Berlin",
+        "spent_usd": "0.41",
+        "reserved_usd": "0.05",
+        "period_start": "2026-12-06T23:00:00+00:00",
+        "period_end": "2026-12-07T23:00:00+00:00",
+        "soft_reached": True,
+        "updated_at": "2026-01-01T00:00:00+00:00",
+    }
+    assert [type(p).__name__ for p in decide_due(ledger.state, now)] == ["SoftLimitReached"]
+    later = now + timedelta(seconds=30)
+    due = decide_due(ledger.state, later)
+    assert [type(p).__name__ for p in due] == ["ReservationExpired", "SoftLimitReached"]
+    for payload in due:
+        ledger.add(payload, later)
+    assert decide_due(ledger.state, later) == []

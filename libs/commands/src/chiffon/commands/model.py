@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,6 +96,42 @@ class ListAgentCredentials(Command):
 
     owner = "registry"
     name = "list_agent_credentials"
+
+
+class SetBudget(Command):
+    """Create or change the budget of a scope. Answered with the budget (amounts as
+    strings): ``{"id", "scope", "scope_id", "period", "hard_usd", "soft_usd",
+    "timezone", "spent_usd", "reserved_usd", "period_start", "period_end",
+    "soft_reached", "updated_at"}``. The cost service validates the fields (refused
+    ``invalid`` with each bad field's path), so they are loosely typed here."""
+
+    owner = "cost"
+    name = "set_budget"
+
+    scope: str = Field(max_length=20, description="global, workflow, key or run")
+    scope_id: str = Field(max_length=200)
+    period: str = Field(default="month", max_length=20, description="day, month or lifetime")
+    hard_usd: Decimal | None = None
+    soft_usd: Decimal | None = None
+    timezone: str = Field(default="UTC", max_length=64, description="an IANA zone name")
+
+
+class RemoveBudget(Command):
+    """Answered with ``{"removed": true, "id", "scope", "scope_id"}``; ``not_found``
+    when the scope has no budget."""
+
+    owner = "cost"
+    name = "remove_budget"
+
+    scope: str = Field(max_length=20)
+    scope_id: str = Field(max_length=200)
+
+
+class ListBudgets(Command):
+    """Answered with ``{"budgets": [budget, ...]}`` (every budget not removed, by id)."""
+
+    owner = "cost"
+    name = "list_budgets"
 
 
 RefusalCode = Literal[

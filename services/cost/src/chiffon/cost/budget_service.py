@@ -1,30 +1,279 @@
 """The budget commands (set, remove, list) and the ledger's watch (soft-limit alerts,
-expired reservations on the audit trail). Filled in by issue 18's budget work."""
+expired reservations on the audit trail).
+
+Every budget aggregate of the COSTS stream is folded in memory (``start`` catches up,
+then a task follows the stream live). A command catches its budget up from the store
+(``read_aggregate`` after the version it has), decides, and appends with that version;
+a conflict (another replica, an executor's reservation) is retried from the catch-up.
+The watch appends what the ledger owes its audit trail with the budget's expected
+version too, so with two cost replicas only one of each record lands.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from chiffon.commands.model import Command
-from chiffon.events import Actor
-from chiffon.eventstore import EventStore
+from chiffon.commands import CommandRefused, Refusal
+from chiffon.commands.model import Command, ListBudgets, RemoveBudget, SetBudget
+from chiffon.core.logging import get_logger
+from chiffon.cost.budget_domain import (
+    BudgetInvalid,
+    BudgetNotFound,
+    answer,
+    decide_due,
+    decide_remove,
+    decide_set,
+    validate_scope,
+    validate_set,
+)
+from chiffon.events import Actor, EventPayload, new_event
+from chiffon.events.costs import budget_id
+from chiffon.eventstore import (
+    AggregateKey,
+    ConcurrencyConflict,
+    ConflictRetriesExhausted,
+    EventStore,
+    EventStoreError,
+    RecordedEvent,
+    retry_on_conflict,
+)
+from chiffon.spend.budgets import BudgetState
+
+log = get_logger(__name__)
+
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+CONTEXT = "COSTS"
+POLL_SECONDS = 1.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _invalid(error: BudgetInvalid) -> CommandRefused:
+    return CommandRefused(Refusal(code="invalid", message=str(error), details=list(error.details)))
 
 
 class BudgetService:
     """Answers the budget commands from the budgets folded in memory (COSTS stream)."""
 
-    def __init__(self, store: EventStore, actor: Actor) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        actor: Actor,
+        *,
+        clock: Clock = utc_now,
+        poll: float = POLL_SECONDS,
+    ) -> None:
         self._store = store
         self._actor = actor
+        self._clock = clock
+        self._poll = poll
+        self.budgets: dict[str, BudgetState] = {}
+        self.caught_up = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._following: asyncio.Task[None] | None = None
+
+    @property
+    def following(self) -> bool:
+        """Is the live fold running (for health checks)?"""
+        return self._following is not None and not self._following.done()
+
+    # -- the fold ------------------------------------------------------------------------------
+
+    def apply(self, event: RecordedEvent) -> None:
+        """Fold one event of the COSTS stream (budget events only; each once)."""
+        if event.envelope.aggregate != "budget":
+            return
+        budget = event.envelope.aggregate_id
+        state = self.budgets.get(budget)
+        if state is None:
+            state = self.budgets[budget] = BudgetState(budget_id=budget)
+        if event.sequence > state.version:
+            state.apply(event.envelope, event.sequence)
+            self._changed.set()
+
+    def _subject(self) -> str:
+        return f"{self._store.streams.namespace}.budget.>"
 
     async def start(self) -> None:
-        """Fold the budgets so far; return once caught up."""
+        """Fold the budgets so far; return once caught up (then follow live)."""
+        end = await self._store.last_sequence(CONTEXT)
+        async for batch in self._store.subscribe_batches(
+            CONTEXT, subjects=[self._subject()], live=False
+        ):
+            for event in batch:
+                self.apply(event)
+        self.caught_up.set()
+        self._following = asyncio.create_task(self._follow(end + 1), name="cost:budgets")
 
-    async def watch(self, stopping: asyncio.Event) -> None:
-        """Until ``stopping``: alerts and expiry records, as budgets change and time passes."""
-        await stopping.wait()
+    async def _follow(self, start: int) -> None:
+        async for batch in self._store.subscribe_batches(
+            CONTEXT, start=start, subjects=[self._subject()]
+        ):
+            for event in batch:
+                self.apply(event)
+
+    async def _load(self, budget: str) -> BudgetState:
+        """The budget brought up to date from the store."""
+        state = self.budgets.get(budget) or BudgetState(budget_id=budget)
+        events, _ = await self._store.read_aggregate(
+            AggregateKey("budget", budget), after=state.version
+        )
+        for event in events:
+            self.apply(event)
+        return self.budgets.get(budget) or state
+
+    async def _append(
+        self,
+        state: BudgetState,
+        payloads: Sequence[EventPayload],
+        actor: Actor,
+        *,
+        trace: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        if not payloads:
+            return
+        envelopes = [
+            new_event(p, aggregate_id=state.budget_id, actor=actor, trace=trace) for p in payloads
+        ]
+        result = await self._store.append(
+            AggregateKey("budget", state.budget_id),
+            envelopes,
+            state.version,
+            idempotency_key=idempotency_key,
+        )
+        if result.all_duplicates:
+            await self._load(state.budget_id)  # the same command's first append landed
+            return
+        for envelope, sequence in zip(envelopes, result.sequences, strict=False):
+            subject = self._store.streams.subject("budget", state.budget_id, envelope.type)
+            self.apply(RecordedEvent(envelope, CONTEXT, sequence, subject))
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        try:
+            return await retry_on_conflict(attempt, what=what)
+        except ConflictRetriesExhausted:
+            raise CommandRefused(
+                Refusal(code="unavailable", message="the budget is changing; retry")
+            ) from None
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def set_budget(self, command: SetBudget) -> dict[str, Any]:
+        try:
+            wanted = validate_set(command)
+        except BudgetInvalid as invalid:
+            raise _invalid(invalid) from None
+        budget = budget_id(wanted.scope, wanted.scope_id)
+
+        async def attempt() -> dict[str, Any]:
+            state = await self._load(budget)
+            await self._append(
+                state,
+                decide_set(state, wanted),
+                command.actor,
+                trace=command.trace,
+                idempotency_key=command.idempotency_key,
+            )
+            state = self.budgets.get(budget) or state
+            return answer(state, self._clock())
+
+        result = await self._retrying(attempt, "set budget")
+        log.info("budget.set", budget=budget, actor=str(command.actor))
+        return result
+
+    async def remove_budget(self, command: RemoveBudget) -> dict[str, Any]:
+        try:
+            scope, scope_id = validate_scope(command.scope, command.scope_id)
+        except BudgetInvalid as invalid:
+            raise _invalid(invalid) from None
+        budget = budget_id(scope, scope_id)
+
+        async def attempt() -> dict[str, Any]:
+            state = await self._load(budget)
+            try:
+                payloads = decide_remove(state)
+            except BudgetNotFound as missing:
+                raise CommandRefused(Refusal(code="not_found", message=str(missing))) from None
+            await self._append(
+                state,
+                payloads,
+                command.actor,
+                trace=command.trace,
+                idempotency_key=command.idempotency_key,
+            )
+            return {"removed": True, "id": budget, "scope": scope, "scope_id": scope_id}
+
+        result = await self._retrying(attempt, "remove budget")
+        log.info("budget.removed", budget=budget, actor=str(command.actor))
+        return result
+
+    async def list_budgets(self, command: ListBudgets) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "budgets": [
+                answer(self.budgets[budget], now)
+                for budget in sorted(self.budgets)
+                if self.budgets[budget].active
+            ]
+        }
 
     def handlers(self) -> list[tuple[type[Command], Any]]:
         """(command type, handler) pairs for the command bus."""
-        return []
+        return [
+            (SetBudget, self.set_budget),
+            (RemoveBudget, self.remove_budget),
+            (ListBudgets, self.list_budgets),
+        ]
+
+    # -- the watch -----------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Append every record the ledger owes now; how many appends landed. A conflict
+        means the budget moved (another replica may have recorded it): caught up, and
+        looked at again next time."""
+        landed = 0
+        now = self._clock()
+        for budget in sorted(self.budgets):
+            state = self.budgets[budget]
+            due = decide_due(state, now)
+            if not due:
+                continue
+            try:
+                await self._append(state, due, self._actor)
+                landed += 1
+            except ConcurrencyConflict:
+                await self._load(budget)
+            except EventStoreError as error:
+                log.warning("budget.watch_failed", budget=budget, error=str(error))
+        return landed
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping``: alerts and expiry records, as budgets change (at once) and
+        time passes (every ``poll`` seconds). Stops the live fold when it ends."""
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            while not stopping.is_set():
+                self._changed.clear()
+                try:
+                    await self.sweep()
+                except Exception:  # noqa: BLE001 — keep watching; the next round retries
+                    log.exception("budget.sweep_failed")
+                changed = asyncio.create_task(self._changed.wait())
+                await asyncio.wait(
+                    {stop, changed}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                changed.cancel()
+        finally:
+            stop.cancel()
+            if self._following is not None:
+                self._following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._following
