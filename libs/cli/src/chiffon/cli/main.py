@@ -12,7 +12,15 @@ from importlib.metadata import entry_points
 
 import typer
 
-from chiffon.cli import agents_cmd, keys_cmd, migrate_cmd, projections_cmd, runs_cmd, workflow_cmd
+from chiffon.cli import (
+    agents_cmd,
+    cost_cmd,
+    keys_cmd,
+    migrate_cmd,
+    projections_cmd,
+    runs_cmd,
+    workflow_cmd,
+)
 
 PLUGINS = "chiffon.cli"
 
@@ -32,6 +40,7 @@ app.add_typer(workflow_cmd.app, name="workflows")
 app.command("run")(runs_cmd.run)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(agents_cmd.app, name="agents")
+app.add_typer(cost_cmd.app, name="cost")
 app.add_typer(__import__("chiffon.cli.agent_cmd", fromlist=["app"]).app, name="agent")
 keys_cmd.register(app)  # `keys`, `runs logs`, and --gateway-url / --api-key
 
