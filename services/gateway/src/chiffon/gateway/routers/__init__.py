@@ -1,6 +1,6 @@
 """One router per resource, collected in ``API_ROUTERS``."""
 
-from chiffon.gateway.routers import agents, costs, events, keys, runs, workflows
+from chiffon.gateway.routers import agents, budgets, costs, events, keys, runs, workflows
 
 API_ROUTERS = (
     workflows.router,
@@ -9,6 +9,7 @@ API_ROUTERS = (
     keys.router,
     agents.router,
     costs.router,
+    budgets.router,
 )
 
 __all__ = ["API_ROUTERS"]
