@@ -22,6 +22,10 @@ from chiffon.executor.agents.directory import AgentDirectory
 from chiffon.executor.agents.dispatch import build_dispatch, weights_from
 from chiffon.executor.agents.resumer import CapacityResumer
 from chiffon.executor.application import Runs, Workflows
+from chiffon.executor.budgets.directory import BudgetDirectory
+from chiffon.executor.budgets.gate import BudgetGate
+from chiffon.executor.budgets.reserver import Reserver
+from chiffon.executor.budgets.resumer import BudgetResumer
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.repository import RunRepository, WorkflowRepository
 from chiffon.executor.settings import ExecutorSettings
@@ -29,6 +33,7 @@ from chiffon.executor.worker import RunWorker
 from chiffon.projections import ProjectionRunner
 from chiffon.projections.host import Resources, open_resources
 from chiffon.readmodels.projections import RunsProjection, WorkflowsProjection
+from chiffon.spend.prices import PriceBook
 
 log = get_logger(__name__)
 
@@ -64,6 +69,19 @@ async def serve(ctx: ServiceContext) -> None:
             store, directory, runs, Actor.service("executor", settings.replica)
         )
         await resumer.start(ctx.stopping)
+        executor_actor = Actor.service("executor", settings.replica)
+        budgets = BudgetDirectory(store)
+        await budgets.start()  # folds the COSTS stream's budget events, then follows them
+        gate = BudgetGate(
+            budgets,
+            Reserver(store, budgets, executor_actor),
+            PriceBook.load(settings.price_overrides),
+            grace_seconds=settings.budget_reservation_grace_seconds,
+        )
+        budget_resumer = BudgetResumer(
+            store, budgets, runs, executor_actor, sweep_seconds=settings.budget_resume_sweep_seconds
+        )
+        await budget_resumer.start(ctx.stopping)
         worker = RunWorker(
             store=store,
             settings=settings,
@@ -72,7 +90,9 @@ async def serve(ctx: ServiceContext) -> None:
             runs=runs,
             llm=llm,
             agents=agents,
+            budget=gate,
         )
+        await budgets.caught_up(10.0)
         await importing
         await worker.setup()
         tune_gc()  # again: LiteLLM's modules, imported since, are for good too
@@ -102,6 +122,8 @@ async def serve(ctx: ServiceContext) -> None:
             task.cancel()
         await asyncio.gather(*projections, return_exceptions=True)
         await resumer.stop()
+        await budget_resumer.stop()
+        await budgets.stop()
         await agents.close()
 
 

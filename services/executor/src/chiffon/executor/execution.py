@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -38,9 +39,11 @@ from chiffon.eventstore import (
     EventStoreUnavailable,
     retry_on_conflict,
 )
+from chiffon.executor.budgets.gate import BudgetGate
 from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.nodes import CapacityPause, NodeFailure, RunCancelledSignal
+from chiffon.executor.nodes.context import BudgetPause
 from chiffon.executor.outputs import OutputStore
 from chiffon.workflow import InputError, WorkflowSpec
 
@@ -89,8 +92,10 @@ class RunExecution:
         limits: RunLimits = RunLimits(),
         inline_output_limit: int = 64 * 1024,
         trace: str | None = None,
+        budget: BudgetGate | None = None,
     ) -> None:
         self.store = store
+        self.budget = budget
         self.workflow = workflow
         self.run = run
         self.actor = actor
@@ -157,6 +162,8 @@ class RunExecution:
                 return await self._cancelled()
             except CapacityPause as pause:
                 return await self._pause(pause.paused)
+            except BudgetPause as pause:
+                return await self._pause(pause.paused, pause.calls)
             except GraphRecursionError:
                 error = ErrorInfo(
                     type="step_limit",
@@ -193,10 +200,11 @@ class RunExecution:
             RunCancelled(reason=reason, duration_ms=self._duration_ms()), "cancelled"
         )
 
-    async def _pause(self, paused: RunPaused) -> Outcome:
-        """Record ``run.paused`` and let go of the run (a cancel that came first wins)."""
+    async def _pause(self, paused: RunPaused, before: Sequence[Any] = ()) -> Outcome:
+        """Record ``run.paused`` (after ``before``, the calls the node's attempt made)
+        and let go of the run (a cancel that came first wins)."""
         try:
-            await self.append([paused], capped=False)
+            await self.append([*before, paused], capped=False)
         except RunCancelledSignal:
             return await self._cancelled()
         except ClaimLost:
@@ -338,6 +346,10 @@ class RunExecution:
         asyncio.ensure_future(look())
 
     # -- what the graph's nodes call (graph.Execution) -------------------------------
+
+    def prefer_local_below(self, node_id: str) -> float | None:
+        """The node's ``prefer_local_below`` (or the workflow's default), a percentage."""
+        return self.workflow.spec.effective_prefer_local_below(node_id)
 
     def next_iteration(self, node_id: str) -> int:
         """The node's next iteration number; counts the run's node executions against

@@ -49,6 +49,15 @@ class ExecutorSettings(ChiffonSettings):
     # An agent this replica could not reach is not routed to for this long, unless it
     # registers or comes back first.
     agent_unreachable_hold_seconds: float = Field(default=60.0, ge=0.0, le=3600.0)
+    # Budgets (issue 18). Per-model prices over LiteLLM's map (CHIFFON_PRICE_OVERRIDES,
+    # JSON: {"openai/gpt-4o-mini": {"input_per_token": "0.00000015", ...}}).
+    price_overrides: dict[str, dict[str, str | float]] = Field(default_factory=dict)
+    # A call's reservation outlives its timeout by this much (then it expires: a replica
+    # that died mid-call does not hold the budget for ever).
+    budget_reservation_grace_seconds: float = Field(default=30.0, ge=0.0, le=3600.0)
+    # Runs paused for want of budget are looked at again this often (a period rolls
+    # over with no event), and at every budget event.
+    budget_resume_sweep_seconds: float = Field(default=5.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _production_never_fakes_models(self) -> ExecutorSettings:

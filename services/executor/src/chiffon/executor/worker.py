@@ -42,6 +42,7 @@ from chiffon.eventstore import (
     retry_on_conflict,
 )
 from chiffon.executor.agents.dispatch import AgentDispatch, install
+from chiffon.executor.budgets.gate import BudgetGate
 from chiffon.executor.domain import (
     WORK_EVENT_TYPES,
     ClaimRun,
@@ -81,8 +82,10 @@ class RunWorker:
         runs: RunRepository,
         llm: ModelGateway,
         agents: AgentDispatch | None = None,
+        budget: BudgetGate | None = None,
     ) -> None:
         self.store = store
+        self.budget = budget  # hard budgets checked before each model call
         self.agents = agents  # agent nodes dispatch with it (None: no agent available)
         self.settings = settings
         self.name = name  # executor-<replica>
@@ -329,6 +332,7 @@ class RunWorker:
             ),
             inline_output_limit=self.settings.inline_output_limit,
             trace=trace,
+            budget=self.budget,
         )
         self._executions[state.run_id] = execution
         self.runs.follow(state.run_id, lambda: execution.run)

@@ -7,14 +7,17 @@ interface (``execution.RunExecution``).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chiffon.core.logging import get_logger
 from chiffon.events import Envelope
-from chiffon.events.runs import ApprovalDecided, ErrorInfo, NodeCompleted, RunPaused
+from chiffon.events.runs import ApprovalDecided, ErrorInfo, LlmCalled, NodeCompleted, RunPaused
 from chiffon.events.storable import make_storable
 from chiffon.executor.domain import RunState
 from chiffon.executor.models import ModelGateway
+
+if TYPE_CHECKING:
+    from chiffon.executor.budgets.gate import BudgetGate
 
 MAX_ERROR = 3900
 log = get_logger(__name__)
@@ -41,6 +44,18 @@ class CapacityPause(Exception):
         self.paused = paused
 
 
+class BudgetPause(Exception):
+    """An llm call would cross a hard budget and no cheaper fallback fits: the run
+    pauses (``run.paused {reason: budget}``, with the budget and the call's worst case),
+    recording the calls its attempt made before, and holds nothing until the budget is
+    raised or removed or its period rolls over (``budgets.resumer``)."""
+
+    def __init__(self, paused: RunPaused, calls: list[LlmCalled]) -> None:
+        super().__init__(paused.reason)
+        self.paused = paused
+        self.calls = calls
+
+
 class NodeError(Exception):
     """One attempt failed. ``retryable`` errors are retried per the node's policy, not
     before ``retry_after`` seconds when the provider asked for a wait."""
@@ -60,6 +75,9 @@ class Execution(Protocol):
     run: RunState
     llm: ModelGateway
     trace: str | None  # the run's W3C traceparent, carried to what it calls (agents)
+    budget: BudgetGate | None  # hard budgets checked before each model call (None: none)
+
+    def prefer_local_below(self, node_id: str) -> float | None: ...
 
     def next_iteration(self, node_id: str) -> int: ...
     def edge_fired(self, edge_index: int, limit: int | None) -> bool: ...

@@ -1,13 +1,31 @@
-"""The ``llm`` node: one attempt, the node's model then each fallback until one answers."""
+"""The ``llm`` node: one attempt, the node's model then each fallback until one answers.
+
+Under a hard budget (issue 18) each call is first reserved at its worst case against
+every budget that applies (``budgets.gate``); a call the budget refuses does not go out.
+The node then takes the first fallback that is zero-cost, or cheaper at worst and fits,
+and records why on its ``run.llm.called`` (``budget_note``). When none fits, the run
+pauses (``BudgetPause``) until the budget is raised or its period rolls over. With
+``prefer_local_below``, a budget whose remaining share is below it sends the node to its
+first zero-cost fallback first.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from decimal import Decimal
 from typing import Any
 
-from chiffon.events.runs import LlmCalled
+from chiffon.events.limits import REASON_MAX_CHARS
+from chiffon.events.runs import LlmCalled, RunPaused
 from chiffon.executor.models import ModelRequest, ProviderError
-from chiffon.executor.nodes.context import MAX_ERROR, Execution, NodeError, storable_text
+from chiffon.executor.nodes.context import (
+    MAX_ERROR,
+    BudgetPause,
+    Execution,
+    NodeError,
+    storable_text,
+)
 from chiffon.executor.nodes.output_schema import parse_output
 from chiffon.executor.nodes.plan import NodePlan
 from chiffon.workflow import LlmNode, TemplateError
@@ -23,7 +41,8 @@ async def llm_attempt(
     timeout: float | None,
 ) -> dict[str, Any]:
     """The node's outputs, each call recorded in ``calls``; ``NodeError`` when no model
-    answered (see ``no_model_answered``) or the answer does not fit the output."""
+    answered (see ``no_model_answered``) or the answer does not fit the output;
+    ``BudgetPause`` when a budget refused every model that could answer."""
     templates = plan.templates
     try:
         prompt = templates["prompt"].render(state)
@@ -34,10 +53,46 @@ async def llm_attempt(
         {"role": "user", "content": prompt}
     ]
     models = plan.models
+    gate = ctx.budget
+    budgets = gate.budgets_for(ctx.run) if gate is not None else []
+    order = list(enumerate(models))
+    note: str | None = None
+    if gate is not None and budgets:
+        share = ctx.prefer_local_below(node.id)
+        short = gate.short_budget(budgets, share) if share is not None else None
+        local = next((i for i, m in order[1:] if gate.is_zero_cost(m)), None)
+        if short is not None and local is not None:
+            order = [order[local], *(o for o in order if o[0] != local)]
+            note = f"{short} (prefer_local_below {share:g}%): {models[local]} tried first"
     deadline = None if timeout is None else time.monotonic() + timeout
     failures: list[ProviderError] = []
-    for index, model in enumerate(models):
+    refusal = None
+    for index, model in order:
         remaining = None if deadline is None else max(0.05, deadline - time.monotonic())
+        held = False
+        if gate is not None and budgets and not gate.is_zero_cost(model):
+            worst = gate.worst_case(model, messages, plan.max_tokens)
+            if refusal is not None and (
+                worst is None or refusal.needed_usd is None or worst >= refusal.needed_usd
+            ):
+                continue  # after a refusal, only a cheaper model is worth asking for
+            refused = await gate.hold(
+                budgets,
+                reservation_id=_reservation(ctx, node, attempt, index),
+                run_id=ctx.run.run_id,
+                node_id=node.id,
+                model=model,
+                amount=worst,
+                timeout=remaining,
+            )
+            if refused is not None:
+                refusal = refusal or refused
+                continue
+            held = True
+        elif refusal is not None and gate is not None and not gate.is_zero_cost(model):
+            continue
+        if refusal is not None:
+            note = f"budget refused {refusal.describe()}: took fallback {model}"
         started = time.perf_counter()
         call = ctx.llm.complete(
             ModelRequest(
@@ -52,7 +107,13 @@ async def llm_attempt(
         try:
             # An in-process answer is not worth the tasks that let a cancel interrupt it.
             reply = await (call if ctx.llm.in_process(model) else ctx.interruptible(call))
-        except ProviderError as error:
+        except BaseException as error:
+            if held and gate is not None:
+                # Whether it went out or not, its cost is unknown: nothing is counted.
+                with contextlib.suppress(Exception):  # else it expires
+                    await gate.release(budgets, _reservation(ctx, node, attempt, index), Decimal(0))
+            if not isinstance(error, ProviderError):
+                raise
             failures.append(error)
             calls.append(
                 LlmCalled(
@@ -64,9 +125,13 @@ async def llm_attempt(
                     ok=False,
                     error=storable_text(str(error)[:MAX_ERROR]),
                     fallback_index=index,
+                    budget_note=_note(note),
                 )
             )
             continue
+        if held and gate is not None:
+            cost = gate.cost_of(model, reply)
+            await gate.release(budgets, _reservation(ctx, node, attempt, index), cost)
         calls.append(
             LlmCalled(
                 node_id=node.id,
@@ -83,10 +148,32 @@ async def llm_attempt(
                 if reply.finish_reason is None
                 else storable_text(reply.finish_reason),
                 fallback_index=index,
+                budget_note=_note(note),
             )
         )
         return parse_output(node, reply.text, plan.output_model)
+    if refusal is not None and not failures:
+        if refusal.reason == "price_unknown":
+            raise NodeError("price_unknown", refusal.describe(), retryable=False)
+        raise BudgetPause(
+            RunPaused(
+                reason="budget",
+                node_id=node.id,
+                budget=refusal.budget,
+                needed_usd=refusal.needed_usd,
+            ),
+            calls,
+        )
     raise no_model_answered(models, failures)
+
+
+def _reservation(ctx: Execution, node: LlmNode, attempt: int, index: int) -> str:
+    """A call's reservation id: the same for the same call however often it is asked."""
+    return f"{ctx.run.run_id}:{node.id}:{attempt}:{index}"
+
+
+def _note(note: str | None) -> str | None:
+    return None if note is None else storable_text(note[:REASON_MAX_CHARS])
 
 
 def no_model_answered(models: list[str], failures: list[ProviderError]) -> NodeError:

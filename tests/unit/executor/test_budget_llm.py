@@ -1,0 +1,238 @@
+"""An llm node under hard budgets, on the in-memory store: a call is reserved before it
+goes out and settled at its price after; refused, the node takes its free fallback (with
+the reason recorded) or the run pauses; ``prefer_local_below`` sends it to the local
+fallback first; a model without a price is refused under a hard budget. And the runs
+paused for budget are resumed when the budget is raised or its period rolls over."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from chiffon.events import CATALOG, Actor, new_event
+from chiffon.events.costs import BudgetSet, BudgetSettled, Settlement
+from chiffon.events.runs import RunClaimed, RunRequested
+from chiffon.eventstore import AggregateKey, InMemoryEventStore
+from chiffon.executor.budgets.directory import BudgetDirectory
+from chiffon.executor.budgets.gate import BudgetGate, provider_of
+from chiffon.executor.budgets.reserver import Reserver
+from chiffon.executor.budgets.resumer import BudgetResumer
+from chiffon.executor.domain import RunState
+from chiffon.executor.execution import LoadedWorkflow, RunExecution
+from chiffon.executor.graph import build_graph
+from chiffon.executor.models import ModelReply, ModelRequest
+from chiffon.executor.outputs import OutputStore
+from chiffon.executor.repository import RunRepository
+from chiffon.spend.prices import PriceBook
+from chiffon.workflow import load_spec
+
+KEY_ACTOR = Actor(kind="api_key", id="k1", name="ci")
+ADMIN = Actor(kind="user", id="admin")
+EXECUTOR = Actor.service("executor", 1)
+PRICED = "openai/chiffon-test-priced"
+PRICES = PriceBook.load({PRICED: {"input_per_token": "0.0001", "output_per_token": "0.0002"}})
+T0 = datetime(2026, 12, 7, 22, 30, tzinfo=UTC)  # 23:30 in Berlin
+
+
+def workflow(fallbacks: str = "", extra: str = "") -> str:
+    return f"""
+name: frugal
+version: 1
+nodes:
+  - id: draft
+    type: llm
+    model: {PRICED}
+    fallbacks: [{fallbacks}]
+    prompt: "hi"
+    max_tokens: 100
+{extra}
+"""
+
+
+class Models:
+    """Answers every model at once, reporting usage; remembers what was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def in_process(self, model: str) -> bool:
+        return True
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        self.asked.append(request.model)
+        return ModelReply(
+            text="ok",
+            provider=provider_of(request.model),
+            model=request.model,
+            prompt_tokens=10,
+            completion_tokens=5,
+            latency_ms=1.0,
+            finish_reason="stop",
+            cached_read_tokens=2,
+            reasoning_tokens=1,
+        )
+
+
+async def set_budget(
+    store: InMemoryEventStore, hard: str, *, period: str = "lifetime", tz: str = "UTC"
+) -> None:
+    payload = BudgetSet(
+        scope="workflow",
+        scope_id="frugal",
+        period=period,  # type: ignore[arg-type]
+        hard_usd=Decimal(hard),
+        timezone=tz,
+    )
+    key = AggregateKey("budget", "workflow_frugal")
+    await store.append(key, [new_event(payload, aggregate_id=key.aggregate_id, actor=ADMIN)])
+
+
+async def run(
+    store: InMemoryEventStore, text: str, run_id: str = "run-1"
+) -> tuple[str, list[Any], Models, BudgetDirectory]:
+    spec = load_spec(text)
+    key = AggregateKey("run", run_id)
+    request = RunRequested(workflow=spec.name, version=1, digest=spec.digest(), inputs={})
+    await store.append(key, [new_event(request, aggregate_id=run_id, actor=KEY_ACTOR)])
+    claim = RunClaimed(executor="executor-1", pid=1, work_seq=1)
+    await store.append(key, [new_event(claim, aggregate_id=run_id, actor=EXECUTOR)])
+    events, _ = await store.read_aggregate(key)
+    directory = BudgetDirectory(store)
+    async for recorded in store.read_stream("COSTS"):
+        directory.apply(recorded)
+    models = Models()
+    execution = RunExecution(
+        store=store,
+        workflow=LoadedWorkflow(spec=spec, digest=spec.digest(), graph=build_graph(spec)),
+        run=RunState.from_events(run_id, [(e.envelope, e.sequence) for e in events]),
+        actor=EXECUTOR,
+        llm=models,  # type: ignore[arg-type]
+        outputs=OutputStore(store, "test"),
+        budget=BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES),
+    )
+    outcome = await execution.execute()
+    stored, _ = await store.read_aggregate(key)
+    return outcome, [e.payload for e in stored], models, directory
+
+
+def calls(payloads: list[Any]) -> list[Any]:
+    return [p for p in payloads if p.event_type == "run.llm.called"]
+
+
+async def ledger(store: InMemoryEventStore) -> Any:
+    return await BudgetDirectory(store).catch_up("workflow_frugal")
+
+
+async def test_a_call_within_budget_is_reserved_then_settled_at_its_price() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "1")
+
+    outcome, payloads, models, _ = await run(store, workflow())
+
+    assert outcome == "succeeded"
+    (called,) = calls(payloads)
+    assert (called.model, called.budget_note) == (PRICED, None)
+    assert (called.cached_read_tokens, called.reasoning_tokens) == (2, 1)
+    budget = await ledger(store)
+    # 10 prompt tokens at 0.0001, 5 completion tokens at 0.0002
+    assert budget.spent(T0) == Decimal("0.0020")
+    assert budget.reserved(T0) == 0
+    events, _ = await store.read_aggregate(AggregateKey("budget", "workflow_frugal"))
+    assert [e.type for e in events] == ["budget.set", "budget.reserved", "budget.settled"]
+    assert events[1].payload.reservations[0].id == "run-1:draft:1:0"
+
+
+async def test_refused_the_node_takes_its_free_fallback_and_says_why() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.001")  # below the worst case: 100 output tokens alone 0.02
+
+    outcome, payloads, models, _ = await run(
+        store, workflow("openai/gpt-unpriced-x, ollama_chat/llama3.1")
+    )
+
+    assert outcome == "succeeded"
+    assert models.asked == ["ollama_chat/llama3.1"]  # the unpriced one is not cheaper
+    (called,) = calls(payloads)
+    assert called.fallback_index == 2
+    assert "workflow_frugal" in called.budget_note
+    assert "ollama_chat/llama3.1" in called.budget_note
+    assert (await ledger(store)).spent(T0) == 0
+
+
+async def test_refused_with_no_fallback_that_fits_the_run_pauses_for_the_budget() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.001")
+
+    outcome, payloads, models, _ = await run(store, workflow())
+
+    assert outcome == "paused"
+    assert models.asked == []
+    paused = payloads[-1]
+    assert (paused.reason, paused.node_id, paused.budget) == ("budget", "draft", "workflow_frugal")
+    assert paused.needed_usd > Decimal("0.02")
+    assert (await ledger(store)).reserved(T0) == 0
+
+
+async def test_below_prefer_local_below_the_local_fallback_goes_first() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.25")
+    spent = BudgetSettled(settlements=[Settlement(reservation_id="x", actual_usd=Decimal("0.2"))])
+    key = AggregateKey("budget", "workflow_frugal")
+    await store.append(key, [new_event(spent, aggregate_id=key.aggregate_id, actor=EXECUTOR)])
+    extra = "defaults:\n  prefer_local_below: 50%"
+    outcome, payloads, models, _ = await run(store, workflow("ollama/qwen", extra))
+
+    assert outcome == "succeeded"
+    assert models.asked == ["ollama/qwen"]
+    (called,) = calls(payloads)
+    assert called.budget_note == (
+        "budget workflow_frugal has 20% left (prefer_local_below 50%): ollama/qwen tried first"
+    )
+
+
+async def test_a_model_without_a_price_is_refused_under_a_hard_budget() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "100")
+    text = workflow().replace(PRICED, "openai/gpt-unpriced-x")
+
+    outcome, payloads, models, _ = await run(store, text)
+
+    assert outcome == "failed"
+    assert models.asked == []
+    error = payloads[-1].error
+    assert error.type == "price_unknown"
+    assert "CHIFFON_PRICE_OVERRIDES" in error.message
+
+
+async def test_a_run_paused_for_budget_resumes_when_the_budget_is_raised() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.001")
+    outcome, payloads, _, directory = await run(store, workflow())
+    assert outcome == "paused"
+    resumer = BudgetResumer(store, directory, RunRepository(store), EXECUTOR, clock=lambda: T0)
+    resumer.apply("run-1", payloads[-1], T0)
+
+    assert await resumer.sweep() == 0
+    await set_budget(store, "5")
+    await directory.catch_up("workflow_frugal")
+    assert await resumer.sweep() == 1
+
+    events, _ = await store.read_aggregate(AggregateKey("run", "run-1"))
+    assert events[-1].type == "run.resumed"
+    assert "room" in events[-1].payload.reason
+
+
+async def test_a_run_paused_for_a_daily_budget_resumes_at_midnight_in_its_time_zone() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.001", period="day", tz="Europe/Berlin")
+    outcome, payloads, _, directory = await run(store, workflow())
+    assert outcome == "paused"
+    now = [T0]
+    resumer = BudgetResumer(store, directory, RunRepository(store), EXECUTOR, clock=lambda: now[0])
+    resumer.apply("run-1", payloads[-1], T0)
+
+    now[0] = T0 + timedelta(minutes=29)  # 23:59 in Berlin
+    assert await resumer.sweep() == 0
+    now[0] = T0 + timedelta(minutes=30)  # midnight in Berlin, 23:00 UTC
+    assert await resumer.sweep() == 1
