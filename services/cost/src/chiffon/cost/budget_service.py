@@ -78,6 +78,7 @@ class BudgetService:
         self.caught_up = asyncio.Event()
         self._changed = asyncio.Event()
         self._following: asyncio.Task[None] | None = None
+        self._position = 0  # every budget event up to this stream sequence is folded
 
     @property
     def following(self) -> bool:
@@ -103,14 +104,22 @@ class BudgetService:
 
     async def start(self) -> None:
         """Fold the budgets so far; return once caught up (then follow live)."""
+        await self._catch_up()
+        self.caught_up.set()
+        self._following = asyncio.create_task(self._follow(self._position + 1), name="cost:budgets")
+
+    async def _catch_up(self) -> None:
+        """Fold every budget event stored so far (those the live fold has not brought
+        yet too): a listing right after another replica's change shows it."""
         end = await self._store.last_sequence(CONTEXT)
+        if end <= self._position:
+            return
         async for batch in self._store.subscribe_batches(
-            CONTEXT, subjects=[self._subject()], live=False
+            CONTEXT, start=self._position + 1, subjects=[self._subject()], live=False
         ):
             for event in batch:
                 self.apply(event)
-        self.caught_up.set()
-        self._following = asyncio.create_task(self._follow(end + 1), name="cost:budgets")
+        self._position = max(self._position, end)
 
     async def _follow(self, start: int) -> None:
         async for batch in self._store.subscribe_batches(
@@ -118,6 +127,7 @@ class BudgetService:
         ):
             for event in batch:
                 self.apply(event)
+                self._position = max(self._position, event.sequence)
 
     async def _load(self, budget: str) -> BudgetState:
         """The budget brought up to date from the store."""
@@ -216,6 +226,7 @@ class BudgetService:
         return result
 
     async def list_budgets(self, command: ListBudgets) -> dict[str, Any]:
+        await self._catch_up()
         now = self._clock()
         return {
             "budgets": [
