@@ -192,6 +192,18 @@ def test_spend_rolls_over_with_the_period() -> None:
     assert ledger.state.remaining(january) == D("5")
 
 
+def test_a_settlement_counts_once_and_an_unknown_one_at_its_own_time() -> None:
+    ledger = Ledger(period="day", hard_usd=D("1.00"))
+    now = at("2026-12-07T10:00:00+00:00")
+    ledger.reserve("a", "0.30", now)
+    ledger.settle("a", "0.20", now)
+    ledger.settle("a", "0.20", now)  # delivered twice
+    assert ledger.state.spent(now) == D("0.20")
+    ledger.settle("never-reserved", "0.05", now)
+    assert ledger.state.spent(now) == D("0.25")
+    assert ledger.state.spent(now + timedelta(days=1)) == 0
+
+
 def test_an_unsettled_reservation_stops_counting_at_expiry_and_is_listed_once() -> None:
     ledger = Ledger(period="day", hard_usd=D("1.00"))
     now = at("2026-12-07T10:00:00+00:00")

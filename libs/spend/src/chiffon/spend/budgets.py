@@ -139,8 +139,13 @@ class BudgetState:
     exists: bool = False  # a budget.set was ever folded
     updated_at: datetime | None = None  # the last budget.set / budget.removed
     soft_alerted: set[str] = field(default_factory=set)  # period keys already alerted
+    # Every reservation by id; the unsettled ones; settled amounts by the period key
+    # they count in (with the instant, for a budget whose kind of period changed) and
+    # their totals, so a question costs the open reservations, not the whole history.
     _entries: dict[str, _Entry] = field(default_factory=dict, repr=False)
-    _unmatched: list[tuple[datetime, Decimal]] = field(default_factory=list, repr=False)
+    _open: dict[str, _Entry] = field(default_factory=dict, repr=False)
+    _settled: dict[str, list[tuple[datetime, Decimal]]] = field(default_factory=dict, repr=False)
+    _settled_total: dict[str, Decimal] = field(default_factory=dict, repr=False)
 
     @property
     def active(self) -> bool:
@@ -169,16 +174,19 @@ class BudgetState:
         elif isinstance(payload, BudgetReserved):
             for reservation in payload.reservations:
                 if reservation.id not in self._entries:
-                    self._entries[reservation.id] = _Entry(reservation, event.occurred_at)
+                    held = _Entry(reservation, event.occurred_at)
+                    self._entries[reservation.id] = self._open[reservation.id] = held
         elif isinstance(payload, BudgetSettled):
             for settlement in payload.settlements:
                 entry = self._entries.get(settlement.reservation_id)
                 if entry is None:
                     # Money spent on a reservation this ledger never saw: count it in
-                    # the period of the settlement, rather than not at all.
-                    self._unmatched.append((event.occurred_at, settlement.actual_usd))
+                    # the period of the settlement (by instant), rather than not at all.
+                    self._settle("", event.occurred_at, settlement.actual_usd)
                 elif entry.settled_usd is None:
                     entry.settled_usd = settlement.actual_usd
+                    del self._open[settlement.reservation_id]
+                    self._settle(entry.reservation.period, entry.reserved_at, entry.settled_usd)
         elif isinstance(payload, ReservationExpired):
             for reservation_id in payload.reservation_ids:
                 entry = self._entries.get(reservation_id)
@@ -204,14 +212,21 @@ class BudgetState:
         """The budget's period containing ``at``."""
         return period_of(self.period, self.timezone, at)
 
+    def _settle(self, key: str, instant: datetime, amount: Decimal) -> None:
+        self._settled.setdefault(key, []).append((instant, amount))
+        self._settled_total[key] = self._settled_total.get(key, ZERO) + amount
+
+    def _same_kind(self, key: str) -> bool:
+        """Is ``key`` a key of the budget's current kind of period (day, month)?"""
+        return bool((_DAY_KEY if self.period == "day" else _MONTH_KEY).match(key))
+
     def _counts_in(self, key: str, at_instant: datetime, bounds: PeriodBounds) -> bool:
         """Does a reservation made in period ``key`` (at ``at_instant``) count in
         ``bounds``? By key when the key is of the budget's current kind of period; by
         instant when the budget's period or zone changed since."""
         if bounds.key == LIFETIME_KEY:
             return True
-        pattern = _DAY_KEY if self.period == "day" else _MONTH_KEY
-        if pattern.match(key):
+        if self._same_kind(key):
             return key == bounds.key
         return bounds.contains(at_instant)
 
@@ -219,15 +234,12 @@ class BudgetState:
         """Settled in the period containing ``at`` (each settlement in its
         reservation's period)."""
         bounds = self.bounds(at)
-        total = ZERO
-        for entry in self._entries.values():
-            if entry.settled_usd is not None and self._counts_in(
-                entry.reservation.period, entry.reserved_at, bounds
-            ):
-                total += entry.settled_usd
-        for settled_at, amount in self._unmatched:
-            if bounds.contains(settled_at):
-                total += amount
+        if bounds.key == LIFETIME_KEY:
+            return sum(self._settled_total.values(), ZERO)
+        total = self._settled_total.get(bounds.key, ZERO)
+        for key, settled in self._settled.items():
+            if not self._same_kind(key):
+                total += sum((amount for t, amount in settled if bounds.contains(t)), ZERO)
         return total
 
     def live_reservations(self, at: datetime) -> list[Reservation]:
@@ -235,9 +247,8 @@ class BudgetState:
         bounds = self.bounds(at)
         return [
             entry.reservation
-            for entry in self._entries.values()
-            if entry.settled_usd is None
-            and at < entry.reservation.expires_at
+            for entry in self._open.values()
+            if at < entry.reservation.expires_at
             and self._counts_in(entry.reservation.period, entry.reserved_at, bounds)
         ]
 
@@ -257,10 +268,8 @@ class BudgetState:
         audit trail (``budget.reservation_expired``)."""
         return [
             entry.reservation
-            for entry in self._entries.values()
-            if entry.settled_usd is None
-            and not entry.expiry_recorded
-            and entry.reservation.expires_at <= at
+            for entry in self._open.values()
+            if not entry.expiry_recorded and entry.reservation.expires_at <= at
         ]
 
     def soft_alert_due(self, at: datetime) -> PeriodBounds | None:
