@@ -44,6 +44,11 @@ class FakeOpenAI:
         self.in_flight = 0
         self.most_in_flight = 0  # the most calls it was answering at once
         self._refusals: list[tuple[int, dict[str, str], dict[str, Any]]] = []
+        # Merged into every answer's usage when set: fixed counts, and the details a
+        # price depends on, e.g. {"prompt_tokens": 1000, "prompt_tokens_details":
+        # {"cached_tokens": 600}, "completion_tokens_details": {"reasoning_tokens": 40},
+        # "cache_creation_input_tokens": 100}. None: counted from the text, no details.
+        self.usage: dict[str, Any] | None = None
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
@@ -139,10 +144,15 @@ class FakeOpenAI:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
+                "usage": self._usage(prompt_tokens, completion_tokens),
             }
         )
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+        }
+        usage.update(self.usage or {})
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return usage

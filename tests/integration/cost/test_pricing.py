@@ -1,0 +1,242 @@
+"""The cost service as a process over real NATS and PostgreSQL: every ``run.llm.called``
+priced into ``cost.call.priced`` and the spend read models, exactly once across a kill -9,
+and a rebuild of the read models that agrees to the cent."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chiffon.cost.projections import SpendProjection
+from chiffon.cost.readmodel import cost_calls, cost_runs
+from chiffon.devstack.ports import free_port
+from chiffon.events import Actor, Envelope, new_event
+from chiffon.events.costs import CallPriced, PriceUnknown
+from chiffon.events.runs import LlmCalled, RunRequested
+from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
+from chiffon.projections.plugins import projection_named
+from chiffon.projections.runner import ProjectionRunner
+from chiffon.spend.prices import PriceBook
+from tests.integration.gateway.support import Service, start_service, stop_all, wait_ready
+from tests.support.fixtures import eventually
+
+API_KEY = Actor(kind="api_key", id="key-7f3a", name="ci")
+EXECUTOR = Actor.service("executor", 1)
+
+
+def start_cost(env: dict[str, str], log_dir: Path, **extra: str) -> Service:
+    return start_service(
+        "chiffon.cost",
+        "cost-1",
+        {**env, "CHIFFON_REPLICA": "1", "CHIFFON_LOG_LEVEL": "warning", **extra},
+        log_dir,
+        free_port(),
+    )
+
+
+@pytest.fixture
+async def cost(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Service]:
+    service = start_cost(service_env, tmp_path)
+    try:
+        await wait_ready(service)
+        yield service
+    finally:
+        stop_all([service])
+
+
+def requested(run_id: str, workflow: str = "triage") -> Envelope[Any]:
+    payload = RunRequested(workflow=workflow, version=1, digest="sha256:x")
+    return new_event(payload, aggregate_id=run_id, actor=API_KEY)
+
+
+def called(run_id: str, model: str, node: str = "summarise", **tokens: int) -> Envelope[Any]:
+    provider = model.split("/", 1)[0]
+    payload = LlmCalled.model_validate(
+        {"node_id": node, "attempt": 1, "provider": provider, "model": model, "latency_ms": 12.5}
+        | tokens
+    )
+    return new_event(payload, aggregate_id=run_id, actor=EXECUTOR)
+
+
+async def append(store: JetStreamEventStore, events: list[Envelope[Any]]) -> None:
+    results = await store.append_many(
+        [(AggregateKey("run", e.aggregate_id), e, ANY) for e in events]
+    )
+    assert all(not isinstance(r, Exception) for r in results), results
+
+
+async def cost_events(store: JetStreamEventStore) -> list[Any]:
+    return [
+        e.payload
+        async for e in store.read_stream("COSTS")
+        if isinstance(e.payload, CallPriced | PriceUnknown)
+    ]
+
+
+async def count_calls(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(cost_calls))).scalar_one())
+
+
+async def test_calls_are_priced_exactly_into_the_spend_read_models(
+    store: JetStreamEventStore, engine: AsyncEngine, cost: Service
+) -> None:
+    mini = called(
+        "run-a",
+        "openai/gpt-4o-mini",
+        prompt_tokens=1000,
+        completion_tokens=10,
+        cached_read_tokens=600,
+    )
+    qwen = called(
+        "run-a",
+        "dashscope/qwen-turbo",
+        node="think",
+        prompt_tokens=10,
+        completion_tokens=50,
+        reasoning_tokens=40,
+    )
+    local = called("run-a", "ollama_chat/llama3.1", prompt_tokens=5000, completion_tokens=900)
+    mystery = called("run-a", "openai/no-such-model-x1", prompt_tokens=3, completion_tokens=4)
+    await append(store, [requested("run-a"), mini, qwen, local, mystery])
+
+    await eventually(lambda: _is(engine, 4), timeout=30, message="4 calls priced")
+    async with engine.connect() as conn:
+        rows = {r.llm_event_id: r for r in (await conn.execute(select(cost_calls))).all()}
+        run = (await conn.execute(select(cost_runs))).one()
+    assert set(rows) == {str(e.event_id) for e in (mini, qwen, local, mystery)}
+    # The map's prices, exactly: 400 input + 600 cached + 10 output tokens of gpt-4o-mini.
+    row = rows[str(mini.event_id)]
+    assert (row.cost_usd, row.source) == (Decimal("0.000111"), "price_map")
+    assert (row.prompt_tokens, row.cached_read_tokens, row.completion_tokens) == (1000, 600, 10)
+    assert (row.workflow, row.key_id, row.run_id, row.node_id) == (
+        "triage",
+        "key-7f3a",
+        "run-a",
+        "summarise",
+    )
+    assert row.day == mini.occurred_at.date()
+    assert row.month == mini.occurred_at.strftime("%Y-%m")
+    # Reasoning tokens at the map's reasoning price.
+    assert rows[str(qwen.event_id)].cost_usd == Decimal("0.0000225")
+    assert (rows[str(local.event_id)].cost_usd, rows[str(local.event_id)].source) == (
+        Decimal(0),
+        "local",
+    )
+    # Unknown: NULL, never 0.
+    assert (rows[str(mystery.event_id)].cost_usd, rows[str(mystery.event_id)].source) == (
+        None,
+        "unknown",
+    )
+    assert (run.run_id, run.cost_usd, run.calls, run.unknown_calls) == (
+        "run-a",
+        Decimal("0.0001335"),
+        4,
+        1,
+    )
+    assert (run.workflow, run.key_id) == ("triage", "key-7f3a")
+
+    events = await cost_events(store)
+    unknown = [e for e in events if isinstance(e, PriceUnknown)]
+    assert [(u.llm_event_id, u.model) for u in unknown] == [
+        (str(mystery.event_id), "openai/no-such-model-x1")
+    ]
+    priced = {e.llm_event_id: e for e in events if isinstance(e, CallPriced)}
+    assert priced[str(mini.event_id)].price_map_version == PriceBook.load().version
+    assert priced[str(mini.event_id)].prices.cache_read == Decimal("0.000000075")
+
+
+async def _is(engine: AsyncEngine, n: int) -> bool:
+    return await count_calls(engine) == n
+
+
+async def test_a_killed_cost_service_prices_every_call_once_and_a_rebuild_agrees(
+    store: JetStreamEventStore, engine: AsyncEngine, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    runs = [f"run-{i}" for i in range(40)]
+    models = ["openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-haiku-4-5-20251001"]
+    events: list[Envelope[Any]] = [requested(r, workflow=f"wf{i % 3}") for i, r in enumerate(runs)]
+    for n in range(3000):
+        events.append(
+            called(
+                runs[n % len(runs)],
+                models[n % len(models)],
+                prompt_tokens=100 + n,
+                completion_tokens=7 + n % 13,
+                cached_read_tokens=n % 50,
+                cache_write_tokens=n % 3,
+            )
+        )
+    for start in range(0, len(events), 1000):
+        await append(store, events[start : start + 1000])
+    book = PriceBook.load()
+    expected: dict[str, Decimal] = {}
+    for event in events:
+        if isinstance(event.payload, LlmCalled):
+            p = event.payload
+            price = book.price_call(
+                p.provider,
+                p.model,
+                prompt_tokens=p.prompt_tokens,
+                completion_tokens=p.completion_tokens,
+                cached_read_tokens=p.cached_read_tokens,
+                cache_write_tokens=p.cache_write_tokens,
+            ).cost_usd
+            assert price is not None
+            expected[event.aggregate_id] = expected.get(event.aggregate_id, Decimal(0)) + price
+
+    fast_redelivery = {"CHIFFON_PRICER_ACK_WAIT_SECONDS": "2", "CHIFFON_PRICER_BATCH": "200"}
+    first = start_cost(service_env, tmp_path, **fast_redelivery)
+    try:
+        await eventually(lambda: _at_least(engine, 1), timeout=90, interval=0.01)
+    finally:
+        os.killpg(first.process.pid, signal.SIGKILL)  # mid-stream: no shutdown code runs
+        first.process.wait(10)
+    assert await count_calls(engine) < 3000, "killed too late to prove anything"
+
+    second = start_cost(service_env, tmp_path, **fast_redelivery)
+    try:
+        await wait_ready(second)
+        await eventually(lambda: _is(engine, 3000), timeout=60, message="all 3000 calls priced")
+    finally:
+        stop_all([second])
+
+    priced = [e for e in await cost_events(store) if isinstance(e, CallPriced)]
+    assert len(priced) == len({e.llm_event_id for e in priced}) == 3000  # once each
+    totals = await run_totals(engine)
+    assert totals == {run: (expected[run], 3000 // len(runs)) for run in runs}
+
+    # The rebuild (as `chiffon projections rebuild cost.spend` runs it) agrees to the cent.
+    assert projection_named("cost.spend") is SpendProjection
+    await ProjectionRunner(store, engine, SpendProjection()).rebuild(workers=1)
+    assert await run_totals(engine) == totals
+    assert await count_calls(engine) == 3000
+
+
+async def _at_least(engine: AsyncEngine, n: int) -> bool:
+    return await count_calls(engine) >= n
+
+
+async def run_totals(engine: AsyncEngine) -> dict[str, tuple[Decimal, int]]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(cost_runs))).all()
+        calls = {
+            r.run_id: r.total
+            for r in (
+                await conn.execute(
+                    select(
+                        cost_calls.c.run_id, func.sum(cost_calls.c.cost_usd).label("total")
+                    ).group_by(cost_calls.c.run_id)
+                )
+            ).all()
+        }
+    assert {r.run_id: r.cost_usd for r in rows} == calls  # runs agree with their calls
+    return {r.run_id: (r.cost_usd, r.calls) for r in rows}
