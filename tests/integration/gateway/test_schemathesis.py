@@ -92,6 +92,30 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     gateway = await start_gateway(21)
     config = tmp_path / "schemathesis.toml"
     config.write_text(await known_ids(gateway, workflows))
+    started = time.monotonic()
+    # Two processes, one worker each, over halves of the API: schemathesis's workers are
+    # threads, and CPython 3.11's ast module keeps its recursion depth in shared state, so
+    # two threads parsing at once can fail with "AST constructor recursion depth
+    # mismatch" (python/cpython#106905), an error of the fuzzer, not of Chiffon.
+    halves = {
+        "runs": ["--include-path-regex", "^/v1/runs"],
+        "rest": ["--exclude-path-regex", "^/v1/runs"],
+    }
+    outputs = await asyncio.gather(
+        *(fuzz(gateway, config, selection, tmp_path) for selection in halves.values())
+    )
+    elapsed = time.monotonic() - started
+    for half, (returncode, text) in zip(halves, outputs, strict=True):
+        (tmp_path / f"schemathesis-{half}.txt").write_text(
+            f"{text}\n{EXAMPLES} examples per operation in {elapsed:.0f} s\n"
+        )
+        assert returncode == 0, text[-12000:]
+        assert "No issues found" in text or "passed" in text, text[-4000:]
+
+
+async def fuzz(
+    gateway: Service, config: Path, selection: list[str], tmp_path: Path
+) -> tuple[int, str]:
     st = Path(sys.executable).with_name("schemathesis")
     command = [
         str(st),
@@ -99,6 +123,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         str(config),
         "run",
         f"{gateway.url}/openapi.json",
+        *selection,
         "--header",
         f"Authorization: Bearer {ADMIN_KEY}",
         "--checks",
@@ -117,10 +142,9 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "--generation-database",
         "none",
         "--workers",
-        "2",
+        "1",
         "--no-color",
     ]
-    started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         *command,
         stdout=asyncio.subprocess.PIPE,
@@ -134,9 +158,5 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         process.kill()
         await process.wait()
         raise AssertionError(f"schemathesis did not finish within {DEADLINE} s") from None
-    text = output.decode(errors="replace")
-    (tmp_path / "schemathesis.txt").write_text(
-        f"{text}\n{EXAMPLES} examples per operation in {time.monotonic() - started:.0f} s\n"
-    )
-    assert process.returncode == 0, text[-12000:]
-    assert "No issues found" in text or "passed" in text, text[-4000:]
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
