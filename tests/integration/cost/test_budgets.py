@@ -1,6 +1,7 @@
-"""The budget service over real NATS: the budget commands on the command bus, and the
-ledger's watch recording an expired reservation and a soft-limit alert, once, with two
-replicas watching. The service runs in the test process against the real store."""
+"""The budget service over real NATS: the budget commands on the command bus (two
+replicas in the test process), and the ledger's watch recording an expired reservation
+and a soft-limit alert once, with the cost service process and a second replica in the
+test process both watching."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from chiffon.events.costs import (
 )
 from chiffon.eventstore import AggregateKey, JetStreamEventStore, Subscription
 from chiffon.spend.budgets import period_of
+from tests.integration.cost.test_pricing import cost  # noqa: F401 — the cost process
+from tests.integration.gateway.support import Service
 from tests.support.fixtures import eventually
 
 ADMIN = Actor(kind="api_key", id="admin-key", name="admin")
@@ -38,15 +41,16 @@ class Running:
     services: list[BudgetService]
 
 
-@pytest.fixture
-async def budgets(store: JetStreamEventStore) -> AsyncIterator[Running]:
-    """Two budget service replicas, each serving the commands and watching the ledger."""
+@contextlib.asynccontextmanager
+async def serving(store: JetStreamEventStore, replicas: int) -> AsyncIterator[Running]:
+    """Budget service replicas in the test process, each serving the commands and
+    watching the ledger."""
     stopping = asyncio.Event()
     bus = CommandBus(store, store.streams.namespace)
     services: list[BudgetService] = []
     subscriptions: list[Subscription] = []
     watches: list[asyncio.Task[None]] = []
-    for replica in (1, 2):
+    for replica in range(2, 2 + replicas):
         service = BudgetService(store, Actor.service("cost", replica), poll=0.2)
         await service.start()
         for command, handler in service.handlers():
@@ -61,6 +65,12 @@ async def budgets(store: JetStreamEventStore) -> AsyncIterator[Running]:
             await subscription.unsubscribe()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*watches), timeout=5)
+
+
+@pytest.fixture
+async def budgets(store: JetStreamEventStore) -> AsyncIterator[Running]:
+    async with serving(store, replicas=2) as running:
+        yield running
 
 
 async def events_of(store: JetStreamEventStore, budget: str) -> list[Any]:
@@ -166,8 +176,13 @@ async def test_bad_input_is_refused_and_nothing_is_stored(
 
 
 async def test_the_watch_records_an_expired_reservation_and_the_soft_alert_once(
-    store: JetStreamEventStore, budgets: Running
+    store: JetStreamEventStore, cost: Service
 ) -> None:
+    async with serving(store, replicas=1) as budgets:
+        await _expiry_and_soft_alert(store, budgets)
+
+
+async def _expiry_and_soft_alert(store: JetStreamEventStore, budgets: Running) -> None:
     await budgets.bus.send(
         SetBudget(
             actor=ADMIN,
@@ -223,8 +238,10 @@ async def test_the_watch_records_an_expired_reservation_and_the_soft_alert_once(
     assert alert.actor.kind == "service" and alert.actor.id.startswith("cost-")
     [expired] = [e for e in events if e.type == "budget.reservation_expired"]
     assert expired.payload.reservation_ids == ["lost"]
+    # The process (cost-1) is watching too: it recorded these, or its replica did.
+    assert {alert.actor.id, expired.actor.id} <= {"cost-1", "cost-2"}
 
-    # Both replicas caught up and owe nothing more: each record landed once.
+    # The replica here caught up and owes nothing more; each record landed once.
     for service in budgets.services:
 
         async def settled_down(service: BudgetService = service) -> bool:
