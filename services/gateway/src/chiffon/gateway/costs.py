@@ -226,3 +226,64 @@ async def run_cost(engine: AsyncEngine, run_id: str) -> Decimal:
             return Decimal(0)
         raise
     return Decimal(value) if value is not None else Decimal(0)
+
+
+# -- the dashboard's chart ---------------------------------------------------------------
+
+CHART_DAYS = 30
+CHART_WIDTH = 720
+CHART_HEIGHT = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One day's bar of the spend chart, in SVG user units (y grows downwards)."""
+
+    day: str
+    cost_usd: str
+    calls: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def last_days(today: date, days: int = CHART_DAYS) -> tuple[datetime, datetime]:
+    """The UTC window of the ``days`` days ending with ``today`` (included)."""
+    start = datetime.combine(today - timedelta(days=days - 1), time(), tzinfo=UTC)
+    return start, start + timedelta(days=days)
+
+
+def daily_bars(
+    groups: list[CostGroup],
+    today: date,
+    *,
+    days: int = CHART_DAYS,
+    width: float = CHART_WIDTH,
+    height: float = CHART_HEIGHT,
+) -> tuple[list[Bar], Decimal]:
+    """A bar per day (a day with no calls too, at zero height) for the ``days`` days
+    ending ``today``, scaled to the most expensive day; and that day's amount."""
+    by_day = {g.key: g for g in groups}
+    top = max((g.cost_usd for g in groups), default=Decimal(0))
+    slot = width / days
+    bars = []
+    for index in range(days):
+        day = (today - timedelta(days=days - 1 - index)).isoformat()
+        group = by_day.get(day)
+        cost = group.cost_usd if group else Decimal(0)
+        tall = float(cost / top) * height if top > 0 else 0.0
+        if cost > 0:
+            tall = max(tall, 1.0)  # a cent beside a hundred dollars still shows
+        bars.append(
+            Bar(
+                day=day,
+                cost_usd=usd(cost),
+                calls=group.calls if group else 0,
+                x=round(index * slot + slot * 0.1, 2),
+                y=round(height - tall, 2),
+                width=round(slot * 0.8, 2),
+                height=round(tall, 2),
+            )
+        )
+    return bars, top

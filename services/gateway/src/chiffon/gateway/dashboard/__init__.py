@@ -24,6 +24,7 @@ from sqlalchemy import select
 from starlette.staticfiles import StaticFiles
 
 from chiffon.commands import ApproveNode, CancelRun, StartRun
+from chiffon.commands.model import ListBudgets
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import CATALOG
 from chiffon.events.keys import API_KEY_ROLES, ApiKeyRole
@@ -36,6 +37,15 @@ from chiffon.events.limits import (
 from chiffon.events.runs import RUN_STATUSES, TERMINAL_STATUSES, TriggerRef
 from chiffon.gateway.agents import list_agents, public_with_live
 from chiffon.gateway.auth import Principal
+from chiffon.gateway.costs import (
+    CHART_HEIGHT,
+    CHART_WIDTH,
+    cost_groups,
+    daily_bars,
+    last_days,
+    report,
+    usd,
+)
 from chiffon.gateway.keys import (
     BOOTSTRAP_KEY_ID,
     BOOTSTRAP_KEY_NAME,
@@ -519,6 +529,52 @@ async def workflow_page(
         )
     return render(
         request, "workflow.html", principal, workflow=workflow, error=None, errors=[], values={}
+    )
+
+
+@router.get("/costs")
+async def costs_page(request: Request, gw: GatewayDep, principal: Session) -> Response:
+    """Spend per day for the last 30 days (an SVG bar chart drawn here, no script), the
+    top workflows and models, and the budgets. A part whose source is down (the cost
+    service's tables or commands) says so; the rest of the page still shows."""
+    today = datetime.now(UTC).date()
+    start, end = last_days(today)
+    spend: dict[str, Any] = {}
+    notices: list[str] = []
+    try:
+        days, workflows, models = await asyncio.gather(
+            gw.query(cost_groups(gw.engine, "day", start=start, end=end)),
+            gw.query(cost_groups(gw.engine, "workflow", start=start, end=end, limit=5)),
+            gw.query(cost_groups(gw.engine, "model", start=start, end=end, limit=5)),
+        )
+        bars, top = daily_bars(days, today)
+        spend = {
+            "bars": bars,
+            "top_usd": usd(top),
+            "total": report("day", days)["total_usd"],
+            "calls": sum(d.calls for d in days),
+            "unknown_calls": sum(d.unknown_calls for d in days),
+            "workflows": [g.public() for g in workflows],
+            "models": [g.public() for g in models],
+        }
+    except Unavailable as problem:
+        notices.append(f"Spend is not available: {problem.detail}")
+    budgets: list[dict[str, Any]] | None = None
+    try:
+        answer = await gw.send(ListBudgets(actor=principal.actor, trace=current_traceparent()))
+        budgets = list(answer.get("budgets") or [])
+    except Unavailable as problem:
+        notices.append(f"Budgets are not available: {problem.detail}")
+    return render(
+        request,
+        "costs.html",
+        principal,
+        spend=spend,
+        budgets=budgets,
+        notices=notices,
+        since=start.date(),
+        chart_width=CHART_WIDTH,
+        chart_height=CHART_HEIGHT,
     )
 
 
