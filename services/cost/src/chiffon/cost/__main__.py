@@ -53,8 +53,12 @@ async def serve(ctx: ServiceContext) -> None:
         )
         await pricer.setup()
         tasks = await resources.run_projections([SpendProjection()])
-        tasks.append(asyncio.create_task(pricer.run(ctx.stopping), name="cost:pricer"))
-        tasks.append(asyncio.create_task(budgets.watch(ctx.stopping), name="cost:budgets"))
+        # These two end by themselves once ``stopping`` is set (a pull's calls acked).
+        ending = [
+            asyncio.create_task(pricer.run(ctx.stopping), name="cost:pricer"),
+            asyncio.create_task(budgets.watch(ctx.stopping), name="cost:budgets"),
+        ]
+        tasks += ending
         ctx.health.add("pricer", pricer.healthy)
         started()
         log.info("cost.ready", instance=ctx.instance, price_map=book.version)
@@ -62,7 +66,7 @@ async def serve(ctx: ServiceContext) -> None:
         for subscription in subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-        await asyncio.wait(tasks, timeout=5.0)
+        await asyncio.wait(ending, timeout=5.0)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -174,6 +174,8 @@ class Pricer:
         """Pull, price, append, acknowledge; until ``stopping``."""
         assert self._intake is not None
         intake = self._intake
+        stop_waiter = asyncio.create_task(stopping.wait())
+        stop_waiter.add_done_callback(lambda _: self._wake.set())
         try:
             while not stopping.is_set():
                 self._wake.clear()
@@ -197,6 +199,7 @@ class Pricer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
         finally:
+            stop_waiter.cancel()
             with contextlib.suppress(Exception):
                 await intake.stop()
 
