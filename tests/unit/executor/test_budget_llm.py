@@ -99,8 +99,7 @@ async def run(
     await store.append(key, [new_event(claim, aggregate_id=run_id, actor=EXECUTOR)])
     events, _ = await store.read_aggregate(key)
     directory = BudgetDirectory(store)
-    async for recorded in store.read_stream("COSTS"):
-        directory.apply(recorded)
+    await directory.load()
     models = Models()
     execution = RunExecution(
         store=store,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from chiffon.events import CATALOG, Actor, new_event
-from chiffon.events.costs import BudgetSet, Reservation
+from chiffon.events.costs import BudgetSet, PriceUnknown, Reservation
 from chiffon.eventstore import AggregateKey, InMemoryEventStore
 from chiffon.executor.budgets.directory import BudgetDirectory
 from chiffon.executor.budgets.reserver import Refused, Reserver
@@ -43,8 +43,7 @@ async def set_budget(store: InMemoryEventStore, budget: str, hard: str, **more: 
 
 async def replica(store: InMemoryEventStore, number: int, clock: Clock) -> Reserver:
     directory = BudgetDirectory(store)
-    async for recorded in store.read_stream("COSTS"):
-        directory.apply(recorded)
+    await directory.load()
     return Reserver(store, directory, Actor.service("executor", number), clock=clock)
 
 
@@ -151,3 +150,26 @@ async def test_a_reservation_never_settled_stops_counting_when_it_expires() -> N
     clock.now = T0 + timedelta(seconds=36)  # the dead replica's reservation expired
 
     assert await alive.reserve(budgets, reservation("run2:d:1:0")) is None
+
+
+async def test_the_directory_catches_up_past_the_priced_calls_then_follows_live() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "global", "1")
+    unknown = PriceUnknown(
+        llm_event_id="e1", provider="openai", model="openai/x", price_map_version="litellm-1"
+    )
+    await store.append(
+        AggregateKey("cost", "run1"), [new_event(unknown, aggregate_id="run1", actor=ADMIN)]
+    )
+    directory = BudgetDirectory(store)
+    await directory.start()
+    try:
+        assert await directory.caught_up(2.0)  # the stream ends with a cost event
+        assert directory.state("global").hard_usd == Decimal("1")
+        change = directory.watch()
+        await set_budget(store, "global", "2")
+        await asyncio.wait_for(change.wait(), 2.0)
+        assert directory.state("global").hard_usd == Decimal("2")
+        assert [b.budget_id for b in directory.applicable("triage", "k1", "run1")] == ["global"]
+    finally:
+        await directory.stop()

@@ -32,7 +32,6 @@ class BudgetDirectory:
         self.store = store
         self.states: dict[str, BudgetState] = {}
         self.position = 0
-        self._target = 0
         self._caught_up = asyncio.Event()
         self._next_change = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -61,8 +60,6 @@ class BudgetDirectory:
         envelope = recorded.envelope
         if envelope.aggregate == AGGREGATE:
             self.apply_event(envelope.aggregate_id, envelope, recorded.sequence)
-        if self.position >= self._target:
-            self._caught_up.set()
 
     async def catch_up(self, budget: str) -> BudgetState:
         """The budget's state with every event stored so far (read past its version)."""
@@ -99,21 +96,29 @@ class BudgetDirectory:
 
     async def start(self) -> None:
         """Follow the budget events from the COSTS stream's first, then live (a task)."""
-        assert self.store is not None
-        try:
-            self._target = await self.store.last_sequence(CONTEXT)
-        except EventStoreError as error:
-            log.warning("budgets.directory_position_unknown", error=str(error))
-            self._target = 0
-        if self._target == 0:
-            self._caught_up.set()
         self._task = asyncio.create_task(self._follow(), name="executor:budgets")
+
+    async def load(self) -> None:
+        """Fold the budget events stored so far (up to the stream's end as it is now; the
+        stream holds every call's price too, only the budget events are read)."""
+        assert self.store is not None
+        async for recorded in self.store.read_stream(
+            CONTEXT, start=self.position + 1, subjects=self._subjects()
+        ):
+            self.apply(recorded)
+        self._caught_up.set()
+
+    def _subjects(self) -> list[str]:
+        assert self.store is not None
+        return [f"{self.store.streams.namespace}.{AGGREGATE}.>"]
 
     async def _follow(self) -> None:
         assert self.store is not None
-        subjects = [f"{self.store.streams.namespace}.{AGGREGATE}.>"]
+        subjects = self._subjects()
         while True:
             try:
+                if not self._caught_up.is_set():
+                    await self.load()
                 async for recorded in self.store.subscribe(
                     CONTEXT, start=self.position + 1, subjects=subjects
                 ):

@@ -1,0 +1,161 @@
+"""Hard budgets enforced before the call, with two real executor replicas, a real gateway
+and the OpenAI-compatible test server reporting usage: 20 concurrent runs against a
+global budget that fits 5 calls never spend more than it; the runs with a free fallback
+take it (saying why), the others pause and resume to success when the budget is raised.
+A replica killed mid-call leaves a reservation that expires: the budget is not leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from chiffon.events import Actor, new_event
+from chiffon.events.costs import BudgetSet
+from chiffon.eventstore import AggregateKey, JetStreamEventStore
+from chiffon.executor.budgets.directory import BudgetDirectory
+from chiffon.spend.budgets import BudgetState
+from chiffon.spend.prices import PriceBook, count_prompt_tokens
+from tests.support.fixtures import eventually
+
+from .conftest import Spawn, llm_env
+from .helpers import events_until, of_type
+from .openai_server import FakeOpenAI
+
+PRICED = "openai/chiffon-priced"
+OVERRIDES = {PRICED: {"input_per_token": "0.0001", "output_per_token": "0.0002"}}
+PROMPT = "summarise the budget"
+MAX_TOKENS = 10
+ADMIN = Actor(kind="user", id="admin")
+
+
+def workflow(name: str, fallback: bool) -> str:
+    fallbacks = "[chiffon/echo]" if fallback else "[]"
+    return f"""
+name: {name}
+version: 1
+nodes:
+  - id: draft
+    type: llm
+    model: {PRICED}
+    fallbacks: {fallbacks}
+    prompt: "{PROMPT}"
+    max_tokens: {MAX_TOKENS}
+    timeout: 5s
+"""
+
+
+def worst_case() -> Decimal:
+    tokens = count_prompt_tokens([{"role": "user", "content": PROMPT}])
+    worst = PriceBook.load(OVERRIDES).worst_case(
+        "openai", PRICED, prompt_tokens=tokens, max_output_tokens=MAX_TOKENS
+    )
+    assert worst is not None
+    return worst
+
+
+async def set_global(store: JetStreamEventStore, hard: Decimal) -> None:
+    payload = BudgetSet(scope="global", scope_id="global", period="day", hard_usd=hard)
+    event = new_event(payload, aggregate_id="global", actor=ADMIN)
+    await store.append(AggregateKey("budget", "global"), [event])
+
+
+async def ledger(store: JetStreamEventStore) -> tuple[BudgetState, list[Any]]:
+    state = await BudgetDirectory(store).catch_up("global")
+    events, _ = await store.read_aggregate(AggregateKey("budget", "global"))
+    return state, [e.payload for e in events]
+
+
+def settled(payloads: list[Any]) -> Decimal:
+    return sum(
+        (s.actual_usd for p in payloads if p.event_type == "budget.settled" for s in p.settlements),
+        Decimal(0),
+    )
+
+
+async def test_a_hard_budget_holds_across_two_replicas_and_a_killed_one_leaks_nothing(
+    store: JetStreamEventStore, spawn_executor: Spawn, client: Any, openai_server: FakeOpenAI
+) -> None:
+    worst = worst_case()
+    # Every call reports exactly its worst case: the budget fits 5 calls, no more.
+    tokens = count_prompt_tokens([{"role": "user", "content": PROMPT}])
+    openai_server.usage = {"prompt_tokens": tokens, "completion_tokens": MAX_TOKENS}
+    hard = worst * 5
+    await set_global(store, hard)
+    env = {
+        **llm_env(openai_server),
+        "CHIFFON_PRICE_OVERRIDES": json.dumps(OVERRIDES),
+        "CHIFFON_BUDGET_RESERVATION_GRACE_SECONDS": "1",
+        "CHIFFON_BUDGET_RESUME_SWEEP_SECONDS": "0.5",
+        "CHIFFON_PROJECTIONS": "off",
+    }
+    replicas = await asyncio.gather(*(spawn_executor(k, env) for k in (1, 2)))
+    tag = uuid.uuid4().hex[:6]
+    free, strict = f"free-{tag}", f"strict-{tag}"
+    await client.register_workflow(workflow(free, fallback=True))
+    await client.register_workflow(workflow(strict, fallback=False))
+
+    started = await asyncio.gather(
+        *(client.start_run(free if n % 2 else strict, inputs={}) for n in range(20))
+    )
+    runs = {s["run_id"]: s["workflow"] for s in started}
+    settled_or_paused = {"run.completed", "run.paused", "run.failed"}
+    seen = await asyncio.gather(
+        *(events_until(client, r, lambda e: e.type in settled_or_paused) for r in runs)
+    )
+
+    ends = {r: events[-1] for r, events in zip(runs, seen, strict=True)}
+    assert {e.type for e in ends.values()} <= {"run.completed", "run.paused"}
+    assert len(openai_server.requests) == 5  # five calls went out, no more
+    state, payloads = await ledger(store)
+    assert settled(payloads) == hard  # the recorded spend: exactly the budget, never above
+    assert state.spent(datetime.now(UTC)) == hard
+    for run_id, events in zip(runs, seen, strict=True):
+        call = of_type(events, "run.llm.called")[-1] if ends[run_id].type != "run.paused" else {}
+        if runs[run_id] == free:
+            assert ends[run_id].type == "run.completed"
+            if call["model"] != PRICED:
+                assert call["fallback_index"] == 1
+                assert "budget global" in call["budget_note"]
+        elif ends[run_id].type == "run.paused":
+            paused = ends[run_id].payload
+            assert (paused["reason"], paused["budget"]) == ("budget", "global")
+            assert Decimal(str(paused["needed_usd"])) == worst
+    paused_runs = [r for r, e in ends.items() if e.type == "run.paused"]
+    assert paused_runs  # 10 strict runs, at most 5 priced calls
+
+    await set_global(store, Decimal("1"))  # raised: the paused runs resume
+
+    resumed = await asyncio.gather(*(events_until(client, r) for r in paused_runs))
+    assert all(events[-1].type == "run.completed" for events in resumed)
+    state, payloads = await ledger(store)
+    assert settled(payloads) == hard + worst * len(paused_runs)
+
+    # A replica killed mid-call: its reservation expires (5 s timeout + 1 s grace), the
+    # survivor takes the run over and settles its own call.
+    openai_server.delay = 30
+    run_id = (await client.start_run(strict, inputs={}))["run_id"]
+    await eventually(lambda: _true(openai_server.in_flight == 1), timeout=15)
+    stored, _ = await store.read_aggregate(AggregateKey("run", run_id))
+    holder = [e.payload.executor for e in stored if e.type == "run.claimed"][-1]
+    next(r for r in replicas if r.name == holder).kill()
+    openai_server.delay = 0
+
+    assert (await events_until(client, run_id))[-1].type == "run.completed"
+
+    async def released() -> bool:
+        state, _ = await ledger(store)
+        return state.reserved(datetime.now(UTC)) == 0
+
+    await eventually(released, timeout=15, message="the killed call's reservation expired")
+    state, _ = await ledger(store)
+    now = datetime.now(UTC)
+    assert [r.id for r in state.expired_unsettled(now)] == [f"{run_id}:draft:1:0"]
+    assert state.remaining(now) == Decimal("1") - state.spent(now)
+
+
+async def _true(value: bool) -> bool:
+    return value
