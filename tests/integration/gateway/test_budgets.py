@@ -18,10 +18,11 @@ from chiffon.core.db import create_engine
 from chiffon.devstack.ports import free_port
 from chiffon.gateway.costs import cost_calls
 from tests.support.cli import run_cli
+from tests.support.fixtures import eventually
 
 from .conftest import Stack, client
 from .support import ADMIN_KEY, Service, start_service, stop_all, wait_ready
-from .test_api import problem
+from .test_api import problem, start, until_status
 from .test_costs import call_row
 
 
@@ -155,6 +156,37 @@ async def test_cli_sets_lists_and_removes(stack: Stack, cost_service: Service) -
     assert code == 2 and "hard_usd" in err and "negative" in err, (out, err)
     code, out, err = await run_cli(env, "cost", "budget", "remove", "workflow", workflow)
     assert code == 0 and "removed" in out, err
+
+
+async def test_a_run_is_priced_into_the_report(
+    stack: Stack, cost_service: Service, workflows: list[str]
+) -> None:
+    """End to end: a run's calls priced by the cost service (the offline model: local,
+    exactly 0) reach the report under the key that started it, and the run's cost_usd."""
+    async with client(stack.gateway, ADMIN_KEY) as admin:
+        made = await admin.post("/v1/keys", json={"name": "priced", "role": "operator"})
+        assert made.status_code == 201, made.text
+    key_id, secret = made.json()["id"], made.json()["key"]
+    async with client(stack.gateway, secret) as http:
+        run_id = await start(http)
+        run = await until_status(http, run_id, "succeeded")
+        today = datetime.now(UTC).date().isoformat()
+
+        async def priced() -> dict[str, Any] | None:
+            answer = (await http.get("/v1/costs", params={"group_by": "key", "from": today})).json()
+            found = [g for g in answer["groups"] if g["key"] == key_id]
+            return found[0] if found and found[0]["calls"] == 3 else None
+
+        group = await eventually(priced, timeout=20, message="the run's calls in the report")
+        assert group == {
+            "key": key_id,
+            "cost_usd": "0",
+            "calls": 3,
+            "unknown_calls": 0,
+            "prompt_tokens": run["prompt_tokens"],
+            "completion_tokens": run["completion_tokens"],
+        }
+        assert (await http.get(f"/v1/runs/{run_id}")).json()["cost_usd"] == "0"
 
 
 async def test_dashboard_costs_page(

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import delete, insert
+from sqlalchemy.dialects.postgresql import insert as upsert_into
 
 from chiffon.core.db import create_engine
 from chiffon.gateway.costs import cost_calls, cost_runs
@@ -171,19 +172,22 @@ async def test_a_run_shows_its_cost(
         # The cost service prices the run's calls after it ended: the view follows.
         engine = create_engine(stack.env["CHIFFON_DATABASE_URL"])
         try:
+            row = {
+                "run_id": run_id,
+                "cost_usd": Decimal("0.004200"),
+                "calls": 3,
+                "unknown_calls": 0,
+                "workflow": "bench-three",
+                "key_id": None,
+                "updated_at": datetime.now(UTC),
+            }
+            # An upsert: a cost service on the stack may have priced the run already.
+            upsert = upsert_into(cost_runs).values(row)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=[cost_runs.c.run_id], set_={"cost_usd": row["cost_usd"]}
+            )
             async with engine.begin() as conn:
-                await conn.execute(
-                    insert(cost_runs),
-                    {
-                        "run_id": run_id,
-                        "cost_usd": Decimal("0.004200"),
-                        "calls": 3,
-                        "unknown_calls": 0,
-                        "workflow": "bench-three",
-                        "key_id": None,
-                        "updated_at": datetime.now(UTC),
-                    },
-                )
+                await conn.execute(upsert)
         finally:
             await engine.dispose()
 
