@@ -21,7 +21,8 @@ from chiffon.cost.budget_domain import (
     decide_set,
     validate_set,
 )
-from chiffon.events import Actor, EventPayload, new_event
+from chiffon.cost.budget_service import BudgetService
+from chiffon.events import CATALOG, Actor, EventPayload, new_event
 from chiffon.events.costs import (
     BudgetRemoved,
     BudgetReserved,
@@ -32,6 +33,7 @@ from chiffon.events.costs import (
     Settlement,
     SoftLimitReached,
 )
+from chiffon.eventstore import AggregateKey, ConcurrencyConflict, InMemoryEventStore
 from chiffon.spend.budgets import (
     BudgetState,
     applicable_budgets,
@@ -406,3 +408,43 @@ def test_the_answer_and_what_is_due() -> None:
     for payload in due:
         ledger.add(payload, later)
     assert decide_due(ledger.state, later) == []
+
+
+async def test_the_sweep_decides_again_when_a_reservation_lands_first() -> None:
+    """The service's fold is behind (an executor reserved meanwhile): the alert's append
+    conflicts, and the sweep catches up and appends it, once."""
+    store = InMemoryEventStore(CATALOG, namespace="unit")
+    clock_now = at("2026-12-07T10:00:00+00:00")
+    service = BudgetService(store, ACTOR, clock=lambda: clock_now)  # not following live
+    await service.set_budget(_set(period="lifetime", hard_usd=D("1"), soft_usd=D("0.10")))
+    key = AggregateKey("budget", "workflow_triage")
+    version = await store.aggregate_version(key)
+    held = _request("a", "0.20", clock_now)
+    for payload in (
+        BudgetReserved(reservations=[held]),
+        BudgetSettled(settlements=[Settlement(reservation_id="a", actual_usd=D("0.20"))]),
+        BudgetReserved(reservations=[_request("b", "0.01", clock_now)]),
+    ):
+        event = new_event(payload, aggregate_id="workflow_triage", actor=ACTOR)
+        version = (await store.append(key, [event], version)).version
+        # The service sees the first two only: its fold is one event behind.
+        if payload.event_type == "budget.settled":
+            events, _ = await store.read_aggregate(key)
+            for recorded in events:
+                service.apply(recorded)
+    conflicts: list[Exception] = []
+    append = store.append
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await append(*args, **kwargs)
+        except ConcurrencyConflict as conflict:
+            conflicts.append(conflict)
+            raise
+
+    store.append = counting  # type: ignore[method-assign]
+    assert await service.sweep() == 1
+    assert len(conflicts) == 1
+    events, _ = await store.read_aggregate(key)
+    assert [e.type for e in events][-1] == "budget.soft_limit_reached"
+    assert await service.sweep() == 0

@@ -49,6 +49,7 @@ Clock = Callable[[], datetime]
 T = TypeVar("T")
 CONTEXT = "COSTS"
 POLL_SECONDS = 1.0
+SWEEP_ATTEMPTS = 3  # per budget and sweep, against reservations landing meanwhile
 
 
 def utc_now() -> datetime:
@@ -248,22 +249,26 @@ class BudgetService:
 
     async def sweep(self) -> int:
         """Append every record the ledger owes now; how many appends landed. A conflict
-        means the budget moved (another replica may have recorded it): caught up, and
-        looked at again next time."""
+        means the budget moved (an executor reserved, or another replica recorded it
+        first): caught up and decided again, a few times, then left to the next sweep."""
         landed = 0
         now = self._clock()
         for budget in sorted(self.budgets):
-            state = self.budgets[budget]
-            due = decide_due(state, now)
-            if not due:
-                continue
-            try:
-                await self._append(state, due, self._actor)
-                landed += 1
-            except ConcurrencyConflict:
-                await self._load(budget)
-            except EventStoreError as error:
-                log.warning("budget.watch_failed", budget=budget, error=str(error))
+            for _ in range(SWEEP_ATTEMPTS):
+                state = self.budgets[budget]
+                due = decide_due(state, now)
+                if not due:
+                    break
+                try:
+                    await self._append(state, due, self._actor)
+                except ConcurrencyConflict:
+                    await self._load(budget)
+                    continue
+                except EventStoreError as error:
+                    log.warning("budget.watch_failed", budget=budget, error=str(error))
+                else:
+                    landed += 1
+                break
         return landed
 
     async def watch(self, stopping: asyncio.Event) -> None:
