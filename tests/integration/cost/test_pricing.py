@@ -240,3 +240,19 @@ async def run_totals(engine: AsyncEngine) -> dict[str, tuple[Decimal, int]]:
         }
     assert {r.run_id: r.cost_usd for r in rows} == calls  # runs agree with their calls
     return {r.run_id: (r.cost_usd, r.calls) for r in rows}
+
+
+def test_a_bad_price_override_stops_the_cost_service_with_the_reason() -> None:
+    # One process start (~7 s here); the settings' own refusals are unit tests.
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CHIFFON_PRICE_OVERRIDES": '{"openai/my-model": {"input_per_token": "1"}}'}
+    done = subprocess.run(
+        [sys.executable, "-m", "chiffon.cost"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "chiffon cost: invalid settings: price override 'openai/my-model'"
+    )
+    assert "needs both input_per_token and output_per_token" in done.stderr
