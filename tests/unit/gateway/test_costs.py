@@ -123,3 +123,50 @@ def test_bad_amounts_are_refused(given: Any) -> None:
     with pytest.raises(ValidationError) as raised:
         BudgetPut.model_validate({"period": "day", "soft_usd": given})
     assert [e["loc"] for e in raised.value.errors()] == [("soft_usd",)]
+
+
+def test_the_costs_page_shows_a_reached_soft_limit_and_escapes_names() -> None:
+    from types import SimpleNamespace
+
+    from chiffon.gateway.dashboard import templates
+
+    bars, top = daily_bars([group("2026-12-07", "0.42")], date(2026, 12, 7))
+    budget = {
+        "id": "workflow_triage",
+        "period": "day",
+        "spent_usd": "0.42",
+        "reserved_usd": "0.01",
+        "soft_usd": "0.40",
+        "hard_usd": "0.50",
+        "timezone": "Europe/Berlin",
+        "period_end": "2026-12-07T23:00:00+00:00",
+        "soft_reached": True,
+    }
+    html = templates.env.get_template("costs.html").render(
+        request=SimpleNamespace(url=SimpleNamespace(path="/costs")),
+        me=SimpleNamespace(role="viewer", key_id="k", name="viewer"),
+        csrf="",
+        is_admin=False,
+        spend={
+            "bars": bars,
+            "top_usd": usd(top),
+            "total": "0.42",
+            "calls": 1,
+            "unknown_calls": 0,
+            "workflows": [group("<script>x</script>", "0.42").public()],
+            "models": [],
+        },
+        budgets=[budget, {**budget, "id": "global", "soft_reached": False}],
+        notices=[],
+        since=date(2026, 11, 8),
+        chart_width=720,
+        chart_height=160,
+    )
+    rows = html.split('id="budgets"')[1].split("<tr")
+    triage = next(r for r in rows if "workflow_triage" in r)
+    assert 'class="soft-reached"' in triage and "soft limit reached" in triage
+    assert "2026-12-07 23:00:00" in triage
+    other = next(r for r in rows if ">global<" in r)
+    assert "soft limit reached" not in other
+    assert html.count('class="bar-day"') == 30
+    assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
