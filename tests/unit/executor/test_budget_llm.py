@@ -111,6 +111,8 @@ async def run(
         budget=BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES),
     )
     outcome = await execution.execute()
+    assert execution.budget is not None
+    await execution.budget.reserver.drain()  # the settlement, appended while the run went on
     stored, _ = await store.read_aggregate(key)
     return outcome, [e.payload for e in stored], models, directory
 

@@ -72,9 +72,10 @@ async def serve(ctx: ServiceContext) -> None:
         executor_actor = Actor.service("executor", settings.replica)
         budgets = BudgetDirectory(store)
         await budgets.start()  # folds the COSTS stream's budget events, then follows them
+        reserver = Reserver(store, budgets, executor_actor)
         gate = BudgetGate(
             budgets,
-            Reserver(store, budgets, executor_actor),
+            reserver,
             PriceBook.load(settings.price_overrides),
             grace_seconds=settings.budget_reservation_grace_seconds,
         )
@@ -122,6 +123,7 @@ async def serve(ctx: ServiceContext) -> None:
             task.cancel()
         await asyncio.gather(*projections, return_exceptions=True)
         await resumer.stop()
+        await reserver.drain()  # settlements of calls that ended, not appended yet
         await budget_resumer.stop()
         await budgets.stop()
         await agents.close()

@@ -83,6 +83,7 @@ class Reserver:
         self.actor = actor
         self.clock = clock
         self._queues: dict[str, _Queue] = {}
+        self._pending: set[asyncio.Future[None]] = set()
         self.appends = 0  # budget.reserved and budget.settled appends made (for tests)
 
     # -- the interface ---------------------------------------------------------------
@@ -124,6 +125,26 @@ class Reserver:
         """The call ended and cost ``actual_usd`` (0: it never went out)."""
         settlement = Settlement(reservation_id=reservation_id, actual_usd=actual_usd)
         await asyncio.gather(*(self._settle_one(b.budget_id, settlement) for b in budgets))
+
+    def settle_soon(
+        self, budgets: Sequence[BudgetState], reservation_id: str, actual_usd: Decimal
+    ) -> None:
+        """``settle``, without the caller waiting for it: the call's node goes on while
+        the settlement joins the next group append (a failure is logged; the reservation
+        then expires). ``drain`` waits for what is pending."""
+        task = asyncio.ensure_future(self.settle(budgets, reservation_id, actual_usd))
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Future[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("budget.settle_failed", error=str(task.exception()))
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait (a while) for the settlements not yet appended (at shutdown)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
 
     # -- grouping ---------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ first zero-cost fallback first.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from decimal import Decimal
 from typing import Any
@@ -110,8 +109,7 @@ async def llm_attempt(
         except BaseException as error:
             if held and gate is not None:
                 # Whether it went out or not, its cost is unknown: nothing is counted.
-                with contextlib.suppress(Exception):  # else it expires
-                    await gate.release(budgets, _reservation(ctx, node, attempt, index), Decimal(0))
+                gate.release(budgets, _reservation(ctx, node, attempt, index), Decimal(0))
             if not isinstance(error, ProviderError):
                 raise
             failures.append(error)
@@ -131,7 +129,7 @@ async def llm_attempt(
             continue
         if held and gate is not None:
             cost = gate.cost_of(model, reply)
-            await gate.release(budgets, _reservation(ctx, node, attempt, index), cost)
+            gate.release(budgets, _reservation(ctx, node, attempt, index), cost)
         calls.append(
             LlmCalled(
                 node_id=node.id,
