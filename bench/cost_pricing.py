@@ -1,0 +1,177 @@
+"""Pricing throughput of the cost service: calls priced into the spend read models per second.
+
+    .venv/bin/python -m bench.cost_pricing [--calls 20000] [--rounds 3]
+
+A real NATS (JetStream) and PostgreSQL. Each round has its own namespace and database:
+``--calls`` ``run.llm.called`` events (over 200 runs, each with its ``run.requested``;
+three models, cached and cache-write tokens) are appended first. Then the cost service's
+own parts start in this process, as its composition root wires them: the ``Pricer`` (the
+durable consumer, ``PriceBook``, ``append_many`` of the priced events, acks) and the
+spend projection's runner (``cost_calls``, ``cost_runs``). The clock runs from their start
+until every call has its row in ``cost_calls``; the time at which the COSTS stream holds
+every priced event is taken too, to tell pricing from projecting.
+
+Baseline, in the same round: the bare projection apply rate, a rebuild of the spend read
+models from the priced events already in the stream (no pricing, no appends).
+
+Goal (issue 18, 2 cores): >= 20,000 calls/s priced into the read models. The figure is
+the median of the rounds; the benchmark never fails on a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from bench.common import row, servers
+from chiffon.core.db import create_engine, ensure_database
+from chiffon.core.runtime import tune_gc
+from chiffon.cost.pricing import Pricer
+from chiffon.cost.projections import SpendProjection
+from chiffon.cost.readmodel import cost_calls
+from chiffon.events import CATALOG, Actor, new_event
+from chiffon.events.runs import LlmCalled, RunRequested
+from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
+from chiffon.projections import ProjectionRunner
+from chiffon.projections.host import all_migrations
+from chiffon.spend.prices import PriceBook
+
+CHUNK = 5000
+RUNS = 200
+MODELS = ("openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-haiku-4-5-20251001")
+KEY = Actor(kind="api_key", id="bench-key", name="bench")
+EXECUTOR = Actor.service("executor", 1)
+
+
+def workload(calls: int) -> list[Any]:
+    runs = [f"run-{i}" for i in range(RUNS)]
+    events: list[Any] = [
+        new_event(
+            RunRequested(workflow=f"wf{i % 7}", version=1, digest="sha256:bench"),
+            aggregate_id=run,
+            actor=KEY,
+        )
+        for i, run in enumerate(runs)
+    ]
+    for n in range(calls):
+        model = MODELS[n % len(MODELS)]
+        events.append(
+            new_event(
+                LlmCalled(
+                    node_id=f"node{n % 5}",
+                    attempt=1,
+                    provider=model.split("/", 1)[0],
+                    model=model,
+                    prompt_tokens=200 + n % 1000,
+                    completion_tokens=20 + n % 100,
+                    cached_read_tokens=n % 150,
+                    cache_write_tokens=n % 7,
+                    latency_ms=250.0,
+                ),
+                aggregate_id=runs[n % RUNS],
+                actor=EXECUTOR,
+            )
+        )
+    return events
+
+
+async def count(engine: Any) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(cost_calls))).scalar_one())
+
+
+async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
+    namespace = "b" + uuid.uuid4().hex[:10]
+    dsn = make_url(pg_dsn).set(database=namespace).render_as_string(hide_password=False)
+    await ensure_database(dsn)
+    for migrations in all_migrations():
+        await migrations.upgrade_async(dsn)
+    engine = create_engine(dsn)
+    async with JetStreamEventStore.connect(nats_url, CATALOG, namespace=namespace) as store:
+        await store.setup()
+        events = workload(calls)
+        for start in range(0, len(events), CHUNK):
+            batch = events[start : start + CHUNK]
+            results = await store.append_many(
+                [(AggregateKey("run", e.aggregate_id), e, ANY) for e in batch]
+            )
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                raise SystemExit(f"append failed: {failed[0]}")
+
+        pricer = Pricer(store, PriceBook.load(), Actor.service("cost", 1), batch=1000)
+        runner = ProjectionRunner(store, engine, SpendProjection())
+        stopping = asyncio.Event()
+        started = time.perf_counter()
+        await pricer.setup()
+        tasks = [asyncio.create_task(pricer.run(stopping)), asyncio.create_task(runner.run())]
+        priced_at = None
+        try:
+            while True:
+                if priced_at is None and pricer.priced >= calls:
+                    priced_at = time.perf_counter()
+                if await count(engine) >= calls:
+                    break
+                await asyncio.sleep(0.02)
+            done = time.perf_counter()
+        finally:
+            stopping.set()
+            tasks[1].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert priced_at is not None
+
+        total = await store.last_sequence("COSTS")
+        rebuild_started = time.perf_counter()
+        await ProjectionRunner(store, engine, SpendProjection()).rebuild(workers=1)
+        rebuild = total / (time.perf_counter() - rebuild_started)
+        assert await count(engine) == calls
+    await engine.dispose()
+    return {
+        "rate": calls / (done - started),
+        "pricing": calls / (priced_at - started),
+        "lag_ms": (done - priced_at) * 1000,
+        "rebuild": rebuild,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    tune_gc()  # as every Chiffon service process does at start
+    with servers() as srv:
+        print(f"chiffon bench:cost pricing  ({args.calls:,} calls, {args.rounds} rounds)")
+        rounds = []
+        for index in range(args.rounds):
+            result = await one_round(srv.nats.url, srv.postgres.dsn, args.calls)
+            rounds.append(result)
+            print(
+                f"  round {index + 1}: {result['rate']:,.0f} calls/s into cost_calls, "
+                f"pricer alone {result['pricing']:,.0f} calls/s, "
+                f"projection caught up {result['lag_ms']:,.0f} ms later, "
+                f"bare projection rebuild {result['rebuild']:,.0f} events/s"
+            )
+
+    def median(name: str) -> float:
+        return statistics.median(r[name] for r in rounds)
+
+    row(
+        "priced into the read models (median)",
+        f"{median('rate'):,.0f} calls/s",
+        "(goal >= 20,000/s)",
+    )
+    row("  the pricer alone (appended, acked)", f"{median('pricing'):,.0f} calls/s")
+    row("baseline: bare projection apply (rebuild)", f"{median('rebuild'):,.0f} events/s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))
