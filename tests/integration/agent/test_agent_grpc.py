@@ -215,3 +215,40 @@ async def test_health_is_serving_and_describe_says_what_the_agent_is(
     assert description.resources["cpu_cores"] >= 1
     assert description.resources["memory_bytes"] > 0
     assert description.max_concurrency == 4
+
+
+async def test_a_session_runs_many_tasks_and_refuses_one_without_ending(
+    agent: AgentProcess, stub: agent_pb2_grpc.AgentAsyncStub
+) -> None:
+    # One stream, several tasks in flight: each update names its task, each task has its
+    # own token, and a task whose token is wrong is refused alone. (Four: the agent's
+    # max_concurrency here; a fifth could find it full and be refused for that.)
+    good = [_request(["echo", f"task {n}"]) for n in range(4)]
+    forged = _request(["echo", "forged"])
+
+    def message(request: agent_pb2.ExecuteRequest, token_for: str) -> agent_pb2.SessionRequest:
+        token = agent.token(token_for)[0][1].removeprefix("Bearer ")
+        return agent_pb2.SessionRequest(token=token, traceparent=TRACEPARENT, execute=request)
+
+    async def requests() -> Any:
+        for request in good:
+            yield message(request, request.task_id)
+        yield message(forged, "another:task:0:1")
+
+    results: dict[str, agent_pb2.TaskResult] = {}
+    lines: dict[str, list[str]] = {}
+    refused: dict[str, agent_pb2.Refusal] = {}
+    async for update in stub.Session(requests(), timeout=30):
+        if update.HasField("refused"):
+            refused[update.task_id] = update.refused
+        elif update.update.WhichOneof("update") == "line":
+            lines.setdefault(update.task_id, []).append(update.update.line.text)
+        elif update.update.WhichOneof("update") == "result":
+            results[update.task_id] = update.update.result
+    # The session ended by itself once the requests ended and every task had its result.
+    assert set(results) == {r.task_id for r in good}
+    for n, request in enumerate(good):
+        assert results[request.task_id].ok
+        assert lines[request.task_id] == [f"task {n}"]
+    assert refused[forged.task_id].code == "UNAUTHENTICATED"
+    assert forged.task_id not in results

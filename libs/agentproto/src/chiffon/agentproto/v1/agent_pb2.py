@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!chiffon/agentproto/v1/agent.proto\x12\x10\x63hiffon.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa6\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12*\n\targuments\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\"\xa7\x01\n\rExecuteUpdate\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.chiffon.agent.v1.ProgressH\x00\x12,\n\x04line\x18\x02 \x01(\x0b\x32\x1c.chiffon.agent.v1.OutputLineH\x00\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1c.chiffon.agent.v1.TaskResultH\x00\x42\x08\n\x06update\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\nOutputLine\x12\x33\n\x06stream\x18\x01 \x01(\x0e\x32#.chiffon.agent.v1.OutputLine.Stream\x12\x0c\n\x04text\x18\x02 \x01(\t\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\"\xf0\x01\n\nTaskResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x08 \x01(\x01\x12\x18\n\x10gpu_memory_bytes\x18\t \x01(\x01\x12\x10\n\x08\x61gent_id\x18\n \x01(\t\"0\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0b\x43\x61ncelReply\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\xf8\x01\n\x10\x41gentDescription\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x44\n\tresources\x18\x05 \x03(\x0b\x32\x31.chiffon.agent.v1.AgentDescription.ResourcesEntry\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0f\n\x07running\x18\x07 \x01(\x05\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xf4\x01\n\x05\x41gent\x12N\n\x07\x45xecute\x12 .chiffon.agent.v1.ExecuteRequest\x1a\x1f.chiffon.agent.v1.ExecuteUpdate0\x01\x12H\n\x06\x43\x61ncel\x12\x1f.chiffon.agent.v1.CancelRequest\x1a\x1d.chiffon.agent.v1.CancelReply\x12Q\n\x08\x44\x65scribe\x12!.chiffon.agent.v1.DescribeRequest\x1a\".chiffon.agent.v1.AgentDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!chiffon/agentproto/v1/agent.proto\x12\x10\x63hiffon.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\"g\n\x0eSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\x12\x31\n\x07\x65xecute\x18\x03 \x01(\x0b\x32 .chiffon.agent.v1.ExecuteRequest\"}\n\rSessionUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\x06update\x18\x02 \x01(\x0b\x32\x1f.chiffon.agent.v1.ExecuteUpdate\x12*\n\x07refused\x18\x03 \x01(\x0b\x32\x19.chiffon.agent.v1.Refusal\"(\n\x07Refusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa6\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12*\n\targuments\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\"\xa7\x01\n\rExecuteUpdate\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.chiffon.agent.v1.ProgressH\x00\x12,\n\x04line\x18\x02 \x01(\x0b\x32\x1c.chiffon.agent.v1.OutputLineH\x00\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1c.chiffon.agent.v1.TaskResultH\x00\x42\x08\n\x06update\"-\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\nOutputLine\x12\x33\n\x06stream\x18\x01 \x01(\x0e\x32#.chiffon.agent.v1.OutputLine.Stream\x12\x0c\n\x04text\x18\x02 \x01(\t\"F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\"\xf0\x01\n\nTaskResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\'\n\x06output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x07 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x08 \x01(\x01\x12\x18\n\x10gpu_memory_bytes\x18\t \x01(\x01\x12\x10\n\x08\x61gent_id\x18\n \x01(\t\"0\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0b\x43\x61ncelReply\x12\x13\n\x0bwas_running\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\xf8\x01\n\x10\x41gentDescription\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x44\n\tresources\x18\x05 \x03(\x0b\x32\x31.chiffon.agent.v1.AgentDescription.ResourcesEntry\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0f\n\x07running\x18\x07 \x01(\x05\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xc6\x02\n\x05\x41gent\x12N\n\x07\x45xecute\x12 .chiffon.agent.v1.ExecuteRequest\x1a\x1f.chiffon.agent.v1.ExecuteUpdate0\x01\x12H\n\x06\x43\x61ncel\x12\x1f.chiffon.agent.v1.CancelRequest\x1a\x1d.chiffon.agent.v1.CancelReply\x12Q\n\x08\x44\x65scribe\x12!.chiffon.agent.v1.DescribeRequest\x1a\".chiffon.agent.v1.AgentDescription\x12P\n\x07Session\x12 .chiffon.agent.v1.SessionRequest\x1a\x1f.chiffon.agent.v1.SessionUpdate(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._loaded_options = None
   _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTEREQUEST']._serialized_start=86
-  _globals['_EXECUTEREQUEST']._serialized_end=252
-  _globals['_EXECUTEUPDATE']._serialized_start=255
-  _globals['_EXECUTEUPDATE']._serialized_end=422
-  _globals['_PROGRESS']._serialized_start=424
-  _globals['_PROGRESS']._serialized_end=469
-  _globals['_OUTPUTLINE']._serialized_start=472
-  _globals['_OUTPUTLINE']._serialized_end=623
-  _globals['_OUTPUTLINE_STREAM']._serialized_start=553
-  _globals['_OUTPUTLINE_STREAM']._serialized_end=623
-  _globals['_TASKRESULT']._serialized_start=626
-  _globals['_TASKRESULT']._serialized_end=866
-  _globals['_CANCELREQUEST']._serialized_start=868
-  _globals['_CANCELREQUEST']._serialized_end=916
-  _globals['_CANCELREPLY']._serialized_start=918
-  _globals['_CANCELREPLY']._serialized_end=952
-  _globals['_DESCRIBEREQUEST']._serialized_start=954
-  _globals['_DESCRIBEREQUEST']._serialized_end=971
-  _globals['_AGENTDESCRIPTION']._serialized_start=974
-  _globals['_AGENTDESCRIPTION']._serialized_end=1222
-  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_start=1174
-  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_end=1222
-  _globals['_AGENT']._serialized_start=1225
-  _globals['_AGENT']._serialized_end=1469
+  _globals['_SESSIONREQUEST']._serialized_start=85
+  _globals['_SESSIONREQUEST']._serialized_end=188
+  _globals['_SESSIONUPDATE']._serialized_start=190
+  _globals['_SESSIONUPDATE']._serialized_end=315
+  _globals['_REFUSAL']._serialized_start=317
+  _globals['_REFUSAL']._serialized_end=357
+  _globals['_EXECUTEREQUEST']._serialized_start=360
+  _globals['_EXECUTEREQUEST']._serialized_end=526
+  _globals['_EXECUTEUPDATE']._serialized_start=529
+  _globals['_EXECUTEUPDATE']._serialized_end=696
+  _globals['_PROGRESS']._serialized_start=698
+  _globals['_PROGRESS']._serialized_end=743
+  _globals['_OUTPUTLINE']._serialized_start=746
+  _globals['_OUTPUTLINE']._serialized_end=897
+  _globals['_OUTPUTLINE_STREAM']._serialized_start=827
+  _globals['_OUTPUTLINE_STREAM']._serialized_end=897
+  _globals['_TASKRESULT']._serialized_start=900
+  _globals['_TASKRESULT']._serialized_end=1140
+  _globals['_CANCELREQUEST']._serialized_start=1142
+  _globals['_CANCELREQUEST']._serialized_end=1190
+  _globals['_CANCELREPLY']._serialized_start=1192
+  _globals['_CANCELREPLY']._serialized_end=1226
+  _globals['_DESCRIBEREQUEST']._serialized_start=1228
+  _globals['_DESCRIBEREQUEST']._serialized_end=1245
+  _globals['_AGENTDESCRIPTION']._serialized_start=1248
+  _globals['_AGENTDESCRIPTION']._serialized_end=1496
+  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_start=1448
+  _globals['_AGENTDESCRIPTION_RESOURCESENTRY']._serialized_end=1496
+  _globals['_AGENT']._serialized_start=1499
+  _globals['_AGENT']._serialized_end=1825
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,11 @@ class AgentStub:
                 request_serializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.AgentDescription.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/chiffon.agent.v1.Agent/Session',
+                request_serializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.SessionRequest.SerializeToString,
+                response_deserializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.SessionUpdate.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -77,6 +82,17 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Many tasks over one long-lived stream: the executor keeps one session per agent and
+        sends each task on it as a message, each with its own task token. An RPC per task
+        costs each side about twice the CPU of a message on an open stream. Updates name
+        their task; a task refused (token, capacity) gets a refusal, the session goes on.
+        Ending the request side ends the session once every task sent on it has its result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +110,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.DescribeRequest.FromString,
                     response_serializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.AgentDescription.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.SessionRequest.FromString,
+                    response_serializer=chiffon_dot_agentproto_dot_v1_dot_agent__pb2.SessionUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +199,33 @@ class Agent:
             '/chiffon.agent.v1.Agent/Describe',
             chiffon_dot_agentproto_dot_v1_dot_agent__pb2.DescribeRequest.SerializeToString,
             chiffon_dot_agentproto_dot_v1_dot_agent__pb2.AgentDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chiffon.agent.v1.Agent/Session',
+            chiffon_dot_agentproto_dot_v1_dot_agent__pb2.SessionRequest.SerializeToString,
+            chiffon_dot_agentproto_dot_v1_dot_agent__pb2.SessionUpdate.FromString,
             options,
             channel_credentials,
             insecure,

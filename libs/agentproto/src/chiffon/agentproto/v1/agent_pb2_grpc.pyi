@@ -47,6 +47,13 @@ class AgentStub:
     """Stops a running task at the next safe point; idempotent."""
     Describe: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DescribeRequest, _agent_pb2.AgentDescription]
     """What this agent is and can do, with its live resources."""
+    Session: _grpc.StreamStreamMultiCallable[_agent_pb2.SessionRequest, _agent_pb2.SessionUpdate]
+    """Many tasks over one long-lived stream: the executor keeps one session per agent and
+    sends each task on it as a message, each with its own task token. An RPC per task
+    costs each side about twice the CPU of a message on an open stream. Updates name
+    their task; a task refused (token, capacity) gets a refusal, the session goes on.
+    Ending the request side ends the session once every task sent on it has its result.
+    """
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
@@ -59,6 +66,13 @@ class AgentAsyncStub(AgentStub):
     """Stops a running task at the next safe point; idempotent."""
     Describe: _aio.UnaryUnaryMultiCallable[_agent_pb2.DescribeRequest, _agent_pb2.AgentDescription]  # type: ignore[assignment]
     """What this agent is and can do, with its live resources."""
+    Session: _aio.StreamStreamMultiCallable[_agent_pb2.SessionRequest, _agent_pb2.SessionUpdate]  # type: ignore[assignment]
+    """Many tasks over one long-lived stream: the executor keeps one session per agent and
+    sends each task on it as a message, each with its own task token. An RPC per task
+    costs each side about twice the CPU of a message on an open stream. Updates name
+    their task; a task refused (token, capacity) gets a refusal, the session goes on.
+    Ending the request side ends the session once every task sent on it has its result.
+    """
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
     """The agent runtime's service: the executor dispatches tasks to it and watches them."""
@@ -86,5 +100,18 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.AgentDescription, _abc.Awaitable[_agent_pb2.AgentDescription]]:
         """What this agent is and can do, with its live resources."""
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.SessionUpdate], _abc.AsyncIterator[_agent_pb2.SessionUpdate]]:
+        """Many tasks over one long-lived stream: the executor keeps one session per agent and
+        sends each task on it as a message, each with its own task token. An RPC per task
+        costs each side about twice the CPU of a message on an open stream. Updates name
+        their task; a task refused (token, capacity) gets a refusal, the session goes on.
+        Ending the request side ends the session once every task sent on it has its result.
+        """
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
