@@ -89,6 +89,26 @@ async def registry(
         stop_all([service])
 
 
+@pytest.fixture(scope="module")
+async def cost_service(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    """A cost service on the stack (for this module): it prices calls into the spend
+    read models and answers the budget commands."""
+    service = start_service(
+        "chiffon.cost",
+        "cost-1",
+        {**stack.env, "CHIFFON_LOG_LEVEL": "warning"},
+        tmp_path_factory.mktemp("cost"),
+        free_port(),
+    )
+    try:
+        await wait_ready(service)
+        yield service
+    finally:
+        stop_all([service])
+
+
 @pytest.fixture
 async def start_gateway(stack: Stack, tmp_path: Path) -> AsyncIterator[StartGateway]:
     """More gateway replicas on the module's stack (stopped at the end of the test)."""

@@ -5,44 +5,22 @@ changes a budget."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import delete, insert
 
 from chiffon.core.db import create_engine
-from chiffon.devstack.ports import free_port
 from chiffon.gateway.costs import cost_calls
 from tests.support.cli import run_cli
 from tests.support.fixtures import eventually
 
 from .conftest import Stack, client
-from .support import ADMIN_KEY, Service, start_service, stop_all, wait_ready
+from .support import ADMIN_KEY, Service
 from .test_api import problem, start, until_status
 from .test_costs import call_row
-
-
-@pytest.fixture(scope="module")
-async def cost_service(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Service]:
-    """A cost service on the stack (for this module): it answers the budget commands."""
-    service = start_service(
-        "chiffon.cost",
-        "cost-1",
-        {**stack.env, "CHIFFON_LOG_LEVEL": "warning"},
-        tmp_path_factory.mktemp("cost"),
-        free_port(),
-    )
-    try:
-        await wait_ready(service)
-        yield service
-    finally:
-        stop_all([service])
 
 
 def unique_workflow() -> str:

@@ -82,9 +82,14 @@ async def until_status(admin: httpx.AsyncClient, run_id: str, status: str) -> No
 @pytest.mark.slow
 @pytest.mark.timeout(DEADLINE + 120)
 async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    start_gateway: StartGateway, registry: Service, workflows: list[str], tmp_path: Path
+    start_gateway: StartGateway,
+    registry: Service,
+    cost_service: Service,
+    workflows: list[str],
+    tmp_path: Path,
 ) -> None:
-    # The registry answers the agent-credential routes, as on a real stack.
+    # The registry answers the agent-credential routes, and the cost service the budget
+    # routes, as on a real stack.
     # A replica of its own: the fuzzer's wrong-key probes count against its address in
     # that replica's failed-authentication throttle, not in the one the other tests use.
     # With the default burst (20) they never trip it: schemathesis sends one wrong-key

@@ -9,13 +9,13 @@ again (the time zone, against its own zone database) and its refusals are 422 to
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 
 from chiffon.commands.model import ListBudgets, RemoveBudget, SetBudget
 from chiffon.core.telemetry import current_traceparent
-from chiffon.events.costs import BUDGET_SCOPES
+from chiffon.events.costs import BUDGET_SCOPES, BudgetScope
 from chiffon.gateway.auth import Admin, Viewer
 from chiffon.gateway.problems import ValidationFailed
 from chiffon.gateway.routers.common import READ, WRITE, require_json
@@ -28,6 +28,14 @@ from chiffon.gateway.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["budgets"])
+Scope = Annotated[BudgetScope, Path(description="global, workflow, key or run")]
+ScopeId = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9_-]{1,128}$",
+        description="global for the global budget, else a workflow name, key id or run id",
+    ),
+]
 TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
 
 
@@ -58,7 +66,7 @@ def check_scope(scope: str, scope_id: str) -> Any:
     summary="Set a budget",
 )
 async def put(
-    scope: str, id: str, body: BudgetPut, gw: GatewayDep, principal: Admin
+    scope: Scope, id: ScopeId, body: BudgetPut, gw: GatewayDep, principal: Admin
 ) -> BudgetPublic:
     """Create or change the budget of ``scope`` (global, workflow, key, run) and ``id``
     (``global`` for the global one): a hard limit calls may not cross (they fall back to
@@ -97,7 +105,9 @@ async def list_all(gw: GatewayDep, principal: Viewer) -> BudgetsPublic:
     responses=WRITE,
     summary="Remove a budget",
 )
-async def remove(scope: str, id: str, gw: GatewayDep, principal: Admin) -> BudgetRemovedPublic:
+async def remove(
+    scope: Scope, id: ScopeId, gw: GatewayDep, principal: Admin
+) -> BudgetRemovedPublic:
     """The scope's spend is no longer limited (paused runs waiting on it resume)."""
     checked = check_scope(scope, id)
     result = await gw.send(
