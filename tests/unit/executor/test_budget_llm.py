@@ -21,7 +21,7 @@ from chiffon.executor.budgets.resumer import BudgetResumer
 from chiffon.executor.domain import RunState
 from chiffon.executor.execution import LoadedWorkflow, RunExecution
 from chiffon.executor.graph import build_graph
-from chiffon.executor.models import ModelReply, ModelRequest
+from chiffon.executor.models import ModelReply, ModelRequest, ProviderError
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.repository import RunRepository
 from chiffon.spend.prices import PriceBook
@@ -53,20 +53,24 @@ nodes:
 class Models:
     """Answers every model at once, reporting usage; remembers what was asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, failing: str = "", completion_tokens: int = 5) -> None:
         self.asked: list[str] = []
+        self.failing = failing  # this model answers with a provider error
+        self.completion_tokens = completion_tokens
 
     def in_process(self, model: str) -> bool:
         return True
 
     async def complete(self, request: ModelRequest) -> ModelReply:
         self.asked.append(request.model)
+        if request.model == self.failing:
+            raise ProviderError(request.model, "connection refused", provider="ollama")
         return ModelReply(
             text="ok",
             provider=provider_of(request.model),
             model=request.model,
             prompt_tokens=10,
-            completion_tokens=5,
+            completion_tokens=self.completion_tokens,
             latency_ms=1.0,
             finish_reason="stop",
             cached_read_tokens=2,
@@ -89,7 +93,7 @@ async def set_budget(
 
 
 async def run(
-    store: InMemoryEventStore, text: str, run_id: str = "run-1"
+    store: InMemoryEventStore, text: str, run_id: str = "run-1", models: Models | None = None
 ) -> tuple[str, list[Any], Models, BudgetDirectory]:
     spec = load_spec(text)
     key = AggregateKey("run", run_id)
@@ -100,7 +104,7 @@ async def run(
     events, _ = await store.read_aggregate(key)
     directory = BudgetDirectory(store)
     await directory.load()
-    models = Models()
+    models = models or Models()
     execution = RunExecution(
         store=store,
         workflow=LoadedWorkflow(spec=spec, digest=spec.digest(), graph=build_graph(spec)),
@@ -190,6 +194,36 @@ async def test_below_prefer_local_below_the_local_fallback_goes_first() -> None:
     assert called.budget_note == (
         "budget workflow_frugal has 20% left (prefer_local_below 50%): ollama/qwen tried first"
     )
+
+
+async def test_a_preferred_local_model_that_fails_leaves_the_priced_call_unnoted() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.25")
+    spent = BudgetSettled(settlements=[Settlement(reservation_id="x", actual_usd=Decimal("0.2"))])
+    key = AggregateKey("budget", "workflow_frugal")
+    await store.append(key, [new_event(spent, aggregate_id=key.aggregate_id, actor=EXECUTOR)])
+    extra = "defaults:\n  prefer_local_below: 50%"
+
+    outcome, payloads, models, _ = await run(
+        store, workflow("ollama/qwen", extra), models=Models(failing="ollama/qwen")
+    )
+
+    assert outcome == "succeeded"
+    assert models.asked == ["ollama/qwen", PRICED]
+    local, priced = calls(payloads)
+    assert (local.ok, "tried first" in local.budget_note) == (False, True)
+    assert (priced.ok, priced.budget_note, priced.fallback_index) == (True, None, 0)
+
+
+async def test_a_call_costing_more_than_its_reservation_is_recorded_at_its_real_cost() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "1")
+
+    # 1000 completion tokens where max_tokens allowed 100: above the worst case.
+    outcome, _, _, _ = await run(store, workflow(), models=Models(completion_tokens=1000))
+
+    assert outcome == "succeeded"
+    assert (await ledger(store)).spent(T0) == Decimal("0.2010")
 
 
 async def test_a_model_without_a_price_is_refused_under_a_hard_budget() -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
+from chiffon.core.logging import get_logger
 from chiffon.events.costs import Reservation
 from chiffon.executor.budgets.directory import BudgetDirectory
 from chiffon.executor.budgets.reserver import Reserver
@@ -23,6 +24,8 @@ from chiffon.executor.domain import RunState
 from chiffon.executor.models import ModelReply
 from chiffon.spend.budgets import BudgetState
 from chiffon.spend.prices import PriceBook, count_prompt_tokens, is_local
+
+log = get_logger(__name__)
 
 DEFAULT_GRACE_SECONDS = 30.0  # a reservation outlives its call's timeout by this much
 NO_TIMEOUT_HOLD_SECONDS = 3600.0  # a call without a timeout: reserved for an hour
@@ -155,11 +158,24 @@ class BudgetGate:
         )
 
     def release(
-        self, budgets: Sequence[BudgetState], reservation_id: str, actual_usd: Decimal
+        self,
+        budgets: Sequence[BudgetState],
+        reservation_id: str,
+        actual_usd: Decimal,
+        reserved_usd: Decimal,
     ) -> None:
         """Settle the call's reservation at ``actual_usd``, the node not waiting for it
         (one round trip less per call; a settlement lost with its replica leaves the
-        reservation to expire)."""
+        reservation to expire). A real cost above the reservation is recorded as it is,
+        with a warning: the budget's remaining may go below zero."""
+        if actual_usd > reserved_usd:
+            log.warning(
+                "budget.settled_above_reservation",
+                reservation_id=reservation_id,
+                reserved_usd=str(reserved_usd),
+                actual_usd=str(actual_usd),
+                budgets=[b.budget_id for b in budgets],
+            )
         self.reserver.settle_soon(budgets, reservation_id, actual_usd)
 
     def cost_of(self, model: str, reply: ModelReply) -> Decimal:

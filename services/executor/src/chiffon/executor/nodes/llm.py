@@ -55,20 +55,21 @@ async def llm_attempt(
     gate = ctx.budget
     budgets = gate.budgets_for(ctx.run) if gate is not None else []
     order = list(enumerate(models))
-    note: str | None = None
+    preferred: tuple[int, str] | None = None  # (index, why) of a local model tried first
     if gate is not None and budgets:
         share = ctx.prefer_local_below(node.id)
         short = gate.short_budget(budgets, share) if share is not None else None
         local = next((i for i, m in order[1:] if gate.is_zero_cost(m)), None)
         if short is not None and local is not None:
             order = [order[local], *(o for o in order if o[0] != local)]
-            note = f"{short} (prefer_local_below {share:g}%): {models[local]} tried first"
+            why = f"{short} (prefer_local_below {share:g}%): {models[local]} tried first"
+            preferred = (local, why)
     deadline = None if timeout is None else time.monotonic() + timeout
     failures: list[ProviderError] = []
     refusal = None
     for index, model in order:
         remaining = None if deadline is None else max(0.05, deadline - time.monotonic())
-        held = False
+        held: Decimal | None = None  # the amount reserved for the call
         if gate is not None and budgets and not gate.is_zero_cost(model):
             worst = gate.worst_case(model, messages, plan.max_tokens)
             if refusal is not None and (
@@ -87,9 +88,10 @@ async def llm_attempt(
             if refused is not None:
                 refusal = refusal or refused
                 continue
-            held = True
+            held = worst
         elif refusal is not None and gate is not None and not gate.is_zero_cost(model):
             continue
+        note = preferred[1] if preferred is not None and preferred[0] == index else None
         if refusal is not None:
             note = f"budget refused {refusal.describe()}: took fallback {model}"
         started = time.perf_counter()
@@ -107,9 +109,10 @@ async def llm_attempt(
             # An in-process answer is not worth the tasks that let a cancel interrupt it.
             reply = await (call if ctx.llm.in_process(model) else ctx.interruptible(call))
         except BaseException as error:
-            if held and gate is not None:
+            if held is not None and gate is not None:
                 # Whether it went out or not, its cost is unknown: nothing is counted.
-                gate.release(budgets, _reservation(ctx, node, attempt, index), Decimal(0))
+                reservation = _reservation(ctx, node, attempt, index)
+                gate.release(budgets, reservation, Decimal(0), held)
             if not isinstance(error, ProviderError):
                 raise
             failures.append(error)
@@ -127,9 +130,9 @@ async def llm_attempt(
                 )
             )
             continue
-        if held and gate is not None:
+        if held is not None and gate is not None:
             cost = gate.cost_of(model, reply)
-            gate.release(budgets, _reservation(ctx, node, attempt, index), cost)
+            gate.release(budgets, _reservation(ctx, node, attempt, index), cost, held)
         calls.append(
             LlmCalled(
                 node_id=node.id,
