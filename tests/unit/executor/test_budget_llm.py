@@ -271,3 +271,22 @@ async def test_a_run_paused_for_a_daily_budget_resumes_at_midnight_in_its_time_z
     assert await resumer.sweep() == 0
     now[0] = T0 + timedelta(minutes=30)  # midnight in Berlin, 23:00 UTC
     assert await resumer.sweep() == 1
+
+
+async def test_a_raise_that_fits_one_more_call_resumes_one_paused_run_not_all() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.001")
+    paused = []
+    for n in range(3):
+        outcome, payloads, _, directory = await run(store, workflow(), run_id=f"run-{n}")
+        assert outcome == "paused"
+        paused.append(payloads[-1])
+    resumer = BudgetResumer(store, directory, RunRepository(store), EXECUTOR, clock=lambda: T0)
+    for n, pause in enumerate(paused):
+        resumer.apply(f"run-{n}", pause, T0)
+
+    await set_budget(store, str(paused[0].needed_usd * 3 / 2))  # room for one worst case
+    await directory.catch_up("workflow_frugal")
+
+    assert await resumer.sweep() == 1
+    assert len(resumer.paused) == 2
