@@ -14,6 +14,10 @@ every priced event is taken too, to tell pricing from projecting.
 Baseline, in the same round: the bare projection apply rate, a rebuild of the spend read
 models from the priced events already in the stream (no pricing, no appends).
 
+The CPU this process spent per call while pricing (pricer and projection, not NATS's or
+PostgreSQL's) is printed too, with the rate one free core would give at that cost: on a
+machine shared with other work, the wall-clock rate says more about the neighbours.
+
 Goal (issue 18, 2 cores): >= 20,000 calls/s priced into the read models. The figure is
 the median of the rounds; the benchmark never fails on a time.
 """
@@ -109,6 +113,7 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
         pricer = Pricer(store, PriceBook.load(), Actor.service("cost", 1), batch=1000)
         runner = ProjectionRunner(store, engine, SpendProjection())
         stopping = asyncio.Event()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         await pricer.setup()
         tasks = [asyncio.create_task(pricer.run(stopping)), asyncio.create_task(runner.run())]
@@ -121,6 +126,7 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
                     break
                 await asyncio.sleep(0.02)
             done = time.perf_counter()
+            cpu = time.process_time() - cpu_started
         finally:
             stopping.set()
             tasks[1].cancel()
@@ -138,6 +144,7 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
         "pricing": calls / (priced_at - started),
         "lag_ms": (done - priced_at) * 1000,
         "rebuild": rebuild,
+        "cpu_us": cpu / calls * 1e6,
     }
 
 
@@ -153,7 +160,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"  round {index + 1}: {result['rate']:,.0f} calls/s into cost_calls, "
                 f"pricer alone {result['pricing']:,.0f} calls/s, "
                 f"projection caught up {result['lag_ms']:,.0f} ms later, "
-                f"bare projection rebuild {result['rebuild']:,.0f} events/s"
+                f"bare projection rebuild {result['rebuild']:,.0f} events/s, "
+                f"this process's CPU {result['cpu_us']:,.0f} us per call"
             )
 
     def median(name: str) -> float:
@@ -165,6 +173,11 @@ async def main(args: argparse.Namespace) -> None:
         "(goal >= 20,000/s)",
     )
     row("  the pricer alone (appended, acked)", f"{median('pricing'):,.0f} calls/s")
+    row(
+        "  CPU of the pricer and projection per call",
+        f"{median('cpu_us'):,.0f} us",
+        f"(one core's ceiling {1e6 / median('cpu_us'):,.0f} calls/s)",
+    )
     row("baseline: bare projection apply (rebuild)", f"{median('rebuild'):,.0f} events/s")
 
 

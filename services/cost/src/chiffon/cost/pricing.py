@@ -43,6 +43,8 @@ log = get_logger(__name__)
 CONSUMER = "cost-pricer"
 WORK_TYPES = ("run.requested", "run.llm.called")
 RUNS_REMEMBERED = 100_000
+PRICING_AT_ONCE = 2  # pulls priced at once: one priced while the other's appends are acked
+LINGER = 0.005  # seconds to wait for the rest of a pull that is still arriving
 _IDS = uuid5(NAMESPACE_URL, "https://chiffon.dev/cost/priced")
 
 
@@ -246,37 +248,66 @@ class Pricer:
         return ok, f"{self.priced} calls priced"
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Pull, price, append, acknowledge; until ``stopping``."""
+        """Pull, price, append, acknowledge; until ``stopping`` (pulls being priced then
+        are finished and acknowledged first).
+
+        Two pulls are priced at once, so one is priced while the other waits for its
+        appends' acknowledgements, and the next pull is asked for as soon as the last
+        one has arrived. (On the shared 2-core machine, taking turns: 2,873 and 3,491
+        calls/s with one pull at a time, 4,246 and 2,923 with two: within its noise;
+        kept for where the acknowledgements' round trip is longer.)"""
         assert self._intake is not None
         intake = self._intake
         stop_waiter = asyncio.create_task(stopping.wait())
         stop_waiter.add_done_callback(lambda _: self._wake.set())
+        pricing: set[asyncio.Task[None]] = set()
         try:
             while not stopping.is_set():
                 self._wake.clear()
                 if intake.missing:
                     with contextlib.suppress(EventStoreError):
                         await intake.restore()
-                items: list[WorkItem] = []
-                while len(items) < self.batch and (item := intake.take()) is not None:
-                    items.append(item)
-                # Ask for the next pull before pricing this one, so NATS delivers it
-                # while this one is priced.
                 if intake.outstanding == 0:
                     try:
                         await intake.request(self.batch)
                     except EventStoreError as error:
                         log.warning("cost.pull_failed", error=str(error))
                         await asyncio.sleep(0.5)
+                items = self._take(intake)
+                if items and len(items) < self.batch and intake.outstanding > 0:
+                    # A pull still arriving: a moment more makes one batch of it.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), LINGER)
+                    items += self._take(intake, self.batch - len(items))
                 if items:
-                    await self.price(items)
+                    task = asyncio.create_task(self.price(items))
+                    pricing.add(task)
+                    task.add_done_callback(self._priced)
+                    task.add_done_callback(pricing.discard)
+                    if len(pricing) >= PRICING_AT_ONCE:
+                        await asyncio.wait(pricing, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
         finally:
             stop_waiter.cancel()
+            if pricing:
+                await asyncio.wait(pricing)
             with contextlib.suppress(Exception):
                 await intake.stop()
+
+    def _take(self, intake: WorkIntake, most: int | None = None) -> list[WorkItem]:
+        items: list[WorkItem] = []
+        limit = self.batch if most is None else most
+        while len(items) < limit and (item := intake.take()) is not None:
+            items.append(item)
+        return items
+
+    def _priced(self, task: asyncio.Task[None]) -> None:
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            # Its items were not acknowledged: they come again after the ack wait.
+            log.error("cost.pricing_failed", error=repr(task.exception()))
 
     async def price(self, items: Sequence[WorkItem]) -> None:
         """Price one pull's items and settle each (ack, nak for a retry, term if poison)."""
