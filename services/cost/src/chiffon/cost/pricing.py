@@ -326,7 +326,17 @@ class Pricer:
                 if isinstance(read, RunOrigin):
                     self._remember(item.subject.split(".")[2], read)
                 done.append(item)
-        origins = await self._origins_of({call.run_id for _, call in calls})
+        try:
+            origins = await self._origins_of({call.run_id for _, call in calls})
+        except EventStoreError as error:
+            # A run's workflow and key unread (NATS trouble): price them later, not
+            # without them.
+            log.warning("cost.runs_unread", calls=len(calls), error=str(error))
+            for item, _call in calls:
+                await item.nak(delay=1.0)
+            for item in done:
+                await item.ack()
+            return
         batch: list[tuple[AggregateKey, Envelope[Any], Any]] = []
         owners: list[int] = []  # per batch entry: the index in ``calls``
         for index, (item, call) in enumerate(calls):
@@ -387,11 +397,7 @@ class Pricer:
         return found
 
     async def _read_origin(self, run_id: str) -> RunOrigin:
-        try:
-            events, _ = await self.store.read_aggregate(AggregateKey("run", run_id))
-        except EventStoreError as error:
-            log.warning("cost.run_unread", run_id=run_id, error=str(error))
-            return RunOrigin(None, None)
+        events, _ = await self.store.read_aggregate(AggregateKey("run", run_id))
         for event in events:
             if isinstance(event.payload, RunRequested):
                 return origin_of(event.envelope)
