@@ -4,6 +4,7 @@ and a rebuild of the read models that agrees to the cent."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -256,3 +257,27 @@ def test_a_bad_price_override_stops_the_cost_service_with_the_reason() -> None:
         "chiffon cost: invalid settings: price override 'openai/my-model'"
     )
     assert "needs both input_per_token and output_per_token" in done.stderr
+
+
+def test_an_old_run_llm_called_without_cache_counts_is_read_and_priced() -> None:
+    # Schema version 1 (before issue 18) had no cached or reasoning counts: upcast to 0.
+    from chiffon.cost.pricing import Call, RunOrigin, price_events, read_work
+
+    current = called("run-old", "openai/gpt-4o-mini", prompt_tokens=100, completion_tokens=10)
+    stored = json.loads(current.model_dump_json())
+    stored["schema_version"] = 1
+    for field in ("cached_read_tokens", "cache_write_tokens", "reasoning_tokens", "budget_note"):
+        stored["payload"].pop(field)
+    kind, call = read_work(json.dumps(stored).encode())
+    assert kind == "run.llm.called" and isinstance(call, Call)
+    assert (call.event_id, call.run_id, call.occurred_at) == (
+        str(current.event_id),
+        "run-old",
+        current.occurred_at,
+    )
+    [event] = price_events(PriceBook.load(), call, RunOrigin("wf", None), Actor.service("cost"))
+    assert event.payload.cost_usd == 100 * Decimal("0.00000015") + 10 * Decimal("0.0000006")
+    assert event.payload.cached_read_tokens == 0
+    # The same call priced again is the same event id: JetStream stores it once.
+    [again] = price_events(PriceBook.load(), call, RunOrigin("wf", None), Actor.service("cost"))
+    assert again.event_id == event.event_id
