@@ -93,7 +93,11 @@ async def set_budget(
 
 
 async def run(
-    store: InMemoryEventStore, text: str, run_id: str = "run-1", models: Models | None = None
+    store: InMemoryEventStore,
+    text: str,
+    run_id: str = "run-1",
+    models: Models | None = None,
+    gate: BudgetGate | None = None,
 ) -> tuple[str, list[Any], Models, BudgetDirectory]:
     spec = load_spec(text)
     key = AggregateKey("run", run_id)
@@ -102,7 +106,7 @@ async def run(
     claim = RunClaimed(executor="executor-1", pid=1, work_seq=1)
     await store.append(key, [new_event(claim, aggregate_id=run_id, actor=EXECUTOR)])
     events, _ = await store.read_aggregate(key)
-    directory = BudgetDirectory(store)
+    directory = gate.directory if gate is not None else BudgetDirectory(store)
     await directory.load()
     models = models or Models()
     execution = RunExecution(
@@ -112,11 +116,13 @@ async def run(
         actor=EXECUTOR,
         llm=models,  # type: ignore[arg-type]
         outputs=OutputStore(store, "test"),
-        budget=BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES),
+        budget=gate
+        or BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES, leases=False),
     )
     outcome = await execution.execute()
-    assert execution.budget is not None
-    await execution.budget.reserver.drain()  # the settlement, appended while the run went on
+    if gate is None:  # a gate of the test's own is drained by the test
+        assert execution.budget is not None
+        await execution.budget.drain()  # the settlement, appended while the run went on
     stored, _ = await store.read_aggregate(key)
     return outcome, [e.payload for e in stored], models, directory
 
@@ -290,3 +296,41 @@ async def test_a_raise_that_fits_one_more_call_resumes_one_paused_run_not_all() 
 
     assert await resumer.sweep() == 1
     assert len(resumer.paused) == 2
+
+
+async def test_far_from_the_limit_calls_draw_from_a_lease_without_a_round_trip() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "100")
+    directory = BudgetDirectory(store)
+    gate = BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES)
+
+    for n in range(10):
+        outcome, _, _, _ = await run(store, workflow(), run_id=f"run-{n}", gate=gate)
+        assert outcome == "succeeded"
+    lease = gate.leases["workflow_frugal"]
+    assert lease.live == 0 and lease.spent == Decimal("0.0120")  # 6 calls drawn from it
+    await gate.drain()  # the lease given back: settled at what its calls cost
+
+    events, _ = await store.read_aggregate(AggregateKey("budget", "workflow_frugal"))
+    reserved = [r for e in events if e.type == "budget.reserved" for r in e.payload.reservations]
+    # The first calls on their own, until the budget is busy enough for a lease.
+    assert [r.id for r in reserved[:4]] == [f"run-{n}:draft:1:0" for n in range(4)]
+    assert reserved[4].id.startswith("lease:") and len(reserved) == 5
+    budget = await ledger(store)
+    assert (budget.spent(T0), budget.reserved(T0)) == (Decimal("0.0200"), 0)
+
+
+async def test_near_the_limit_no_lease_is_taken() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "0.1")  # four worst cases: too few for a lease
+    directory = BudgetDirectory(store)
+    gate = BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES)
+
+    for n in range(3):
+        outcome, _, _, _ = await run(store, workflow(), run_id=f"run-{n}", gate=gate)
+        assert outcome == "succeeded"
+
+    assert gate.leases == {}
+    events, _ = await store.read_aggregate(AggregateKey("budget", "workflow_frugal"))
+    reserved = [r.id for e in events if e.type == "budget.reserved" for r in e.payload.reservations]
+    assert reserved == ["run-0:draft:1:0", "run-1:draft:1:0", "run-2:draft:1:0"]

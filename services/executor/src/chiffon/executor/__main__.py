@@ -123,7 +123,7 @@ async def serve(ctx: ServiceContext) -> None:
             task.cancel()
         await asyncio.gather(*projections, return_exceptions=True)
         await resumer.stop()
-        await reserver.drain()  # settlements of calls that ended, not appended yet
+        await gate.drain()  # leases given back, settlements of calls that ended appended
         await budget_resumer.stop()
         await budgets.stop()
         await agents.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 from chiffon.events.limits import REASON_MAX_CHARS
 from chiffon.events.runs import LlmCalled, RunPaused
+from chiffon.executor.budgets.gate import Hold, Refusal
 from chiffon.executor.models import ModelRequest, ProviderError
 from chiffon.executor.nodes.context import (
     MAX_ERROR,
@@ -69,14 +70,14 @@ async def llm_attempt(
     refusal = None
     for index, model in order:
         remaining = None if deadline is None else max(0.05, deadline - time.monotonic())
-        held: Decimal | None = None  # the amount reserved for the call
+        held: Hold | None = None  # the call's reservation
         if gate is not None and budgets and not gate.is_zero_cost(model):
             worst = gate.worst_case(model, messages, plan.max_tokens)
             if refusal is not None and (
                 worst is None or refusal.needed_usd is None or worst >= refusal.needed_usd
             ):
                 continue  # after a refusal, only a cheaper model is worth asking for
-            refused = await gate.hold(
+            hold = await gate.hold(
                 budgets,
                 reservation_id=_reservation(ctx, node, attempt, index),
                 run_id=ctx.run.run_id,
@@ -85,10 +86,10 @@ async def llm_attempt(
                 amount=worst,
                 timeout=remaining,
             )
-            if refused is not None:
-                refusal = refusal or refused
+            if isinstance(hold, Refusal):
+                refusal = refusal or hold
                 continue
-            held = worst
+            held = hold
         elif refusal is not None and gate is not None and not gate.is_zero_cost(model):
             continue
         note = preferred[1] if preferred is not None and preferred[0] == index else None
@@ -111,8 +112,7 @@ async def llm_attempt(
         except BaseException as error:
             if held is not None and gate is not None:
                 # Whether it went out or not, its cost is unknown: nothing is counted.
-                reservation = _reservation(ctx, node, attempt, index)
-                gate.release(budgets, reservation, Decimal(0), held)
+                gate.release(held, Decimal(0))
             if not isinstance(error, ProviderError):
                 raise
             failures.append(error)
@@ -132,7 +132,7 @@ async def llm_attempt(
             continue
         if held is not None and gate is not None:
             cost = gate.cost_of(model, reply)
-            gate.release(budgets, _reservation(ctx, node, attempt, index), cost, held)
+            gate.release(held, cost)
         calls.append(
             LlmCalled(
                 node_id=node.id,
