@@ -334,3 +334,28 @@ async def test_near_the_limit_no_lease_is_taken() -> None:
     events, _ = await store.read_aggregate(AggregateKey("budget", "workflow_frugal"))
     reserved = [r.id for e in events if e.type == "budget.reserved" for r in e.payload.reservations]
     assert reserved == ["run-0:draft:1:0", "run-1:draft:1:0", "run-2:draft:1:0"]
+
+
+async def test_a_lease_never_outlives_its_period_and_none_is_taken_too_near_its_end() -> None:
+    store = InMemoryEventStore(CATALOG)
+    await set_budget(store, "100", period="day", tz="Europe/Berlin")
+    midnight = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)  # in Berlin
+    now = [midnight - timedelta(minutes=15)]  # a call holds its 600 s timeout + 30 s
+
+    def clock() -> datetime:
+        return now[0]
+
+    directory = BudgetDirectory(store)
+    gate = BudgetGate(
+        directory, Reserver(store, directory, EXECUTOR, clock=clock), PRICES, clock=clock
+    )
+    for n in range(6):
+        assert (await run(store, workflow(), run_id=f"a-{n}", gate=gate))[0] == "succeeded"
+    assert gate.leases["workflow_frugal"].expires_at == midnight  # not a second later
+    await gate.drain()
+
+    now[0] = midnight - timedelta(minutes=10)  # less than a call's hold before midnight
+    for n in range(6):
+        assert (await run(store, workflow(), run_id=f"b-{n}", gate=gate))[0] == "succeeded"
+    assert gate.leases == {}
+    await gate.drain()
