@@ -12,8 +12,10 @@ limit, a replica holds instead a *lease* per budget, one reservation of a slice 
 the budget has left (at most ``LEASE_SHARE`` of it, and ``LEASE_CALLS`` worst cases),
 and draws its calls from it in memory, with no round trip. A lease is closed (settled at
 the real cost of the calls drawn from it, the rest released) once it cannot hold the
-next call, after ``LEASE_IDLE_SECONDS`` without a draw, or before it expires; a call
-draws only when the lease outlives it, and a lease never outlives its period, so every
+next call, after ``LEASE_IDLE_SECONDS`` without a draw, or before it expires. A lease
+is taken only for a budget busy with this replica's calls (``LEASE_DEMAND`` reserved
+one by one within ``LEASE_IDLE_SECONDS``), and its successor once it is half used. A
+call draws only when the lease outlives it (a longer call is reserved on its own), and a lease never outlives its period, so every
 call counts in the period it started in. Near the limit (a slice smaller than
 ``MIN_LEASE_CALLS`` worst cases) no lease is taken: each call is reserved on its own,
 exactly. A replica that dies leaves its lease to expire like any reservation.
@@ -263,9 +265,10 @@ class BudgetGate:
         leases = []
         for state in budgets:
             lease = self.leases.get(state.budget_id)
-            if lease is None or lease.room() < amount or lease.expires_at < until:
-                if lease is not None:
-                    self._close(lease)  # cannot hold this call: give the rest back
+            if lease is None or lease.expires_at < until:
+                return None  # (a call longer than the lease is reserved on its own)
+            if lease.room() < amount:
+                self._close(lease)  # cannot hold this call: give the rest back
                 return None
             leases.append(lease)
         for lease in leases:
