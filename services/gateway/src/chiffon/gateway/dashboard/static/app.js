@@ -58,13 +58,39 @@
           { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
         if (response.status === 401) { window.location.reload(); return; }
         if (!response.ok) return;
-        panel.innerHTML = await response.text();
+        const html = await response.text();
+        const typed = typedComments();
+        panel.innerHTML = html;
+        restoreComments(typed);
         const status = panel.querySelector("[data-status]");
         if (status && ["succeeded", "failed", "cancelled"].includes(status.dataset.status)) {
           const cancel = document.getElementById("cancel-form");
           if (cancel) cancel.remove();
         }
       } catch (_) { /* the next event refreshes again */ }
+    }
+
+    // A refresh replaces the panel's forms: a comment being typed into an approval box
+    // is carried over (and its focus), or the next event of the run would wipe it.
+    function typedComments() {
+      const typed = [];
+      panel.querySelectorAll(".approval[data-node] input[name=comment]").forEach((input) => {
+        if (input.value) {
+          const node = input.closest(".approval").dataset.node;
+          typed.push({ node, value: input.value, focused: document.activeElement === input });
+        }
+      });
+      return typed;
+    }
+
+    function restoreComments(typed) {
+      for (const { node, value, focused } of typed) {
+        const input = panel.querySelector(
+          `.approval[data-node="${CSS.escape(node)}"] input[name=comment]`);
+        if (!input) continue;
+        input.value = value;
+        if (focused) input.focus();
+      }
     }
 
     function schedule(seq) {
