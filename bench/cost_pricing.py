@@ -187,4 +187,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="5,000 calls, one round")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.calls, arguments.rounds = 5_000, 1
+    asyncio.run(main(arguments))
