@@ -172,10 +172,22 @@ def resolve_command(name: str, allow: tuple[str, ...]) -> str:
         return name
     if name not in allow:
         raise ToolRefused("not_allowed", f"command {name!r} is not allowed on this agent")
+    now = time.monotonic()
+    known = _found.get(name)
+    if known is not None and known[1] > now:
+        return known[0]
     found = shutil.which(name, path=AGENT_PATH)
     if found is None:
         raise ToolRefused("not_found", f"command {name!r} is not installed on this agent")
+    _found[name] = (found, now + FOUND_FOR_SECONDS)
     return found
+
+
+FOUND_FOR_SECONDS = 5.0
+"""How long a command found on AGENT_PATH is taken as found there: the search stats every
+directory of the path (0.1 ms of a busy agent's task); a command installed or removed is
+seen within this time (a removed one meanwhile fails to start, as ``start_failed``)."""
+_found: dict[str, tuple[str, float]] = {}
 
 
 @dataclass
@@ -431,28 +443,41 @@ class ShellRunner:
         """The outcome, and whether the task's process group is gone."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        # Plain pipes rather than Popen's PIPE: no file objects to make and close per task.
+        out_read, out_write = os.pipe2(os.O_CLOEXEC)
+        err_read, err_write = os.pipe2(os.O_CLOEXEC)
         spawn = functools.partial(
             subprocess.Popen,
             list(command.argv),
             executable=command.executable,
             stdin=self._devnull(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=out_write,
+            stderr=err_write,
             cwd=cwd,
             env=env,
             start_new_session=True,
             close_fds=True,
         )
+        pipes = (out_read, out_write, err_read, err_write)
+        # Popen (vfork + exec here), not asyncio's subprocess: we must be the one to reap
+        # the child, with wait4, to get its rusage. On a thread: vfork holds the calling
+        # thread until the child has exec'd (about 0.8 ms for `true`); Python releases
+        # the GIL meanwhile, so the loop serves other tasks' gRPC in that time.
+        spawning = loop.run_in_executor(self._spawner, spawn)
         try:
-            # Popen (vfork + exec here), not asyncio's subprocess: we must be the one to reap
-            # the child, with wait4, to get its rusage. On a thread: vfork holds the calling
-            # thread until the child has exec'd (about 0.8 ms for `true`); Python releases
-            # the GIL meanwhile, so the loop serves other tasks' gRPC in that time.
-            process = await loop.run_in_executor(self._spawner, spawn)
+            process = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # The agent is stopping: the spawn finishes in its thread, using the pipes.
+            spawning.add_done_callback(functools.partial(_stop_spawned, pipes))
+            raise
         except OSError as error:
+            for fd in pipes:
+                os.close(fd)
             raise ToolRefused(
                 "start_failed", f"could not start {command.argv[0]!r}: {error.strerror}"
             ) from None
+        os.close(out_write)  # the child has its own; EOF comes when its group closes them
+        os.close(err_write)
         pid = process.pid
         # Popen must never reap the pid (wait4 below does): it believes it is done.
         process.returncode = -signal.SIGKILL
@@ -465,10 +490,9 @@ class ShellRunner:
 
         out = _Capture(self._output_cap, on_line, STDOUT)
         err = _Capture(self._output_cap, on_line, STDERR)
-        assert process.stdout is not None and process.stderr is not None
         readers = [
-            _PipeReader(loop, process.stdout.fileno(), out, sample_now),
-            _PipeReader(loop, process.stderr.fileno(), err, sample_now),
+            _PipeReader(loop, out_read, out, sample_now),
+            _PipeReader(loop, err_read, err, sample_now),
         ]
         waited: asyncio.Future[tuple[int, int, resource.struct_rusage]] = loop.create_future()
         pidfd = os.pidfd_open(pid)
@@ -548,8 +572,8 @@ class ShellRunner:
                 reader.stop()
             if not reaped:
                 kill(signal.SIGKILL)  # the pidfd's callback still reaps it
-            for pipe in (process.stdout, process.stderr):
-                pipe.close()
+            os.close(out_read)
+            os.close(err_read)
             if gpu_sampler is not None:
                 gpu_peak = await gpu_sampler
         duration_ms = (time.perf_counter() - started) * 1000.0
@@ -574,6 +598,18 @@ class ShellRunner:
             peak = max(peak, await asyncio.to_thread(self._gpu.process_memory, pid))
             await asyncio.sleep(0.2)
         return peak
+
+
+def _stop_spawned(pipes: tuple[int, ...], spawned: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    """A spawn whose task was cancelled meanwhile: close its pipes, kill what it started."""
+    for fd in pipes:
+        os.close(fd)
+    if spawned.cancelled() or spawned.exception() is not None:
+        return
+    try:
+        os.killpg(spawned.result().pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _task_peak(usage: resource.struct_rusage, sampled: float) -> float:
