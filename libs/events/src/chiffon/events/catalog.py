@@ -13,13 +13,23 @@ from chiffon.events.costs import COST_EVENTS
 from chiffon.events.keys import APIKEY_EVENTS
 from chiffon.events.registry import Catalog
 from chiffon.events.runs import RUN_EVENTS
+from chiffon.events.triggers import TRIGGER_EVENTS
 from chiffon.events.workflows import WORKFLOW_EVENTS
 
-CATALOG = Catalog([*WORKFLOW_EVENTS, *RUN_EVENTS, *AGENT_EVENTS, *APIKEY_EVENTS, *COST_EVENTS])
+CATALOG = Catalog(
+    [*WORKFLOW_EVENTS, *RUN_EVENTS, *AGENT_EVENTS, *APIKEY_EVENTS, *COST_EVENTS, *TRIGGER_EVENTS]
+)
 
 
 @CATALOG.upcaster("run.llm.called", 1)
 def _llm_called_v1(payload: dict[str, Any]) -> dict[str, Any]:
     """Version 1 knew no cached, cache-write or reasoning tokens: none were recorded, so
     none are known (0), and no budget chose its model."""
+    return payload
+
+
+@CATALOG.upcaster("run.llm.called", 2)
+def _llm_called_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 did not record what a budget held the call by: nothing is known (an
+    empty ``budget_holds``), as for a call no budget held."""
     return payload
