@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
@@ -156,6 +157,16 @@ class CommandReply(BaseModel):
     ok: bool
     result: dict[str, Any] = Field(default_factory=dict)
     refusal: Refusal | None = None
+
+
+# Run ids from idempotency keys: uuid5(this namespace, "<actor kind>:<actor id>:<key>").
+RUN_ID_NAMESPACE = uuid.UUID("6f0b8f52-3c3e-4a8e-9d0a-2f1c9e5b7a11")
+
+
+def run_id_for(actor_kind: str, actor_id: str, idempotency_key: str) -> str:
+    """The id of the run that ``StartRun`` with this actor and idempotency key starts:
+    known before the run exists (a webhook answers with it before the run starts)."""
+    return str(uuid.uuid5(RUN_ID_NAMESPACE, f"{actor_kind}:{actor_id}:{idempotency_key}"))
 
 
 def command_subject(namespace: str, command: type[Command] | Command) -> str:

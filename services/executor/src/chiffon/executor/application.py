@@ -9,7 +9,6 @@ under us (the shared conflict-retry helper gave up) is ``unavailable``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from chiffon.commands import (
     RegisterWorkflow,
     StartRun,
 )
+from chiffon.commands.model import run_id_for
 from chiffon.core.logging import get_logger
 from chiffon.events import Envelope, EventPayload, new_event, uuid7
 from chiffon.events.runs import RunCancelled
@@ -49,9 +49,6 @@ from chiffon.executor.repository import RunRepository, WorkflowRepository
 
 log = get_logger(__name__)
 
-# Run ids from idempotency keys: uuid5(this namespace, "<actor kind>:<actor id>:<key>").
-RUN_ID_NAMESPACE = uuid.UUID("6f0b8f52-3c3e-4a8e-9d0a-2f1c9e5b7a11")
-
 Clock = Callable[[], datetime]
 
 
@@ -73,10 +70,6 @@ def refusals(too_busy: str) -> Iterator[None]:
         raise refuse(error.code, str(error), error.details) from None
     except ConflictRetriesExhausted:
         raise refuse("unavailable", too_busy) from None
-
-
-def run_id_for(actor_kind: str, actor_id: str, idempotency_key: str) -> str:
-    return str(uuid.uuid5(RUN_ID_NAMESPACE, f"{actor_kind}:{actor_id}:{idempotency_key}"))
 
 
 class Runs:
