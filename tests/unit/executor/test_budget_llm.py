@@ -145,6 +145,7 @@ async def test_a_call_within_budget_is_reserved_then_settled_at_its_price() -> N
     (called,) = calls(payloads)
     assert (called.model, called.budget_note) == (PRICED, None)
     assert (called.cached_read_tokens, called.reasoning_tokens) == (2, 1)
+    assert called.budget_holds == ("run-1:draft:1:0",)  # held by its own reservation
     budget = await ledger(store)
     # 10 prompt tokens at 0.0001, 5 completion tokens at 0.0002
     assert budget.spent(T0) == Decimal("0.0020")
@@ -304,9 +305,11 @@ async def test_far_from_the_limit_calls_draw_from_a_lease_without_a_round_trip()
     directory = BudgetDirectory(store)
     gate = BudgetGate(directory, Reserver(store, directory, EXECUTOR), PRICES)
 
+    holds: list[tuple[str, ...]] = []
     for n in range(10):
-        outcome, _, _, _ = await run(store, workflow(), run_id=f"run-{n}", gate=gate)
+        outcome, payloads, _, _ = await run(store, workflow(), run_id=f"run-{n}", gate=gate)
         assert outcome == "succeeded"
+        holds.extend(c.budget_holds for c in calls(payloads))
     lease = gate.leases["workflow_frugal"]
     assert lease.live == 0 and lease.spent == Decimal("0.0120")  # 6 calls drawn from it
     await gate.drain()  # the lease given back: settled at what its calls cost
@@ -316,6 +319,9 @@ async def test_far_from_the_limit_calls_draw_from_a_lease_without_a_round_trip()
     # The first calls on their own, until the budget is busy enough for a lease.
     assert [r.id for r in reserved[:4]] == [f"run-{n}:draft:1:0" for n in range(4)]
     assert reserved[4].id.startswith("lease:") and len(reserved) == 5
+    # Each call's run.llm.called says what held it: its reservation, or the lease.
+    assert holds[:4] == [(f"run-{n}:draft:1:0",) for n in range(4)]
+    assert holds[4:] == [(reserved[4].id,)] * 6
     budget = await ledger(store)
     assert (budget.spent(T0), budget.reserved(T0)) == (Decimal("0.0200"), 0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -119,6 +119,11 @@ class NodeFailed(EventPayload):
     duration_ms: float = Field(ge=0)
 
 
+BUDGET_HOLDS_MAX = 8  # a call counts against at most 4 budgets (global, workflow, key, run)
+BudgetHoldId = Annotated[str, Field(min_length=1, max_length=200)]
+"""A reservation's id as ``budget.reserved`` holds it (``Reservation.id``)."""
+
+
 class LlmCalled(EventPayload):
     """One call to a model (one per try, fallbacks included).
 
@@ -126,10 +131,15 @@ class LlmCalled(EventPayload):
     completion: cached input read and written, and reasoning tokens, where the provider
     reports them (0 where it does not), and why a budget chose the model when it did.
     ``prompt_tokens`` includes the cached ones and ``completion_tokens`` the reasoning
-    ones, as OpenAI-style usage reports them."""
+    ones, as OpenAI-style usage reports them.
+
+    Version 3 records what the call was held by under a hard budget (``budget_holds``):
+    its own reservation's id, or the ids of the leases it was drawn from (one per
+    budget), so that the cost service can settle a lease whose replica died from the
+    calls it paid for. Empty for a call no budget held."""
 
     event_type = "run.llm.called"
-    schema_version = 2
+    schema_version = 3
     aggregate = "run"
 
     node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
@@ -150,6 +160,11 @@ class LlmCalled(EventPayload):
         default=None,
         max_length=REASON_MAX_CHARS,
         description="Why a budget sent the call to this model (a fallback taken before the call)",
+    )
+    budget_holds: tuple[BudgetHoldId, ...] = Field(
+        default=(),
+        max_length=BUDGET_HOLDS_MAX,
+        description="The reservation, or the leases (one per budget), the call was held by",
     )
 
 

@@ -110,6 +110,15 @@ class Hold:
     amount: Decimal
     leases: tuple[Lease, ...] = field(default=())
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """What the call is held by, as its ``run.llm.called`` records it
+        (``budget_holds``): the leases it was drawn from (one per budget), else its own
+        reservation (the same id in every budget)."""
+        if self.leases:
+            return tuple(lease.id for lease in self.leases)
+        return (self.reservation_id,)
+
 
 class BudgetGate:
     """One replica's budget checks for its runs' model calls (see the module)."""

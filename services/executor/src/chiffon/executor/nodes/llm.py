@@ -127,6 +127,7 @@ async def llm_attempt(
                     error=storable_text(str(error)[:MAX_ERROR]),
                     fallback_index=index,
                     budget_note=_note(note),
+                    budget_holds=() if held is None else held.ids,
                 )
             )
             continue
@@ -150,6 +151,7 @@ async def llm_attempt(
                 else storable_text(reply.finish_reason),
                 fallback_index=index,
                 budget_note=_note(note),
+                budget_holds=() if held is None else held.ids,
             )
         )
         return parse_output(node, reply.text, plan.output_model)
