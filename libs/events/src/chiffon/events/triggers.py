@@ -100,6 +100,11 @@ class TriggerCreated(EventPayload):
     )
     inputs: dict[str, str] = Field(default_factory=dict, max_length=100)
     reply: ReplySpec | None = None
+    reply_token_encrypted: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="the API token replies are sent with (Telegram bot token, WhatsApp access token)",
+    )
 
 
 class TriggerSecretsSet(EventPayload):
