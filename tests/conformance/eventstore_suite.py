@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -233,6 +234,19 @@ class EventStoreConformance:
             async for b in store.subscribe_batches("AGENTS", start=start, subjects=mine, live=False)
         ]
         assert [e.sequence for b in decoded for e in b] == list(rest.sequences[2:])
+
+    async def test_a_span_of_time_starts_at_the_first_event_stored_in_it(
+        self, store: EventStore
+    ) -> None:
+        agent = fresh()
+        key = AggregateKey("agent", agent)
+        first = await store.append(key, [registered(agent)], 0)
+        between = datetime.now(UTC)  # after the first was stored, before the second
+        second = await store.append(key, [capacity(agent, 1)], first.version)
+        assert await store.sequence_at("AGENTS", between) == second.version
+        assert await store.sequence_at("AGENTS", between - timedelta(days=1)) <= first.version
+        last = await store.last_sequence("AGENTS")
+        assert await store.sequence_at("AGENTS", between + timedelta(days=1)) == last + 1
 
     async def test_a_subject_filter_selects_event_types(self, store: EventStore) -> None:
         agent = fresh()

@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import nats
@@ -169,6 +170,28 @@ class JetStreamEventStore:
     async def last_sequence(self, context: str) -> int:
         info = await self._call(self.js.stream_info(self.streams.stream_name(context)))
         return int(info.state.last_seq)
+
+    async def sequence_at(self, context: str, at: datetime) -> int:
+        """One consumer created to start at ``at`` (the server finds the sequence from
+        its index of message times) and deleted: its delivered stream sequence is the
+        one before."""
+        stream = self.streams.stream_name(context)
+        config = api.ConsumerConfig(
+            name=self.nc._nuid.next().decode(),
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=at,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        try:
+            info = await self._call(self.js._jsm.add_consumer(stream, config))
+        except nats.js.errors.NotFoundError:
+            raise EventStoreError(f"stream {stream} does not exist (run setup first)") from None
+        assert config.name is not None
+        self._forget_consumer(stream, config.name)
+        return int(info.delivered.stream_seq) + 1
 
     async def get_event(self, context: str, sequence: int) -> RecordedEvent | None:
         """The event at ``sequence`` (one direct get), with its headers, or None."""

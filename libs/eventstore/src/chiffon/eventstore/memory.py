@@ -22,6 +22,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from chiffon.events import Catalog, Envelope
@@ -60,6 +61,7 @@ class _Stream:
     def __init__(self, name: str) -> None:
         self.name = name
         self.messages: list[StoredMessage] = []
+        self.stored_at: list[datetime] = []  # when each was stored (wall clock, UTC)
         self.headers: list[dict[str, str]] = []
         self.msg_ids: dict[str, int] = {}
         self.consumers: list[MemoryWorkConsumer] = []
@@ -218,6 +220,8 @@ class InMemoryEventStore:
             headers[TRACEPARENT] = trace
         sequence = stream.last_sequence + 1
         stream.messages.append(StoredMessage(sequence, subject, msg_id, data))
+        now = datetime.now(UTC)
+        stream.stored_at.append(max(now, stream.stored_at[-1]) if stream.stored_at else now)
         stream.headers.append(headers)
         stream.msg_ids[msg_id] = sequence
         held.append(sequence)
@@ -265,6 +269,9 @@ class InMemoryEventStore:
 
     async def last_sequence(self, context: str) -> int:
         return self._stream(context).last_sequence
+
+    async def sequence_at(self, context: str, at: datetime) -> int:
+        return bisect.bisect_left(self._stream(context).stored_at, at) + 1
 
     async def get_event(self, context: str, sequence: int) -> RecordedEvent | None:
         stream = self._stream(context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from chiffon.events import Catalog, Envelope
@@ -216,6 +217,12 @@ class EventStore(RequestReply, Protocol):
 
     async def last_sequence(self, context: str) -> int:
         """The stream's last sequence (0 when empty)."""
+        ...
+
+    async def sequence_at(self, context: str, at: datetime) -> int:
+        """The sequence of the stream's first event stored at or after the instant
+        ``at`` (the store's clock), or its last sequence + 1 when none is: where to
+        start ``read_stream`` to read a span of time."""
         ...
 
     async def get_event(self, context: str, sequence: int) -> RecordedEvent | None:
