@@ -184,6 +184,9 @@ class BudgetState:
                     # the period of the settlement (by instant), rather than not at all.
                     self._settle("", event.occurred_at, settlement.actual_usd)
                 elif entry.settled_usd is None:
+                    # Counted in the reservation's period even when it comes after the
+                    # reservation expired (a lease settled by the cost service from the
+                    # calls it paid for, its replica having died) or its period ended.
                     entry.settled_usd = settlement.actual_usd
                     del self._open[settlement.reservation_id]
                     self._settle(entry.reservation.period, entry.reserved_at, entry.settled_usd)
@@ -262,6 +265,11 @@ class BudgetState:
         if not self.active or self.hard_usd is None:
             return None
         return self.hard_usd - self.spent(at) - self.reserved(at)
+
+    def reserved_at(self, reservation_id: str) -> datetime | None:
+        """When the reservation was made (its ``budget.reserved``), None: unknown."""
+        entry = self._entries.get(reservation_id)
+        return None if entry is None else entry.reserved_at
 
     def expired_unsettled(self, at: datetime) -> list[Reservation]:
         """Reservations past their expiry, never settled, whose expiry is not yet on the

@@ -37,7 +37,7 @@ async def serve(ctx: ServiceContext) -> None:
     async with open_resources(ctx) as resources:
         store = resources.store
         actor = Actor.service("cost", settings.replica)
-        budgets = BudgetService(store, actor)
+        budgets = BudgetService(store, actor, prices=book)
         await budgets.start()
         bus = CommandBus(store, settings.namespace)
         subscriptions = [

@@ -1,11 +1,15 @@
 """The budget commands' pure decisions: validate a ``SetBudget`` into a ``budget.set``
 (or a refusal naming each bad field), decide set/remove against the folded budget
 (nothing when nothing changes), decide the ledger's due records (soft alert, expired
-reservations), and the budget answer every command and listing returns."""
+reservations, and the settlement of those whose calls were recorded: a lease lost with
+its replica is settled from the calls it paid for), and the budget answer every command
+and listing returns."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -19,11 +23,16 @@ from chiffon.events.costs import (
     BudgetRemoved,
     BudgetScope,
     BudgetSet,
+    BudgetSettled,
+    Reservation,
     ReservationExpired,
+    Settlement,
     SoftLimitReached,
 )
 from chiffon.events.limits import WORKFLOW_NAME_PATTERN
-from chiffon.spend.budgets import BudgetState, is_time_zone
+from chiffon.events.runs import LlmCalled
+from chiffon.spend.budgets import ZERO, BudgetState, is_time_zone
+from chiffon.spend.prices import PriceBook
 
 MAX_USD = Decimal("1e12")
 _SCOPE_ID_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
@@ -33,6 +42,7 @@ _SCOPE_ID_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "run": (re.compile(r"^[A-Za-z0-9_-]{1,124}$"), "a run id"),
 }
 EXPIRED_BATCH = 1000  # ReservationExpired holds at most this many ids
+LEASE_PREFIX = "lease:"  # the executor's leases: lease:<replica>:<hex>
 
 
 class BudgetInvalid(Exception):
@@ -158,11 +168,79 @@ def decide_remove(state: BudgetState) -> list[EventPayload]:
     return [BudgetRemoved()]
 
 
-def decide_due(state: BudgetState, at: datetime) -> list[EventPayload]:
-    """What the ledger owes its audit trail at ``at``: the soft-limit alert of the
-    current period (once), and the expiry of unsettled reservations past their time."""
+def is_lease(reservation_id: str) -> bool:
+    """A replica's lease (``lease:<replica>:<hex>``), rather than one call's reservation."""
+    return reservation_id.startswith(LEASE_PREFIX)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What the calls held by an expired, unsettled reservation cost, from their
+    ``run.llm.called`` (``budget_holds`` names it): the amount it is settled at, how
+    many calls, and why the reservation's full amount when it is."""
+
+    amount_usd: Decimal
+    calls: int
+    reason: str | None = None
+
+
+def price_held_calls(
+    reservation: Reservation, calls: Sequence[LlmCalled], book: PriceBook
+) -> Recovered | None:
+    """The settlement of an expired reservation its holder never settled (its replica
+    died), from the calls recorded as held by it. None: no call is recorded (it never
+    went out, or died with its replica before its event): only the expiry is recorded.
+
+    Each call is priced as the cost pricer prices it (its provider, model and tokens,
+    with ``book``); a failed call costs 0, as its replica released it. A call whose
+    price is unknown settles the reservation at its full amount: a hard budget is never
+    exceeded because a replica died (the reason says so)."""
+    if not calls:
+        return None
+    total = ZERO
+    for call in calls:
+        if not call.ok:
+            continue
+        priced = book.price_call(
+            call.provider,
+            call.model,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cached_read_tokens=call.cached_read_tokens,
+            cache_write_tokens=call.cache_write_tokens,
+            reasoning_tokens=call.reasoning_tokens,
+        )
+        if priced.cost_usd is None:
+            reason = (
+                f"{call.provider}/{call.model} has no known price: {reservation.id} "
+                f"settled at its full amount"
+            )
+            return Recovered(reservation.amount_usd, len(calls), reason)
+        total += priced.cost_usd
+    return Recovered(total, len(calls))
+
+
+def decide_due(
+    state: BudgetState,
+    at: datetime,
+    recovered: Mapping[str, Recovered | None] | None = None,
+) -> list[EventPayload]:
+    """What the ledger owes at ``at``: the settlement of each expired, unsettled
+    reservation whose calls were found (``recovered``, by reservation id: what they
+    cost, or None when none was recorded), the expiry of those for the audit trail, and
+    the soft-limit alert of the current period (once).
+
+    Without ``recovered``, every expired reservation only has its expiry recorded; with
+    it, one it does not name is left for a later sweep (its calls not looked up yet)."""
     due: list[EventPayload] = []
-    expired = [r.id for r in state.expired_unsettled(at)]
+    expired = [r.id for r in state.expired_unsettled(at) if recovered is None or r.id in recovered]
+    settlements = [
+        Settlement(reservation_id=rid, actual_usd=found.amount_usd)
+        for rid in expired
+        if recovered is not None and (found := recovered[rid]) is not None
+    ]
+    for start in range(0, len(settlements), EXPIRED_BATCH):
+        due.append(BudgetSettled(settlements=settlements[start : start + EXPIRED_BATCH]))
     for start in range(0, len(expired), EXPIRED_BATCH):
         due.append(ReservationExpired(reservation_ids=expired[start : start + EXPIRED_BATCH]))
     period = state.soft_alert_due(at)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from chiffon.commands import CommandRefused, Refusal
@@ -23,15 +24,20 @@ from chiffon.core.logging import get_logger
 from chiffon.cost.budget_domain import (
     BudgetInvalid,
     BudgetNotFound,
+    Recovered,
     answer,
     decide_due,
     decide_remove,
     decide_set,
+    is_lease,
+    price_held_calls,
     validate_scope,
     validate_set,
 )
 from chiffon.events import Actor, EventPayload, new_event
-from chiffon.events.costs import budget_id
+from chiffon.events.costs import Reservation, budget_id
+from chiffon.events.envelope import AGGREGATE_ID_PATTERN
+from chiffon.events.runs import LlmCalled
 from chiffon.eventstore import (
     AggregateKey,
     ConcurrencyConflict,
@@ -39,9 +45,11 @@ from chiffon.eventstore import (
     EventStore,
     EventStoreError,
     RecordedEvent,
+    StoredMessage,
     retry_on_conflict,
 )
 from chiffon.spend.budgets import BudgetState
+from chiffon.spend.prices import PriceBook
 
 log = get_logger(__name__)
 
@@ -50,6 +58,11 @@ T = TypeVar("T")
 CONTEXT = "COSTS"
 POLL_SECONDS = 1.0
 SWEEP_ATTEMPTS = 3  # per budget and sweep, against reservations landing meanwhile
+RUNS = "RUNS"
+_RUN_ID = re.compile(AGGREGATE_ID_PATTERN)
+# Calls of a lease are read from its reservation to its expiry, this much more either
+# side: the store's clock, the executor's and the event's append may differ a little.
+RECOVERY_MARGIN_SECONDS = 30.0
 
 
 def utc_now() -> datetime:
@@ -70,11 +83,15 @@ class BudgetService:
         *,
         clock: Clock = utc_now,
         poll: float = POLL_SECONDS,
+        prices: PriceBook | None = None,
+        margin: float = RECOVERY_MARGIN_SECONDS,
     ) -> None:
         self._store = store
         self._actor = actor
         self._clock = clock
         self._poll = poll
+        self._prices = prices  # loaded when first needed (a lease to settle)
+        self._margin = margin
         self.budgets: dict[str, BudgetState] = {}
         self.caught_up = asyncio.Event()
         self._changed = asyncio.Event()
@@ -250,13 +267,28 @@ class BudgetService:
     async def sweep(self) -> int:
         """Append every record the ledger owes now; how many appends landed. A conflict
         means the budget moved (an executor reserved, or another replica recorded it
-        first): caught up and decided again, a few times, then left to the next sweep."""
+        first): caught up and decided again, a few times, then left to the next sweep.
+
+        An expired reservation nobody settled is first looked up in the calls: those
+        recorded as held by it are priced and it is settled at that (``decide_due``).
+        When the look-up fails, its expiry waits for a later sweep."""
         landed = 0
         now = self._clock()
+        expired = [
+            (reservation, self.budgets[budget].reserved_at(reservation.id) or now)
+            for budget in sorted(self.budgets)
+            for reservation in self.budgets[budget].expired_unsettled(now)
+        ]
+        recovered: dict[str, Recovered | None] = {}
+        if expired:
+            try:
+                recovered = await self._recover(expired)
+            except EventStoreError as error:
+                log.warning("budget.recovery_failed", error=str(error))
         for budget in sorted(self.budgets):
             for _ in range(SWEEP_ATTEMPTS):
                 state = self.budgets[budget]
-                due = decide_due(state, now)
+                due = decide_due(state, now, recovered)
                 if not due:
                     break
                 try:
@@ -270,6 +302,80 @@ class BudgetService:
                     landed += 1
                 break
         return landed
+
+    async def _recover(
+        self, expired: Sequence[tuple[Reservation, datetime]]
+    ) -> dict[str, Recovered | None]:
+        """What each expired reservation's recorded calls cost (None: none recorded)."""
+        held = await self._held_calls(expired)
+        prices = self._prices or PriceBook.load()
+        self._prices = prices
+        recovered: dict[str, Recovered | None] = {}
+        for reservation, _ in expired:
+            found = price_held_calls(reservation, held.get(reservation.id, []), prices)
+            recovered[reservation.id] = found
+            if found is not None:
+                log.warning(
+                    "budget.settled_for_its_holder",
+                    reservation_id=reservation.id,
+                    calls=found.calls,
+                    actual_usd=str(found.amount_usd),
+                    reason=found.reason or "its holder never settled it (its replica died)",
+                )
+        return recovered
+
+    async def _held_calls(
+        self, expired: Sequence[tuple[Reservation, datetime]]
+    ) -> dict[str, list[LlmCalled]]:
+        """The ``run.llm.called`` naming each reservation in its ``budget_holds``. A
+        call's own reservation: its run's events. Leases (any run's calls): the RUNS
+        stream's ``run.llm.called``, from the earliest lease's reservation to the
+        latest one's expiry (a margin either side for the clocks), one read for all."""
+        found: dict[str, list[LlmCalled]] = {r.id: [] for r, _ in expired}
+        leases = [(r, since) for r, since in expired if is_lease(r.id)]
+        for reservation, _ in expired:
+            if is_lease(reservation.id):
+                continue
+            if not _RUN_ID.match(reservation.run_id):
+                continue  # not a run's id: no call to find
+            events, _ = await self._store.read_aggregate(AggregateKey("run", reservation.run_id))
+            for event in events:
+                payload = event.payload
+                if isinstance(payload, LlmCalled) and reservation.id in payload.budget_holds:
+                    found[reservation.id].append(payload)
+        if not leases:
+            return found
+        margin = timedelta(seconds=self._margin)
+        since = min(at for _, at in leases) - margin
+        until = max(r.expires_at for r, _ in leases) + margin
+        wanted = [r.id.encode() for r, _ in leases]
+        start = await self._store.sequence_at(RUNS, since)
+        subject = self._store.streams.type_filter("run", LlmCalled.event_type)
+        stream = self._store.streams.stream_name(RUNS)
+        batches = self._store.stored_batches(RUNS, start=start, subjects=[subject])
+        try:
+            async for batch in batches:
+                for message in batch:
+                    if not any(key in message.data for key in wanted):
+                        continue  # not one of these leases' calls: not decoded
+                    event = message.decode(self._store.catalog, stream)
+                    payload = event.payload
+                    if not isinstance(payload, LlmCalled):
+                        continue
+                    for hold in payload.budget_holds:
+                        if hold in found:
+                            found[hold].append(payload)
+                if batch and self._past(batch[-1], stream, until):
+                    break
+        finally:
+            close = getattr(batches, "aclose", None)
+            if close is not None:
+                await close()  # the reader's consumer goes at once
+        return found
+
+    def _past(self, message: StoredMessage, stream: str, until: datetime) -> bool:
+        """Is this message's event later than ``until`` (the read can stop)?"""
+        return message.decode(self._store.catalog, stream).envelope.occurred_at > until
 
     async def watch(self, stopping: asyncio.Event) -> None:
         """Until ``stopping``: alerts and expiry records, as budgets change (at once) and
