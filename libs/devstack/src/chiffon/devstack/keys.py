@@ -10,10 +10,15 @@
 
 The key pair is made with `cryptography` directly (the format chiffon.agentproto.auth
 reads: Ed25519, PKCS8 and SubjectPublicKeyInfo PEM), so the dev stack needs no agent lib.
+
+- ``trigger-secrets.key`` (0600): the Fernet key the trigger service encrypts webhook
+  secrets with (``CHIFFON_TRIGGER_SECRETS_KEY_FILE``); never replaced, or every stored
+  trigger secret would become unreadable.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from dataclasses import dataclass
@@ -66,3 +71,15 @@ def ensure_agent_keys(folder: Path) -> AgentKeys:
         token = f"chfa_bootstrap_{secrets.token_urlsafe(32)}"
         write_private(keys.agent_credential, token + "\n")
     return keys
+
+
+def ensure_trigger_secrets_key(folder: Path) -> Path:
+    """The trigger service's Fernet key file under ``folder``, made now if missing (an
+    existing key is never replaced: triggers stored with it stay readable)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = folder / "trigger-secrets.key"
+    if not path.is_file() or not path.read_text().strip():
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()  # a Fernet key
+        write_private(path, key + "\n")
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from chiffon.devstack import supervisor
-from chiffon.devstack.keys import AgentKeys, ensure_agent_keys
+from chiffon.devstack.keys import AgentKeys, ensure_agent_keys, ensure_trigger_secrets_key
 from chiffon.devstack.ports import PortInUse, accepts_connections, require_free
 from chiffon.devstack.procs import ProcessRef
 from chiffon.devstack.servers import NatsServer, PostgresServer, ServerError, tail
@@ -247,6 +247,9 @@ def _spawn_missing(
         "registry": {"CHIFFON_BOOTSTRAP_AGENT_CREDENTIAL": keys.credential()},
         "executor": {"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys.signing_key)},
         "agent": _agent_env(settings, keys),
+        "trigger": {
+            "CHIFFON_TRIGGER_SECRETS_KEY_FILE": str(ensure_trigger_secrets_key(paths.keys))
+        },
     }
     base = supervisor.current_env()
     cwd = project_root()
