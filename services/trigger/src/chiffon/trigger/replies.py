@@ -464,18 +464,27 @@ class Replies:
     async def _ended(self, item: WorkItem, kind: str, run_id: str, payload: dict[str, Any]) -> None:
         """One run's ending: its reply sent and recorded (or nothing to do), then acked.
         A store error leaves the item unacknowledged (it comes again)."""
+        heartbeat = asyncio.create_task(self._hold(item))
         try:
-            await self.reply(kind, run_id, payload, item)
+            await self.reply(kind, run_id, payload)
         except EventStoreError as error:
             log.warning("trigger.reply_unrecorded", run_id=run_id, error=str(error))
             await item.nak(delay=1.0)
             return
+        finally:
+            heartbeat.cancel()
         self._runs.pop(run_id, None)
         await item.ack()
 
-    async def reply(
-        self, kind: str, run_id: str, payload: dict[str, Any], item: WorkItem | None = None
-    ) -> None:
+    async def _hold(self, item: WorkItem) -> None:
+        """Keep the item while its reply is under way (sends, a retry's wait): no other
+        replica gets it meanwhile."""
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            with contextlib.suppress(EventStoreError):
+                await item.in_progress()
+
+    async def reply(self, kind: str, run_id: str, payload: dict[str, Any]) -> None:
         """Answer the chat of the run's delivery, if it came from one (see the module's doc)."""
         delivery_id = await self._delivery_for(run_id)
         if not delivery_id:
@@ -500,7 +509,7 @@ class Replies:
                 delivery, run_id, delivery.attempts.get(run_id, 0) + 1, str(problem), True
             )
             return
-        await self._send(delivery, run_id, token, delivery.chat_id, text, item)
+        await self._send(delivery, run_id, token, delivery.chat_id, text)
 
     def _token(self, setup: ReplySetup) -> str:
         if setup.token_encrypted is None:
@@ -519,7 +528,6 @@ class Replies:
         token: str,
         chat_id: str,
         text: str,
-        item: WorkItem | None,
     ) -> None:
         assert self._http is not None
         http = self._http
@@ -534,8 +542,6 @@ class Replies:
             attempt += 1
             try:
                 while next_chunk < len(chunks):
-                    if item is not None:
-                        await item.in_progress()
                     await send_message(
                         http, self.settings, delivery.scheme, token, chat_id, chunks[next_chunk]
                     )
