@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from chiffon.commands.model import Command
 
@@ -97,6 +97,10 @@ class ReplayDeliveries(Command):
 
     owner = "trigger"
     name = "replay_deliveries"
+
+    # ``from`` is a keyword: the field is ``from_`` and travels under that name too
+    # (the bus sends ``model_dump_json()``), so either spelling is accepted.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     trigger: str = Field(max_length=_NAME)
     from_: datetime | None = Field(default=None, alias="from")
