@@ -92,6 +92,7 @@ BACKOFF_FIRST = 1.0  # seconds before the second attempt; doubling after, up to 
 BACKOFF_MAX = 30.0
 RETRY_AFTER_MAX = 60.0
 REPLYING_AT_ONCE = 16
+POISON_DELIVERIES = 5  # an ending whose handling crashed this often is dropped (logged)
 HTTP_TIMEOUT = 10.0
 ERROR_MAX = 400
 FAILED_TEXT = "Sorry, this could not be done (run {run_id})."
@@ -470,6 +471,14 @@ class Replies:
         except EventStoreError as error:
             log.warning("trigger.reply_unrecorded", run_id=run_id, error=str(error))
             await item.nak(delay=1.0)
+            return
+        except Exception as error:  # noqa: BLE001 — a bug must not loop on one item forever
+            if item.delivered >= POISON_DELIVERIES:
+                log.exception("trigger.reply_given_up", run_id=run_id, error=repr(error))
+                await item.term()
+            else:
+                log.exception("trigger.reply_crashed", run_id=run_id, error=repr(error))
+                await item.nak(delay=5.0)
             return
         finally:
             heartbeat.cancel()
