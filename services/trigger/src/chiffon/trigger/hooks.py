@@ -1,33 +1,369 @@
-"""(Being built.)"""
+"""Webhook ingestion: ``POST /hooks/{trigger}`` (every scheme) and ``GET /hooks/{trigger}``
+(WhatsApp's subscription check), and the ``Hooks`` component that owns the triggers,
+the dispatcher of run requests and replays.
+
+A delivery, in order: its trigger looked up in memory (404 unknown, disabled, or with no
+secret), its content type (415 unless ``application/json``), its size (413 from
+``Content-Length``, or as soon as the body read passes the limit: never read further),
+its signature (401), its JSON (422), its delivery id (422). Then its inputs are mapped,
+a large body is put in the ``<NAMESPACE>_DELIVERIES`` object store under its SHA-256,
+and ``webhook.received`` is appended to the delivery's own aggregate with expected
+version 0: the same delivery again, on any replica, finds the aggregate taken and is
+answered 200 with the same body (the delivery and run ids follow from the trigger and
+the delivery id alone, so nothing is read). Nothing is stored for a refused request.
+The answer, 202 ``{"delivery", "run_id"}``, does not wait for the run: the dispatcher
+(``chiffon.trigger.deliveries``) requests it from the stored event.
+
+The routes are plain Starlette routes (no FastAPI dependency and validation layer): the
+delivery path is all this service does at volume.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from chiffon.eventstore import EventStore
+import orjson
+from fastapi import FastAPI
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+
+from chiffon.commands import CommandBus
+from chiffon.commands.model import Command
+from chiffon.core.logging import get_logger
+from chiffon.events import Actor, new_event
+from chiffon.events.triggers import TRIGGER_NAME_PATTERN, DeliveryReceived, delivery_aggregate_id
+from chiffon.eventstore import (
+    NO_EVENTS,
+    AggregateKey,
+    ConcurrencyConflict,
+    EventStore,
+    EventStoreError,
+)
+from chiffon.trigger.deliveries import (
+    SERVICE_ACTOR,
+    DeliveryLog,
+    Dispatcher,
+    Replays,
+    delivery_key,
+    delivery_run_id,
+)
+from chiffon.trigger.secrets import SecretBox, SecretsUnavailable
+from chiffon.trigger.settings import TriggerSettings
+from chiffon.trigger.trigger_domain import SECRET_HEADERS, resolve_inputs
+from chiffon.trigger.triggers import HookTarget, Triggers, utc_now
+from chiffon.trigger.verify import (
+    NoDeliveryId,
+    NotADelivery,
+    Unverified,
+    telegram_facts,
+    verify_standard,
+    verify_telegram,
+    verify_whatsapp,
+    whatsapp_challenge,
+    whatsapp_facts,
+)
+
+log = get_logger(__name__)
+
+PROBLEM_BASE = "https://chiffon.dev/problems/"
+_TRIGGER_NAME = re.compile(TRIGGER_NAME_PATTERN)
+JSON = "application/json"
+# Headers stored with a delivery, besides those its trigger's inputs read: the ones that
+# say who sent it and prove it (never Telegram's secret token: it is the secret itself).
+KEPT_HEADERS: dict[str, tuple[str, ...]] = {
+    "standard-webhooks": ("webhook-id", "webhook-timestamp", "webhook-signature"),
+    "whatsapp": ("x-hub-signature-256",),
+    "telegram": (),
+}
+
+
+def bucket_name(namespace: str) -> str:
+    return f"{namespace.upper()}_DELIVERIES"
+
+
+class Refused(Exception):
+    """A request answered with a problem; nothing stored."""
+
+    def __init__(self, status: int, kind: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.title, self.detail = status, kind, title, detail
+
+
+def problem(status: int, kind: str, title: str, detail: str) -> Response:
+    body = {"type": PROBLEM_BASE + kind, "title": title, "status": status, "detail": detail}
+    return Response(orjson.dumps(body), status, media_type="application/problem+json")
+
+
+def _json(body: dict[str, Any], status: int) -> Response:
+    return Response(orjson.dumps(body), status, media_type=JSON)
 
 
 class Hooks:
-    def __init__(self, store: EventStore, *args: Any) -> None:
+    """The webhook side of the trigger service (one per replica)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        bus: CommandBus,
+        actor: Actor,
+        settings: TriggerSettings,
+        *,
+        clock: Any = utc_now,
+    ) -> None:
         self.store = store
+        self.bus = bus
+        self.actor = actor
+        self.settings = settings
+        self.clock = clock
+        self.problem: str | None = None
+        box: SecretBox | None
+        try:
+            box = SecretBox.from_settings(settings)
+        except SecretsUnavailable as error:
+            box, self.problem = None, str(error)
+        self.box = box
+        self.triggers = Triggers(store, box, actor)
+        self.log = DeliveryLog(store)
+        self.triggers.counts = self.log.counts
+        self.triggers.recent = self.log.recent
+        self.dispatcher = Dispatcher(store, bus, replicas=settings.stream_replicas)
+        self.replays = Replays(store, bus, self.triggers, clock)
+        self.bucket = bucket_name(settings.namespace)
+        self.received = 0
+        self.repeats = 0
 
     async def start(self) -> None:
-        """Fold what this component needs before the service is ready."""
+        if self.problem:
+            log.warning("trigger.no_secrets_key", problem=self.problem)
+        await self.triggers.start()
+        await self.dispatcher.setup()
 
-    def handlers(self) -> list[tuple[type[Any], Any]]:
-        """The commands this component answers, with their handlers."""
-        return []
+    def handlers(self) -> list[tuple[type[Command], Any]]:
+        return [*self.triggers.handlers(), *self.replays.handlers()]
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Its background work, until stopping."""
-        await stopping.wait()
+        try:
+            await self.dispatcher.run(stopping)
+        finally:
+            await self.triggers.stop()
 
     def healthy(self) -> tuple[bool, str | None]:
-        return True, None
+        ok = self.triggers.following and self.dispatcher.ready
+        detail = f"{len(self.triggers.targets)} open triggers, {self.received} deliveries"
+        if self.problem:
+            detail = f"webhooks off: {self.problem}"
+        return ok, detail
+
+    # -- a delivery ----------------------------------------------------------------------------
+
+    async def target(self, name: str) -> HookTarget:
+        """The open trigger ``name``, from memory; one not open here is looked up in the
+        store once (created or enabled a moment ago on another replica, and not yet
+        folded here), which costs one direct read and only for a 404."""
+        found = self.triggers.targets.get(name)
+        if found is None and _TRIGGER_NAME.match(name):
+            try:
+                await self.triggers.load(name)
+            except EventStoreError:
+                pass
+            found = self.triggers.targets.get(name)
+        if found is None:
+            raise Refused(404, "not-found", "No such trigger", f"no open trigger {name!r}")
+        return found
+
+    async def body(self, request: Request) -> bytes:
+        limit = self.settings.hook_max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                raise Refused(
+                    400, "bad-request", "Bad request", "Content-Length is not a number"
+                ) from None
+            if too_big:
+                raise Refused(413, "too-large", "Body too large", f"the limit is {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Refused(413, "too-large", "Body too large", f"the limit is {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise Refused(400, "bad-request", "Bad request", "the body was cut short") from None
+        return b"".join(chunks)
+
+    async def receive(self, name: str, request: Request) -> Response:
+        target = await self.target(name)
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() != JSON:
+            raise Refused(415, "unsupported-media-type", "Unsupported media type", f"send {JSON}")
+        body = await self.body(request)
+        headers = request.headers
+        delivery_id = ""
+        try:
+            if target.scheme == "standard-webhooks":
+                delivery_id = verify_standard(
+                    target.webhooks,
+                    headers,
+                    body,
+                    now=time.time(),
+                    tolerance=self.settings.hook_tolerance_seconds,
+                )
+            elif target.scheme == "whatsapp":
+                verify_whatsapp(target.keys, headers, body)
+            else:
+                verify_telegram(target.keys, headers)
+        except Unverified as error:
+            raise Refused(401, "unauthorized", "Not verified", str(error)) from None
+        except NoDeliveryId as error:
+            raise Refused(422, "no-delivery-id", "No delivery id", str(error)) from None
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise Refused(422, "malformed-json", "Malformed JSON", str(error)) from None
+        chat_id = None
+        try:
+            if target.scheme == "whatsapp":
+                delivery_id, chat_id = whatsapp_facts(payload)
+            elif target.scheme == "telegram":
+                delivery_id, chat_id = telegram_facts(payload)
+        except NoDeliveryId as error:
+            raise Refused(422, "no-delivery-id", "No delivery id", str(error)) from None
+        except NotADelivery as ignored:
+            return _json({"delivery": None, "run_id": None, "ignored": str(ignored)}, 200)
+        return await self.store_delivery(
+            target, delivery_id, chat_id, headers, body, payload, content_type
+        )
+
+    async def store_delivery(
+        self,
+        target: HookTarget,
+        delivery_id: str,
+        chat_id: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        payload: Any,
+        content_type: str,
+    ) -> Response:
+        received_at: datetime = self.clock()
+        delivery = delivery_aggregate_id(target.name, delivery_id)
+        run_id = delivery_run_id(delivery)
+        answer = {"delivery": delivery, "run_id": run_id}
+        inputs = resolve_inputs(target.sources, payload, headers, delivery_id, received_at)
+        kept: dict[str, str] = {}
+        for header in (*KEPT_HEADERS[target.scheme], "user-agent", *target.headers_kept):
+            value = headers.get(header)
+            if value is not None and header not in SECRET_HEADERS:
+                kept[header] = value[:2000]
+        digest = hashlib.sha256(body).hexdigest()
+        inline: str | None = None
+        encoding = "utf-8"
+        reference = None
+        if len(body) > self.settings.hook_inline_body_bytes:
+            reference = digest
+            try:
+                await self.store.put_object(self.bucket, digest, body)
+            except EventStoreError as error:
+                raise Refused(
+                    503, "unavailable", "Unavailable", f"cannot store it: {error}"
+                ) from None
+        else:
+            try:
+                inline = body.decode()
+            except UnicodeDecodeError:
+                inline, encoding = base64.b64encode(body).decode(), "base64"
+        event = DeliveryReceived(
+            trigger=target.name,
+            delivery_id=delivery_id,
+            scheme=target.scheme,
+            received_at=received_at,
+            headers=kept,
+            content_type=content_type[:200] or None,
+            body=inline,
+            body_encoding=encoding,  # type: ignore[arg-type]
+            body_ref=reference,
+            body_bytes=len(body),
+            body_sha256=digest,
+            workflow=target.workflow,
+            version=target.version,
+            inputs=inputs,
+            run_id=run_id,
+            chat_id=chat_id,
+        )
+        try:
+            result = await self.store.append(
+                AggregateKey("webhook", delivery),
+                [
+                    new_event(
+                        event, aggregate_id=delivery, actor=SERVICE_ACTOR, occurred_at=received_at
+                    )
+                ],
+                NO_EVENTS,
+                idempotency_key=delivery_key(delivery),
+            )
+        except ConcurrencyConflict:
+            self.repeats += 1
+            return _json(answer, 200)
+        except EventStoreError as error:
+            log.warning("trigger.delivery_not_stored", trigger=target.name, error=str(error))
+            raise Refused(
+                503, "unavailable", "Unavailable", "the delivery could not be stored; send it again"
+            ) from None
+        if result.all_duplicates:
+            self.repeats += 1
+            return _json(answer, 200)
+        self.received += 1
+        return _json(answer, 202)
+
+    async def challenge(self, name: str, params: Mapping[str, str]) -> Response:
+        target = await self.target(name)
+        if target.scheme != "whatsapp" or not target.verify_token:
+            raise Refused(405, "method-not-allowed", "Method not allowed", "POST deliveries here")
+        try:
+            answer = whatsapp_challenge(target.verify_token, params)
+        except Unverified as error:
+            raise Refused(403, "forbidden", "Not verified", str(error)) from None
+        return PlainTextResponse(answer)
 
 
-def create_app() -> Any:
-    from fastapi import FastAPI
+def _hooks(request: Request) -> Hooks | None:
+    hooks = getattr(request.app.state, "hooks", None)
+    return hooks if isinstance(hooks, Hooks) else None
 
-    return FastAPI()
+
+async def post_hook(request: Request) -> Response:
+    hooks = _hooks(request)
+    if hooks is None:
+        return problem(503, "unavailable", "Unavailable", "the trigger service is starting")
+    try:
+        return await hooks.receive(request.path_params["trigger"], request)
+    except Refused as refused:
+        return problem(refused.status, refused.kind, refused.title, refused.detail)
+
+
+async def get_hook(request: Request) -> Response:
+    hooks = _hooks(request)
+    if hooks is None:
+        return problem(503, "unavailable", "Unavailable", "the trigger service is starting")
+    try:
+        return await hooks.challenge(request.path_params["trigger"], request.query_params)
+    except Refused as refused:
+        return problem(refused.status, refused.kind, refused.title, refused.detail)
+
+
+def create_app() -> FastAPI:
+    """The service's HTTP app: health (added by the service runner) and the hooks."""
+    app = FastAPI(title="chiffon-trigger", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_route("/hooks/{trigger}", post_hook, methods=["POST"], include_in_schema=False)
+    app.add_route("/hooks/{trigger}", get_hook, methods=["GET"], include_in_schema=False)
+    return app
