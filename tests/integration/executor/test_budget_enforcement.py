@@ -2,23 +2,38 @@
 and the OpenAI-compatible test server reporting usage: 20 concurrent runs against a
 global budget that fits 5 calls never spend more than it; the runs with a free fallback
 take it (saying why), the others pause and resume to success when the budget is raised.
-A replica killed mid-call leaves a reservation that expires: the budget is not leaked."""
+A replica killed mid-call leaves a reservation that expires: the budget is not leaked. A
+replica killed while holding a lease leaves the calls it paid for counted: the cost
+service settles the lease from them once it expires."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
+from chiffon.devstack.ports import free_port
 from chiffon.events import Actor, new_event
-from chiffon.events.costs import BudgetSet
+from chiffon.events.costs import BudgetSet, BudgetSettled
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.executor.budgets.directory import BudgetDirectory
 from chiffon.spend.budgets import BudgetState
 from chiffon.spend.prices import PriceBook, count_prompt_tokens
+from tests.integration.gateway.support import (
+    ADMIN_KEY,
+    Service,
+    start_service,
+    stop_all,
+    wait_ready,
+)
 from tests.support.fixtures import eventually
 
 from .conftest import Spawn, llm_env
@@ -32,7 +47,7 @@ MAX_TOKENS = 10
 ADMIN = Actor(kind="user", id="admin")
 
 
-def workflow(name: str, fallback: bool) -> str:
+def workflow(name: str, fallback: bool, timeout: str = "5s") -> str:
     fallbacks = "[chiffon/echo]" if fallback else "[]"
     return f"""
 name: {name}
@@ -44,7 +59,7 @@ nodes:
     fallbacks: {fallbacks}
     prompt: "{PROMPT}"
     max_tokens: {MAX_TOKENS}
-    timeout: 5s
+    timeout: {timeout}
 """
 
 
@@ -178,3 +193,113 @@ async def spent_at_least(store: JetStreamEventStore, amount: Decimal) -> BudgetS
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.fixture
+async def cost_service(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Service]:
+    """The cost service (it answers the budget listing, and settles expired leases),
+    pricing the test model as the executor does."""
+    env = {
+        **service_env,
+        "CHIFFON_REPLICA": "1",
+        "CHIFFON_LOG_LEVEL": "warning",
+        "CHIFFON_PRICE_OVERRIDES": json.dumps(OVERRIDES),
+    }
+    service = start_service("chiffon.cost", "cost-1", env, tmp_path, free_port())
+    try:
+        await wait_ready(service)
+        yield service
+    finally:
+        stop_all([service])
+
+
+async def test_a_replica_killed_holding_a_lease_leaves_the_calls_it_paid_for_counted(
+    store: JetStreamEventStore,
+    spawn_executor: Spawn,
+    client: Any,
+    gateway: Service,
+    openai_server: FakeOpenAI,
+    cost_service: Service,
+) -> None:
+    worst = worst_case()
+    tokens = count_prompt_tokens([{"role": "user", "content": PROMPT}])
+    openai_server.usage = {"prompt_tokens": tokens, "completion_tokens": MAX_TOKENS}
+    await set_global(store, Decimal("1"))  # far from its limit: a busy replica takes a lease
+    env = {
+        **llm_env(openai_server),
+        "CHIFFON_PRICE_OVERRIDES": json.dumps(OVERRIDES),
+        "CHIFFON_BUDGET_RESERVATION_GRACE_SECONDS": "1",  # a lease: 2 x (4 s + 1 s)
+        "CHIFFON_PROJECTIONS": "off",
+    }
+    replica = await spawn_executor(1, env)
+    name = f"leased-{uuid.uuid4().hex[:6]}"
+    await client.register_workflow(workflow(name, fallback=False, timeout="4s"))
+
+    # Four calls reserved one by one make the budget busy: the replica takes a lease.
+    first = await asyncio.gather(*(client.start_run(name, inputs={}) for _ in range(4)))
+    for run in first:
+        assert (await events_until(client, run["run_id"]))[-1].type == "run.completed"
+
+    async def leased() -> bool:
+        _, payloads = await ledger(store)
+        return any(
+            r.id.startswith("lease:")
+            for p in payloads
+            if p.event_type == "budget.reserved"
+            for r in p.reservations
+        )
+
+    await eventually(leased, timeout=10, message="a lease reserved")
+    # Three calls drawn from it at once: two answered and paid for, one held in flight.
+    answered = 0
+    held = asyncio.Event()
+
+    async def script(model: str, messages: Any, schema: Any) -> None:
+        nonlocal answered
+        answered += 1
+        if answered == 3:
+            await held.wait()  # never set: in flight until the replica dies
+        return None
+
+    openai_server.script = script
+    drawn = await asyncio.gather(*(client.start_run(name, inputs={}) for _ in range(3)))
+    await eventually(lambda: _true(openai_server.in_flight == 1 and answered == 3), timeout=10)
+
+    async def two_completed() -> bool:
+        done = 0
+        for run in drawn:
+            stored, _ = await store.read_aggregate(AggregateKey("run", run["run_id"]))
+            done += any(e.type == "run.completed" for e in stored)
+        return done == 2
+
+    await eventually(two_completed, timeout=10, message="the two answered runs completed")
+    replica.kill()
+
+    # Until the lease expires it holds its amount; then the cost service settles it at
+    # what the two paid calls cost. The budget, as the API answers it: 6 calls spent
+    # (4 settled by the replica, 2 from its lease), nothing held.
+    async def budget() -> dict[str, Any]:
+        async with httpx.AsyncClient(
+            base_url=gateway.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ) as http:
+            response = await http.get("/v1/budgets")
+        assert response.status_code == 200, response.text
+        return next(b for b in response.json()["budgets"] if b["id"] == "global")
+
+    async def counted() -> bool:
+        answer = await budget()
+        return Decimal(answer["reserved_usd"]) == 0 and Decimal(answer["spent_usd"]) > worst * 4
+
+    await eventually(counted, timeout=20, message="the lease settled from its calls")
+    answer = await budget()
+    assert Decimal(answer["spent_usd"]) == worst * 6
+    events, _ = await store.read_aggregate(AggregateKey("budget", "global"))
+    by_cost = [
+        (s.reservation_id, s.actual_usd)
+        for e in events
+        if isinstance(e.payload, BudgetSettled) and e.envelope.actor.id.startswith("cost")
+        for s in e.payload.settlements
+    ]
+    trail = [(e.type, e.envelope.actor.id, e.payload.model_dump(mode="json")) for e in events]
+    assert len(by_cost) == 1 and by_cost[0][0].startswith(f"lease:{replica.name}:"), trail
+    assert by_cost[0][1] == worst * 2
