@@ -1,25 +1,31 @@
 """Messaging round trips over real processes: the trigger service and an executor on the
 session's NATS and PostgreSQL, with a local stand-in for Meta's WhatsApp Cloud API and
-Telegram's Bot API. A delivery from a chat starts a run (the delivery stored and the run
-requested as the hook's dispatcher does it); when the run ends, its output goes back to
+Telegram's Bot API. A delivery from a chat starts a run (signed and posted to
+``/hooks/{trigger}`` as Meta and Telegram do it, or stored and its run requested
+directly, as the hook's dispatcher does it); when the run ends, its output goes back to
 that chat, in 4,096-character chunks, in order; a failed send is retried and both
 attempts are on record; the API token shows in no event and no log line."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from chiffon.commands import CommandBus, StartRun
 from chiffon.commands.model import RegisterWorkflow, run_id_for
+from chiffon.commands.triggers import CreateTrigger
 from chiffon.core.db import ensure_database
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
@@ -44,11 +50,12 @@ WA_TOKEN = "EAAGwhatsapp-access-token-4f9c2e"
 TG_TOKEN = "7311:AAFtelegram-bot-token-d81b"
 SERVICE = Actor.service("trigger")  # as the trigger service starts runs: no replica
 
-# A reply as long as the size asks: each unit is "<text>: " and 40 words (~210 chars).
+# A reply as long as the size asks: each unit is "<text>: " and 40 words (~210 chars);
+# 30 units by default (two messages).
 CHAT = """
 name: chat-reply
 version: 1
-inputs: {text: {type: string}, size: {type: integer, default: 1}}
+inputs: {text: {type: string}, size: {type: integer, default: 30}}
 outputs: [answer]
 nodes:
   - {id: build, type: set, values: {answer: "(text + ': ' + 'word ' * 40) * size"}}
@@ -239,7 +246,7 @@ async def test_telegram_round_trip_failing_once_is_retried_and_both_are_recorded
 ) -> None:
     standin.fail_next(500)
     aggregate, run_id = await deliver(
-        store, chat, "tg-bot", "telegram", "804512", "-1001234", {"text": "hello"}
+        store, chat, "tg-bot", "telegram", "804512", "-1001234", {"text": "hello", "size": 1}
     )
     records = await sent(store, aggregate)
     assert records == [
@@ -257,3 +264,109 @@ async def test_telegram_round_trip_failing_once_is_retried_and_both_are_recorded
     log = services["trigger"].tail(10_000)
     assert "trigger.reply_failed" in log
     assert TG_TOKEN not in log and WA_TOKEN not in log
+
+
+# -- through the hook (the trigger service's /hooks route, as Meta and Telegram call it) --
+
+APP_SECRET = "whatsapp-app-secret-5e1d"
+TG_SECRET = "telegram-secret-token-77"
+ADMIN = Actor(kind="api_key", id="admin", name="admin")
+
+
+def whatsapp_message(phone_number_id: str, sender: str, message_id: str, text: str) -> bytes:
+    """A WhatsApp Cloud API ``messages`` webhook as Meta sends it."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001", "phone_number_id": phone_number_id},
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": sender}],
+        "messages": [
+            {
+                "from": sender,
+                "id": message_id,
+                "timestamp": "1765100000",
+                "type": "text",
+                "text": {"body": text},
+            }
+        ],
+    }
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(body).encode()
+
+
+async def test_whatsapp_round_trip_through_the_hook(
+    store: JetStreamEventStore,
+    chat: CommandBus,
+    standin: StandinApi,
+    services: dict[str, Service],
+) -> None:
+    await chat.send(
+        CreateTrigger(
+            actor=ADMIN,
+            trigger="wa-hook",
+            workflow="chat-reply",
+            scheme="whatsapp",
+            secrets=[APP_SECRET],
+            verify_token="verify-me",
+            inputs={"text": "/entry/0/changes/0/value/messages/0/text/body"},
+            reply={"output": "answer", "token": WA_TOKEN},
+        )
+    )
+    body = whatsapp_message("1065550009", "4915550009", "wamid.HOOK1", "owls")
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    async with httpx.AsyncClient(base_url=services["trigger"].url, timeout=10) as http:
+        answer = await http.post(
+            "/hooks/wa-hook",
+            content=body,
+            headers={"content-type": "application/json", "x-hub-signature-256": signature},
+        )
+    assert answer.status_code == 202, answer.text
+    delivery, run_id = answer.json()["delivery"], answer.json()["run_id"]
+
+    assert await sent(store, delivery) == [ReplySent(run_id=run_id, chunks=2)]
+    got = standin.delivered("whatsapp", chat="1065550009:4915550009")
+    assert "".join(r.text for r in got) == ("owls: " + "word " * 40) * 30
+    assert len(got) == 2
+
+
+async def test_telegram_round_trip_through_the_hook(
+    store: JetStreamEventStore,
+    chat: CommandBus,
+    standin: StandinApi,
+    services: dict[str, Service],
+) -> None:
+    await chat.send(
+        CreateTrigger(
+            actor=ADMIN,
+            trigger="tg-hook",
+            workflow="chat-reply",
+            scheme="telegram",
+            secrets=[TG_SECRET],
+            inputs={"text": "/message/text"},
+            reply={"output": "answer", "token": TG_TOKEN},
+        )
+    )
+    update = {
+        "update_id": 90210,
+        "message": {
+            "message_id": 5,
+            "date": 1765100000,
+            "chat": {"id": 424242, "type": "private"},
+            "from": {"id": 424242, "is_bot": False, "first_name": "Ana"},
+            "text": "hi",
+        },
+    }
+    async with httpx.AsyncClient(base_url=services["trigger"].url, timeout=10) as http:
+        answer = await http.post(
+            "/hooks/tg-hook",
+            json=update,
+            headers={"x-telegram-bot-api-secret-token": TG_SECRET},
+        )
+    assert answer.status_code == 202, answer.text
+    delivery, run_id = answer.json()["delivery"], answer.json()["run_id"]
+
+    assert await sent(store, delivery) == [ReplySent(run_id=run_id, chunks=2)]
+    got = standin.delivered("telegram", chat="424242")
+    assert "".join(r.text for r in got) == ("hi: " + "word " * 40) * 30
