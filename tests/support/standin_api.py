@@ -57,6 +57,7 @@ class _Failure:
     body: Any
     headers: dict[str, str]
     times: int
+    after: int  # requests still answered normally before this failure starts
 
 
 @dataclass
@@ -92,14 +93,16 @@ class StandinApi:
         status: int = 500,
         *,
         times: int = 1,
+        after: int = 0,
         body: Any = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """The next ``times`` requests (any API) are answered with ``status``."""
+        """The next ``times`` requests (any API) after ``after`` more that succeed are
+        answered with ``status``."""
         if body is None:
             body = {"ok": False, "error_code": status, "description": f"stand-in failure {status}"}
         with self._lock:
-            self._failures.append(_Failure(status, body, dict(headers or {}), times))
+            self._failures.append(_Failure(status, body, dict(headers or {}), times, after))
 
     def delivered(self, api: str | None = None, chat: str | None = None) -> list[Received]:
         """The requests answered 2xx (the messages the chat got), in order."""
@@ -180,7 +183,9 @@ class StandinApi:
         return status, answer, headers
 
     def _decide(self, api: str, token: str | None, body: Any) -> tuple[int, Any, dict[str, str]]:
-        if self._failures:
+        if self._failures and self._failures[0].after > 0:
+            self._failures[0].after -= 1
+        elif self._failures:
             failure = self._failures[0]
             failure.times -= 1
             if failure.times <= 0:

@@ -205,6 +205,24 @@ async def test_a_telegram_reply_failing_once_is_retried_and_both_are_recorded(
     assert sent.token == TG_TOKEN
 
 
+async def test_a_retry_resumes_at_the_chunk_that_failed(
+    store: InMemoryEventStore, standin: StandinApi, replies: Replies
+) -> None:
+    await add_trigger(store, "tg", "telegram", TG_TOKEN)
+    aggregate, run_id = await add_delivery(store, "tg", "telegram", "3", "42")
+    standin.fail_next(500, after=1)  # the second chunk fails once
+    answer = "one " * 1500  # 6,000 characters: two chunks
+    await end_run(store, run_id, completed(answer))
+
+    records = await settled(store, aggregate)
+    assert [type(r).__name__ for r in records] == ["ReplyFailed", "ReplySent"]
+    assert records[-1] == ReplySent(run_id=run_id, chunks=2)
+    assert [r.status for r in standin.requests()] == [200, 500, 200]
+    got = standin.delivered("telegram")
+    assert "".join(r.text for r in got) == answer
+    assert got[1].text == standin.requests()[1].text  # the failed chunk, sent again
+
+
 async def test_a_4xx_is_final_at_once_and_a_429_is_retried_after_its_delay(
     store: InMemoryEventStore, standin: StandinApi, replies: Replies
 ) -> None:
