@@ -1,5 +1,5 @@
 """The cost service as a process over real NATS and PostgreSQL: every ``run.llm.called``
-priced into ``cost.call.priced`` and the spend read models, exactly once across a kill -9,
+priced into ``cost.calls.priced`` and the spend read models, exactly once across a kill -9,
 and a rebuild of the read models that agrees to the cent."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from chiffon.cost.projections import SpendProjection
 from chiffon.cost.readmodel import cost_calls, cost_runs
 from chiffon.devstack.ports import free_port
 from chiffon.events import Actor, Envelope, new_event
-from chiffon.events.costs import CallPriced, PriceUnknown
+from chiffon.events.costs import CallsPriced, PricedCallItem, PriceUnknown
 from chiffon.events.runs import LlmCalled, RunRequested
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
 from chiffon.projections.plugins import projection_named
@@ -75,11 +75,15 @@ async def append(store: JetStreamEventStore, events: list[Envelope[Any]]) -> Non
 
 
 async def cost_events(store: JetStreamEventStore) -> list[Any]:
-    return [
-        e.payload
-        async for e in store.read_stream("COSTS")
-        if isinstance(e.payload, CallPriced | PriceUnknown)
-    ]
+    """The COSTS stream's priced calls (each batch's items, in order) and warnings."""
+    found: list[Any] = []
+    async for e in store.read_stream("COSTS"):
+        if isinstance(e.payload, CallsPriced):
+            assert e.envelope.aggregate_id == "pricer-cost-1"  # the replica's batches
+            found.extend(e.payload.calls())
+        elif isinstance(e.payload, PriceUnknown):
+            found.append(e.payload)
+    return found
 
 
 async def count_calls(engine: AsyncEngine) -> int:
@@ -150,9 +154,16 @@ async def test_calls_are_priced_exactly_into_the_spend_read_models(
     assert [(u.llm_event_id, u.model) for u in unknown] == [
         (str(mystery.event_id), "openai/no-such-model-x1")
     ]
-    priced = {e.llm_event_id: e for e in events if isinstance(e, CallPriced)}
-    assert priced[str(mini.event_id)].price_map_version == PriceBook.load().version
-    assert priced[str(mini.event_id)].prices.cache_read == Decimal("0.000000075")
+    priced = {e.llm_event_id: e for e in events if isinstance(e, PricedCallItem)}
+    assert len(priced) == len([e for e in events if isinstance(e, PricedCallItem)]) == 4
+    [batch] = [e async for e in store.read_stream("COSTS") if isinstance(e.payload, CallsPriced)]
+    assert batch.payload.price_map_version == PriceBook.load().version
+    mini_prices = batch.payload.prices_of("openai", "openai/gpt-4o-mini")
+    assert (mini_prices.input, mini_prices.cache_read) == (
+        Decimal("0.00000015"),
+        Decimal("0.000000075"),
+    )
+    assert batch.payload.prices_of("openai", "openai/no-such-model-x1").input is None
 
 
 async def _is(engine: AsyncEngine, n: int) -> bool:
@@ -210,8 +221,14 @@ async def test_a_killed_cost_service_prices_every_call_once_and_a_rebuild_agrees
     finally:
         stop_all([second])
 
-    priced = [e for e in await cost_events(store) if isinstance(e, CallPriced)]
-    assert len(priced) == len({e.llm_event_id for e in priced}) == 2000  # once each
+    # Every call in the stream, at one price: a call whose pull was cut short by the kill
+    # may be in two batches (priced again after the ack wait), never at two prices.
+    priced = [e for e in await cost_events(store) if isinstance(e, PricedCallItem)]
+    first = {}
+    for item in priced:
+        assert first.setdefault(item.llm_event_id, item).cost_usd == item.cost_usd
+    assert set(first) == {str(e.event_id) for e in events if isinstance(e.payload, LlmCalled)}
+    # ... and counted once: a row per call, each run's total the sum of its calls.
     totals = await run_totals(engine)
     assert totals == {run: (expected[run], 2000 // len(runs)) for run in runs}
 
@@ -261,13 +278,21 @@ def test_a_bad_price_override_stops_the_cost_service_with_the_reason() -> None:
 
 def test_an_old_run_llm_called_without_cache_counts_is_read_and_priced() -> None:
     # Schema version 1 (before issue 18) had no cached or reasoning counts: upcast to 0.
-    from chiffon.cost.pricing import Call, RunOrigin, price_events, read_work
+    from chiffon.cost.pricing import (
+        Call,
+        RunOrigin,
+        batch_event,
+        calls_priced,
+        priced_call,
+        read_work,
+    )
 
     current = called("run-old", "openai/gpt-4o-mini", prompt_tokens=100, completion_tokens=10)
     stored = json.loads(current.model_dump_json())
     stored["schema_version"] = 1
     for field in ("cached_read_tokens", "cache_write_tokens", "reasoning_tokens", "budget_note"):
         stored["payload"].pop(field)
+    stored["payload"].pop("budget_holds", None)
     kind, call = read_work(json.dumps(stored).encode())
     assert kind == "run.llm.called" and isinstance(call, Call)
     assert (call.event_id, call.run_id, call.occurred_at) == (
@@ -275,9 +300,13 @@ def test_an_old_run_llm_called_without_cache_counts_is_read_and_priced() -> None
         "run-old",
         current.occurred_at,
     )
-    [event] = price_events(PriceBook.load(), call, RunOrigin("wf", None), Actor.service("cost"))
-    assert event.payload.cost_usd == 100 * Decimal("0.00000015") + 10 * Decimal("0.0000006")
-    assert event.payload.cached_read_tokens == 0
+    book = PriceBook.load()
+    row, prices = priced_call(book, call, RunOrigin("wf", None))
+    payload, bad = calls_priced([row], {("openai", "openai/gpt-4o-mini"): prices}, book.version)
+    assert bad == {} and payload is not None
+    [item] = payload.calls()
+    assert item.cost_usd == 100 * Decimal("0.00000015") + 10 * Decimal("0.0000006")
+    assert item.cached_read_tokens == 0
     # The same call priced again is the same event id: JetStream stores it once.
-    [again] = price_events(PriceBook.load(), call, RunOrigin("wf", None), Actor.service("cost"))
-    assert again.event_id == event.event_id
+    event = batch_event(payload, Actor.service("cost"))
+    assert batch_event(payload, Actor.service("cost")).event_id == event.event_id

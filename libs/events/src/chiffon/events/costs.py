@@ -5,8 +5,10 @@ spend report must add up to the cent however many calls it sums.
 
 Two aggregates, both on the COSTS stream:
 
-- ``cost``, one per run (id: the run id): ``cost.call.priced`` for each
-  ``run.llm.called`` of the run, and ``cost.price.unknown`` when no price is known.
+- ``cost``: ``cost.calls.priced``, many calls priced at once (a pricer's pull), on the
+  aggregate ``pricer-<replica>`` of the replica that priced them; ``cost.price.unknown``
+  (one per call no price is known for) on the run's own (id: the run id). Older streams
+  hold ``cost.call.priced``, one per call on the run's aggregate: still read.
 - ``budget``, one per budget (id: ``budget_id(scope, scope_id)``): its limits
   (``budget.set``, ``budget.removed``) and its ledger (``budget.reserved``,
   ``budget.settled``, ``budget.reservation_expired``, ``budget.soft_limit_reached``).
@@ -17,9 +19,9 @@ Two aggregates, both on the COSTS stream:
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from chiffon.events.envelope import EventPayload
 from chiffon.events.limits import (
@@ -67,8 +69,8 @@ class Prices(BaseModel):
 
 
 class CallPriced(EventPayload):
-    """One ``run.llm.called`` priced. Appended with ``Nats-Msg-Id`` =
-    ``priced:<llm event id>``, so a redelivered call is priced once."""
+    """One ``run.llm.called`` priced (until ``CallsPriced``: no longer appended, still
+    read). Appended with ``Nats-Msg-Id`` = ``priced:<llm event id>``."""
 
     event_type = "cost.call.priced"
     aggregate = "cost"
@@ -92,6 +94,127 @@ class CallPriced(EventPayload):
     source: PriceSource
     prices: Prices = Field(default_factory=Prices)
     price_map_version: str = Field(max_length=100, description="e.g. litellm-1.80.0")
+
+
+MAX_PRICED_CALLS = 500
+"""Calls in one ``cost.calls.priced``. A call takes about 400 bytes of JSON, 1.5 KB at
+the longest ids and names this model allows: an event stays under NATS's default 1 MB
+message size (with names outside ASCII, under the 8 MB Chiffon's NATS is configured
+with)."""
+
+
+class PricedCallItem(BaseModel):
+    """One call of a ``CallsPriced``, as a row (``CallsPriced.calls()``): what
+    ``CallPriced`` held but the prices and the price map's version, which are the
+    batch's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    llm_event_id: str
+    run_id: str
+    workflow: str | None
+    key_id: str | None
+    agent_id: str | None
+    node_id: str
+    attempt: int
+    provider: str
+    model: str
+    called_at: AwareDatetime
+    prompt_tokens: int
+    completion_tokens: int
+    cached_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_usd: Usd | None
+    source: PriceSource
+
+
+class ModelPrices(BaseModel):
+    """The per-token prices the batch's calls of one provider and model were priced at
+    (all None for a model whose price is unknown)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str = Field(max_length=MODEL_NAME_MAX_CHARS)
+    model: str = Field(max_length=MODEL_NAME_MAX_CHARS)
+    prices: Prices = Field(default_factory=Prices)
+
+
+Tokens = Annotated[int, Field(ge=0)]
+_T = TypeVar("_T")
+Column = Annotated[list[_T], Field(max_length=MAX_PRICED_CALLS)]
+"""A column of ``CallsPriced``: a value per call."""
+
+
+class CallsPriced(EventPayload):
+    """Calls priced together (one pull of the pricer), as a table: one column per field of
+    a priced call, the i-th call in the i-th place of every column (``calls()`` gives them
+    as rows); once per provider and model the prices its calls were priced at
+    (``models``), and the price map's version.
+
+    A call may be in two of these (priced again after a crash); the spend read models
+    count it once, by ``llm_event_id``. The event id is derived from the calls' ids, so
+    the same pull priced again is the same message and JetStream stores it once.
+
+    Columns, not a list of call objects, and the prices per model, not per call: with a
+    model per call (and its prices in each) a call took 410 bytes and, per call, 6.7 us
+    to validate, 2.7 us to serialise and 7.7 us to read back; as columns 184 bytes and
+    0.6, 1.2 and 1.2 us (pydantic-core loops over a column without a Python object per
+    call), and the spend projection sends the columns to PostgreSQL as they are."""
+
+    event_type = "cost.calls.priced"
+    aggregate = "cost"
+
+    llm_event_id: Column[Annotated[str, Field(max_length=64)]]
+    run_id: Column[Annotated[str, Field(max_length=128)]]
+    workflow: Column[Annotated[str, Field(max_length=WORKFLOW_NAME_MAX_CHARS)] | None]
+    key_id: Column[Annotated[str, Field(max_length=200)] | None]
+    agent_id: Column[Annotated[str, Field(max_length=128)] | None]
+    node_id: Column[Annotated[str, Field(max_length=NODE_ID_MAX_CHARS)]]
+    attempt: Column[Annotated[int, Field(ge=1)]]
+    provider: Column[Annotated[str, Field(max_length=MODEL_NAME_MAX_CHARS)]]
+    model: Column[Annotated[str, Field(max_length=MODEL_NAME_MAX_CHARS)]]
+    called_at: Column[AwareDatetime]
+    prompt_tokens: Column[Tokens]
+    completion_tokens: Column[Tokens]
+    cached_read_tokens: Column[Tokens]
+    cache_write_tokens: Column[Tokens]
+    reasoning_tokens: Column[Tokens]
+    cost_usd: Column[Usd | None]  # None: the price is unknown
+    source: Column[PriceSource]
+    models: list[ModelPrices] = Field(max_length=MAX_PRICED_CALLS)
+    price_map_version: str = Field(max_length=100, description="e.g. litellm-1.80.0")
+
+    @model_validator(mode="after")
+    def _one_row_per_call(self) -> CallsPriced:
+        lengths = {len(getattr(self, name)) for name in CALL_COLUMNS}
+        if len(lengths) != 1:
+            raise ValueError("every column holds one value per call")
+        if not lengths.pop():
+            raise ValueError("at least one call")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.llm_event_id)
+
+    def calls(self) -> list[PricedCallItem]:
+        """The calls, as rows."""
+        columns = [getattr(self, name) for name in CALL_COLUMNS]
+        return [
+            PricedCallItem.model_construct(**dict(zip(CALL_COLUMNS, row, strict=True)))
+            for row in zip(*columns, strict=True)
+        ]
+
+    def prices_of(self, provider: str, model: str) -> Prices:
+        """The prices the batch's calls of ``provider`` and ``model`` were priced at."""
+        for entry in self.models:
+            if (entry.provider, entry.model) == (provider, model):
+                return entry.prices
+        return Prices()
+
+
+CALL_COLUMNS: tuple[str, ...] = tuple(PricedCallItem.model_fields)
+"""The columns of ``CallsPriced``, in a ``cost_calls`` row's order."""
 
 
 class PriceUnknown(EventPayload):
@@ -194,6 +317,7 @@ class SoftLimitReached(EventPayload):
 
 COST_EVENTS: tuple[type[EventPayload], ...] = (
     CallPriced,
+    CallsPriced,
     PriceUnknown,
     BudgetSet,
     BudgetRemoved,

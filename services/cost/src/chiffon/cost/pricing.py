@@ -1,15 +1,20 @@
-"""The pricer: every ``run.llm.called`` priced into a ``cost.call.priced`` event.
+"""The pricer: every ``run.llm.called`` priced, a pull's calls into ``cost.calls.priced``.
 
 A durable consumer of the RUNS stream shared by every cost replica (each call goes to
 one of them) takes ``run.requested`` (to learn a run's workflow and API key) and
-``run.llm.called``. A pull's calls are priced with the ``PriceBook`` and appended
-together (``append_many``: one pipelined round of publishes), then acknowledged: a crash
-before the ack delivers them again, a crash after it has nothing left to do.
+``run.llm.called``. A pull's calls are priced with the ``PriceBook``, validated together
+(one call into pydantic-core) and appended as one ``cost.calls.priced`` per
+``MAX_PRICED_CALLS`` calls, on the replica's ``pricer-<actor id>`` cost aggregate (plus
+a ``cost.price.unknown`` per call no price is known for, on the run's aggregate); then
+each item is acknowledged (a publish each, no round trip: never AckAll, which would
+acknowledge another replica's items of the shared consumer too). A crash before the acks
+delivers them again, a crash after them has nothing left to do.
 
-Priced exactly once: each priced event's id (and so its ``Nats-Msg-Id``) is derived from
-the call's event id (``uuid5("priced:<llm event id>")``), so a redelivered call appended
-again within JetStream's duplicate window stores nothing; past it, the spend projection
-keeps the first row per ``llm_event_id``.
+Counted exactly once: a batch event's id (and so its ``Nats-Msg-Id``) is derived from
+its calls' event ids, so the same pull priced again stores nothing within JetStream's
+duplicate window. A redelivered call priced in another batch (after a crash, pulls are
+cut differently) is stored twice in the stream; the spend projection keeps the first row
+per ``llm_event_id`` and adds to a run's totals only the rows it inserted.
 
 A run's workflow and key are remembered from its ``run.requested`` in an LRU; a call
 whose run is not there (the request was priced before a restart, or by another replica)
@@ -22,17 +27,25 @@ import asyncio
 import contextlib
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import orjson
+from pydantic import ValidationError
 
 from chiffon.core.logging import get_logger
 from chiffon.events import CATALOG, Actor, Envelope, EventValidationError
-from chiffon.events.costs import CallPriced, Prices, PriceUnknown
+from chiffon.events.costs import (
+    CALL_COLUMNS,
+    MAX_PRICED_CALLS,
+    CallsPriced,
+    ModelPrices,
+    Prices,
+    PriceUnknown,
+)
 from chiffon.events.runs import LlmCalled, RunRequested
 from chiffon.eventstore import ANY, AggregateKey, EventStore, EventStoreError
 from chiffon.eventstore.port import WorkConsumer, WorkIntake, WorkItem
@@ -63,6 +76,10 @@ def priced_event_id(llm_event_id: str, kind: str = "priced") -> UUID:
     reads them again per call, a third of the pricer's CPU per call."""
     digest = hashlib.sha1(_IDS_BYTES + f"{kind}:{llm_event_id}".encode(), usedforsecurity=False)
     return UUID(bytes=digest.digest()[:16], version=5)
+
+
+def _sequence(item: WorkItem) -> int:
+    return item.sequence
 
 
 def origin_of(event: Envelope[Any]) -> RunOrigin:
@@ -115,84 +132,131 @@ def read_work(data: bytes) -> tuple[str, Call | RunOrigin | None]:
     return kind, None
 
 
-def price_events(
-    book: PriceBook, call: Call, origin: RunOrigin, actor: Actor
-) -> list[Envelope[Any]]:
-    """The events pricing one call: ``cost.call.priced``, and ``cost.price.unknown``
-    when neither the map nor an override prices its model. ``ValueError`` when the call
-    cannot be held by a cost event (pydantic's validation)."""
+Row = tuple[Any, ...]
+"""A priced call, its values in ``CALL_COLUMNS`` order (not validated yet)."""
+
+
+def priced_call(book: PriceBook, call: Call, origin: RunOrigin) -> tuple[Row, Prices]:
+    """A call priced: its row of a ``CallsPriced`` (validated with the rest of its batch,
+    in one call into pydantic-core), and the prices of its model."""
     p = call.payload
     provider, model = p["provider"], p["model"]
-    tokens = {
-        "prompt_tokens": p.get("prompt_tokens", 0),
-        "completion_tokens": p.get("completion_tokens", 0),
-        "cached_read_tokens": p.get("cached_read_tokens", 0),
-        "cache_write_tokens": p.get("cache_write_tokens", 0),
-        "reasoning_tokens": p.get("reasoning_tokens", 0),
-    }
-    priced = book.price_call(provider, model, **tokens)
-    prices = priced.prices
-    payload = CallPriced(
-        llm_event_id=call.event_id,
-        run_id=call.run_id,
-        workflow=origin.workflow,
-        key_id=origin.key_id,
-        node_id=p["node_id"],
-        attempt=p["attempt"],
-        provider=provider,
-        model=model,
-        called_at=call.occurred_at,
-        cost_usd=priced.cost_usd,
-        source=priced.source,
-        prices=_prices(prices),
-        price_map_version=book.version,
-        **tokens,
+    prompt = p.get("prompt_tokens", 0)
+    completion = p.get("completion_tokens", 0)
+    cached = p.get("cached_read_tokens", 0)
+    written = p.get("cache_write_tokens", 0)
+    reasoning = p.get("reasoning_tokens", 0)
+    priced = book.price_call(
+        provider,
+        model,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_read_tokens=cached,
+        cache_write_tokens=written,
+        reasoning_tokens=reasoning,
     )
-    events: list[Envelope[Any]] = [_event(payload, call, actor, "priced")]
-    if priced.cost_usd is None:
-        unknown = PriceUnknown(
-            llm_event_id=call.event_id,
-            provider=provider,
-            model=model,
-            price_map_version=book.version,
-        )
-        events.append(_event(unknown, call, actor, "unknown"))
-    return events
+    row = (
+        call.event_id,
+        call.run_id,
+        origin.workflow,
+        origin.key_id,
+        None,  # agent_id: run.llm.called does not say which agent ran the node
+        p["node_id"],
+        p["attempt"],
+        provider,
+        model,
+        call.occurred_at,
+        prompt,
+        completion,
+        cached,
+        written,
+        reasoning,
+        priced.cost_usd,
+        priced.source,
+    )
+    return row, _prices(priced.prices)
 
 
-_PRICES: dict[int, Prices] = {}
+def calls_priced(
+    rows: Sequence[Row], prices: Mapping[tuple[str, str], Prices], version: str
+) -> tuple[CallsPriced | None, dict[int, str]]:
+    """``rows`` (``MAX_PRICED_CALLS`` at most) validated into one ``CallsPriced``, and per
+    row a cost event cannot hold (a name past its limit), its index and the first
+    reason: those are left out (None: no row is left)."""
+    bad: dict[int, str] = {}
+    while True:
+        kept = [row for index, row in enumerate(rows) if index not in bad]
+        if not kept:
+            return None, bad
+        positions = [index for index in range(len(rows)) if index not in bad]
+        models = sorted({(row[_PROVIDER], row[_MODEL]) for row in kept})
+        columns = map(list, zip(*kept, strict=True))  # the rows, transposed
+        document: dict[str, Any] = dict(zip(CALL_COLUMNS, columns, strict=True))
+        document["models"] = [
+            ModelPrices(provider=provider, model=model, prices=prices[provider, model])
+            for provider, model in models
+        ]
+        document["price_map_version"] = version
+        try:
+            return CallsPriced.model_validate(document), bad
+        except ValidationError as error:
+            found = len(bad)
+            for problem in error.errors(include_url=False):
+                location = problem["loc"]
+                if len(location) >= 2 and isinstance(location[1], int):
+                    index = positions[location[1]]
+                    bad.setdefault(index, f"{location[0]}: {problem['msg']}")
+            if len(bad) == found:  # not one call's fault (a model's prices, say): all
+                reason = str(error).splitlines()[0]
+                return None, {index: reason for index in range(len(rows))}
 
 
-def _prices(price: ModelPrice | None) -> Prices:
-    """The event's copy of a model's prices (one per model, shared: it is frozen)."""
-    if price is None:
-        return Prices()
-    found = _PRICES.get(id(price))
-    if found is None:
-        found = _PRICES[id(price)] = Prices(
-            input=price.input,
-            output=price.output,
-            cache_read=price.cache_read,
-            cache_write=price.cache_write,
-            reasoning=price.reasoning,
-        )
-    return found
+_PROVIDER = CALL_COLUMNS.index("provider")
+_MODEL = CALL_COLUMNS.index("model")
+_COST = CALL_COLUMNS.index("cost_usd")
 
 
-_ENVELOPES: dict[type[Any], Any] = {}
+def batch_aggregate(actor: Actor) -> AggregateKey:
+    """The ``cost`` aggregate a replica's batches go to: ``pricer-<its actor id>``. Appended
+    with ANY version (nothing is decided from it), it only names who priced them."""
+    return AggregateKey("cost", f"pricer-{actor.id}")
 
 
-def _event(payload: Any, call: Call, actor: Actor, kind: str) -> Envelope[Any]:
-    """The envelope; its payload, validated, is taken as it is (pydantic does not
-    validate a model instance again)."""
-    envelope_type: Any = _ENVELOPES.get(type(payload))
-    if envelope_type is None:
-        envelope_type = _ENVELOPES[type(payload)] = Envelope[type(payload)]  # type: ignore[misc]
-    event: Envelope[Any] = envelope_type(
-        event_id=priced_event_id(call.event_id, kind),
-        type=payload.event_type,
-        schema_version=payload.schema_version,
-        aggregate=payload.aggregate,
+def batch_event_id(llm_event_ids: Sequence[str]) -> UUID:
+    """The id of the batch event pricing these calls, whatever their order: the same
+    pull priced again (a crash before its acks) is the same message, stored once."""
+    return priced_event_id("\n".join(sorted(llm_event_ids)), "batch")
+
+
+def batch_event(payload: CallsPriced, actor: Actor) -> Envelope[CallsPriced]:
+    """The envelope of a ``cost.calls.priced`` (its payload validated already, and not
+    again: pydantic takes a model instance as it is)."""
+    key = batch_aggregate(actor)
+    return Envelope[CallsPriced](
+        event_id=batch_event_id(payload.llm_event_id),
+        type=CallsPriced.event_type,
+        schema_version=CallsPriced.schema_version,
+        aggregate=key.aggregate,
+        aggregate_id=key.aggregate_id,
+        occurred_at=datetime.now(UTC),
+        actor=actor,
+        payload=payload,
+    )
+
+
+def unknown_event(call: Call, version: str, actor: Actor) -> Envelope[PriceUnknown]:
+    """The warning for a call no price is known for (rare: one event per call)."""
+    payload = PriceUnknown(
+        llm_event_id=call.event_id,
+        provider=call.payload["provider"],
+        model=call.payload["model"],
+        price_map_version=version,
+    )
+    return Envelope[PriceUnknown](
+        event_id=priced_event_id(call.event_id, "unknown"),
+        type=PriceUnknown.event_type,
+        schema_version=PriceUnknown.schema_version,
+        aggregate=PriceUnknown.aggregate,
         aggregate_id=call.run_id,
         occurred_at=datetime.now(UTC),
         correlation_id=call.correlation_id,
@@ -201,7 +265,32 @@ def _event(payload: Any, call: Call, actor: Actor, kind: str) -> Envelope[Any]:
         trace=call.trace,
         payload=payload,
     )
-    return event
+
+
+_PRICES: dict[int, tuple[ModelPrice, Prices]] = {}
+
+
+def _prices(price: ModelPrice | None) -> Prices:
+    """The event's copy of a model's prices (one per model, shared: it is frozen). Keyed
+    by the price's id, with the price kept so that the id cannot be another's."""
+    if price is None:
+        return _NO_PRICES
+    found = _PRICES.get(id(price))
+    if found is None or found[0] is not price:
+        found = _PRICES[id(price)] = (
+            price,
+            Prices(
+                input=price.input,
+                output=price.output,
+                cache_read=price.cache_read,
+                cache_write=price.cache_write,
+                reasoning=price.reasoning,
+            ),
+        )
+    return found[1]
+
+
+_NO_PRICES = Prices()
 
 
 class Pricer:
@@ -313,7 +402,7 @@ class Pricer:
         """Price one pull's items and settle each (ack, nak for a retry, term if poison)."""
         calls: list[tuple[WorkItem, Call]] = []
         done: list[WorkItem] = []
-        for item in items:
+        for item in sorted(items, key=_sequence):
             try:
                 kind, read = read_work(item.data)
             except (EventValidationError, ValueError, KeyError, TypeError) as error:
@@ -337,42 +426,68 @@ class Pricer:
             for item in done:
                 await item.ack()
             return
-        batch: list[tuple[AggregateKey, Envelope[Any], Any]] = []
-        owners: list[int] = []  # per batch entry: the index in ``calls``
-        for index, (item, call) in enumerate(calls):
+        rows: list[Row] = []
+        prices: dict[tuple[str, str], Prices] = {}
+        pricing: list[tuple[WorkItem, Call]] = []
+        for item, call in calls:
             try:
-                events = price_events(self.book, call, origins[call.run_id], self.actor)
-            except (ValueError, KeyError, TypeError) as error:  # not a call a cost event holds
-                log.error(
-                    "cost.unpriceable_call",
-                    sequence=item.sequence,
-                    llm_event_id=call.event_id,
-                    error=str(error).splitlines()[0],
-                )
-                await item.term()
+                row, model_prices = priced_call(self.book, call, origins[call.run_id])
+            except (ValueError, KeyError, TypeError, ArithmeticError) as error:
+                await self._unpriceable(item, call, str(error))
                 continue
-            key = AggregateKey("cost", call.run_id)
-            for event in events:
-                batch.append((key, event, ANY))
-                owners.append(index)
+            rows.append(row)
+            prices[row[_PROVIDER], row[_MODEL]] = model_prices
+            pricing.append((item, call))
+        version = self.book.version
+        events: list[Envelope[Any]] = []
+        owners: list[list[int]] = []  # per event: the indices in ``pricing`` of its calls
+        held: list[int] = []  # the calls in a batch event
+        for start in range(0, len(rows), MAX_PRICED_CALLS):
+            payload, bad = calls_priced(rows[start : start + MAX_PRICED_CALLS], prices, version)
+            for index in sorted(bad):
+                await self._unpriceable(*pricing[start + index], bad[index])
+            if payload is None:
+                continue
+            events.append(batch_event(payload, self.actor))
+            owned = [start + i for i in range(min(MAX_PRICED_CALLS, len(rows) - start))]
+            owned = [index for index in owned if index - start not in bad]
+            owners.append(owned)
+            held += owned
+            for index in owned:
+                if rows[index][_COST] is None:
+                    events.append(unknown_event(pricing[index][1], version, self.actor))
+                    owners.append([index])
         failed: set[int] = set()
-        if batch:
+        if events:
+            batch = [(AggregateKey(e.aggregate, e.aggregate_id), e, ANY) for e in events]
             try:
                 results = await self.store.append_many(batch)
             except EventStoreError as error:
-                log.warning("cost.append_failed", calls=len(calls), error=str(error))
+                log.warning("cost.append_failed", calls=len(held), error=str(error))
                 results = [error] * len(batch)
-            for owner, result in zip(owners, results, strict=True):
+            for owned, result in zip(owners, results, strict=True):
                 if isinstance(result, EventStoreError):
-                    failed.add(owner)
-        for index, (item, _call) in enumerate(calls):
+                    failed.update(owned)
+        for index in held:
+            item = pricing[index][0]
             if index in failed:
                 await item.nak(delay=1.0)
             else:
                 done.append(item)
-        self.priced += len(calls) - len(failed)
+        self.priced += len(held) - len(failed)
         for item in done:
             await item.ack()
+
+    async def _unpriceable(self, item: WorkItem, call: Call, reason: str) -> None:
+        """A call no cost event can hold (a field past its limit): never priced, and
+        said so; the rest of its pull is."""
+        log.error(
+            "cost.unpriceable_call",
+            sequence=item.sequence,
+            llm_event_id=call.event_id,
+            error=reason.splitlines()[0] if reason else reason,
+        )
+        await item.term()
 
     def _remember(self, run_id: str, origin: RunOrigin) -> None:
         self._origins[run_id] = origin
