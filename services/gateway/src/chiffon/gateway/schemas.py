@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     model_validator,
 )
 
@@ -22,13 +23,24 @@ from chiffon.events.keys import ApiKeyRole
 from chiffon.events.limits import (
     COMMENT_MAX_CHARS,
     KEY_NAME_MAX_CHARS,
+    NODE_ID_PATTERN,
     REASON_MAX_CHARS,
+    VARIABLE_NAME_MAX_CHARS,
     WORKFLOW_NAME_MAX_CHARS,
     WORKFLOW_NAME_PATTERN,
     WORKFLOW_VERSION_MAX,
 )
 from chiffon.events.runs import RunStatus
 from chiffon.events.storable import find_unstorable
+from chiffon.events.triggers import (
+    CRON_MAX_CHARS,
+    INPUT_MAPPING_MAX_CHARS,
+    MAX_SECRETS,
+    TRIGGER_NAME_MAX_CHARS,
+    TRIGGER_NAME_PATTERN,
+    OverlapPolicy,
+    Scheme,
+)
 from chiffon.readmodels.views import ApprovalPublic, RunPublic, RunSummary, WorkflowSummary
 
 # The vocabulary is the events' own: a status or role added there is accepted here.
@@ -348,3 +360,273 @@ class BudgetRemovedPublic(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     removed: bool
+
+
+# -- triggers and schedules --------------------------------------------------------------
+
+SECRET_MAX_CHARS = 500
+"""A webhook secret (``whsec_...``), WhatsApp app secret or Telegram secret token."""
+TOKEN_MAX_CHARS = 1000
+"""A WhatsApp verify token, a reply's API token (the command's own bound)."""
+
+
+def no_control_characters_in(value: str) -> str:
+    """Any text a person types that ends up in a table, a log line or a header: control
+    characters (Cc) and lone surrogates (Cs) refused, naming the first one's position
+    (never the value: it may be a secret)."""
+    for index, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(
+                f"must not hold control characters (U+{ord(char):04X} at character {index + 1})"
+            )
+    return value
+
+
+def _secret_text(secret: SecretStr) -> SecretStr:
+    no_control_characters_in(secret.get_secret_value())
+    return secret
+
+
+TriggerName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=TRIGGER_NAME_MAX_CHARS,
+        pattern=TRIGGER_NAME_PATTERN,
+        description="A slug: lower-case letters, digits, - and _ (it is the hook's URL part)",
+    ),
+]
+WorkflowName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=WORKFLOW_NAME_MAX_CHARS,
+        pattern=WORKFLOW_NAME_PATTERN,
+        description="A registered workflow's name",
+    ),
+]
+WorkflowVersion = Annotated[
+    int | None, Field(default=None, ge=1, le=WORKFLOW_VERSION_MAX, strict=True)
+]
+VariableName = Annotated[
+    str,
+    Field(min_length=1, max_length=VARIABLE_NAME_MAX_CHARS, pattern=NODE_ID_PATTERN),
+]
+NO_CONTROL = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+"""What ``no_control_characters_in`` lets through, for the OpenAPI schema (clients and
+the fuzzer see the rule the check enforces)."""
+_NO_CONTROL_SCHEMA: Any = {"pattern": NO_CONTROL}
+
+Secret = Annotated[
+    SecretStr,
+    Field(min_length=1, max_length=SECRET_MAX_CHARS, json_schema_extra=_NO_CONTROL_SCHEMA),
+    AfterValidator(_secret_text),
+]
+Token = Annotated[
+    SecretStr,
+    Field(min_length=1, max_length=TOKEN_MAX_CHARS, json_schema_extra=_NO_CONTROL_SCHEMA),
+    AfterValidator(_secret_text),
+]
+InputSource = Annotated[
+    str,
+    Field(min_length=1, max_length=INPUT_MAPPING_MAX_CHARS, json_schema_extra=_NO_CONTROL_SCHEMA),
+    AfterValidator(no_control_characters_in),
+]
+ZoneName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$",
+        description="An IANA time zone name",
+    ),
+]
+
+
+class TriggerReplyIn(_In):
+    output: VariableName = Field(description="The run output (state key) sent back to the chat")
+    token: Token | None = Field(
+        default=None,
+        description="The API token replies are sent with (Telegram bot token, WhatsApp "
+        "access token). Write-only: stored encrypted, never returned.",
+    )
+
+
+class TriggerCreate(_In):
+    name: TriggerName
+    workflow: WorkflowName
+    version: WorkflowVersion = Field(default=None, description="Default: the latest at delivery")
+    scheme: Scheme = Field(description="How deliveries are verified")
+    secret: Secret | None = Field(
+        default=None,
+        description="The secret deliveries are verified with. Write-only: stored "
+        "encrypted, never returned. Without one the trigger is off.",
+    )
+    secrets: list[Secret] | None = Field(
+        default=None,
+        max_length=MAX_SECRETS,
+        description="Several active secrets (rotation), newest first; instead of secret",
+    )
+    verify_token: Token | None = Field(
+        default=None, description="WhatsApp's GET verification token (write-only)"
+    )
+    inputs: dict[VariableName, InputSource] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="Run input name → a JSON pointer into the body (/issue/title), "
+        "header:<name>, delivery:id or delivery:received_at",
+    )
+    reply: TriggerReplyIn | None = Field(
+        default=None, description="WhatsApp and Telegram: send this output back to the chat"
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_give_secrets(self) -> TriggerCreate:
+        if self.secret is not None and self.secrets is not None:
+            raise ValueError("give secret or secrets, not both")
+        return self
+
+    def secret_values(self) -> list[str]:
+        given = [self.secret] if self.secret is not None else list(self.secrets or [])
+        return [s.get_secret_value() for s in given]
+
+
+class TriggerSecretsPut(_In):
+    secrets: list[Secret] = Field(
+        min_length=1,
+        max_length=MAX_SECRETS,
+        description="The trigger's secrets from now on, newest first (write-only)",
+    )
+
+
+class TriggerDisable(_In):
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+
+
+class TriggerReplay(_In):
+    from_: Annotated[AwareDatetime | None, BeforeValidator(date_time_text)] = Field(
+        default=None, alias="from", description="Deliveries received at or after (RFC 3339)"
+    )
+    to: Annotated[AwareDatetime | None, BeforeValidator(date_time_text)] = Field(
+        default=None, description="Deliveries received before (RFC 3339)"
+    )
+    workflow: WorkflowName | None = Field(default=None, description="Default: the trigger's")
+    version: WorkflowVersion = Field(default=None, description="Default: the latest")
+
+    @model_validator(mode="after")
+    def _from_before_to(self) -> TriggerReplay:
+        if self.from_ is not None and self.to is not None and self.from_ >= self.to:
+            raise ValueError("from must be before to")
+        if self.version is not None and self.workflow is None:
+            raise ValueError("a version needs its workflow")
+        return self
+
+
+class TriggerReplyPublic(BaseModel):
+    output: str
+
+
+class TriggerPublic(BaseModel):
+    """A trigger as the API shows it: never a secret or token, only how many are set."""
+
+    name: str
+    workflow: str
+    version: int | None = None
+    scheme: str
+    enabled: bool
+    secrets: int = Field(default=0, description="How many secrets are active (0: off)")
+    inputs: dict[str, str] = Field(default_factory=dict)
+    reply: TriggerReplyPublic | None = None
+    hook_path: str
+    hook_url: str = Field(description="Where the sender posts its deliveries")
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    deliveries: int = 0
+    last_delivery_at: datetime | None = None
+
+
+class DeliveryPublic(BaseModel):
+    delivery: str = Field(description="The delivery's id in Chiffon")
+    delivery_id: str = Field(description="The sender's delivery id")
+    received_at: datetime
+    run_id: str | None = None
+    status: str | None = None
+
+
+class TriggerDetailPublic(TriggerPublic):
+    recent_deliveries: list[DeliveryPublic] = Field(
+        default_factory=list, description="Newest first, at most 20"
+    )
+
+
+class TriggersPublic(BaseModel):
+    triggers: list[TriggerPublic]
+
+
+class ReplayedRun(BaseModel):
+    delivery: str
+    run_id: str
+
+
+class ReplayPublic(BaseModel):
+    trigger: str
+    replayed: int
+    runs: list[ReplayedRun]
+
+
+class ScheduleCreate(_In):
+    name: TriggerName
+    workflow: WorkflowName
+    version: WorkflowVersion = Field(default=None, description="Default: the latest at each tick")
+    cron: Annotated[
+        str,
+        Field(min_length=1, max_length=CRON_MAX_CHARS, json_schema_extra=_NO_CONTROL_SCHEMA),
+        AfterValidator(no_control_characters_in),
+    ] = Field(description='Five fields, "*/15 9-17 * * MON-FRI"')
+    timezone: ZoneName = "UTC"
+    inputs: dict[VariableName, Any] = Field(default_factory=dict, max_length=100)
+    jitter_seconds: int = Field(default=0, ge=0, le=3600, strict=True)
+    overlap: OverlapPolicy = Field(
+        default="skip",
+        description="While the previous run goes on: skip, buffer_one, allow_all or cancel_other",
+    )
+    catchup_window_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=7 * 86400,
+        strict=True,
+        description="Ticks missed within it still fire",
+    )
+
+
+class SchedulePause(_In):
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+
+
+class SchedulePublic(BaseModel):
+    name: str
+    workflow: str
+    version: int | None = None
+    cron: str
+    timezone: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    jitter_seconds: int = 0
+    overlap: str = "skip"
+    catchup_window_seconds: int = 60
+    paused: bool = False
+    next_fire_times: list[datetime] = Field(
+        default_factory=list, description="The next 5 (none when paused)"
+    )
+    last_fired_at: datetime | None = None
+    last_run_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class SchedulesPublic(BaseModel):
+    schedules: list[SchedulePublic]
+
+
+class ScheduleDeletedPublic(BaseModel):
+    deleted: bool
+    name: str

@@ -52,6 +52,11 @@ class GatewaySettings(ChiffonSettings):
     # None: Secure in production, not in development (plain http on localhost).
     cookie_secure: bool | None = None
     session_max_age_seconds: int = Field(default=12 * 3600, ge=60)
+    # Where senders reach the trigger service (a trigger's hook_url is this and
+    # /hooks/<name>): its public address behind a proxy; the dev stack passes its own.
+    trigger_public_url: str = Field(
+        default="http://127.0.0.1:8403", pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+    )
 
     @model_validator(mode="after")
     def _refuse_a_prefix_burst_one_address_can_spend(self) -> GatewaySettings:
@@ -82,6 +87,9 @@ class GatewaySettings(ChiffonSettings):
                 "characters in production"
             )
         return self
+
+    def hook_url(self, hook_path: str) -> str:
+        return self.trigger_public_url.rstrip("/") + hook_path
 
     @property
     def secure_cookies(self) -> bool:

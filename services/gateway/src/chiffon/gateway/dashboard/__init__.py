@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from chiffon.commands import ApproveNode, CancelRun, StartRun
 from chiffon.commands.model import ListBudgets
+from chiffon.commands.triggers import ListSchedules, ListTriggers
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import CATALOG
 from chiffon.events.keys import API_KEY_ROLES, ApiKeyRole
@@ -72,6 +73,7 @@ from chiffon.gateway.runtime import (
 )
 from chiffon.gateway.schemas import has_nul, no_control_characters
 from chiffon.gateway.throttle import AuthThrottle, client_address
+from chiffon.gateway.triggers import trigger_parts
 from chiffon.readmodels.queries import (
     get_run,
     get_workflow,
@@ -173,6 +175,7 @@ templates.env.filters["ms"] = lambda v: (
 )
 templates.env.filters["when"] = lambda v: "–" if v is None else v.strftime("%Y-%m-%d %H:%M:%S")
 templates.env.filters["urlq"] = lambda v: quote(str(v), safe="")
+templates.env.filters["trigger_parts"] = trigger_parts
 
 
 # -- login ----------------------------------------------------------------------------
@@ -575,6 +578,42 @@ async def costs_page(request: Request, gw: GatewayDep, principal: Session) -> Re
         since=start.date(),
         chart_width=CHART_WIDTH,
         chart_height=CHART_HEIGHT,
+    )
+
+
+@router.get("/triggers")
+async def triggers_page(request: Request, gw: GatewayDep, principal: Session) -> Response:
+    """Webhook triggers (scheme, workflow, enabled, deliveries, the last one, the hook's
+    URL) and cron schedules (cron, zone, next fire, paused, last run). A part the trigger
+    service cannot answer now says so; the rest still shows."""
+    notices: list[str] = []
+    triggers: list[dict[str, Any]] | None = None
+    schedules: list[dict[str, Any]] | None = None
+    trace = current_traceparent()
+    found = await asyncio.gather(
+        gw.send(ListTriggers(actor=principal.actor, trace=trace)),
+        gw.send(ListSchedules(actor=principal.actor, trace=trace)),
+        return_exceptions=True,
+    )
+    for what, answer in zip(("Triggers", "Schedules"), found, strict=True):
+        if isinstance(answer, Unavailable):
+            notices.append(f"{what} are not available: {answer.detail}")
+        elif isinstance(answer, BaseException):
+            raise answer
+        elif what == "Triggers":
+            triggers = [
+                {**t, "hook_url": gw.settings.hook_url(str(t.get("hook_path") or ""))}
+                for t in answer.get("triggers") or []
+            ]
+        else:
+            schedules = list(answer.get("schedules") or [])
+    return render(
+        request,
+        "triggers.html",
+        principal,
+        triggers=triggers,
+        schedules=schedules,
+        notices=notices,
     )
 
 

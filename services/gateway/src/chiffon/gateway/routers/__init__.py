@@ -1,6 +1,16 @@
 """One router per resource, collected in ``API_ROUTERS``."""
 
-from chiffon.gateway.routers import agents, budgets, costs, events, keys, runs, workflows
+from chiffon.gateway.routers import (
+    agents,
+    budgets,
+    costs,
+    events,
+    keys,
+    runs,
+    schedules,
+    triggers,
+    workflows,
+)
 
 API_ROUTERS = (
     workflows.router,
@@ -10,6 +20,8 @@ API_ROUTERS = (
     agents.router,
     costs.router,
     budgets.router,
+    triggers.router,
+    schedules.router,
 )
 
 __all__ = ["API_ROUTERS"]
