@@ -19,6 +19,8 @@ from chiffon.cli import (
     migrate_cmd,
     projections_cmd,
     runs_cmd,
+    schedules_cmd,
+    triggers_cmd,
     workflow_cmd,
 )
 
@@ -41,6 +43,8 @@ app.command("run")(runs_cmd.run)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(agents_cmd.app, name="agents")
 app.add_typer(cost_cmd.app, name="cost")
+app.add_typer(triggers_cmd.app, name="triggers")
+app.add_typer(schedules_cmd.app, name="schedules")
 app.add_typer(__import__("chiffon.cli.agent_cmd", fromlist=["app"]).app, name="agent")
 keys_cmd.register(app)  # `keys`, `runs logs`, and --gateway-url / --api-key
 
