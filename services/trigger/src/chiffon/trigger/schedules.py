@@ -105,8 +105,10 @@ class Schedules:
         settings: TriggerSettings,
         *,
         clock: Clock = utc_now,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self._store = store
+        self._start_timeout = start_timeout
         self._bus = bus
         self._actor = actor
         self._clock = clock
@@ -334,7 +336,7 @@ class Schedules:
         delay = 0.1
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                result = await self._bus.send(command, timeout=START_TIMEOUT)
+                result = await self._bus.send(command, timeout=self._start_timeout)
             except CommandRefused as refused:
                 if refused.refusal.code != "unavailable":
                     return refused.refusal
@@ -361,7 +363,7 @@ class Schedules:
                     run_id=run_id,
                     reason=f"schedule {schedule}: overlap cancel_other",
                 ),
-                timeout=START_TIMEOUT,
+                timeout=self._start_timeout,
             )
         except (CommandRefused, CommandUnavailable) as error:
             # Ended meanwhile, or the executor is away: the new tick starts all the same.
