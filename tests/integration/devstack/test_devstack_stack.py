@@ -137,7 +137,12 @@ def test_up_starts_every_service_healthy(
     services = [e for e in entries if e["name"] not in ("nats", "postgres")]
     assert {e["name"] for e in services} == SERVICES | {"executor"}
     assert sorted(e["replica"] for e in services if e["name"] == "executor") == [0, 1]
-    assert all(set(e) == {"name", "replica", "pid", "healthy", "url"} for e in entries)
+    fields = {"name", "replica", "pid", "healthy", "url"}
+    assert all(set(e) == fields for e in entries if e["name"] != "trigger")
+    # The trigger service's entry also says where webhooks are posted.
+    (trigger,) = [e for e in entries if e["name"] == "trigger"]
+    assert set(trigger) == fields | {"hooks_url"}
+    assert trigger["hooks_url"] == trigger["url"].rstrip("/") + "/hooks/"
     # `up` waited for every /readyz; a status check on a busy machine may still time out
     # once, so health is polled (with a deadline) rather than sampled once.
     if not all(e["healthy"] for e in entries):

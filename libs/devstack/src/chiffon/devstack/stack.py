@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -243,7 +244,13 @@ def _spawn_missing(
         "CHIFFON_NAMESPACE": state.namespace,
     }
     own: dict[str, dict[str, str]] = {
-        "gateway": {"CHIFFON_BOOTSTRAP_ADMIN_KEY": admin},
+        "gateway": {
+            "CHIFFON_BOOTSTRAP_ADMIN_KEY": admin,
+            # A trigger's hook_url: the trigger service here, unless a public address
+            # (a proxy in front of it) was given.
+            "CHIFFON_TRIGGER_PUBLIC_URL": os.environ.get("CHIFFON_TRIGGER_PUBLIC_URL")
+            or f"http://127.0.0.1:{settings.service_port('trigger')}",
+        },
         "registry": {"CHIFFON_BOOTSTRAP_AGENT_CREDENTIAL": keys.credential()},
         "executor": {"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys.signing_key)},
         "agent": _agent_env(settings, keys),
@@ -456,15 +463,19 @@ class Entry:
     pid: int | None
     healthy: bool
     url: str
+    hooks_url: str | None = None  # the trigger service's: where webhooks are posted
 
     def to_json(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "name": self.name,
             "replica": self.replica,
             "pid": self.pid,
             "healthy": self.healthy,
             "url": self.url,
         }
+        if self.hooks_url is not None:
+            found["hooks_url"] = self.hooks_url
+        return found
 
 
 def _reachable(url: str) -> bool:
@@ -497,5 +508,6 @@ def status(settings: StackSettings) -> list[Entry]:
         )
         entries.append(Entry("postgres", 0, pg.pid, ok, pg.url))
     for record, ok in zip(state.services, supervisor.check_all(state.services), strict=True):
-        entries.append(Entry(record.name, record.replica, record.pid, ok, record.url))
+        hooks = f"{record.url.rstrip('/')}/hooks/" if record.name == "trigger" else None
+        entries.append(Entry(record.name, record.replica, record.pid, ok, record.url, hooks))
     return entries
