@@ -86,6 +86,7 @@ RUN_ACTOR = Actor.service("trigger")
 """Who starts a schedule's runs: the same on every replica, so a tick's run id is too."""
 START_ATTEMPTS = 4  # per tick and round when the executor does not answer; then next round
 START_TIMEOUT = 5.0
+RUNS_REMEMBERED = 1000  # runs whose state the ticker keeps before forgetting replaced ones
 RECORD_ATTEMPTS = 5  # recording a started run against schedule changes landing meanwhile
 _NAME = re.compile(TRIGGER_NAME_PATTERN)
 
@@ -310,6 +311,8 @@ class Schedules:
         where the last look stopped; an ended run is remembered."""
         if run_id is None or run_id in self._ended:
             return False
+        if len(self._run_versions) + len(self._ended) > RUNS_REMEMBERED:
+            self._forget_runs()
         seen = self._run_versions.get(run_id, 0)
         events, version = await self._store.read_aggregate(AggregateKey("run", run_id), after=seen)
         self._run_versions[run_id] = version
@@ -318,6 +321,13 @@ class Schedules:
             self._run_versions.pop(run_id, None)
             return False
         return version > 0
+
+    def _forget_runs(self) -> None:
+        """Keep only the runs a schedule still looks at (its last one): the others were
+        replaced (cancelled, ended) and are never asked about again."""
+        current = {state.last_run_id for state in self.schedules.values()}
+        self._run_versions = {r: v for r, v in self._run_versions.items() if r in current}
+        self._ended &= current
 
     async def _start_run(
         self, state: ScheduleState, scheduled_at: datetime
