@@ -23,6 +23,7 @@ from chiffon.commands.triggers import (
 )
 from chiffon.events import CATALOG, Actor, EventPayload, new_event
 from chiffon.events.runs import RunCancelled, RunCompleted, RunRequested
+from chiffon.events.triggers import ScheduleTickSkipped
 from chiffon.eventstore import ANY, AggregateKey, InMemoryEventStore, Subscription
 from chiffon.trigger.schedules import Schedules
 from chiffon.trigger.settings import TriggerSettings
@@ -341,3 +342,34 @@ async def test_overlap_skip_buffer_and_cancel(world: World) -> None:
     await rounds(world)
     assert (await world.outcomes("s"))[-1] == ("fired", 4, False)
     assert (await world.outcomes("b"))[-1] == ("buffered", 4, None)
+
+
+async def test_a_started_run_is_recorded_even_when_the_schedule_changed_meanwhile(
+    world: World,
+) -> None:
+    await create(world, overlap="allow_all")
+    world.clock.at(1.1)
+
+    async def paused_meanwhile() -> None:
+        await world.bus.send(PauseSchedule(actor=ADMIN, schedule="every"))
+
+    world.executor.during_start = paused_meanwhile
+    await world.replicas[0].round()
+    assert await world.outcomes("every") == [("fired", 1, False)]
+    await world.bus.send(ResumeSchedule(actor=ADMIN, schedule="every"))
+    world.clock.at(2.1)
+
+    async def skipped_by_another() -> None:  # as a replica deciding just before it ended
+        state = await world.replicas[1]._load("every")
+        skip = ScheduleTickSkipped(
+            scheduled_at=datetime(2026, 3, 2, 9, 0, 2, tzinfo=UTC), reason="overlap"
+        )
+        event = new_event(skip, aggregate_id="every", actor=ADMIN)
+        await world.store.append(AggregateKey("schedule", "every"), [event], state.version)
+
+    world.executor.during_start = skipped_by_another
+    await world.replicas[0].round()
+    assert (await world.outcomes("every"))[1:] == [("overlap", 2, None), ("fired", 2, False)]
+    assert world.replicas[0].schedules["every"].last_run_id == run_id_for(
+        "service", "trigger", "tick:every:2026-03-02T09:00:02Z"
+    )

@@ -60,6 +60,7 @@ MAX_TICKS_PER_ROUND = 100
 """Ticks one round decides at most (an every-second schedule down for a day has 86,400
 in its window): the rest are decided by the next rounds."""
 NEXT_FIRE_TIMES = 5
+RECENT_FIRED = 64
 MAX_JITTER_SECONDS = 3600
 MAX_CATCHUP_WINDOW_SECONDS = 7 * 86400
 _NAME = re.compile(TRIGGER_NAME_PATTERN)
@@ -117,6 +118,8 @@ class ScheduleState:
     last_run_id: str | None = None
     buffered: datetime | None = None
     """``buffer_one``: the tick held until the running run ends (at most one)."""
+    recent_fired: tuple[datetime, ...] = ()
+    """The newest fired ticks (at most ``RECENT_FIRED``): was this tick's run recorded?"""
 
     @property
     def active(self) -> bool:
@@ -163,6 +166,7 @@ def evolve(state: ScheduleState, envelope: Envelope[Any], sequence: int) -> Sche
             last_scheduled_at=payload.scheduled_at,
             last_run_id=payload.run_id,
             buffered=None if state.buffered == payload.scheduled_at else state.buffered,
+            recent_fired=(*state.recent_fired, payload.scheduled_at)[-RECENT_FIRED:],
         )
     if isinstance(payload, ScheduleTickSkipped):
         return replace(

@@ -391,8 +391,7 @@ class Schedules:
 
     async def _launch(self, state: ScheduleState, scheduled_at: datetime, catch_up: bool) -> bool:
         """Start the tick's run and record it fired (or refused). A run that started is
-        recorded even when the schedule changed meanwhile (paused, say), unless another
-        replica recorded the tick first."""
+        always recorded fired (once: unless another replica recorded it fired first)."""
         buffered = state.buffered == scheduled_at
         outcome = await self._start_run(state, scheduled_at)
         if outcome is None:
@@ -417,10 +416,17 @@ class Schedules:
                     )
                 return True
             state = self.schedules[state.name]
-            if buffered and state.buffered != scheduled_at:
-                return False  # recorded by another replica (or the buffer was dropped)
-            if not buffered and state.last_tick is not None and state.last_tick >= scheduled_at:
-                return False  # recorded by another replica
+            if scheduled_at in state.recent_fired:
+                return False  # another replica started the same run and recorded it
+            if isinstance(outcome, Refusal) and (
+                state.buffered != scheduled_at
+                if buffered
+                else state.last_tick is not None and state.last_tick >= scheduled_at
+            ):
+                return False  # nothing started; what another replica recorded stands
+            # Not recorded fired: the run this replica started is recorded all the same
+            # (the schedule was paused meanwhile, or, in a race with the previous run
+            # ending, another replica recorded the tick skipped), so overlap sees it.
         return False
 
     async def _fire(self, state: ScheduleState, tick: Tick) -> bool:
