@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path
-from pydantic import ConfigDict
 
 from chiffon.commands.triggers import (
     CreateTrigger,
@@ -55,14 +54,6 @@ Name = Annotated[
         description="The trigger's name",
     ),
 ]
-
-
-class _ReplayOnTheWire(ReplayDeliveries):
-    """``ReplayDeliveries`` as the bus sends it: its ``from_`` field under its alias
-    ``from``, the only name the command model accepts when it reads the command (dumped
-    by field name it was refused as malformed, "from_: Extra inputs are not permitted")."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True)
 
 
 def public(settings: GatewaySettings, answer: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +200,7 @@ async def replay(
     against the same version again starts nothing new."""
     wanted = body or TriggerReplay()
     result = await gw.send(
-        _ReplayOnTheWire.model_validate(
+        ReplayDeliveries.model_validate(
             {
                 "actor": principal.actor,
                 "trace": current_traceparent(),
