@@ -16,6 +16,7 @@ from chiffon.cli.cost_cmd import render
 from chiffon.cli.schedules_cmd import parse_inputs, schedules_table
 from chiffon.cli.triggers_cmd import (
     describe,
+    instant,
     parse_mapping,
     parse_target,
     secret_from,
@@ -96,6 +97,12 @@ def test_input_mappings_and_targets() -> None:
     for bad in ("triage@", "triage@x", "triage@0"):
         with pytest.raises(typer.Exit):
             parse_target(bad)
+
+
+def test_replay_bounds_take_a_date_as_its_start_in_utc() -> None:
+    assert instant("2026-12-01") == "2026-12-01T00:00:00Z"
+    assert instant(" 2026-12-01T08:00:00+01:00 ") == "2026-12-01T08:00:00+01:00"
+    assert instant(None) is None
 
 
 def test_schedule_inputs_are_json_when_they_are_json() -> None:

@@ -140,6 +140,17 @@ def parse_target(value: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
+def instant(value: str | None) -> str | None:
+    """``--from`` / ``--to``: an RFC 3339 date-time as given, or a date (``2026-12-01``)
+    as that day's start in UTC."""
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        return f"{text}T00:00:00Z"
+    return text
+
+
 def secret_from(env_var: str | None, stdin: bool, *, what: str = "secret") -> str | None:
     """The secret from the named environment variable or from standard input (its first
     line), never from the command line."""
@@ -348,9 +359,12 @@ def replay(
     from_: str | None = typer.Option(
         None,
         "--from",
-        help="Deliveries received at or after (RFC 3339, e.g. 2026-12-01T00:00:00Z).",
+        help="Deliveries received at or after: RFC 3339 (2026-12-01T08:00:00Z) or a date "
+        "(its start, UTC).",
     ),
-    to: str | None = typer.Option(None, "--to", help="Deliveries received before (RFC 3339)."),
+    to: str | None = typer.Option(
+        None, "--to", help="Deliveries received before: RFC 3339 or a date (its start, UTC)."
+    ),
     workflow: str | None = typer.Option(
         None, "--workflow", metavar="NAME[@VERSION]", help="Run them against this workflow."
     ),
@@ -358,7 +372,7 @@ def replay(
 ) -> None:
     """Start a new run for every stored delivery in [from, to) (operator). The same
     range against the same version again starts nothing new."""
-    body: dict[str, Any] = {"from": from_, "to": to}
+    body: dict[str, Any] = {"from": instant(from_), "to": instant(to)}
     if workflow:
         body["workflow"], body["version"] = parse_target(workflow)
     answer = call("POST", f"/v1/triggers/{segment(name)}/replay", json=body)
