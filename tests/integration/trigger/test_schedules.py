@@ -329,7 +329,6 @@ async def test_catch_up_after_every_replica_was_down(stack: Stack) -> None:
 
     await eventually(lambda: fired(2), timeout=15, message="2 ticks before the outage")
     stop_all(list(stack.triggers.values()))
-    stopped = datetime.now(UTC)
     last = max(ticks_of(await schedule_events(stack.store, "catch-up")))
     # The outage under test: with a replica's start-up, longer than the 4 s window.
     await asyncio.sleep(4)
@@ -350,7 +349,6 @@ async def test_catch_up_after_every_replica_was_down(stack: Stack) -> None:
     first = by_tick[after[0]][0]
     assert (first.type, first.payload.reason) == ("schedule.tick_skipped", "outside_catchup_window")
     assert f"after {last.strftime('%Y-%m-%dT%H:%M:%SZ')}" in first.payload.detail
-    assert after[0] > stopped
     # From it on every second is recorded: caught up (late), then on time, all fired.
     assert [int((t - after[0]).total_seconds()) for t in after] == list(range(len(after)))
     rest = [by_tick[t][0] for t in after[1:]]
