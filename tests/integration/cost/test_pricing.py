@@ -224,10 +224,10 @@ async def test_a_killed_cost_service_prices_every_call_once_and_a_rebuild_agrees
     # Every call in the stream, at one price: a call whose pull was cut short by the kill
     # may be in two batches (priced again after the ack wait), never at two prices.
     priced = [e for e in await cost_events(store) if isinstance(e, PricedCallItem)]
-    first = {}
+    seen: dict[str, PricedCallItem] = {}
     for item in priced:
-        assert first.setdefault(item.llm_event_id, item).cost_usd == item.cost_usd
-    assert set(first) == {str(e.event_id) for e in events if isinstance(e.payload, LlmCalled)}
+        assert seen.setdefault(item.llm_event_id, item).cost_usd == item.cost_usd
+    assert set(seen) == {str(e.event_id) for e in events if isinstance(e.payload, LlmCalled)}
     # ... and counted once: a row per call, each run's total the sum of its calls.
     totals = await run_totals(engine)
     assert totals == {run: (expected[run], 2000 // len(runs)) for run in runs}
@@ -258,6 +258,50 @@ async def run_totals(engine: AsyncEngine) -> dict[str, tuple[Decimal, int]]:
         }
     assert {r.run_id: r.cost_usd for r in rows} == calls  # runs agree with their calls
     return {r.run_id: (r.cost_usd, r.calls) for r in rows}
+
+
+async def test_a_call_in_two_batches_and_an_old_event_is_counted_once(
+    store: JetStreamEventStore, engine: AsyncEngine
+) -> None:
+    # A call priced again after a crash is in another batch (the pulls are cut
+    # differently); streams from before the batches hold cost.call.priced per call.
+    from chiffon.cost.pricing import RunOrigin, batch_event, calls_priced, priced_call, read_work
+    from chiffon.events.costs import CallPriced
+
+    book = PriceBook.load()
+    cost_1, cost_2 = Actor.service("cost", 1), Actor.service("cost", 2)
+    llm = [called("run-d", "openai/gpt-4o-mini", prompt_tokens=100 * (n + 1)) for n in range(4)]
+    rows, prices = [], {}
+    for event in llm:
+        _, call = read_work(event.model_dump_json().encode())
+        assert call is not None and not isinstance(call, RunOrigin)
+        row, prices["openai", "openai/gpt-4o-mini"] = priced_call(book, call, RunOrigin("wf", "k"))
+        rows.append(row)
+    first, _ = calls_priced(rows[:3], prices, book.version)
+    again, _ = calls_priced(rows[2:], prices, book.version)  # the third call once more
+    assert first is not None and again is not None
+    [third] = [c for c in first.calls() if c.llm_event_id == str(llm[2].event_id)]
+    old = CallPriced.model_validate(third.model_dump() | {"price_map_version": book.version})
+    batches = [batch_event(first, cost_1), batch_event(again, cost_2)]
+    for event in batches:
+        await store.append(AggregateKey("cost", event.aggregate_id), [event])
+    await store.append(
+        AggregateKey("cost", "run-d"), [new_event(old, aggregate_id="run-d", actor=cost_1)]
+    )
+
+    runner = ProjectionRunner(store, engine, SpendProjection())
+    await runner.catch_up()  # the three events in one batch: one COPY, one statement
+    costs = [c.cost_usd for c in [*first.calls(), *again.calls()[1:]]]
+    expected = sum((cost for cost in costs if cost is not None), Decimal(0))
+    assert len(costs) == 4 and expected > 0
+    assert await count_calls(engine) == 4
+    assert await run_totals(engine) == {"run-d": (expected, 4)}
+    async with engine.connect() as conn:
+        days = (await conn.execute(select(cost_calls.c.day, cost_calls.c.month))).all()
+    at = llm[0].occurred_at  # UTC
+    assert set(days) == {(at.date(), at.strftime("%Y-%m"))}
+    await runner.rebuild(workers=1)
+    assert await run_totals(engine) == {"run-d": (expected, 4)}
 
 
 def test_a_bad_price_override_stops_the_cost_service_with_the_reason() -> None:

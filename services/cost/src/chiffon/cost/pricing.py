@@ -42,7 +42,6 @@ from chiffon.events.costs import (
     CALL_COLUMNS,
     MAX_PRICED_CALLS,
     CallsPriced,
-    ModelPrices,
     Prices,
     PriceUnknown,
 )
@@ -90,9 +89,12 @@ def origin_of(event: Envelope[Any]) -> RunOrigin:
     return RunOrigin(workflow, key_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
-    """What pricing needs of a ``run.llm.called``: its envelope's ids and its payload."""
+    """What pricing needs of a ``run.llm.called``: its envelope's ids and its payload.
+
+    Not frozen, and made with positional arguments: a frozen dataclass made with
+    keywords took 3.0 us per call here, this one 0.4."""
 
     event_id: str
     run_id: str
@@ -118,12 +120,12 @@ def read_work(data: bytes) -> tuple[str, Call | RunOrigin | None]:
             raw = orjson.loads(envelope.model_dump_json())
         at = datetime.fromisoformat(raw["occurred_at"])
         return kind, Call(
-            event_id=raw["event_id"],
-            run_id=raw["aggregate_id"],
-            occurred_at=at if at.tzinfo else at.replace(tzinfo=UTC),
-            correlation_id=raw.get("correlation_id"),
-            trace=raw.get("trace"),
-            payload=raw["payload"],
+            raw["event_id"],
+            raw["aggregate_id"],
+            at if at.tzinfo else at.replace(tzinfo=UTC),
+            raw.get("correlation_id"),
+            raw.get("trace"),
+            raw["payload"],
         )
     if kind == RunRequested.event_type:
         actor = raw["actor"]
@@ -192,8 +194,8 @@ def calls_priced(
         models = sorted({(row[_PROVIDER], row[_MODEL]) for row in kept})
         columns = map(list, zip(*kept, strict=True))  # the rows, transposed
         document: dict[str, Any] = dict(zip(CALL_COLUMNS, columns, strict=True))
-        document["models"] = [
-            ModelPrices(provider=provider, model=model, prices=prices[provider, model])
+        document["models"] = [  # validated with the columns: a bad name is its rows' fault
+            {"provider": provider, "model": model, "prices": prices[provider, model]}
             for provider, model in models
         ]
         document["price_map_version"] = version
@@ -203,7 +205,11 @@ def calls_priced(
             found = len(bad)
             for problem in error.errors(include_url=False):
                 location = problem["loc"]
-                if len(location) >= 2 and isinstance(location[1], int):
+                if (
+                    len(location) > 1
+                    and location[0] in CALL_COLUMNS
+                    and isinstance(location[1], int)
+                ):
                     index = positions[location[1]]
                     bad.setdefault(index, f"{location[0]}: {problem['msg']}")
             if len(bad) == found:  # not one call's fault (a model's prices, say): all
