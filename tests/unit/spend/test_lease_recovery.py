@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from chiffon.commands.model import SetBudget
-from chiffon.cost.budget_domain import Recovered, decide_due, is_lease, price_held_calls
+from chiffon.cost.budget_domain import Recovered, decide_due, price_held_calls
 from chiffon.cost.budget_service import BudgetService
 from chiffon.events import CATALOG, Actor, EventPayload, new_event
 from chiffon.events.costs import (
@@ -23,7 +23,7 @@ from chiffon.events.costs import (
 )
 from chiffon.events.runs import LlmCalled
 from chiffon.eventstore import AggregateKey, InMemoryEventStore
-from chiffon.spend.budgets import BudgetState
+from chiffon.spend.budgets import LEASE_RECOVERY_SECONDS, BudgetState, is_lease
 from chiffon.spend.prices import PriceBook
 
 D = Decimal
@@ -100,7 +100,7 @@ def test_a_lease_settled_after_it_expired_counts_in_its_own_period() -> None:
     lease = reservation(LEASE, "0.50", evening, ttl=120, period="2026-12-07")
     ledger.add(BudgetReserved(reservations=[lease]), evening)
     expiry = lease.expires_at  # 00:00 in Berlin: the 8th
-    assert ledger.state.reserved(expiry) == 0 and ledger.state.expired_unsettled(expiry)
+    assert ledger.state.expired_unsettled(expiry) == [lease]
     ledger.add(ReservationExpired(reservation_ids=[LEASE]), expiry)
     later = expiry + timedelta(seconds=3)
     ledger.add(BudgetSettled(settlements=[Settlement(reservation_id=LEASE, actual_usd=D("0.2"))]),
@@ -111,6 +111,39 @@ def test_a_lease_settled_after_it_expired_counts_in_its_own_period() -> None:
     assert ledger.state.remaining(later) == D("1")
     assert ledger.state.expired_unsettled(later) == []
     assert ledger.state.reserved_at(LEASE) == evening and ledger.state.reserved_at("x") is None
+
+
+def test_a_lost_lease_holds_its_amount_past_its_expiry_until_it_is_recovered() -> None:
+    ledger = Ledger()
+    now = at("2026-12-07T10:00:00+00:00")
+    lease = reservation(LEASE, "0.50", now, 60, "2026-12-07")
+    plain = reservation("run-1:draft:1:0", "0.10", now, 60, "2026-12-07")
+    ledger.add(BudgetReserved(reservations=[lease, plain]), now)
+    expiry = lease.expires_at
+    # The call's reservation stops counting at its expiry; the lease, whose calls are
+    # not counted yet, holds until the cost service settles it (or at most a while).
+    assert ledger.state.reserved(expiry) == D("0.50")
+    assert ledger.state.remaining(expiry) == D("0.50")
+    assert {r.id for r in ledger.state.expired_unsettled(expiry)} == {LEASE, plain.id}
+    window = timedelta(seconds=LEASE_RECOVERY_SECONDS)
+    assert ledger.state.reserved(expiry + window - timedelta(microseconds=1)) == D("0.50")
+    assert ledger.state.reserved(expiry + window) == 0  # no cost service came: released
+    recovered = expiry + timedelta(seconds=1)
+    ledger.add(BudgetSettled(settlements=[Settlement(reservation_id=LEASE, actual_usd=D("0.2"))]),
+               recovered)  # fmt: skip
+    ledger.add(ReservationExpired(reservation_ids=[LEASE, plain.id]), recovered)
+    assert (ledger.state.reserved(recovered), ledger.state.spent(recovered)) == (D(0), D("0.2"))
+    assert ledger.state.remaining(recovered) == D("0.8")
+
+
+def test_a_lost_lease_whose_expiry_is_recorded_without_calls_is_released() -> None:
+    ledger = Ledger()
+    now = at("2026-12-07T10:00:00+00:00")
+    lease = reservation(LEASE, "0.50", now, 60, "2026-12-07")
+    ledger.add(BudgetReserved(reservations=[lease]), now)
+    ledger.add(ReservationExpired(reservation_ids=[LEASE]), lease.expires_at)
+    assert ledger.state.reserved(lease.expires_at) == 0
+    assert ledger.state.remaining(lease.expires_at) == D("1")
 
 
 # -- the decision ------------------------------------------------------------------------------

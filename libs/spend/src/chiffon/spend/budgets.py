@@ -34,6 +34,13 @@ from chiffon.events.costs import (
 
 ZERO = Decimal(0)
 
+LEASE_PREFIX = "lease:"  # an executor replica's lease: lease:<replica>:<hex>
+# An unsettled lease past its expiry (its replica died) still holds its amount until the
+# cost service settles it from the calls drawn from it (or records its expiry), for at
+# most this long: the calls it paid for are never free meanwhile, and a cost service that
+# is down does not hold the budget for ever.
+LEASE_RECOVERY_SECONDS = 30.0
+
 LIFETIME_KEY = "all"
 _DAY_KEY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MONTH_KEY = re.compile(r"^\d{4}-\d{2}$")
@@ -109,6 +116,11 @@ def period_of(period: BudgetPeriod, tz: str, at: datetime) -> PeriodBounds:
 # -- the ledger -----------------------------------------------------------------------------
 
 
+def is_lease(reservation_id: str) -> bool:
+    """A replica's lease, rather than one call's reservation."""
+    return reservation_id.startswith(LEASE_PREFIX)
+
+
 @dataclass
 class _Entry:
     """A reservation as the ledger keeps it."""
@@ -117,6 +129,19 @@ class _Entry:
     reserved_at: datetime
     settled_usd: Decimal | None = None  # None: not settled
     expiry_recorded: bool = False
+
+    def holds(self, at: datetime) -> bool:
+        """Does it (unsettled) still hold its amount at ``at``? Until its expiry; a lease
+        past it, until its expiry is recorded (with its settlement from its calls), at
+        most ``LEASE_RECOVERY_SECONDS`` more."""
+        expires = self.reservation.expires_at
+        if at < expires:
+            return True
+        return (
+            is_lease(self.reservation.id)
+            and not self.expiry_recorded
+            and at < expires + timedelta(seconds=LEASE_RECOVERY_SECONDS)
+        )
 
 
 @dataclass
@@ -246,12 +271,13 @@ class BudgetState:
         return total
 
     def live_reservations(self, at: datetime) -> list[Reservation]:
-        """Unsettled reservations not yet expired at ``at``, of the period containing it."""
+        """Unsettled reservations not yet expired at ``at`` (a lost lease: not yet
+        recovered, see ``_Entry.holds``), of the period containing it."""
         bounds = self.bounds(at)
         return [
             entry.reservation
             for entry in self._open.values()
-            if at < entry.reservation.expires_at
+            if entry.holds(at)
             and self._counts_in(entry.reservation.period, entry.reserved_at, bounds)
         ]
 

@@ -42,7 +42,6 @@ _SCOPE_ID_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "run": (re.compile(r"^[A-Za-z0-9_-]{1,124}$"), "a run id"),
 }
 EXPIRED_BATCH = 1000  # ReservationExpired holds at most this many ids
-LEASE_PREFIX = "lease:"  # the executor's leases: lease:<replica>:<hex>
 
 
 class BudgetInvalid(Exception):
@@ -166,11 +165,6 @@ def decide_remove(state: BudgetState) -> list[EventPayload]:
     if not state.active:
         raise BudgetNotFound(state.budget_id)
     return [BudgetRemoved()]
-
-
-def is_lease(reservation_id: str) -> bool:
-    """A replica's lease (``lease:<replica>:<hex>``), rather than one call's reservation."""
-    return reservation_id.startswith(LEASE_PREFIX)
 
 
 @dataclass(frozen=True)

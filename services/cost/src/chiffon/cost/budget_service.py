@@ -29,7 +29,6 @@ from chiffon.cost.budget_domain import (
     decide_due,
     decide_remove,
     decide_set,
-    is_lease,
     price_held_calls,
     validate_scope,
     validate_set,
@@ -48,7 +47,7 @@ from chiffon.eventstore import (
     StoredMessage,
     retry_on_conflict,
 )
-from chiffon.spend.budgets import BudgetState
+from chiffon.spend.budgets import BudgetState, is_lease
 from chiffon.spend.prices import PriceBook
 
 log = get_logger(__name__)

@@ -38,7 +38,7 @@ from chiffon.executor.budgets.directory import BudgetDirectory
 from chiffon.executor.budgets.reserver import Reserver
 from chiffon.executor.domain import RunState
 from chiffon.executor.models import ModelReply
-from chiffon.spend.budgets import BudgetState
+from chiffon.spend.budgets import LEASE_PREFIX, BudgetState
 from chiffon.spend.prices import PriceBook, count_prompt_tokens, is_local
 
 log = get_logger(__name__)
@@ -318,7 +318,7 @@ class BudgetGate:
                 expires = min(expires, bounds.end)
             if expires < now + timedelta(seconds=hold):
                 return  # the period ends before a call could: no lease now
-            lease_id = f"lease:{self.reserver.actor.id}:{uuid.uuid4().hex[:16]}"
+            lease_id = f"{LEASE_PREFIX}{self.reserver.actor.id}:{uuid.uuid4().hex[:16]}"
             reservation = Reservation(
                 id=lease_id,
                 amount_usd=size,
