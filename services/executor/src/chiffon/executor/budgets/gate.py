@@ -18,7 +18,9 @@ one by one within ``LEASE_IDLE_SECONDS``), and its successor once it is half use
 call draws only when the lease outlives it (a longer call is reserved on its own), and a lease never outlives its period, so every
 call counts in the period it started in. Near the limit (a slice smaller than
 ``MIN_LEASE_CALLS`` worst cases) no lease is taken: each call is reserved on its own,
-exactly. A replica that dies leaves its lease to expire like any reservation.
+exactly. A replica that dies leaves its lease unsettled: once it expires, the cost
+service settles it from the calls that record it in their ``run.llm.called``
+(``budget_holds``, filled from ``Hold.ids``), and until then it holds its amount.
 """
 
 from __future__ import annotations
