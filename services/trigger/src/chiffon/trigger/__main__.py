@@ -64,6 +64,13 @@ async def serve(ctx: ServiceContext) -> None:
 
 
 def main() -> None:
+    # uvloop as the gateway has it: the delivery path is HTTP and NATS round trips.
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover — uvloop is optional (not on Windows)
+        pass
     run_service("trigger", TriggerSettings(), serve, app=create_app())
 
 
