@@ -259,3 +259,32 @@ async def test_two_cost_replicas_settle_a_dead_replicas_lease_once_from_its_call
         assert service.budgets["global"].spent(clock[0]) == D("0.0063")
         assert service.budgets["global"].remaining(clock[0]) == D("0.9937")
     assert [await s.sweep() for s in services] == [0, 0]
+
+
+async def test_a_call_reservation_in_two_budgets_is_settled_in_both_from_its_one_call() -> None:
+    store = InMemoryEventStore(CATALOG, namespace="unit")
+    now = datetime.now(UTC)
+    clock = [now]
+    service = BudgetService(store, ACTOR, clock=lambda: clock[0], prices=PRICES)
+    for scope, scope_id in (("global", "global"), ("workflow", "triage")):
+        await service.set_budget(
+            SetBudget(
+                actor=ACTOR, scope=scope, scope_id=scope_id, period="lifetime", hard_usd=D("1")
+            )
+        )
+    plain = reservation("run-1:draft:1:0", "0.10", now, 5, "all")
+    for budget in ("global", "workflow_triage"):
+        reserved = new_event(
+            BudgetReserved(reservations=[plain]), aggregate_id=budget, actor=EXECUTOR
+        )
+        await store.append(AggregateKey("budget", budget), [reserved])
+    call = new_event(called((plain.id,)), aggregate_id="run-1", actor=EXECUTOR)
+    await store.append(AggregateKey("run", "run-1"), [call])
+    await service.start()
+
+    clock[0] = now + timedelta(seconds=5)
+    assert await service.sweep() == 2  # one append per budget
+    for budget in ("global", "workflow_triage"):
+        state = await service._load(budget)
+        assert state.spent(clock[0]) == D("0.0020")  # 10 x 0.0001 + 5 x 0.0002
+        assert state.reserved(clock[0]) == 0 and state.expired_unsettled(clock[0]) == []

@@ -273,15 +273,15 @@ class BudgetService:
         When the look-up fails, its expiry waits for a later sweep."""
         landed = 0
         now = self._clock()
-        expired = [
-            (reservation, self.budgets[budget].reserved_at(reservation.id) or now)
+        expired = {  # by id: a call's reservation has the same id in every budget
+            reservation.id: (reservation, self.budgets[budget].reserved_at(reservation.id) or now)
             for budget in sorted(self.budgets)
             for reservation in self.budgets[budget].expired_unsettled(now)
-        ]
+        }
         recovered: dict[str, Recovered | None] = {}
         if expired:
             try:
-                recovered = await self._recover(expired)
+                recovered = await self._recover(list(expired.values()))
             except EventStoreError as error:
                 log.warning("budget.recovery_failed", error=str(error))
         for budget in sorted(self.budgets):
