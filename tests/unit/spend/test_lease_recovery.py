@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from chiffon.commands.model import SetBudget
 from chiffon.cost.budget_domain import Recovered, decide_due, price_held_calls
@@ -22,7 +23,7 @@ from chiffon.events.costs import (
     Settlement,
 )
 from chiffon.events.runs import LlmCalled
-from chiffon.eventstore import AggregateKey, InMemoryEventStore
+from chiffon.eventstore import AggregateKey, ConcurrencyConflict, InMemoryEventStore
 from chiffon.spend.budgets import LEASE_RECOVERY_SECONDS, BudgetState, is_lease
 from chiffon.spend.prices import PriceBook
 
@@ -288,3 +289,44 @@ async def test_a_call_reservation_in_two_budgets_is_settled_in_both_from_its_one
         state = await service._load(budget)
         assert state.spent(clock[0]) == D("0.0020")  # 10 x 0.0001 + 5 x 0.0002
         assert state.reserved(clock[0]) == 0 and state.expired_unsettled(clock[0]) == []
+
+
+async def test_a_lease_is_looked_up_once_while_its_records_conflict() -> None:
+    store = InMemoryEventStore(CATALOG, namespace="unit")
+    now = datetime.now(UTC)
+    clock = [now]
+    service = BudgetService(store, ACTOR, clock=lambda: clock[0], prices=PRICES)
+    await service.set_budget(
+        SetBudget(
+            actor=ACTOR, scope="global", scope_id="global", period="lifetime", hard_usd=D("1")
+        )
+    )
+    lease = reservation(LEASE, "0.50", now, 5, "all")
+    key = AggregateKey("budget", "global")
+    await store.append(key, [new_event(BudgetReserved(reservations=[lease]), aggregate_id="global",
+                                       actor=EXECUTOR)])  # fmt: skip
+    await store.append(AggregateKey("run", "run-a"),
+                       [new_event(called((LEASE,)), aggregate_id="run-a", actor=EXECUTOR)])  # fmt: skip
+    await service.start()
+    reads = 0
+    sequence_at, append = store.sequence_at, store.append
+    busy = [True]
+
+    async def counting(context: str, at: datetime) -> int:
+        nonlocal reads
+        reads += 1
+        return await sequence_at(context, at)
+
+    async def conflicting(key: AggregateKey, events: Any, expected: Any = None, **kw: Any) -> Any:
+        if busy[0] and key.aggregate == "budget":  # executors reserving meanwhile
+            raise ConcurrencyConflict("budget", key.aggregate_id, expected, expected)
+        return await append(key, events, expected, **kw)
+
+    store.sequence_at = counting  # type: ignore[method-assign]
+    store.append = conflicting  # type: ignore[method-assign,assignment]
+    clock[0] = now + timedelta(seconds=6)
+    assert await service.sweep() == 0 and reads == 1
+    busy[0] = False
+    assert await service.sweep() == 1 and reads == 1  # the calls found before
+    state = await service._load("global")
+    assert state.spent(clock[0]) == D("0.0020") and state.expired_unsettled(clock[0]) == []

@@ -34,7 +34,7 @@ from chiffon.cost.budget_domain import (
     validate_set,
 )
 from chiffon.events import Actor, EventPayload, new_event
-from chiffon.events.costs import Reservation, budget_id
+from chiffon.events.costs import BudgetSettled, Reservation, budget_id
 from chiffon.events.envelope import AGGREGATE_ID_PATTERN
 from chiffon.events.runs import LlmCalled
 from chiffon.eventstore import (
@@ -91,6 +91,7 @@ class BudgetService:
         self._poll = poll
         self._prices = prices  # loaded when first needed (a lease to settle)
         self._margin = margin
+        self._recovered: dict[str, Recovered | None] = {}  # expired reservations looked up
         self.budgets: dict[str, BudgetState] = {}
         self.caught_up = asyncio.Event()
         self._changed = asyncio.Event()
@@ -278,12 +279,16 @@ class BudgetService:
             for budget in sorted(self.budgets)
             for reservation in self.budgets[budget].expired_unsettled(now)
         }
-        recovered: dict[str, Recovered | None] = {}
-        if expired:
+        # Looked up once each (a dead replica records no more calls): kept while its
+        # records have not landed (a busy budget's appends may conflict a few sweeps).
+        recovered = {i: r for i, r in self._recovered.items() if i in expired}
+        missing = [held for i, held in expired.items() if i not in recovered]
+        if missing:
             try:
-                recovered = await self._recover(list(expired.values()))
+                recovered.update(await self._recover(missing))
             except EventStoreError as error:
                 log.warning("budget.recovery_failed", error=str(error))
+        self._recovered = recovered
         for budget in sorted(self.budgets):
             for _ in range(SWEEP_ATTEMPTS):
                 state = self.budgets[budget]
@@ -299,8 +304,29 @@ class BudgetService:
                     log.warning("budget.watch_failed", budget=budget, error=str(error))
                 else:
                     landed += 1
+                    self._log_settled(budget, due, recovered)
                 break
         return landed
+
+    @staticmethod
+    def _log_settled(
+        budget: str, due: Sequence[EventPayload], recovered: dict[str, Recovered | None]
+    ) -> None:
+        """One warning per reservation this replica settled for its dead holder."""
+        for payload in due:
+            if not isinstance(payload, BudgetSettled):
+                continue
+            for settlement in payload.settlements:
+                found = recovered.get(settlement.reservation_id)
+                log.warning(
+                    "budget.settled_for_its_holder",
+                    budget=budget,
+                    reservation_id=settlement.reservation_id,
+                    calls=found.calls if found is not None else 0,
+                    actual_usd=str(settlement.actual_usd),
+                    reason=(found.reason if found is not None else None)
+                    or "its holder never settled it (its replica died)",
+                )
 
     async def _recover(
         self, expired: Sequence[tuple[Reservation, datetime]]
@@ -313,14 +339,6 @@ class BudgetService:
         for reservation, _ in expired:
             found = price_held_calls(reservation, held.get(reservation.id, []), prices)
             recovered[reservation.id] = found
-            if found is not None:
-                log.warning(
-                    "budget.settled_for_its_holder",
-                    reservation_id=reservation.id,
-                    calls=found.calls,
-                    actual_usd=str(found.amount_usd),
-                    reason=found.reason or "its holder never settled it (its replica died)",
-                )
         return recovered
 
     async def _held_calls(
