@@ -238,12 +238,12 @@ async def test_a_replica_killed_holding_a_lease_leaves_the_calls_it_paid_for_cou
     env = {
         **llm_env(openai_server),
         "CHIFFON_PRICE_OVERRIDES": json.dumps(OVERRIDES),
-        "CHIFFON_BUDGET_RESERVATION_GRACE_SECONDS": "1",  # a lease: 2 x (2 s + 1 s)
+        "CHIFFON_BUDGET_RESERVATION_GRACE_SECONDS": "1",  # a lease: 2 x (3 s + 1 s)
         "CHIFFON_PROJECTIONS": "off",
     }
     replica = await spawn_executor(1, env)
     name = f"leased-{uuid.uuid4().hex[:6]}"
-    await client.register_workflow(workflow(name, fallback=False, timeout="2s"))
+    await client.register_workflow(workflow(name, fallback=False, timeout="3s"))
 
     # Four calls reserved one by one make the budget busy: the replica takes a lease.
     first = await asyncio.gather(*(client.start_run(name, inputs={}) for _ in range(4)))
