@@ -136,11 +136,17 @@ class Hooks:
         self.log = DeliveryLog(store)
         self.triggers.counts = self.log.counts
         self.triggers.recent = self.log.recent
-        self.dispatcher = Dispatcher(store, bus, replicas=settings.stream_replicas)
+        self.receiving = 0  # deliveries being handled right now
+        self.last_received = 0.0  # when the last one was answered (monotonic)
+        self.dispatcher = Dispatcher(store, bus, replicas=settings.stream_replicas, busy=self.busy)
         self.replays = Replays(store, bus, self.triggers, clock)
         self.bucket = bucket_name(settings.namespace)
         self.received = 0
         self.repeats = 0
+
+    def busy(self) -> bool:
+        """Are deliveries coming in (one now, or one in the last 0.1 s)?"""
+        return self.receiving > 0 or time.monotonic() - self.last_received < 0.1
 
     async def start(self) -> None:
         if self.problem:
@@ -352,7 +358,12 @@ async def serve_hook(hooks: Hooks | None, scope: Scope, receive: Receive, name: 
             headers = {
                 key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
             }
-            return await hooks.receive(name, headers, receive)
+            hooks.receiving += 1
+            try:
+                return await hooks.receive(name, headers, receive)
+            finally:
+                hooks.receiving -= 1
+                hooks.last_received = time.monotonic()
         if method in ("GET", "HEAD"):
             return await hooks.challenge(name, Request(scope).query_params)
         return problem(405, "method-not-allowed", "Method not allowed", "POST or GET")
