@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ REPLAY_MAX = 10_000
 REPLAY_AT_ONCE = 16
 SERVICE_ACTOR = Actor.service("trigger")  # no replica: the run id is the same on each
 FINAL_REFUSALS = frozenset({"not_found", "invalid", "conflict"})
+_WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
 
 
 def delivery_key(delivery: str) -> str:
@@ -383,8 +385,6 @@ class Replays:
         return int(event.payload.version)
 
     async def replay(self, command: ReplayDeliveries) -> dict[str, Any]:
-        import re
-
         try:
             name = validate_name(command.trigger)
         except TriggerInvalid as invalid:
@@ -397,7 +397,7 @@ class Replays:
         version = (
             command.version if command.workflow else (command.version or state.workflow_version)
         )
-        if not re.match(WORKFLOW_NAME_PATTERN, workflow):
+        if not _WORKFLOW_NAME.match(workflow):
             details.append({"path": "workflow", "message": f"{workflow!r} is not a workflow name"})
         if version is not None and not 1 <= version <= WORKFLOW_VERSION_MAX:
             details.append({"path": "version", "message": f"{version} is not a workflow version"})

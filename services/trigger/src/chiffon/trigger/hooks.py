@@ -76,6 +76,7 @@ log = get_logger(__name__)
 
 PROBLEM_BASE = "https://chiffon.dev/problems/"
 HOOK_PREFIX = "/hooks/"
+LOOKUP_SECONDS = 1.0
 _TRIGGER_NAME = re.compile(TRIGGER_NAME_PATTERN)
 JSON = "application/json"
 # Headers stored with a delivery, besides those its trigger's inputs read: the ones that
@@ -136,6 +137,7 @@ class Hooks:
         self.log = DeliveryLog(store)
         self.triggers.counts = self.log.counts
         self.triggers.recent = self.log.recent
+        self._looked_up: dict[str, float] = {}  # name -> when a miss was last read
         self.receiving = 0  # deliveries being handled right now
         self.last_received = 0.0  # when the last one was answered (monotonic)
         self.dispatcher = Dispatcher(store, bus, replicas=settings.stream_replicas, busy=self.busy)
@@ -172,12 +174,23 @@ class Hooks:
 
     # -- a delivery ----------------------------------------------------------------------------
 
+    def _may_look_up(self, name: str) -> bool:
+        """At most one store read per name and second for triggers not open here (a
+        sender hammering a wrong or disabled name costs nothing more)."""
+        now = time.monotonic()
+        if now - self._looked_up.get(name, -LOOKUP_SECONDS) < LOOKUP_SECONDS:
+            return False
+        if len(self._looked_up) > 10_000:
+            self._looked_up.clear()
+        self._looked_up[name] = now
+        return True
+
     async def target(self, name: str) -> HookTarget:
         """The open trigger ``name``, from memory; one not open here is looked up in the
         store once (created or enabled a moment ago on another replica, and not yet
         folded here), which costs one direct read and only for a 404."""
         found = self.triggers.targets.get(name)
-        if found is None and _TRIGGER_NAME.match(name):
+        if found is None and _TRIGGER_NAME.match(name) and self._may_look_up(name):
             try:
                 await self.triggers.load(name)
             except EventStoreError:
