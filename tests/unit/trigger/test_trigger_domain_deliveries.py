@@ -93,7 +93,7 @@ def signed(body: bytes, msg_id: str) -> dict[str, str]:
     }
 
 
-async def create(bus: CommandBus, name: str = "hook") -> None:
+async def create(bus: CommandBus, name: str = "hook", inputs: dict[str, str] | None = None) -> None:
     await bus.send(
         CreateTrigger(
             actor=ADMIN,
@@ -101,7 +101,7 @@ async def create(bus: CommandBus, name: str = "hook") -> None:
             workflow="triage",
             scheme="standard-webhooks",
             secrets=[SECRET],
-            inputs={"title": "/title", "kind": "header:X-Kind"},
+            inputs=inputs or {"title": "/title", "kind": "header:X-Kind"},
         )
     )
 
@@ -203,3 +203,17 @@ async def test_a_delivery_stored_before_a_crash_is_requested_by_the_next_replica
             return len(await events(store, delivery)) == 2
 
         await eventually(requested, timeout=5)
+
+
+async def test_inputs_too_large_for_an_event_are_refused_and_nothing_stored(
+    store: InMemoryEventStore,
+) -> None:
+    async with Replica(store) as replica, replica.client() as http:
+        await create(replica.bus, "copies", {f"copy{i}": "/pad" for i in range(5)})
+        body = json.dumps({"pad": "x" * 100_000}).encode()  # 5 copies: 500 KB of inputs
+        answer = await http.post("/hooks/copies", content=body, headers=signed(body, "big"))
+        assert answer.status_code == 413 and "inputs" in answer.json()["detail"]
+        assert (
+            await store.last_sequence("TRIGGERS")
+            == (await store.read_aggregate(AggregateKey("trigger", "copies")))[1]
+        )

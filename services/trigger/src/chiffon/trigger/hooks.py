@@ -77,6 +77,8 @@ log = get_logger(__name__)
 PROBLEM_BASE = "https://chiffon.dev/problems/"
 HOOK_PREFIX = "/hooks/"
 LOOKUP_SECONDS = 1.0
+INPUTS_MAX_BYTES = 256 * 1024  # a delivery's mapped inputs, as JSON
+MAX_HEADERS = 50  # stored with a delivery (DeliveryReceived.headers holds 50)
 _TRIGGER_NAME = re.compile(TRIGGER_NAME_PATTERN)
 JSON = "application/json"
 # Headers stored with a delivery, besides those its trigger's inputs read: the ones that
@@ -285,10 +287,20 @@ class Hooks:
         run_id = delivery_run_id(delivery)
         answer = {"delivery": delivery, "run_id": run_id}
         inputs = resolve_inputs(target.sources, payload, headers, delivery_id, received_at)
+        if len(body) * max(1, len(inputs)) > INPUTS_MAX_BYTES:
+            # The inputs travel in this event and in the run's: a NATS message holds 1 MiB.
+            size = len(orjson.dumps(inputs))
+            if size > INPUTS_MAX_BYTES:
+                raise Refused(
+                    413,
+                    "too-large",
+                    "Inputs too large",
+                    f"the mapped inputs are {size} bytes; at most {INPUTS_MAX_BYTES}",
+                )
         kept: dict[str, str] = {}
         for header in (*KEPT_HEADERS[target.scheme], "user-agent", *target.headers_kept):
             value = headers.get(header)
-            if value is not None and header not in SECRET_HEADERS:
+            if value is not None and header not in SECRET_HEADERS and len(kept) < MAX_HEADERS:
                 kept[header] = value[:2000]
         digest = hashlib.sha256(body).hexdigest()
         inline: str | None = None
