@@ -56,7 +56,7 @@ CONSUMER = "cost-pricer"
 WORK_TYPES = ("run.requested", "run.llm.called")
 RUNS_REMEMBERED = 100_000
 PRICING_AT_ONCE = 2  # pulls priced at once: one priced while the other's appends are acked
-LINGER = 0.005  # seconds to wait for the rest of a pull that is still arriving
+LINGER = 0.05  # seconds at most to wait for the rest of a pull that is still arriving
 _IDS = uuid5(NAMESPACE_URL, "https://chiffon.dev/cost/priced")
 
 
@@ -370,10 +370,7 @@ class Pricer:
                         await asyncio.sleep(0.5)
                 items = self._take(intake)
                 if items and len(items) < self.batch and intake.outstanding > 0:
-                    # A pull still arriving: a moment more makes one batch of it.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), LINGER)
-                    items += self._take(intake, self.batch - len(items))
+                    items += await self._rest_of_pull(intake, self.batch - len(items))
                 if items:
                     task = asyncio.create_task(self.price(items))
                     pricing.add(task)
@@ -390,6 +387,23 @@ class Pricer:
                 await asyncio.wait(pricing)
             with contextlib.suppress(Exception):
                 await intake.stop()
+
+    async def _rest_of_pull(self, intake: WorkIntake, most: int) -> list[WorkItem]:
+        """The items of a pull still arriving, up to ``most``, waited for until it ends or
+        ``LINGER`` has passed: one batch event of it rather than one per wake-up. (Waiting
+        for one wake-up only cut a pull of 1,000 into events of 40 to 130 calls.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER
+        items: list[WorkItem] = []
+        while len(items) < most and intake.outstanding > 0:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+            items += self._take(intake, most - len(items))
+        return items
 
     def _take(self, intake: WorkIntake, most: int | None = None) -> list[WorkItem]:
         items: list[WorkItem] = []
