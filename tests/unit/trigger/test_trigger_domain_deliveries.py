@@ -217,3 +217,24 @@ async def test_inputs_too_large_for_an_event_are_refused_and_nothing_stored(
             await store.last_sequence("TRIGGERS")
             == (await store.read_aggregate(AggregateKey("trigger", "copies")))[1]
         )
+
+
+async def test_without_a_secrets_key_webhooks_are_off_and_say_so(
+    store: InMemoryEventStore,
+) -> None:
+    settings = TriggerSettings(namespace="t")
+    hooks = Hooks(store, CommandBus(store, "t"), Actor.service("trigger", 1), settings)
+    await hooks.start()
+    try:
+        ok, detail = hooks.healthy()
+        assert ok and detail is not None and "CHIFFON_TRIGGER_SECRETS_KEY" in detail
+        with pytest.raises(CommandRefused) as refused:
+            await hooks.triggers.create(
+                CreateTrigger(
+                    actor=ADMIN, trigger="t", workflow="w", scheme="telegram", secrets=["x" * 20]
+                )
+            )
+        assert refused.value.refusal.code == "unavailable"
+        assert "secrets key" in refused.value.refusal.message
+    finally:
+        await hooks.triggers.stop()
