@@ -15,9 +15,9 @@ import pytest
 
 from tests.support.fixtures import eventually
 
-from .conftest import Stack, StartGateway
+from .conftest import StartGateway
 from .support import ADMIN_KEY, Service
-from .test_triggers import serving
+from .test_triggers_service import trigger_process  # noqa: F401 — a fixture
 
 # At least 200 generated cases per operation (issue 16): one pass of the examples,
 # coverage and fuzzing phases, ended by the count, not by a time budget. (With
@@ -83,16 +83,15 @@ async def until_status(admin: httpx.AsyncClient, run_id: str, status: str) -> No
 @pytest.mark.slow
 @pytest.mark.timeout(DEADLINE + 120)
 async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    stack: Stack,
     start_gateway: StartGateway,
     registry: Service,
     cost_service: Service,
+    trigger_process: Service,
     workflows: list[str],
     tmp_path: Path,
 ) -> None:
     # The registry answers the agent-credential routes, and the cost service the budget
-    # routes, as on a real stack; the trigger and schedule routes are answered by the
-    # trigger commands' stand-in (test_triggers), so their answers are checked too.
+    # routes, and the trigger service the trigger and schedule routes, as on a real stack.
     # A replica of its own: the fuzzer's wrong-key probes count against its address in
     # that replica's failed-authentication throttle, not in the one the other tests use.
     # Schemathesis sends one wrong-key probe per operation (its other auth probes carry no
@@ -116,10 +115,9 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "runs": ["--include-path-regex", runs_half],
         "rest": ["--exclude-path-regex", runs_half],
     }
-    async with serving(stack):
-        outputs = await asyncio.gather(
-            *(fuzz(gateway, config, selection, tmp_path) for selection in halves.values())
-        )
+    outputs = await asyncio.gather(
+        *(fuzz(gateway, config, selection, tmp_path) for selection in halves.values())
+    )
     elapsed = time.monotonic() - started
     for half, (returncode, text) in zip(halves, outputs, strict=True):
         (tmp_path / f"schemathesis-{half}.txt").write_text(

@@ -19,21 +19,22 @@ from chiffon.gateway.settings import GatewaySettings
 from chiffon.gateway.triggers import trigger_parts
 
 BASE: dict[str, Any] = {"name": "gh", "workflow": "triage", "scheme": "standard-webhooks"}
+HIDDEN = "whsec_hidden-0123456789"
+NEW, OLD = "n" * 16, "o" * 16
 
 
 def test_secrets_are_write_only() -> None:
-    made = TriggerCreate.model_validate({**BASE, "secret": "whsec_hidden"})
-    assert made.secret_values() == ["whsec_hidden"]
-    assert "whsec_hidden" not in repr(made) and "whsec_hidden" not in str(made.model_dump())
-    several = TriggerCreate.model_validate({**BASE, "secrets": ["new", "old"]})
-    assert several.secret_values() == ["new", "old"]
-    assert TriggerCreate.model_validate(BASE).secret_values() == []
+    made = TriggerCreate.model_validate({**BASE, "secret": HIDDEN})
+    assert made.secret_values() == [HIDDEN]
+    assert HIDDEN not in repr(made) and HIDDEN not in str(made.model_dump())
+    several = TriggerCreate.model_validate({**BASE, "secrets": [NEW, OLD]})
+    assert several.secret_values() == [NEW, OLD]
     # The answer model has no field a secret could travel in.
     shown = TriggerPublic.model_validate(
         {**BASE, "enabled": True, "hook_path": "/hooks/gh", "hook_url": "x",
-         "secrets_encrypted": ["gAAAA"], "secret": "whsec_hidden", "secrets": 1}
+         "secrets_encrypted": ["gAAAA"], "secret": HIDDEN, "secrets": 1}
     )  # fmt: skip
-    assert "whsec_hidden" not in shown.model_dump_json() and "gAAAA" not in shown.model_dump_json()
+    assert HIDDEN not in shown.model_dump_json() and "gAAAA" not in shown.model_dump_json()
     schema = TriggerCreate.model_json_schema()["properties"]["secret"]["anyOf"][0]
     assert schema["writeOnly"] is True and schema["format"] == "password"
 
@@ -46,11 +47,14 @@ def test_secrets_are_write_only() -> None:
         {"name": "-gh"},
         {"name": "g" * 64},
         {"scheme": "basic"},
-        {"secret": "a\tb"},
-        {"secret": "\u0085"},
-        {"secret": "x" * 501},
-        {"secrets": ["a", "b", "c", "d", "e", "f"]},
-        {"secret": "a", "secrets": ["b"]},
+        {"secret": "a\tb" + "c" * 16},
+        {"secret": "\u0085" + "c" * 16},
+        {"secret": "x" * 15},
+        {"secret": "x" * 1001},
+        {"secret": None},  # none at all
+        {"secret": None, "secrets": []},
+        {"secret": None, "secrets": [NEW] * 6},
+        {"secret": NEW, "secrets": [OLD]},
         {"inputs": {"1st": "/a"}},
         {"inputs": {"a": ""}},
         {"verify_token": "\ud800"},
@@ -62,13 +66,13 @@ def test_secrets_are_write_only() -> None:
 )
 def test_a_bad_trigger_is_refused(change: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as refused:
-        TriggerCreate.model_validate({**BASE, **change})
+        TriggerCreate.model_validate({**BASE, "secret": HIDDEN, **change})
     assert "hidden" not in str(refused.value.errors(include_input=False))
 
 
 def test_a_control_character_is_named_by_position_not_by_value() -> None:
     with pytest.raises(ValidationError) as refused:
-        TriggerCreate.model_validate({**BASE, "secret": "whsec_top\x07secret"})
+        TriggerCreate.model_validate({**BASE, "secret": "whsec_top\x07secret-0123456789"})
     messages = [e["msg"] for e in refused.value.errors()]
     assert messages == ["Value error, must not hold control characters (U+0007 at character 10)"]
 

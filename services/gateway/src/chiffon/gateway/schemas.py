@@ -364,8 +364,10 @@ class BudgetRemovedPublic(BaseModel):
 
 # -- triggers and schedules --------------------------------------------------------------
 
-SECRET_MAX_CHARS = 500
-"""A webhook secret (``whsec_...``), WhatsApp app secret or Telegram secret token."""
+SECRET_MIN_CHARS = 16
+SECRET_MAX_CHARS = 1000
+"""A webhook secret (``whsec_...``), WhatsApp app secret or Telegram secret token: as the
+trigger service bounds them (which also checks each scheme's own form)."""
 TOKEN_MAX_CHARS = 1000
 """A WhatsApp verify token, a reply's API token (the command's own bound)."""
 
@@ -419,7 +421,11 @@ _NO_CONTROL_SCHEMA: Any = {"pattern": NO_CONTROL}
 
 Secret = Annotated[
     SecretStr,
-    Field(min_length=1, max_length=SECRET_MAX_CHARS, json_schema_extra=_NO_CONTROL_SCHEMA),
+    Field(
+        min_length=SECRET_MIN_CHARS,
+        max_length=SECRET_MAX_CHARS,
+        json_schema_extra=_NO_CONTROL_SCHEMA,
+    ),
     AfterValidator(_secret_text),
 ]
 Token = Annotated[
@@ -459,8 +465,8 @@ class TriggerCreate(_In):
     scheme: Scheme = Field(description="How deliveries are verified")
     secret: Secret | None = Field(
         default=None,
-        description="The secret deliveries are verified with. Write-only: stored "
-        "encrypted, never returned. Without one the trigger is off.",
+        description="The secret deliveries are verified with (this or secrets). "
+        "Write-only: stored encrypted, never returned.",
     )
     secrets: list[Secret] | None = Field(
         default=None,
@@ -484,6 +490,8 @@ class TriggerCreate(_In):
     def _one_way_to_give_secrets(self) -> TriggerCreate:
         if self.secret is not None and self.secrets is not None:
             raise ValueError("give secret or secrets, not both")
+        if self.secret is None and not self.secrets:
+            raise ValueError("a trigger needs a secret (secret, or secrets for several)")
         return self
 
     def secret_values(self) -> list[str]:
