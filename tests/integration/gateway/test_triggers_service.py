@@ -31,8 +31,12 @@ SECRET = "whsec_" + "c2VjcmV0LW5ldmVyLXNob3du" + uuid.uuid4().hex[:8]  # 24 byte
 NEW_SECRET = "whsec_" + base64.b64encode(b"the-rotated-secret-24-by").decode()
 
 
-@pytest.fixture
-async def trigger_process(stack: Stack, tmp_path: Any) -> AsyncIterator[Service]:
+@pytest.fixture(scope="module")
+async def trigger_process(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    """A trigger service on the stack, for the module (stopped at its end: the other
+    modules' tests want none, or a stand-in of their own)."""
     service = start_service(
         "chiffon.trigger",
         "trigger-1",
@@ -42,7 +46,7 @@ async def trigger_process(stack: Stack, tmp_path: Any) -> AsyncIterator[Service]
             "CHIFFON_TRIGGER_SECRETS_KEY": Fernet.generate_key().decode(),
             "CHIFFON_SCHEDULE_POLL_SECONDS": "1",
         },
-        tmp_path,
+        tmp_path_factory.mktemp("trigger"),
         free_port(),
     )
     try:
