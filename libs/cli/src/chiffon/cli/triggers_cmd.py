@@ -51,7 +51,8 @@ def workflow_label(item: dict[str, Any]) -> str:
 
 def state_label(trigger: dict[str, Any]) -> str:
     if not trigger.get("enabled"):
-        return "disabled"
+        reason = trigger.get("disabled_reason")
+        return f"disabled ({reason})" if reason else "disabled"
     return "enabled" if trigger.get("secrets") else "off (no secret)"
 
 
@@ -383,3 +384,5 @@ def replay(
     echo(f"replayed {answer.get('replayed', len(runs))} deliveries of {name}")
     for run in runs:
         echo(f"  {run.get('delivery')} -> run {run.get('run_id')}")
+    for refused in answer.get("refused") or []:
+        echo(f"  {refused.get('delivery')} refused: {refused.get('error')}")

@@ -542,6 +542,7 @@ class TriggerPublic(BaseModel):
     version: int | None = None
     scheme: str
     enabled: bool
+    disabled_reason: str | None = Field(default=None, description="Why it was disabled")
     secrets: int = Field(default=0, description="How many secrets are active (0: off)")
     inputs: dict[str, str] = Field(default_factory=dict)
     reply: TriggerReplyPublic | None = None
@@ -576,10 +577,18 @@ class ReplayedRun(BaseModel):
     run_id: str
 
 
+class ReplayRefused(BaseModel):
+    delivery: str
+    error: str = Field(description="Why the executor refused its run (code: message)")
+
+
 class ReplayPublic(BaseModel):
     trigger: str
     replayed: int
     runs: list[ReplayedRun]
+    refused: list[ReplayRefused] = Field(
+        default_factory=list, description="Deliveries whose run was refused (not retried)"
+    )
 
 
 class ScheduleCreate(_In):
