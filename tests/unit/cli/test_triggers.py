@@ -170,5 +170,10 @@ def test_schedules_list_shows_next_fire_times() -> None:
     text = render(schedules_table(schedules), color=False)
     assert "2026-12-08 01:30:00" in text and "2026-12-10 01:30:00" in text
     assert "2026-12-11" not in text  # the next three only
+    # One time a line, not one line with escaped breaks.
+    assert "\\n" not in text
+    lines = text.splitlines()
+    for upcoming in ("2026-12-08 01:30:00", "2026-12-09 01:30:00", "2026-12-10 01:30:00"):
+        assert sum(upcoming in line for line in lines) == 1
     assert "report v2" in text and "Europe/Berlin" in text and "r-1" in text
     assert "(paused)" in text and "paused" in text

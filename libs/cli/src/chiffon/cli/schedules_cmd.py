@@ -77,7 +77,10 @@ def schedules_table(schedules: list[dict[str, Any]]) -> Table:
             _cell(workflow_label(schedule)),
             _cell(schedule.get("cron")),
             _cell(schedule.get("timezone")),
-            _cell("\n".join(upcoming) if upcoming else ("(paused)" if paused else "–")),
+            # One time a line: each escaped on its own, the line breaks kept.
+            Text("\n").join(_cell(t) for t in upcoming)
+            if upcoming
+            else _cell("(paused)" if paused else "–"),
             _cell("paused" if paused else "active"),
             _cell(f"{last} at {_when(schedule.get('last_fired_at'))}" if last else "–"),
             style="dim" if paused else None,
