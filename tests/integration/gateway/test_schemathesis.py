@@ -54,6 +54,11 @@ async def known_ids(gateway: Service, workflows: list[str]) -> str:
     lines = []
     for name, values in dictionaries.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
+    # Only these ids: by default schemathesis also reuses ids it reads in responses
+    # (GET /v1/keys lists every key), and would revoke the keys, cancel the runs and
+    # disable the triggers that the tests sharing this stack rely on.
+    for phase in ("examples", "coverage", "fuzzing"):
+        lines += [f"[phases.{phase}.extra-data-sources]", "responses = false", ""]
     lines.append("[parameters]")
     for parameter, name in [
         ("path.run_id", "runs"),

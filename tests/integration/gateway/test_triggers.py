@@ -129,6 +129,7 @@ class StandIn:
                     "trigger": command.trigger,
                     "replayed": 1,
                     "runs": [{"delivery": f"{command.trigger}-abc", "run_id": "r-2"}],
+                    "refused": [{"delivery": f"{command.trigger}-def", "error": "invalid: topic"}],
                 }
             case CreateSchedule():
                 if command.cron == "61 * * * *":
@@ -298,6 +299,7 @@ async def test_triggers_roles_answers_and_secrets_never_shown(
             "trigger": name,
             "replayed": 1,
             "runs": [{"delivery": f"{name}-abc", "run_id": "r-2"}],
+            "refused": [{"delivery": f"{name}-def", "error": "invalid: topic"}],
         }
         sent = trigger_service.commands[-1]
         assert isinstance(sent, ReplayDeliveries)
