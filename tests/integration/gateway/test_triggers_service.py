@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 
 from chiffon.devstack.ports import free_port
 from chiffon.events.triggers import delivery_aggregate_id
+from tests.support.cli import run_cli
 from tests.support.fixtures import eventually
 
 from .conftest import Stack, StartGateway, client
@@ -122,6 +123,13 @@ async def test_a_trigger_made_through_the_api_starts_a_run_that_names_it(
         run = await eventually(started, timeout=30, message="the delivery's run")
         assert run["trigger"] == {"kind": "webhook", "id": delivery}
         assert run["inputs"] == {"topic": "owls"}
+        env = {
+            **stack.env,
+            "CHIFFON_GATEWAY_URL": gateway.url,
+            "CHIFFON_API_KEY": keys["viewer"],
+        }
+        code, out, err = await run_cli(env, "runs", "show", run_id)
+        assert code == 0 and f"trigger    webhook {delivery}" in out, err
 
         async def shown() -> dict[str, Any] | None:
             response = await viewer.get(f"/v1/triggers/{name}")

@@ -305,6 +305,9 @@ def show(run_id: str = typer.Argument(...), as_json: bool = typer.Option(False, 
         needs = ", ".join(r.paused.requires) or "an agent"
         echo(f"  paused     {r.paused.reason} at {r.paused.node_id or '-'} (needs {needs})")
     echo(f"  created    {r.created_at:%Y-%m-%d %H:%M:%S} by {r.requested_by}")
+    if r.trigger and r.trigger.get("kind") in ("webhook", "schedule"):
+        # A delivery's id (its trigger's name first) or a schedule's tick (name@time).
+        echo(f"  trigger    {r.trigger['kind']} {r.trigger.get('id') or '-'}")
     echo(f"  duration   {_ms(r.duration_ms)}")
     echo(
         f"  tokens     {r.prompt_tokens} prompt + {r.completion_tokens} completion ({r.llm_calls} calls)"
