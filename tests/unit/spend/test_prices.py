@@ -213,7 +213,7 @@ def test_count_prompt_tokens_is_an_upper_bound_and_cheap() -> None:
     assert (time.perf_counter() - started) / 1000 < 0.001
 
 
-def test_the_map_loads_once_and_fast() -> None:
+def test_the_map_loads_once_without_importing_litellm() -> None:
     import subprocess
     import sys
 
@@ -223,9 +223,8 @@ def test_the_map_loads_once_and_fast() -> None:
         "print(time.perf_counter()-t); import sys; print('litellm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, imported = out.stdout.split()
-    assert imported == "False"  # never imports litellm itself
-    assert float(seconds) < 1.0  # ~0.06 s alone; generous for a busy 2-core machine
+    _, imported = out.stdout.split()
+    assert imported == "False"  # never imports litellm itself (its import takes seconds)
     assert PriceBook.load() is PriceBook.load()
 
 

@@ -40,8 +40,12 @@ def read_model_check(
     """Ready while each served read model is at its stream's end, or moved recently.
 
     ``started`` is the process's start on the monotonic clock: a read model with no
-    checkpoint yet counts as idle since then.
+    checkpoint yet counts as idle since then. A model found behind counts as idle only
+    since it was first seen behind: after a quiet spell its checkpoint is old, and the
+    first events of the next burst must not make the gateway unready before the
+    projector has had ``bound`` seconds to take them.
     """
+    behind_since: dict[str, float] = {}
 
     async def check() -> tuple[bool, str | None]:
         async with resources.engine.connect() as conn:
@@ -61,9 +65,14 @@ def read_model_check(
             row = rows.get(name)
             position = int(row.position) if row else 0
             if position >= last:
+                behind_since.pop(name, None)
                 details.append(f"{name} at {position}")
                 continue
-            idle = (now - row.updated_at).total_seconds() if row else time.monotonic() - started
+            if row is None:
+                idle = time.monotonic() - started
+            else:
+                seen_behind = time.monotonic() - behind_since.setdefault(name, time.monotonic())
+                idle = min((now - row.updated_at).total_seconds(), seen_behind)
             if idle > bound:
                 ok = False
                 details.append(f"{name} {last - position} events behind for {idle:.0f}s")
