@@ -13,6 +13,7 @@ from chiffon.executor.nodes.agent import (
     build_request,
     failure,
     node_outputs,
+    recorded_arguments,
     requirement,
     result_fields,
 )
@@ -126,6 +127,25 @@ def test_failures_are_retried_unless_no_attempt_can_cure_them() -> None:
     error = failure(refused, result_fields(refused))
     assert (error.kind, error.retryable) == ("not_allowed", False)
     assert str(error) == "command 'rm' is not allowed on this agent"
-    timed_out = outcome(None, ok=False, exit_code=-9, error_type="timeout", error_message="killed")
-    error = failure(timed_out, result_fields(timed_out))
-    assert (error.kind, error.retryable) == ("timeout", True)
+    # A task killed after its time, refused by a fence or over a limit would be again.
+    for kind in ("timeout", "forbidden", "limit_exceeded"):
+        ended = outcome(None, ok=False, exit_code=-9, error_type=kind, error_message="killed")
+        error = failure(ended, result_fields(ended))
+        assert (error.kind, error.retryable) == (kind, False)
+
+
+def test_recorded_arguments_mask_secrets_at_any_depth_and_cut_long_texts() -> None:
+    recorded = recorded_arguments(
+        {
+            "method": "POST",
+            "headers": {"Authorization": "Bearer abc", "Accept": "json"},
+            "env": {"DB_PASSWORD": "hunter2", "MODE": "fast"},
+            "extra_vars": {"api_key": "sk-1", "items": [{"token": "t"}, "x"]},
+            "code": "x" * 10_000,
+        }
+    )
+    assert recorded["headers"] == {"Authorization": "***", "Accept": "json"}
+    assert recorded["env"] == {"DB_PASSWORD": "***", "MODE": "fast"}
+    assert recorded["extra_vars"] == {"api_key": "***", "items": [{"token": "***"}, "x"]}
+    assert recorded["method"] == "POST"
+    assert len(recorded["code"]) == 4001 and recorded["code"].endswith("…")

@@ -46,6 +46,7 @@ app.add_typer(cost_cmd.app, name="cost")
 app.add_typer(triggers_cmd.app, name="triggers")
 app.add_typer(schedules_cmd.app, name="schedules")
 app.add_typer(__import__("chiffon.cli.agent_cmd", fromlist=["app"]).app, name="agent")
+app.add_typer(__import__("chiffon.cli.infra_cmd", fromlist=["app"]).app, name="infra")
 keys_cmd.register(app)  # `keys`, `runs logs`, and --gateway-url / --api-key
 
 

@@ -267,6 +267,10 @@ class AgentTaskAssigned(EventPayload):
     address: str | None = Field(default=None, max_length=255)
     score: float | None = None
     reasons: list[str] = Field(default_factory=list, max_length=20)
+    # The tool and the task's arguments as sent, with secrets masked and long texts cut
+    # (``chiffon.executor.nodes.agent.recorded_arguments``): the audit trail of the call.
+    tool: str | None = Field(default=None, max_length=63)
+    arguments: dict[str, Any] | None = None
 
 
 class AgentTaskFinished(EventPayload):

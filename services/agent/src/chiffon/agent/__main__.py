@@ -18,6 +18,7 @@ from chiffon.agent.application import AgentIdentity, AgentRuntime
 from chiffon.agent.grpc_server import start_grpc_server
 from chiffon.agent.registration import Registration
 from chiffon.agent.settings import AgentSettings
+from chiffon.agent.tools.registry import build_tools
 from chiffon.agentproto.auth import load_public_key
 from chiffon.core.logging import get_logger
 from chiffon.core.service import ServiceContext, run_service
@@ -45,6 +46,7 @@ def build_runtime(settings: AgentSettings) -> AgentRuntime:
         default_timeout=settings.agent_default_timeout_seconds,
         max_timeout=settings.agent_max_timeout_seconds,
         recent_results=settings.agent_recent_results,
+        tools=build_tools(settings),
     )
 
 

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from chiffon.agent.gpu import GpuProbe
 from chiffon.agent.shell import STDERR, ShellRunner, ToolRefused, parse_shell_arguments
 from chiffon.agent.tasks import RunningTask, Tasks
+from chiffon.agent.tools.base import Tool, ToolContext, ToolResult
 from chiffon.agentproto.v1 import agent_pb2
 from chiffon.core.telemetry import context_from_traceparent
 
@@ -33,7 +34,7 @@ class AgentIdentity:
 
 
 class AgentRuntime:
-    """Runs tasks on this machine: the shell tool today."""
+    """Runs tasks on this machine: the shell tool, and the tools built for its capabilities."""
 
     def __init__(
         self,
@@ -47,8 +48,11 @@ class AgentRuntime:
         max_timeout: float,
         recent_results: int,
         gpu: GpuProbe | None = None,
+        tools: dict[str, Tool] | None = None,
     ) -> None:
         self.identity = identity
+        self._tools = dict(tools or {})
+        self._scratch_root = scratch_root
         self.gpu = gpu or GpuProbe()
         self.tasks = Tasks(max_concurrency=max_concurrency, recent=recent_results)
         self._allow = allow
@@ -97,6 +101,8 @@ class AgentRuntime:
     async def close(self) -> None:
         await self.tasks.stop()
         self._shell.close()
+        for tool in self._tools.values():
+            await tool.close()
 
     def _refusal(self, error_type: str, message: str) -> agent_pb2.TaskResult:
         return agent_pb2.TaskResult(
@@ -111,7 +117,7 @@ class AgentRuntime:
         self, request: agent_pb2.ExecuteRequest, task: RunningTask
     ) -> agent_pb2.TaskResult:
         if request.tool != "shell":
-            return self._refusal("unknown_tool", f"this agent has no tool {request.tool!r}")
+            return await self._run_tool(request, task)
         if "shell" not in self.identity.capabilities:
             return self._refusal("unknown_tool", "this agent does not offer the shell tool")
         try:
@@ -159,6 +165,55 @@ class AgentRuntime:
             cpu_seconds=outcome.cpu_seconds,
             peak_memory_bytes=outcome.peak_memory_bytes,
             gpu_memory_bytes=outcome.gpu_memory_bytes,
+            agent_id=self.identity.agent_id,
+        )
+
+    def _timeout(self, requested: float) -> float:
+        if requested <= 0:
+            return self._default_timeout
+        return min(requested, self._max_timeout)
+
+    async def _run_tool(
+        self, request: agent_pb2.ExecuteRequest, task: RunningTask
+    ) -> agent_pb2.TaskResult:
+        tool = self._tools.get(request.tool)
+        if tool is None:
+            return self._refusal("unknown_tool", f"this agent has no tool {request.tool!r}")
+
+        def on_line(stream: int, text: str) -> None:
+            kind = (
+                agent_pb2.OutputLine.STREAM_STDERR
+                if stream == STDERR
+                else agent_pb2.OutputLine.STREAM_STDOUT
+            )
+            task.publish(agent_pb2.ExecuteUpdate(line=agent_pb2.OutputLine(stream=kind, text=text)))
+
+        ctx = ToolContext(
+            task_id=request.task_id,
+            timeout=self._timeout(request.timeout_seconds),
+            cancelled=task.cancelled,
+            on_line=on_line,
+            scratch_root=self._scratch_root,
+        )
+        try:
+            arguments = json_format.MessageToDict(request.arguments)
+            result = await tool.run(arguments, ctx)
+        except ToolRefused as refused:
+            return self._refusal(refused.error_type, refused.message)
+        return self._task_result(result)
+
+    def _task_result(self, result: ToolResult) -> agent_pb2.TaskResult:
+        output = struct_pb2.Struct()
+        output.update(dict(result.output))
+        return agent_pb2.TaskResult(
+            ok=result.ok,
+            output=output,
+            error_type=result.error_type,
+            error_message=result.error_message,
+            exit_code=result.exit_code,
+            duration_ms=result.duration_ms,
+            cpu_seconds=result.cpu_seconds,
+            peak_memory_bytes=result.peak_memory_bytes,
             agent_id=self.identity.agent_id,
         )
 

@@ -52,6 +52,35 @@ class AgentSettings(ChiffonSettings):
     agent_credential_file: Path | None = None
     agent_ttl_seconds: int = Field(default=60, ge=5, le=3600)
 
+    # --- python tool (chiffon.agent.tools.python_tool) ---
+    agent_python_cpu_seconds: int = Field(default=10, ge=1, le=86_400)
+    agent_python_memory_bytes: int = Field(default=512 << 20, ge=32 << 20, le=1 << 40)
+    agent_python_file_bytes: int = Field(default=64 << 20, ge=1 << 10, le=1 << 40)
+    agent_python_processes: int = Field(default=16, ge=1, le=4096)
+    # Whether a task may ask for the network (`network: true`); off, every task has none.
+    agent_python_allow_network: bool = False
+
+    # --- files tool (chiffon.agent.tools.files_tool) ---
+    # Comma-separated directories the files tool may read and write beneath.
+    agent_files_roots: str = ""
+    agent_files_max_bytes: int = Field(default=10 << 20, ge=1, le=1 << 40)
+
+    # --- http tool (chiffon.agent.tools.http_tool) ---
+    # Comma-separated host names (or *.domain) the http tool may reach; empty: none.
+    agent_http_allow_hosts: str = ""
+    agent_http_max_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
+    agent_http_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+
+    # --- sql tool (chiffon.agent.tools.sql_tool) ---
+    # JSON {"name": "postgresql://..."}: the databases the sql tool may query, by name.
+    agent_sql_databases: dict[str, str] = Field(default_factory=dict)
+    agent_sql_max_rows: int = Field(default=1000, ge=1, le=1_000_000)
+    agent_sql_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+
+    # --- ansible and catalog tools (chiffon.agent.tools.ansible_tool, catalog_tool) ---
+    # The folder of playbooks and roles this agent serves.
+    agent_catalog_dir: Path | None = None
+
     @field_validator("registry_url")
     @classmethod
     def _http(cls, value: str) -> str:
@@ -76,6 +105,14 @@ class AgentSettings(ChiffonSettings):
     @property
     def capabilities(self) -> tuple[str, ...]:
         return _split(self.agent_capabilities)
+
+    @property
+    def files_roots(self) -> tuple[Path, ...]:
+        return tuple(Path(part) for part in _split(self.agent_files_roots))
+
+    @property
+    def http_allow_hosts(self) -> tuple[str, ...]:
+        return _split(self.agent_http_allow_hosts)
 
     @property
     def allow(self) -> tuple[str, ...]:

@@ -46,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from chiffon.agent.gpu import GpuProbe
+from chiffon.agent.tools.base import STDERR, STDOUT, ToolRefused
+
+__all__ = ["STDERR", "STDOUT", "ShellCommand", "ShellOutcome", "ShellRunner", "ToolRefused"]
 
 #: The only PATH commands are resolved on, and the PATH the child sees.
 AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -61,18 +64,6 @@ SAMPLE_SECONDS = 0.1
 #: Variables that would let a task change what an allow-listed program runs.
 _REFUSED_ENV_PREFIXES = ("LD_", "DYLD_")
 _REFUSED_ENV = frozenset({"PATH", "BASH_ENV", "ENV", "IFS"})
-
-STDOUT = 1
-STDERR = 2
-
-
-class ToolRefused(Exception):
-    """The task cannot run as asked; `error_type` is machine-readable, the message is not."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from typing import Any
 
 import pydantic
+from google.protobuf import json_format
 
 from chiffon.agentproto.v1 import agent_pb2
 from chiffon.core.logging import get_logger
@@ -51,10 +53,30 @@ from chiffon.workflow import (
     render_value,
 )
 
-# Tool errors no other attempt can cure (the agent said so); others are retried.
+# Tool errors no other attempt can cure (the agent said so); others are retried. A fence's
+# refusal (forbidden), a limit hit (limit_exceeded) and a killed-after-its-time task
+# (timeout) would only be refused, hit or killed again.
 FINAL_TOOL_ERRORS = frozenset(
-    {"not_allowed", "not_found", "invalid_arguments", "invalid_task", "unknown_tool"}
+    {
+        "not_allowed",
+        "not_found",
+        "invalid_arguments",
+        "invalid_task",
+        "unknown_tool",
+        "forbidden",
+        "limit_exceeded",
+        "timeout",
+    }
 )
+# Argument names whose values never reach an event: the name says it holds a secret.
+SECRET_NAME = re.compile(
+    r"password|passwd|passphrase|secret|token|api[_-]?key|^auth$|authorization|credential"
+    r"|private[_-]?key|cookie",
+    re.IGNORECASE,
+)
+MASK = "***"
+RECORDED_TEXT_CHARS = 4000  # a longer argument (a python snippet) is recorded cut
+RECORDED_ITEMS = 100  # entries of one list or object recorded
 # The agent's word for a command that ran and exited non-zero.
 NONZERO_EXIT = frozenset({"", "nonzero_exit", "command_failed"})
 TAIL = 1500  # characters of stderr quoted in a failed command's error
@@ -204,6 +226,29 @@ def build_request(
         arguments=struct,
         timeout_seconds=timeout,
     )
+
+
+def recorded_arguments(value: Any, depth: int = 0) -> Any:
+    """The task's arguments as its event records them: a value under a secret-looking
+    name (``password``, ``api_key``, ``token``...) masked, at any depth, long texts cut
+    and large collections truncated, so the audit trail shows the call without its
+    secrets and always fits the event."""
+    if depth > 8:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())[:RECORDED_ITEMS]
+        return {
+            str(key)[:200]: MASK
+            if SECRET_NAME.search(str(key))
+            else recorded_arguments(item, depth + 1)
+            for key, item in items
+        }
+    if isinstance(value, list):
+        return [recorded_arguments(item, depth + 1) for item in value[:RECORDED_ITEMS]]
+    if isinstance(value, str):
+        text = value if len(value) <= RECORDED_TEXT_CHARS else value[:RECORDED_TEXT_CHARS] + "…"
+        return storable_text(text)
+    return value
 
 
 def result_fields(outcome: TaskOutcome) -> dict[str, Any]:
@@ -408,6 +453,8 @@ async def run_on(
                 address=agent.address,
                 score=chosen.score,
                 reasons=[storable_text(r[:300]) for r in chosen.reasons],
+                tool=request.tool[:63],
+                arguments=recorded_arguments(json_format.MessageToDict(request.arguments)),
             )
         ]
     )

@@ -1,0 +1,1 @@
+"""Chiffon's playbook catalog: load a folder of playbooks, search it, scaffold roles."""

@@ -1,0 +1,3 @@
+"""Role and playbook skeletons from Jinja2 templates (`chiffon infra scaffold`)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Catalog search: exact names and tags first, then meaning (embeddings)."""
+
+from __future__ import annotations

@@ -1,0 +1,15 @@
+"""The files tool: read, write and list under the allowed roots only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chiffon.agent.tools.base import Tool
+
+if TYPE_CHECKING:
+    from chiffon.agent.settings import AgentSettings
+
+
+def build(settings: AgentSettings) -> Tool | None:
+    """The files tool for these settings (None until it is built)."""
+    return None
