@@ -6,6 +6,7 @@ reached its port would be a remote shell for anyone on the network.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from pathlib import Path
@@ -66,10 +67,33 @@ class AgentSettings(ChiffonSettings):
     agent_files_max_bytes: int = Field(default=10 << 20, ge=1, le=1 << 40)
 
     # --- http tool (chiffon.agent.tools.http_tool) ---
-    # Comma-separated host names (or *.domain) the http tool may reach; empty: none.
+    # Comma-separated host names (or *.domain, or * for any name) the http tool may
+    # reach; empty: none.
     agent_http_allow_hosts: str = ""
+    # Comma-separated networks (CIDR) of private addresses the http tool may reach, e.g.
+    # a homelab's 192.168.1.0/24; empty: public addresses only. Never opens the cloud
+    # metadata addresses (169.254.169.254, fd00:ec2::254, ...).
+    agent_http_allow_networks: str = ""
+    # The response body's cap (a larger one is refused as limit_exceeded).
     agent_http_max_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
     agent_http_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+
+    @field_validator("agent_http_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for entry in _split(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a network (CIDR such as 10.0.0.0/8)") from None
+        return value
+
+    @property
+    def http_allow_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(entry, strict=False)
+            for entry in _split(self.agent_http_allow_networks)
+        )
 
     # --- sql tool (chiffon.agent.tools.sql_tool) ---
     # JSON {"name": "postgresql://..."}: the databases the sql tool may query, by name.
