@@ -60,6 +60,17 @@ class AgentSettings(ChiffonSettings):
     agent_python_processes: int = Field(default=16, ge=1, le=4096)
     # Whether a task may ask for the network (`network: true`); off, every task has none.
     agent_python_allow_network: bool = False
+    # A task without the network runs in a new network namespace; where the OS makes none
+    # (no CAP_SYS_ADMIN, no user namespaces), refuse it as forbidden (true) or run it with
+    # the host's network (false).
+    agent_python_require_network_namespace: bool = True
+    # When the agent runs as root, each task running at once runs as a uid of its own,
+    # uid_base + slot (< uid_base + agent_max_concurrency), with the same gid: uids that
+    # no one else on the machine may use (RLIMIT_NPROC counts per uid; the sweep kills a uid).
+    agent_python_uid_base: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
+    # Whether snippets may import the agent's installed packages (its site-packages, without
+    # .pth files); off, the standard library only.
+    agent_python_site_packages: bool = False
 
     # --- files tool (chiffon.agent.tools.files_tool) ---
     # Comma-separated directories the files tool may read and write beneath.
