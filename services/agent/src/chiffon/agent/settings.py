@@ -108,13 +108,36 @@ class AgentSettings(ChiffonSettings):
 
     # --- sql tool (chiffon.agent.tools.sql_tool) ---
     # JSON {"name": "postgresql://..."}: the databases the sql tool may query, by name.
+    # Each DSN should name a least-privilege role (SELECT on what tasks may read).
     agent_sql_databases: dict[str, str] = Field(default_factory=dict)
+    # Rows and bytes of JSON a query answers; past either, the rows so far and truncated.
     agent_sql_max_rows: int = Field(default=1000, ge=1, le=1_000_000)
+    agent_sql_max_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     agent_sql_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # A role that is (or may become) a superuser or pg_execute_server_program,
+    # pg_read_server_files, pg_write_server_files can run programs and touch server files
+    # from a read-only transaction: refused on connect unless this is true.
+    agent_sql_allow_privileged_role: bool = False
 
     # --- ansible and catalog tools (chiffon.agent.tools.ansible_tool, catalog_tool) ---
-    # The folder of playbooks and roles this agent serves.
+    # The folder of playbooks and roles this agent serves (playbooks/*.yml, roles/,
+    # inventories/: chiffon.catalog.catalog); the ansible capability needs one.
     agent_catalog_dir: Path | None = None
+    # ansible-lint's time for the advice on a failed play (about 8 s for a small playbook).
+    agent_ansible_lint_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _catalog_for_ansible(self) -> AgentSettings:
+        if "ansible" not in self.capabilities:
+            return self
+        if self.agent_catalog_dir is None:
+            raise ValueError(
+                "CHIFFON_AGENT_CATALOG_DIR is required with the ansible capability "
+                "(`chiffon agent start --catalog DIR`)"
+            )
+        if not self.agent_catalog_dir.is_dir():
+            raise ValueError(f"the catalog {self.agent_catalog_dir} is not a folder")
+        return self
 
     @field_validator("registry_url")
     @classmethod
