@@ -11,13 +11,22 @@ from typing import Any
 from chiffon.events.agents import AGENT_EVENTS
 from chiffon.events.costs import COST_EVENTS
 from chiffon.events.keys import APIKEY_EVENTS
+from chiffon.events.memory import MEMORY_EVENTS
 from chiffon.events.registry import Catalog
 from chiffon.events.runs import RUN_EVENTS
 from chiffon.events.triggers import TRIGGER_EVENTS
 from chiffon.events.workflows import WORKFLOW_EVENTS
 
 CATALOG = Catalog(
-    [*WORKFLOW_EVENTS, *RUN_EVENTS, *AGENT_EVENTS, *APIKEY_EVENTS, *COST_EVENTS, *TRIGGER_EVENTS]
+    [
+        *WORKFLOW_EVENTS,
+        *RUN_EVENTS,
+        *AGENT_EVENTS,
+        *APIKEY_EVENTS,
+        *COST_EVENTS,
+        *TRIGGER_EVENTS,
+        *MEMORY_EVENTS,
+    ]
 )
 
 

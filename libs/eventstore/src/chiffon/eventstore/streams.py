@@ -23,6 +23,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("COSTS", ("cost", "budget")),
     StreamSpec("TRIGGERS", ("trigger", "webhook", "schedule")),
     StreamSpec("KEYS", ("apikey",)),
+    StreamSpec("MEMORY", ("memory",)),  # agent memory: one aggregate per namespace
 )
 
 

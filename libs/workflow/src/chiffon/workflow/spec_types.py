@@ -29,6 +29,14 @@ from chiffon.events.limits import (
     VARIABLE_NAME_MAX_CHARS,
     WORKFLOW_NAME_MAX_CHARS,
 )
+from chiffon.events.memory import (
+    MEMORY_ACCESS_MAX,
+    MemoryKey,
+    MemoryKeyError,
+    check_name,
+    check_namespace,
+    parse_key,
+)
 
 from .durations import parse_duration
 from .errors import format_path
@@ -281,12 +289,90 @@ class InputSpec(_Model):
         return self
 
 
+# --- memory (issue 20) ---------------------------------------------------------------
+
+MEMORY_VARIABLE_PREFIX = "memory_"
+"""A read of ``ns:*:*:last_deploy`` is ``{memory_last_deploy}`` in the node's templates (and
+``memory_last_deploy`` in a ``set`` node's expressions): templates take plain names only."""
+
+
+def _memory_pattern(value: str) -> str:
+    try:
+        parse_key(value, wildcards=True)
+    except MemoryKeyError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _memory_checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except MemoryKeyError as exc:
+            raise ValueError(str(exc)) from None
+
+    return run
+
+
+def _unique(value: tuple[str, ...]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    for item in value:
+        if item in seen:
+            raise ValueError(f"{item!r} is listed twice")
+        seen.add(item)
+    return value
+
+
+MemoryPattern = Annotated[str, AfterValidator(_memory_pattern)]
+MemoryName = Annotated[str, AfterValidator(_memory_checked(check_name))]
+MemoryNamespace = Annotated[str, AfterValidator(_memory_checked(check_namespace))]
+
+
+class MemorySpec(_Model):
+    """``memory: {read: [...], write: [...], namespace: ...}`` on a node: the only memory
+    the node may touch. ``read``: patterns ``namespace:workflow:node:name`` (workflow and
+    node may be ``*``), each read into ``{memory_<name>}``. ``write``: the node's own
+    output fields, stored under ``<namespace>:<workflow>:<node>:<field>``; the namespace
+    is ``namespace``, else (agent nodes only) the name of the agent that ran the task."""
+
+    namespace: MemoryNamespace | None = None
+    read: Annotated[
+        tuple[MemoryPattern, ...], Field(max_length=MEMORY_ACCESS_MAX), AfterValidator(_unique)
+    ] = ()
+    write: Annotated[
+        tuple[MemoryName, ...], Field(max_length=MEMORY_ACCESS_MAX), AfterValidator(_unique)
+    ] = ()
+
+    @model_validator(mode="after")
+    def _declares_something(self) -> MemorySpec:
+        if not self.read and not self.write:
+            raise ValueError(
+                "declare what the node reads or writes: memory: {read: [...], write: [...]}"
+            )
+        names = [parse_key(p, wildcards=True).name for p in self.read]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"two reads are named {twice[0]!r}: both would be "
+                f"{{{MEMORY_VARIABLE_PREFIX}{twice[0]}}}; read one key per name"
+            )
+        return self
+
+    def patterns(self) -> dict[str, MemoryKey]:
+        """The read patterns by the variable they fill (``memory_<name>``)."""
+        return {
+            MEMORY_VARIABLE_PREFIX + key.name: key
+            for key in (parse_key(p, wildcards=True) for p in self.read)
+        }
+
+
 # --- nodes -----------------------------------------------------------------------------
 
 
 class _NodeBase(_Model):
     id: NodeId
     description: str | None = None
+    memory: MemorySpec | None = None
 
 
 class LlmNode(_NodeBase):

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING
 
 from .errors import Loc, SpecIssue, did_you_mean, issue
 from .expressions import Expression, ExpressionError, compile_expression
-from .spec_types import END, START, AgentNode, ApprovalNode, Edge, LlmNode, SetNode, _strings
+from .spec_types import (
+    END,
+    MEMORY_VARIABLE_PREFIX,
+    START,
+    AgentNode,
+    ApprovalNode,
+    Edge,
+    LlmNode,
+    SetNode,
+    _strings,
+)
 from .templates import Template, TemplateError, parse_template
 
 if TYPE_CHECKING:
@@ -23,6 +33,7 @@ def check_spec(spec: WorkflowSpec) -> list[SpecIssue]:
     _check_edges(spec, ids, issues)
     dangling = any(i.loc[:1] == ("edges",) or i.loc[-1:] == ("on_reject",) for i in issues)
     _check_variables(spec, issues)
+    _check_memory(spec, issues)
     _check_outputs(spec, issues)
     if spec.nodes and not dangling:
         _check_graph(spec, issues)
@@ -116,8 +127,61 @@ def _check_variables(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
     known = spec.state_keys()
     known_set = set(known)
     for loc, names in _references(spec):
-        for name in sorted(names - known_set):
-            issues.append(issue(loc, f"unknown variable {name!r}{did_you_mean(name, known)}"))
+        # A node's texts may also read the memory it declares (``{memory_<name>}``).
+        reads = _memory_variables(spec, loc)
+        for name in sorted(names - known_set - set(reads)):
+            hint = did_you_mean(name, [*known, *reads])
+            if name.startswith(MEMORY_VARIABLE_PREFIX) and not hint:
+                hint = (
+                    f"; to read memory, declare it on the node: memory: "
+                    f"{{read: ['<namespace>:*:*:{name.removeprefix(MEMORY_VARIABLE_PREFIX)}']}}"
+                )
+            issues.append(issue(loc, f"unknown variable {name!r}{hint}"))
+
+
+def _memory_variables(spec: WorkflowSpec, loc: Loc) -> tuple[str, ...]:
+    if len(loc) < 2 or loc[0] != "nodes" or not isinstance(loc[1], int):
+        return ()
+    memory = spec.nodes[loc[1]].memory
+    return tuple(memory.patterns()) if memory is not None else ()
+
+
+def _check_memory(spec: WorkflowSpec, issues: list[SpecIssue]) -> None:
+    """A node writes only fields it writes, under a namespace it can name, and its reads
+    never hide a state key of the same name."""
+    keys = set(spec.state_keys())
+    for i, node in enumerate(spec.nodes):
+        memory = node.memory
+        if memory is None:
+            continue
+        writes = spec.writes(node)
+        for k, name in enumerate(memory.write):
+            if name not in writes:
+                issues.append(
+                    issue(
+                        ("nodes", i, "memory", "write", k),
+                        f"{name!r} is not a field this node writes{did_you_mean(name, writes)}; "
+                        f"it writes: {', '.join(writes)}",
+                    )
+                )
+        if memory.write and memory.namespace is None and not isinstance(node, AgentNode):
+            issues.append(
+                issue(
+                    ("nodes", i, "memory", "namespace"),
+                    "a namespace is needed to write memory from a "
+                    f"{node.type} node (agent nodes write under the agent's name): "
+                    "memory: {namespace: <name>, write: [...]}",
+                )
+            )
+        for k, variable in enumerate(memory.patterns()):
+            if variable in keys:
+                issues.append(
+                    issue(
+                        ("nodes", i, "memory", "read", k),
+                        f"the read fills {{{variable}}}, which is also a state key; "
+                        "rename the state key",
+                    )
+                )
 
 
 def _references(spec: WorkflowSpec) -> Iterator[tuple[Loc, frozenset[str]]]:

@@ -24,6 +24,7 @@ from immutables import Map
 from chiffon.events import Actor, Envelope, EventPayload
 from chiffon.events import runs as ev
 from chiffon.events.limits import WORKFLOW_MAX_BYTES
+from chiffon.events.memory import MemoryRead
 from chiffon.events.run_status import INITIAL_STATUS, next_status
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.workflow import InputError, SpecError, WorkflowSpec, load_spec
@@ -199,6 +200,8 @@ NodeKey = tuple[str, int]  # (node id, iteration)
 # dict would (20,000 events: 2 s of CPU on the executor's loop, and on every cold load).
 _NO_NODES: Map[NodeKey, NodeIteration] = Map()
 _NO_APPROVALS: Map[NodeKey, Approval] = Map()
+_NO_READS: Map[NodeKey, MemoryRead] = Map()
+_NO_AGENTS: Map[NodeKey, str] = Map()
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,10 @@ class RunState:
     cancel_reason: str | None = None
     nodes: Map[NodeKey, NodeIteration] = field(default_factory=lambda: _NO_NODES)
     approvals: Map[NodeKey, Approval] = field(default_factory=lambda: _NO_APPROVALS)
+    # Agent memory (issue 20): what each node execution read, used again on a replay, and
+    # the agent that ran each agent node's execution (its memory namespace).
+    memory_reads: Map[NodeKey, MemoryRead] = field(default_factory=lambda: _NO_READS)
+    task_agents: Map[NodeKey, str] = field(default_factory=lambda: _NO_AGENTS)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     event_count: int = 0  # events folded: what a run's cap on stored events counts
@@ -359,6 +366,22 @@ def _approval_decided(
     return {"approvals": state.approvals.set(key, decided)}
 
 
+def _memory_read(state: RunState, env: Envelope[Any], p: MemoryRead, seq: int) -> _Changes:
+    key = (p.node_id, p.iteration)
+    if key in state.memory_reads:
+        return {}  # the first read is the one the node used
+    return {"memory_reads": state.memory_reads.set(key, p)}
+
+
+def _task_assigned(
+    state: RunState, env: Envelope[Any], p: ev.AgentTaskAssigned, seq: int
+) -> _Changes:
+    if p.iteration is None:
+        return {}
+    name = p.agent_name or p.agent_id
+    return {"task_agents": state.task_agents.set((p.node_id, p.iteration), name)}
+
+
 def _let_go(state: RunState, env: Envelope[Any], p: Any, seq: int) -> _Changes:
     """Suspended or paused: no replica holds the run any more."""
     return {"holder": None, "holder_pid": None, "work_seq": None}
@@ -383,6 +406,8 @@ _FOLDS: dict[type[EventPayload], _Fold] = {
     ev.LlmCalled: _llm_called,
     ev.ApprovalRequested: _approval_requested,
     ev.ApprovalDecided: _approval_decided,
+    MemoryRead: _memory_read,
+    ev.AgentTaskAssigned: _task_assigned,
     ev.RunSuspended: _let_go,
     ev.RunPaused: _let_go,
     ev.CancelRequested: _cancel_requested,

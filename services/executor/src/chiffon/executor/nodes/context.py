@@ -13,6 +13,7 @@ from chiffon.core.logging import get_logger
 from chiffon.events import Envelope
 from chiffon.events.runs import ApprovalDecided, ErrorInfo, LlmCalled, NodeCompleted, RunPaused
 from chiffon.events.storable import make_storable
+from chiffon.eventstore import EventStore
 from chiffon.executor.domain import RunState
 from chiffon.executor.models import ModelGateway
 
@@ -73,6 +74,7 @@ class Execution(Protocol):
     """What the graph's nodes need from the run they execute in."""
 
     run: RunState
+    store: EventStore  # agent memory is read and written here (``nodes.memory``)
     llm: ModelGateway
     trace: str | None  # the run's W3C traceparent, carried to what it calls (agents)
     budget: BudgetGate | None  # hard budgets checked before each model call (None: none)

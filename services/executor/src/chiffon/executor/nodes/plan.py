@@ -16,6 +16,7 @@ class NodePlan:
 
     def __init__(self, spec: WorkflowSpec, node: AnyNode) -> None:
         self.node = node
+        self.workflow = spec.name  # where the node's memory writes are stored
         self.retry = spec.effective_retry(node)
         self.timeout = spec.effective_timeout(node)
         self.on_error = spec.effective_on_error(node)
