@@ -39,6 +39,17 @@ def _readable(path: Path, what: str) -> Path:
     return path.resolve()
 
 
+def _catalog_dir(catalog: Path | None, capabilities: list[str]) -> Path | None:
+    """The catalog folder, resolved (the agent may run from another directory)."""
+    if catalog is None:
+        if "ansible" in capabilities:
+            raise _fail("--catalog DIR is required with the ansible capability")
+        return None
+    if not catalog.is_dir():
+        raise _fail(f"--catalog {catalog}: no such folder")
+    return catalog.resolve()
+
+
 @app.command("start")
 def start(
     name: Annotated[str, typer.Option("--name", help="The agent's name (its credential's).")],
@@ -83,6 +94,14 @@ def start(
     labels: Annotated[list[str] | None, typer.Option("--label", help="key=value (repeat).")] = None,
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, max=10_000)] = 4,
     ttl: Annotated[int, typer.Option("--ttl", min=5, max=3600, help="Heartbeat TTL (s).")] = 60,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            envvar="CHIFFON_AGENT_CATALOG_DIR",
+            help="The folder of playbooks and roles the ansible and catalog tools serve.",
+        ),
+    ] = None,
 ) -> None:
     """Run one agent in the foreground until Ctrl-C (it deregisters on the way out)."""
     if not NAME.match(name):
@@ -99,6 +118,7 @@ def start(
         if "=" not in label or "," in label:
             raise _fail(f"--label {label!r}: key=value")
     key_file = _readable(executor_key, "--executor-key")
+    catalog_dir = _catalog_dir(catalog, caps)
     env = {k: v for k, v in os.environ.items()}
     if registry:
         if not registry.startswith(("http://", "https://")):
@@ -130,6 +150,8 @@ def start(
         env["CHIFFON_AGENT_ALLOW"] = ",".join(allow)
     if labels:
         env["CHIFFON_AGENT_LABELS"] = ",".join(labels)
+    if catalog_dir is not None:
+        env["CHIFFON_AGENT_CATALOG_DIR"] = str(catalog_dir)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "chiffon.agent"], env)  # noqa: S606
