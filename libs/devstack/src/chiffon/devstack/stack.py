@@ -213,12 +213,34 @@ def _check_ports(
 SECRETS = ("CHIFFON_BOOTSTRAP_ADMIN_KEY", "CHIFFON_BOOTSTRAP_AGENT_CREDENTIAL")
 
 
-def _agent_env(settings: StackSettings, keys: AgentKeys) -> dict[str, str]:
-    """The local agent: `shell` with the safe default allow-list, registered as `local`."""
+#: The local agent's catalog: the homelab example's playbooks (examples/homelab/).
+HOMELAB_CATALOG = ("examples", "homelab", "catalog")
+
+
+def _agent_tools(paths: StackPaths) -> dict[str, str]:
+    """The local agent's tools besides `shell`: `python`; `files` beneath
+    <home>/agent-files; `http` with no host allowed (CHIFFON_AGENT_HTTP_ALLOW_HOSTS opens
+    some); `ansible` and `catalog` serving the homelab example's catalog, when this checkout
+    has it (the ansible tool refuses to start without a catalog)."""
+    files_root = paths.home / "agent-files"
+    files_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    capabilities = ["shell", "python", "files", "http"]
+    env = {"CHIFFON_AGENT_FILES_ROOTS": str(files_root)}
+    catalog = project_root().joinpath(*HOMELAB_CATALOG)
+    if catalog.is_dir():
+        capabilities += ["ansible", "catalog"]
+        env["CHIFFON_AGENT_CATALOG_DIR"] = str(catalog)
+    env["CHIFFON_AGENT_CAPABILITIES"] = ",".join(capabilities)
+    return env
+
+
+def _agent_env(settings: StackSettings, keys: AgentKeys, paths: StackPaths) -> dict[str, str]:
+    """The local agent: registered as `local`, `shell` with the safe default allow-list and
+    the tools of `_agent_tools`."""
     env = {
         "CHIFFON_AGENT_NAME": "local",
         "CHIFFON_AGENT_ID": "local",
-        "CHIFFON_AGENT_CAPABILITIES": "shell",
+        **_agent_tools(paths),
         "CHIFFON_AGENT_GRPC_PORT": str(settings.agent_grpc_port),
         "CHIFFON_EXECUTOR_PUBLIC_KEY_FILE": str(keys.public_key),
         "CHIFFON_REGISTRY_URL": f"http://127.0.0.1:{settings.service_port('registry')}",
@@ -253,7 +275,7 @@ def _spawn_missing(
         },
         "registry": {"CHIFFON_BOOTSTRAP_AGENT_CREDENTIAL": keys.credential()},
         "executor": {"CHIFFON_AGENT_SIGNING_KEY_FILE": str(keys.signing_key)},
-        "agent": _agent_env(settings, keys),
+        "agent": _agent_env(settings, keys, paths),
         "trigger": {
             "CHIFFON_TRIGGER_SECRETS_KEY_FILE": str(ensure_trigger_secrets_key(paths.keys))
         },
