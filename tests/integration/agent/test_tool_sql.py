@@ -25,6 +25,7 @@ from tests.integration.agent.conftest import AgentProcess, start_agent
 
 ROWS = 120
 MAX_ROWS = 50
+MAX_BYTES = 4096
 
 
 @dataclass
@@ -73,6 +74,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory, inventory: Inventory) -> Ite
         CHIFFON_AGENT_CAPABILITIES="shell,sql",
         CHIFFON_AGENT_SQL_DATABASES=json.dumps(databases),
         CHIFFON_AGENT_SQL_MAX_ROWS=str(MAX_ROWS),
+        CHIFFON_AGENT_SQL_MAX_BYTES=str(MAX_BYTES),
     )
     yield running
     running.process.terminate()
@@ -151,6 +153,15 @@ async def test_rows_past_the_cap_are_cut_and_said_to_be(sql: Any) -> None:
     assert everything["rows"][-1] == [float(MAX_ROWS)]
     exactly = _output(await sql(f"SELECT id FROM hosts ORDER BY id LIMIT {MAX_ROWS}"))
     assert exactly["row_count"] == MAX_ROWS and exactly["truncated"] is False
+
+
+async def test_rows_past_the_byte_cap_are_cut_and_a_row_alone_over_it_refused(sql: Any) -> None:
+    wide = _output(await sql("SELECT repeat('x', 1000) AS text FROM hosts"))
+    assert wide["truncated"] is True
+    assert wide["row_count"] == 4.0  # [4 rows of 1,004 bytes] is 4,021 bytes of JSON
+    huge = await sql(f"SELECT repeat('x', {MAX_BYTES})")
+    assert huge.error_type == "limit_exceeded"
+    assert huge.error_message == f"the first row alone is over the {MAX_BYTES}-byte cap"
 
 
 @pytest.mark.parametrize(

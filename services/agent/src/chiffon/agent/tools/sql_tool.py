@@ -213,18 +213,28 @@ class SqlTool:
         except (asyncpg.DataError, asyncpg.InterfaceError) as error:
             raise _refuse(f"params: {error}") from None
         rows: list[list[Any]] = []
-        size = 0
+        size = 2  # the JSON of `rows`: its brackets, its rows, their commas
         truncated = False
         while not truncated:
-            batch = await cursor.fetch(min(FETCH_BATCH, self._max_rows + 1 - len(rows)))
-            for record in batch:
-                row = [to_json(value) for value in record.values()]
-                size += len(json.dumps(row, separators=(",", ":")))
-                if len(rows) == self._max_rows or size > self._max_bytes:
-                    truncated = True
-                    break
-                rows.append(row)
-            if len(batch) < FETCH_BATCH:
+            asked = min(FETCH_BATCH, self._max_rows + 1 - len(rows))
+            batch = [
+                [to_json(value) for value in record.values()]
+                for record in await cursor.fetch(asked)
+            ]
+            # One dumps per batch, per row only in the batch that crosses a cap: a dumps per
+            # row took 12 of the 60 ms a 1,000-row answer cost.
+            grown = size + len(_json(batch)) - 2 + (1 if rows and batch else 0)
+            if grown <= self._max_bytes and len(rows) + len(batch) <= self._max_rows:
+                rows.extend(batch)
+                size = grown
+            else:
+                for row in batch:
+                    size += len(_json(row)) + (1 if rows else 0)
+                    if len(rows) == self._max_rows or size > self._max_bytes:
+                        truncated = True
+                        break
+                    rows.append(row)
+            if len(batch) < asked:
                 break
         if truncated and not rows:
             raise ToolRefused(
@@ -236,6 +246,10 @@ class SqlTool:
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             await pool.close()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 async def _end(connection: asyncpg.Connection, clean: bool) -> None:
