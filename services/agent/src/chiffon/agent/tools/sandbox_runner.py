@@ -54,7 +54,7 @@ def answer(channel: int, document: str) -> None:
 
 
 def escape(text: str) -> str:
-    # json's own C string encoder; `_json` is a builtin module (no import of `re`).
+    # json's own C string encoder, the _json extension alone (json's Python half imports re).
     import _json  # noqa: PLC0415
 
     return _json.encode_basestring_ascii(text)
