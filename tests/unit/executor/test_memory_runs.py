@@ -187,3 +187,20 @@ async def test_a_value_over_the_limit_fails_the_run_with_a_memory_error() -> Non
     assert "infra:deploy:ship:last_deploy" in error.message and "65536" in error.message
     events, _ = await store.read_aggregate(AggregateKey("memory", "infra"))
     assert events == []
+
+
+COUNTER = """
+name: tally
+version: 1
+nodes:
+  - id: tally
+    type: set
+    values: {runs: "(memory_runs or 0) + 1"}
+    memory: {namespace: reports, read: ["reports:*:tally:runs"], write: [runs]}
+"""
+
+
+async def test_a_set_node_counts_its_runs_in_memory() -> None:
+    store = InMemoryEventStore(CATALOG)
+    counts = [completed(await run(store, COUNTER, f"r{i}"))["runs"] for i in range(3)]
+    assert counts == [1, 2, 3]
