@@ -2,22 +2,33 @@
 the next run reads; a fresh process (a new fold) reads the same from the events; a
 resumed run uses what it recorded having read, not what memory holds now; a node
 execution writes once however often it is replayed; two writers of one key both land,
-the later one wins; a value over the limit fails the run with a clear error."""
+the later one wins; a value over the limit fails the run with a clear error; a set node
+counts its runs; an agent node writes under the name of the agent that ran it."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.memory import MemoryRead, MemoryValue, MemoryWritten, parse_key
-from chiffon.events.runs import RunClaimed, RunCompleted, RunFailed, RunRequested
+from chiffon.events.runs import (
+    AgentTaskAssigned,
+    NodeCompleted,
+    NodeStarted,
+    RunClaimed,
+    RunCompleted,
+    RunFailed,
+    RunRequested,
+)
 from chiffon.eventstore import AggregateKey, InMemoryEventStore
 from chiffon.executor.domain import RunState
 from chiffon.executor.execution import LoadedWorkflow, RunExecution
 from chiffon.executor.graph import build_graph
 from chiffon.executor.models import ModelGateway
-from chiffon.executor.nodes.memory import AgentMemory
+from chiffon.executor.nodes import NodePlan
+from chiffon.executor.nodes.memory import AgentMemory, remember
 from chiffon.executor.outputs import OutputStore
 from chiffon.workflow import WorkflowSpec, load_spec
 
@@ -204,3 +215,50 @@ async def test_a_set_node_counts_its_runs_in_memory() -> None:
     store = InMemoryEventStore(CATALOG)
     counts = [completed(await run(store, COUNTER, f"r{i}"))["runs"] for i in range(3)]
     assert counts == [1, 2, 3]
+
+
+AGENT_WRITES = """
+name: ship
+version: 1
+nodes:
+  - id: deploy
+    type: agent
+    requires: [shell]
+    task: {tool: shell, command: "deploy"}
+    output: {last_deploy: string}
+    memory: {write: [last_deploy]}
+"""
+
+
+async def test_an_agent_node_writes_under_the_name_of_the_agent_that_ran_it() -> None:
+    store = InMemoryEventStore(CATALOG)
+    spec = load_spec(AGENT_WRITES)
+    outputs = {"last_deploy": "v3"}
+    ran = RunState.from_events(
+        "r1",
+        [
+            (new_event(p, aggregate_id="r1", actor=EXECUTOR), seq)
+            for seq, p in enumerate(
+                [
+                    NodeStarted(node_id="deploy", node_type="agent", attempt=1, iteration=1),
+                    AgentTaskAssigned(
+                        task_id="t1",
+                        node_id="deploy",
+                        agent_id="a-1",
+                        agent_name="gpu.box",
+                        attempt=1,
+                        iteration=1,
+                    ),
+                    NodeCompleted(
+                        node_id="deploy", attempt=1, iteration=1, outputs=outputs, duration_ms=1.0
+                    ),
+                ],
+                start=1,
+            )
+        ],
+    )
+    ctx = SimpleNamespace(run=ran, store=store)
+    await remember(ctx, NodePlan(spec, spec.node("deploy")), 1, outputs)  # type: ignore[arg-type]
+    events, _ = await store.read_aggregate(AggregateKey("memory", "gpuDbox"))
+    assert [e.payload.key for e in events] == ["gpu.box:ship:deploy:last_deploy"]
+    assert [e.payload.value for e in events] == ["v3"]
