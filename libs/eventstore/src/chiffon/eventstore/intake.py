@@ -13,10 +13,11 @@ request: only the inbox an item or a status arrives on says which request it set
 Counted on one shared inbox, the items still to come drift from what JetStream owes,
 and a replica would take more runs than it has slots for.
 
-Items reach the caller as ``JetStreamWorkItem``: the stream sequence and delivery count
-are read from the message's ``$JS.ACK`` reply subject (nats-py's ``msg.metadata``
-builds a dataclass and a datetime per message), and settling goes straight to the
-message's own coroutine (no extra await).
+Items reach the caller as ``RawWorkItem``: a pull's inbox is a raw subscription
+(``wire.raw_subscribe``: no ``Msg``, no header dict, no queue or task hop per item), the
+stream sequence and delivery count are read from the message's ``$JS.ACK`` reply
+subject, and ``ack`` of many items is one write (``wire.ack_commands``). On a client not
+made by ``wire.new_client`` the items are nats-py's messages (``JetStreamWorkItem``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from chiffon.eventstore import wire
 from chiffon.eventstore.errors import EventStoreUnavailable
-from chiffon.eventstore.port import WorkConsumer
+from chiffon.eventstore.port import WorkConsumer, WorkItem
 
 STATUS = "Status"
 HEARTBEAT = "100"
@@ -77,6 +79,56 @@ class JetStreamWorkItem:
 
     def term(self) -> Coroutine[Any, Any, None]:
         return self._msg.term()
+
+
+def _ack_position(reply: bytes) -> tuple[int, int]:
+    """(delivered, stream sequence) from a ``$JS.ACK`` reply subject."""
+    tokens = reply.split(b".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<n>
+        return int(tokens[4]), int(tokens[5])
+    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...
+        return int(tokens[6]), int(tokens[7])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
+class RawWorkItem:
+    """A delivered work item read off the wire (see the module's doc): the ``WorkItem``
+    of the port without a nats-py ``Msg``."""
+
+    __slots__ = ("_nc", "_reply", "_subject", "data", "delivered", "sequence")
+
+    def __init__(self, nc: NATS, subject: bytes, reply: bytes, data: bytes) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._reply = reply
+        self.data = data
+        self.delivered, self.sequence = _ack_position(reply)
+
+    @property
+    def subject(self) -> str:
+        return self._subject.decode()
+
+    async def ack(self) -> None:
+        await wire.send_raw(self._nc, wire.ack_commands([self._reply]))
+
+    async def nak(self, delay: float | None = None) -> None:
+        body = b"-NAK"
+        if delay:
+            body += b" " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
+        await self._nc.publish(self._reply.decode(), body)
+
+    async def in_progress(self) -> None:
+        await self._nc.publish(self._reply.decode(), b"+WPI")
+
+    async def term(self) -> None:
+        await self._nc.publish(self._reply.decode(), b"+TERM")
+
+
+def _status(headers: bytes | None, payload: bytes) -> str | None:
+    """A pull's status message (``NATS/1.0 408 Request Timeout``): its code, else None."""
+    if headers is None or payload or headers[8:9] != b" ":
+        return None
+    return headers[9:12].decode()
 
 
 def consumer_config(consumer: WorkConsumer, subjects: list[str]) -> api.ConsumerConfig:
@@ -125,7 +177,8 @@ class JetStreamWorkIntake:
         self._expires = expires
         self._js = js
         self._config = config
-        self._items: deque[JetStreamWorkItem] = deque()
+        self._items: deque[RawWorkItem | JetStreamWorkItem] = deque()
+        self._raw = wire.fast_parser(nc) is not None
         self._pulls: list[_Pull] = []  # outstanding, oldest first
         self._ended: list[_Pull] = []  # ended; their inboxes still to unsubscribe
         self.missing = False  # nothing answers: the consumer is gone (recreate it)
@@ -167,24 +220,47 @@ class JetStreamWorkIntake:
         async def on_message(msg: Msg) -> None:
             self._on_message(pull, msg)
 
+        def on_raw(subject: bytes, reply: bytes, headers: bytes | None, payload: bytes) -> None:
+            status = _status(headers, payload)
+            self._settle(
+                pull, status, None if status else RawWorkItem(self._nc, subject, reply, payload)
+            )
+
         body = {"batch": count, "expires": int(seconds * 1_000_000_000)}
         try:
-            pull.sub = await self._nc.subscribe(inbox, cb=on_message)
+            if self._raw:
+                pull.sub = await wire.raw_subscribe(self._nc, inbox, on_raw)
+            else:
+                pull.sub = await self._nc.subscribe(inbox, cb=on_message)
             self._pulls.append(pull)
             await self._nc.publish(self._subject, json.dumps(body).encode(), reply=inbox)
         except nats.errors.Error as error:
             raise EventStoreUnavailable(f"pull request failed: {error}") from None
 
-    def take(self) -> JetStreamWorkItem | None:
+    def take(self) -> RawWorkItem | JetStreamWorkItem | None:
         return self._items.popleft() if self._items else None
+
+    async def ack(self, items: list[WorkItem]) -> None:
+        """Acknowledge ``items`` (this intake's): the raw ones in one write."""
+        replies = [item._reply for item in items if isinstance(item, RawWorkItem)]
+        if replies:
+            await wire.send_raw(self._nc, wire.ack_commands(replies))
+        for item in items:
+            if not isinstance(item, RawWorkItem):
+                await item.ack()
 
     def _on_message(self, pull: _Pull, msg: Msg) -> None:
         status = msg.headers.get(STATUS) if msg.headers else None
-        if status is None:
+        self._settle(pull, status, None if status else JetStreamWorkItem(msg))
+
+    def _settle(
+        self, pull: _Pull, status: str | None, item: RawWorkItem | JetStreamWorkItem | None
+    ) -> None:
+        if item is not None:
             pull.remaining -= 1
             if pull.remaining <= 0:
                 self._end(pull)
-            self._items.append(JetStreamWorkItem(msg))
+            self._items.append(item)
             self.missing = False
         elif status == HEARTBEAT:
             return

@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import Catalog, Envelope
-from chiffon.eventstore import messaging
+from chiffon.eventstore import messaging, wire
 from chiffon.eventstore.acks import AckInbox, AckTimeout, Message, NoStream, decode
 from chiffon.eventstore.direct import DirectGetFailed, DirectGetTimeout, DirectReader
 from chiffon.eventstore.encoding import batch_trace, encode_event
@@ -136,7 +136,8 @@ class JetStreamEventStore:
         cls, url: str, catalog: Catalog, *, namespace: str = "chiffon", name: str = "chiffon"
     ) -> AsyncIterator[JetStreamEventStore]:
         try:
-            nc = await nats.connect(url, **connect_options(name))
+            nc = wire.new_client()
+            await nc.connect(url, **connect_options(name))
         except (TimeoutError, OSError, nats.errors.NoServersError) as error:
             raise EventStoreUnavailable(f"cannot reach NATS at {url}: {error}") from None
         try:
@@ -398,6 +399,19 @@ class JetStreamEventStore:
             raise EventStoreError(f"reading {key}: {error}") from None
         events = [self._record_direct(stream, msg) for msg in messages]
         return events, (events[-1].sequence if events else after)
+
+    async def first_event(self, key: AggregateKey) -> RecordedEvent | None:
+        stream = self.streams.stream_for(key.aggregate)
+        subject = self.streams.aggregate_filter(key.aggregate, key.aggregate_id)
+        try:
+            messages, _ = await self._direct.batch(stream, subject, 1, 1, self._timeout)
+        except DirectGetTimeout:
+            raise EventStoreUnavailable(f"reading {key}: NATS did not answer") from None
+        except DirectGetFailed as error:
+            if error.status == "503":
+                raise EventStoreUnavailable(f"reading {key}: no stream {stream}") from None
+            raise EventStoreError(f"reading {key}: {error}") from None
+        return self._record_direct(stream, messages[0]) if messages else None
 
     async def aggregate_version(self, key: AggregateKey) -> int:
         """The aggregate's version (0 if it has no events), by one direct get of its last

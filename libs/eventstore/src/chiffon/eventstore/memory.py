@@ -267,6 +267,14 @@ class InMemoryEventStore:
         held = self._aggregates.get(self.streams.aggregate_filter(key.aggregate, key.aggregate_id))
         return held[-1] if held else 0
 
+    async def first_event(self, key: AggregateKey) -> RecordedEvent | None:
+        held = self._aggregates.get(self.streams.aggregate_filter(key.aggregate, key.aggregate_id))
+        if not held:
+            return None
+        return self._record(
+            self._streams[self.streams.stream_for(key.aggregate)], held[0], headers=True
+        )
+
     async def last_sequence(self, context: str) -> int:
         return self._stream(context).last_sequence
 

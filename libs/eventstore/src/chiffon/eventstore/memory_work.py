@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from chiffon.eventstore.encoding import subject_matches
 from chiffon.eventstore.model import StoredMessage
-from chiffon.eventstore.port import WorkConsumer
+from chiffon.eventstore.port import WorkConsumer, WorkItem
 
 DEFAULT_EXPIRES = 5.0
 
@@ -181,6 +181,10 @@ class MemoryWorkIntake:
 
     def take(self) -> MemoryWorkItem | None:
         return self._items.popleft() if self._items else None
+
+    async def ack(self, items: list[WorkItem]) -> None:
+        for item in items:
+            await item.ack()
 
     async def restore(self) -> None:
         """Nothing is ever lost in memory."""

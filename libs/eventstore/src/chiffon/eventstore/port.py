@@ -118,6 +118,11 @@ class WorkIntake(Protocol):
         """The next delivered item, or None."""
         ...
 
+    async def ack(self, items: list[WorkItem]) -> None:
+        """``ack`` every one of ``items`` (taken from this intake), at once where the
+        transport can: one write for a pull's worth of items."""
+        ...
+
     async def restore(self) -> None:
         """Create the consumer again. Raises ``EventStoreError`` if it cannot."""
         ...
@@ -213,6 +218,11 @@ class EventStore(RequestReply, Protocol):
 
     async def aggregate_version(self, key: AggregateKey) -> int:
         """The aggregate's version (0 if it has no events), without reading its events."""
+        ...
+
+    async def first_event(self, key: AggregateKey) -> RecordedEvent | None:
+        """The aggregate's first event (a run's ``run.requested``), or None: one read,
+        however many events follow it."""
         ...
 
     async def last_sequence(self, context: str) -> int:
