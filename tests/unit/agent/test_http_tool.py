@@ -206,6 +206,28 @@ async def test_a_name_with_one_private_answer_among_public_ones_is_refused_uncon
     assert server.connections == before
 
 
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "127.1", "localhost", "[::ffff:7f00:1]"])
+async def test_any_spelling_of_loopback_is_refused_by_its_address(
+    server: StandIn, tmp_path: Path, host: str
+) -> None:
+    """With every name allowed (`*`) and the system's own resolver, which reads
+    `2130706433` and `0x7f.1` as 127.0.0.1 as inet_aton does."""
+    tool = HttpTool(
+        allow_hosts=HostAllowList.of(["*"]),
+        fence=AddressFence(),
+        max_bytes=1 << 20,
+        timeout=10.0,
+    )
+    before = server.connections
+    try:
+        refused = await _refusal(tool, tmp_path, url=f"http://{host}:{server.port}/echo")
+    finally:
+        await tool.close()
+    assert refused.error_type == "forbidden"
+    assert "loopback address" in refused.message
+    assert server.connections == before
+
+
 async def test_a_host_off_the_allow_list_is_refused_before_any_lookup(
     tool: HttpTool, resolver: Resolver, tmp_path: Path
 ) -> None:
