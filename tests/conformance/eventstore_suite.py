@@ -117,6 +117,16 @@ class EventStoreConformance:
         assert version == second.version
         assert await store.read_aggregate(key, after=second.version) == ([], second.version)
 
+    async def test_an_aggregates_first_event_is_read_alone(self, store: EventStore) -> None:
+        agent = fresh()
+        key = AggregateKey("agent", agent)
+        assert await store.first_event(key) is None
+        first = await store.append(key, [registered(agent)], 0)
+        await store.append(key, [capacity(agent, 2), capacity(agent, 3)], first.version)
+        found = await store.first_event(key)
+        assert found is not None
+        assert (found.sequence, found.envelope.type) == (first.version, "agent.registered")
+
     async def test_a_new_aggregate_is_at_version_zero(self, store: EventStore) -> None:
         agent = fresh()
         key = AggregateKey("agent", agent)
