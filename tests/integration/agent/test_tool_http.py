@@ -19,7 +19,7 @@ from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.agent.conftest import AgentProcess, start_agent
-from tests.unit.agent.test_http_tool_standin import StandIn, stand_in
+from tests.support.http_standin import StandIn, stand_in
 
 ALLOW_HOSTS = "127.0.0.1,127.0.0.2,localhost,169.254.169.254,10.0.0.1,[fd00:ec2::254]"
 

@@ -18,7 +18,7 @@ from chiffon.agent.tools.base import ToolContext, ToolRefused, ToolResult
 from chiffon.agent.tools.http_fence import AddressFence, HostAllowList, parse_networks
 from chiffon.agent.tools.http_tool import MAX_REDIRECTS, HttpTool
 from tests.support.fixtures import eventually
-from tests.unit.agent.test_http_tool_standin import StandIn, certificate_authority, stand_in
+from tests.support.http_standin import StandIn, certificate_authority, stand_in
 
 REFUSED = [
     "127.0.0.1",
@@ -331,6 +331,9 @@ async def test_an_error_status_fails_the_task_with_the_answer_kept(
     failed = await tool.run({"url": server.url("/status/503")}, _ctx(tmp_path))
     assert not failed.ok and failed.error_type == "http_status"
     assert failed.output["status"] == 503 and failed.output["json"] == {"status": 503}
+    refused = await tool.run({"url": server.url("/status/404")}, _ctx(tmp_path))
+    assert not refused.ok and refused.error_type == "http_client_error"
+    assert refused.output["status"] == 404
     kept = await tool.run(
         {"url": server.url("/status/404"), "fail_on_status": False}, _ctx(tmp_path)
     )

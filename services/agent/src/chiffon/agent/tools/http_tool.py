@@ -112,11 +112,14 @@ class HttpTool:
             )
         duration_ms = (time.monotonic() - started) * 1000
         if status >= 400 and request.fail_on_status:
-            # Not final: the executor's retry policy decides (a 503 may pass, a 404 will not).
+            # A 5xx, 408 or 429 may pass on a later attempt (http_status: the executor's
+            # retry policy decides); any other 4xx would be refused again (http_client_error:
+            # final, like forbidden).
+            retryable = status >= 500 or status in (408, 429)
             return ToolResult(
                 ok=False,
                 output=output,
-                error_type="http_status",
+                error_type="http_status" if retryable else "http_client_error",
                 error_message=f"HTTP {status} from {output['url']}",
                 exit_code=status,
                 duration_ms=duration_ms,

@@ -66,6 +66,7 @@ FINAL_TOOL_ERRORS = frozenset(
         "forbidden",
         "limit_exceeded",
         "timeout",
+        "http_client_error",
     }
 )
 # Argument names whose values never reach an event: the name says it holds a secret.
