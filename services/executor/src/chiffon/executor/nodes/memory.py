@@ -36,7 +36,7 @@ from chiffon.events.memory import (
     check_namespace,
     check_value,
 )
-from chiffon.eventstore import AggregateKey, EventStore, retry_on_conflict
+from chiffon.eventstore import AggregateKey, ConcurrencyConflict, EventStore, retry_on_conflict
 from chiffon.executor.nodes.context import Execution, NodeFailure, error_info
 from chiffon.executor.nodes.plan import NodePlan
 
@@ -92,9 +92,15 @@ class AgentMemory:
         """Remember ``values`` for one node execution; the number of keys written (0 when
         that execution wrote them already)."""
         key = AggregateKey("memory", aggregate_id(namespace))
+        conflicted = False
 
         async def attempt() -> int:
-            state = await self.current(namespace)
+            nonlocal conflicted
+            # The fold this process holds is tried as it is: had anything been appended
+            # since, the append would conflict and the next attempt reads it. That saves
+            # a read per write (a node that reads then writes a key folded it just before).
+            cached = None if conflicted else self._folds.get(namespace)
+            state = cached if cached is not None else await self.current(namespace)
             payloads = state.writes(
                 workflow=workflow,
                 node_id=node_id,
@@ -108,12 +114,16 @@ class AgentMemory:
                 new_event(p, aggregate_id=key.aggregate_id, actor=self.actor, correlation_id=run_id)
                 for p in payloads
             ]
-            result = await self.store.append(
-                key,
-                envelopes,
-                expected_version=state.version,
-                idempotency_key=f"memory:{run_id}:{node_id}:{iteration}",
-            )
+            try:
+                result = await self.store.append(
+                    key,
+                    envelopes,
+                    expected_version=state.version,
+                    idempotency_key=f"memory:{run_id}:{node_id}:{iteration}",
+                )
+            except ConcurrencyConflict:
+                conflicted = True
+                raise
             if result.all_duplicates:
                 return 0
             async with self._lock(namespace):
