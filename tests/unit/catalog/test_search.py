@@ -20,6 +20,7 @@ from chiffon.catalog.search import (
 )
 
 HOMELAB = Path(__file__).resolve().parents[2] / "fixtures" / "homelab_catalog"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "homelab" / "catalog"
 
 PARAPHRASES = [
     ("deploy uptime monitor", "deploy-uptime-kuma"),
@@ -107,6 +108,26 @@ def test_a_request_no_playbook_serves_is_uncertain(
     assert result.best is not None and result.best.confidence < DEFAULT_THRESHOLD
     if request_text in UNRELATED:
         assert result.best.confidence < 0.2
+
+
+@pytest.mark.parametrize(
+    ("request_text", "playbook"),
+    [
+        ("deploy uptime-kuma", "deploy-uptime-kuma"),  # the example workflow's request
+        ("deploy uptime monitor", "deploy-uptime-kuma"),
+        ("block ads on my network", "deploy-pihole"),
+        ("back up my files to the NAS", "backup-nas"),
+        ("renew the https certs", "renew-certificates"),
+        ("upgrade all packages", "update-packages"),
+    ],
+)
+def test_the_homelab_examples_catalog_answers_its_requests(
+    embedder: Embedder, request_text: str, playbook: str
+) -> None:
+    result = CatalogIndex(load_catalog(EXAMPLE), embedder).search(request_text)
+
+    assert result.best is not None and result.best.playbook.name == playbook
+    assert not result.uncertain
 
 
 @pytest.mark.parametrize(

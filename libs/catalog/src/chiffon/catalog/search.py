@@ -231,10 +231,15 @@ class CatalogIndex:
         return Match(self.playbooks[index], 1.0, matched_by, False, 0.0)
 
 
-def _fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
+Fingerprint = frozenset[tuple[str, int, int]]
+
+
+def _fingerprint(root: Path) -> Fingerprint:
     """The playbook files' names, sizes and modification times: a change to any of them
-    (an edit, a new file, a removal) is a new fingerprint. 500 files: about 2 ms."""
-    entries = []
+    (an edit, a new file, a removal) is a new fingerprint. 500 files: 2.5 to 3.6 ms of CPU on
+    the 2-core machine, most of it the 500 stat calls (a set, not a sorted tuple, which cost
+    0.7 ms more)."""
+    entries: set[tuple[str, int, int]] = set()
     try:
         with os.scandir(root / PLAYBOOKS_DIR) as scan:
             for entry in scan:
@@ -244,15 +249,15 @@ def _fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
                     stat = entry.stat()  # a symlink's target: editing the target counts
                 except OSError:
                     continue
-                entries.append((entry.name, stat.st_size, stat.st_mtime_ns))
+                entries.add((entry.name, stat.st_size, stat.st_mtime_ns))
     except OSError:
-        return ()
-    return tuple(sorted(entries))
+        return frozenset()
+    return frozenset(entries)
 
 
 class CatalogSearch:
     """A catalog folder kept searchable: its playbooks are read and embedded once, and again
-    only when its files change (checked on every search: 500 files cost about 2 ms); then
+    only when its files change (checked on every search: 500 files cost about 3 ms); then
     only the texts that changed are embedded, the others' vectors are reused. With a
     `cache_file` the vectors outlive the process (see embedding_cache)."""
 
@@ -263,7 +268,7 @@ class CatalogSearch:
         self._embedder = embedder or shared_embedder()
         self._cache_file = cache_file
         self._lock = threading.Lock()
-        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._fingerprint: Fingerprint | None = None
         self._index: CatalogIndex | None = None
         self._vectors_by_text: dict[str, Vectors] | None = None
         #: How many times the catalog was read and indexed, and how many texts were
