@@ -157,6 +157,20 @@ def test_a_playbooks_name_comes_first_with_confidence_1(
     ] * 2
 
 
+def test_a_one_word_name_inside_a_longer_request_is_not_a_name_match(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    catalog = [
+        Playbook("update", tmp_path / "update.yml", "Upgrade the apt packages of every host"),
+        Playbook("deploy-grafana", tmp_path / "g.yml", "Deploy Grafana dashboards"),
+    ]
+    index = CatalogIndex(catalog, embedder)
+
+    assert index.search("update").matches[0].matched_by == "name"
+    assert index.exact("update grafana, please") == ([], [])
+    assert index.exact("run (deploy-grafana.yml), please") == ([1], [])
+
+
 def test_a_tag_only_one_playbook_has_is_certain(homelab: CatalogIndex) -> None:
     result = homelab.search("Home Automation")
 

@@ -1,9 +1,10 @@
 """Catalog search: exact names and tags first, then meaning (all-MiniLM-L6-v2 embeddings).
 
 1. **name**: the query is a playbook's name (`deploy-uptime-kuma`, `deploy uptime_kuma`,
-   `deploy-uptime-kuma.yml`), or names it as one of its words. Confidence 1; when a name
-   (or a tag only one playbook has) answers the query, the other playbooks still follow,
-   by meaning, as related ones: confidence 0, uncertain.
+   `deploy-uptime-kuma.yml`), or has a compound name as one of its words (`run harden-ssh
+   now`; a playbook named `update` does not own every request with "update" in it).
+   Confidence 1; when a name (or a tag only one playbook has) answers the query, the other
+   playbooks still follow, by meaning, as related ones: confidence 0, uncertain.
 2. **tag**: the query is one of a playbook's tags (`monitoring`). Confidence 1 when only
    that playbook has the tag; a tag k playbooks share names a group, not one of them: each
    has confidence 1/k (uncertain), and they come in the order of their meaning.
@@ -121,6 +122,18 @@ def normalise(text: str) -> str:
     return _SEPARATORS.sub("-", text.strip().lower()).strip("-")
 
 
+def _name_key(text: str) -> str:
+    """A request (or a word of it) as a name: `Deploy-Uptime_Kuma.yml,` -> `deploy-uptime-kuma`."""
+    key = normalise(text.strip(",;:!?\"'`()[]{}<>"))
+    for suffix in PLAYBOOK_SUFFIXES:
+        key = key.removesuffix(suffix)
+    return key
+
+
+def _is_compound(word: str) -> bool:
+    return any(separator in word.strip("-_.") for separator in "-_.")
+
+
 def document_text(playbook: Playbook) -> str:
     """What is embedded for a playbook: its name in words, description and tags."""
     words = normalise(playbook.name).replace("-", " ")
@@ -168,13 +181,13 @@ class CatalogIndex:
 
     def exact(self, query: str) -> tuple[list[int], list[int]]:
         """The playbooks the query names, and those whose tag it is (name/tag lookup only)."""
-        key = normalise(query)
-        for suffix in PLAYBOOK_SUFFIXES:
-            key = key.removesuffix(suffix)
+        key = _name_key(query)
         named = [self._by_name[key]] if key in self._by_name else []
         for word in query.split():
-            index = self._by_name.get(normalise(word))
-            if index is not None and index not in named:
+            index = self._by_name.get(_name_key(word))
+            # Only a compound name counts as a word of a longer request: a playbook named
+            # `update` must not answer "update grafana" for sure.
+            if index is not None and index not in named and _is_compound(word):
                 named.append(index)
         tagged = [i for i in self._by_tag.get(key, []) if i not in named]
         return named, tagged
