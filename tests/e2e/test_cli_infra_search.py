@@ -76,6 +76,26 @@ async def test_an_unrelated_request_is_marked_uncertain(env: dict[str, str]) -> 
     assert "no playbook matches with confidence >= 0.9" in err
 
 
+async def test_a_playbooks_description_is_shown_never_obeyed(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # A catalog is files anyone with write access to it wrote: markup and a bidi override in
+    # a description are printed as text (an escape sequence cannot get this far: YAML
+    # refuses control characters, and the catalog skips such a file).
+    (tmp_path / "catalog" / "playbooks").mkdir(parents=True)
+    (tmp_path / "catalog" / "playbooks" / "deploy-uptime-kuma.yml").write_text(
+        "# description: [bold red]Deploy[/bold red] Uptime Kuma \u202eevil\n"
+        "- name: Uptime Kuma\n  hosts: all\n  tasks: []\n"
+    )
+    code, out, err = await run_cli(
+        env, "infra", "search", "deploy-uptime-kuma", "--catalog", str(tmp_path / "catalog")
+    )
+
+    assert code == 0, err
+    assert "[bold red]Deploy[/bold red]" in out
+    assert "\u202e" not in out and "\\u202e" in out
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
