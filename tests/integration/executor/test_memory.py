@@ -2,10 +2,12 @@
 the OpenAI-compatible test server. What one run writes, the next run reads; a fresh
 executor process reads the same, folded from the events; a run resumed on another
 replica uses the values it read before it was interrupted, not what memory holds now;
-an undeclared read or a hostile key is refused when the workflow is registered."""
+an undeclared read or a hostile key is refused when the workflow is registered; racing
+writers of one key all land, in order, and the last one stored is what everyone reads."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from chiffon.cli.client import InvalidRequest
 from chiffon.cli.http_client import GatewayClient
 from chiffon.events import CATALOG
 from chiffon.events.memory import parse_key
-from chiffon.eventstore import JetStreamEventStore
+from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.executor.nodes.memory import AgentMemory
 from tests.integration.gateway.support import Service
 
@@ -162,6 +164,42 @@ async def test_undeclared_reads_and_hostile_keys_are_refused_at_registration(
     assert "invalid namespace '../../etc'" in refused.value.details[0]["message"]
     _, outputs = await memory.run(memory.reader)  # the executors go on serving
     assert outputs["ask"] == "echo: last deploy was "
+
+
+async def test_racing_writers_of_one_key_all_land_in_order_and_the_last_wins(
+    memory: Memory,
+) -> None:
+    """Two replicas' worth of writers (a connection each) write one key 20 times each at
+    once, on real NATS: every write lands once with its own version, 1 to 40, and both
+    read the one stored last."""
+    url, ns = memory.env["CHIFFON_NATS_URL"], memory.env["CHIFFON_NAMESPACE"]
+    async with (
+        JetStreamEventStore.connect(url, CATALOG, namespace=ns) as one,
+        JetStreamEventStore.connect(url, CATALOG, namespace=ns) as two,
+    ):
+        writers = [AgentMemory(one), AgentMemory(two)]
+
+        async def writes(k: int) -> None:
+            for i in range(20):
+                await writers[k].write(
+                    memory.namespace,
+                    workflow=memory.writer,
+                    node_id="ship",
+                    run_id=f"writer{k}-{i}",
+                    iteration=1,
+                    values={"last_deploy": f"{k}.{i}"},
+                )
+
+        await asyncio.gather(writes(0), writes(1))
+        events, _ = await one.read_aggregate(AggregateKey("memory", memory.namespace))
+        assert [e.payload.version for e in events] == list(range(1, 41))
+        assert sorted(e.payload.run_id for e in events) == sorted(
+            f"writer{k}-{i}" for k in (0, 1) for i in range(20)
+        )
+        pattern = parse_key(f"{memory.namespace}:*:*:last_deploy", wildcards=True)
+        for writer in writers:
+            [seen] = await writer.read([pattern])
+            assert (seen.value, seen.version) == (events[-1].payload.value, 40)
 
 
 async def test_a_resumed_run_sees_the_values_it_read_before(memory: Memory) -> None:
