@@ -176,6 +176,14 @@ async def follow_run(
             verdict = "approved" if p["approved"] else "rejected"
             comment = f": {_short(p['comment'], 400)}" if p.get("comment") else ""
             echo(f"  {verdict} {p['node_id']} by {event.actor}{comment}")
+        elif t == "run.memory.read":
+            for read in p.get("values") or []:
+                found = (
+                    f"{read['key']} = {_short(read.get('value'), 80)}"
+                    if read.get("key")
+                    else "nothing"
+                )
+                echo(f"    ◇ memory {read['pattern']}: {found}")
         elif t == "run.agent_task.finished":
             used = _task_usage(p)
             if used:
