@@ -5,8 +5,9 @@ it a full fork of the agent) on a thread, reaped on the event loop through a pid
 wait4 (its rusage), like the shell tool. The fences themselves are put up by the runner
 before it reads the task (see sandbox_runner.py); this side gives it a scratch directory
 owned by the task's uid, an empty environment, the payload on a memfd as stdin, a pipe on
-which it answers, and the wall-time limit: past it the process group is killed, and every
-process of the task's uid is swept.
+which it answers, and the wall-time limit: past it (or on a cancel) every process of the
+task's uid is killed (`sweep`), the guard reaps them and exits; a guard that does not is
+killed with its process group, and the uid swept again.
 
 A uid of its own per concurrent task (uid_base + slot) when the agent is root: RLIMIT_NPROC
 counts the processes of a uid, so a fork bomb meets its own limit and no other task's, and
@@ -45,6 +46,8 @@ INTERPRETER_FLAGS = ("-I", "-S", "-B")
 #: The guard's exit code when the snippet's process was killed by signal N: 64 + N.
 GUARD_SIGNALLED = 64
 SAMPLE_SECONDS = 0.1
+#: How long the guard has to reap and exit once its task's processes are killed.
+GUARD_GRACE_SECONDS = 5.0
 #: How long the pipes may stay open once the runner is gone (a child still holding them).
 DRAIN_SECONDS = 1.0
 
@@ -310,6 +313,11 @@ class Sandbox:
             if waited not in done:
                 was_cancelled = cancelled in done
                 timed_out = not was_cancelled
+                if uid >= 0:
+                    # Kill the task's processes, not its guard: the guard then reaps them
+                    # (it is their subreaper) and exits, so none is left to init to reap.
+                    await asyncio.to_thread(sweep, uid)
+                    await asyncio.wait({waited}, timeout=GUARD_GRACE_SECONDS)
                 kill_group()
             status, usage = await asyncio.shield(waited)
         except asyncio.CancelledError:
