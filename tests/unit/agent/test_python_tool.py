@@ -9,7 +9,11 @@ process that left the task's process group.
 from __future__ import annotations
 
 import asyncio
+import json
+import marshal
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import pytest
 from chiffon.agent.settings import AgentSettings
 from chiffon.agent.tools.base import ToolContext, ToolRefused, ToolResult
 from chiffon.agent.tools.python_tool import PythonTool
+from chiffon.agent.tools.sandbox import RUNNER
 
 AS_ROOT = os.geteuid() == 0
 
@@ -200,3 +205,83 @@ async def test_unknown_or_malformed_arguments_are_invalid(run: Runner) -> None:
         with pytest.raises(ToolRefused) as refused:
             await run(**arguments)
         assert refused.value.error_type == "invalid_arguments", arguments
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="a uid per task needs a root agent")
+async def test_a_task_at_its_process_limit_leaves_another_tasks_limit_alone(
+    tmp_path: Path,
+) -> None:
+    tool = PythonTool(_settings(agent_python_processes=4))
+    full = asyncio.Event()
+
+    def on_line(_stream: int, text: str) -> None:
+        if text == "full":
+            full.set()
+
+    hog = (
+        "import os, time\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(600)\n"  # a child holds one of the 4 processes until swept
+        "try:\n    os.fork()\nexcept BlockingIOError:\n    print('full', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    ctx = ToolContext(
+        task_id="hog",
+        timeout=60.0,
+        cancelled=asyncio.get_running_loop().create_future(),
+        on_line=on_line,
+        scratch_root=tmp_path,
+    )
+    hogging = asyncio.ensure_future(tool.run({"code": hog}, ctx))
+    try:
+        filled = asyncio.ensure_future(full.wait())
+        await asyncio.wait({filled, hogging}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        filled.cancel()
+        assert full.is_set(), hogging.result() if hogging.done() else "not full in 30 s"
+        code = "import subprocess\nresult = [subprocess.run(['true']).returncode for _ in range(3)]"
+        other = await Runner(tool, tmp_path)(code=code)
+        assert other.ok and other.output["result"] == [0, 0, 0], other.error_message
+    finally:
+        ctx.cancelled.set_result(None)
+        cancelled = await hogging
+        await tool.close()
+    assert cancelled.error_type == "cancelled"
+    for uid in range(2_000_000_000, 2_000_000_002):
+        assert uid_processes(uid) == []
+
+
+def test_the_runner_answers_without_a_uid_of_its_own_as_a_non_root_agent_runs_it(
+    tmp_path: Path,
+) -> None:
+    # uid -1: what an agent that is not root asks for (no guard, no drop); the fences that
+    # need no root still hold.
+    payload = marshal.dumps(("import os\nresult = [inputs['n'], sorted(os.environ)]", {"n": 1}))
+    read_end, write_end = os.pipe()
+    limits = ["5", str(256 << 20), str(1 << 20), "64"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-B",
+            RUNNER,
+            "run",
+            *limits,
+            "-1",
+            "-1",
+            "try",
+            str(write_end),
+        ],
+        input=payload,
+        pass_fds=(write_end,),
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        document = json.loads(answer.read())
+    assert done.returncode == 0, done.stderr
+    assert document["result"] == [1, ["LANG", "PATH"]]
