@@ -191,6 +191,18 @@ async def test_the_model_is_loaded_once_for_many_tasks(
     assert len(loads) == 1, catalog_agent.tail()
 
 
+async def test_the_vectors_are_kept_in_the_agents_scratch_folder_only(
+    catalog_agent: AgentProcess, catalog_stub: agent_pb2_grpc.AgentAsyncStub
+) -> None:
+    assert (await _task(catalog_stub, catalog_agent, "catalog", query="vpn for my phone")).ok
+
+    home = catalog_agent.log.parent
+    assert len(list((home / "scratch" / "catalog-vectors").glob("*.npz"))) == 1
+    # Nothing under the user's cache folder (onnxruntime's own import writes a device-id
+    # file at cache/Microsoft/DeveloperTools there: not ours to move).
+    assert not (home / "cache" / "chiffon").exists()
+
+
 def test_an_agent_offering_catalog_without_a_catalog_folder_refuses_to_start(
     tmp_path: Path,
 ) -> None:

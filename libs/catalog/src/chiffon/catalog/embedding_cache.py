@@ -24,12 +24,15 @@ if TYPE_CHECKING:
     from chiffon.catalog.embedding import Vectors
 
 
-def default_cache_file(root: Path) -> Path:
-    """`$XDG_CACHE_HOME/chiffon/catalog/<hash of the catalog's path>.npz` (~/.cache by
-    default): one file per catalog folder."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def default_cache_file(root: Path, cache_dir: Path | None = None) -> Path:
+    """`<cache_dir>/<hash of the catalog's path>.npz`: one file per catalog folder. The
+    folder defaults to `$XDG_CACHE_HOME/chiffon/catalog` (~/.cache by default); an agent
+    passes one under its own scratch folder."""
+    if cache_dir is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        cache_dir = Path(base) / "chiffon" / "catalog"
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]
-    return Path(base) / "chiffon" / "catalog" / f"{key}.npz"
+    return cache_dir / f"{key}.npz"
 
 
 def load_vectors(path: Path) -> dict[str, Vectors]:

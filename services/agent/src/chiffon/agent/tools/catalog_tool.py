@@ -7,7 +7,7 @@
 `best` is the first match (null only for an empty catalog); `uncertain` is true when that
 match is under the threshold, so a workflow asks before it runs it. The model loads on the
 first task (about 2 s), once per agent process; the catalog's embeddings are computed once
-(and kept in the user's cache folder across restarts), and again only for the playbooks
+(and kept in the agent's scratch folder across restarts), and again only for the playbooks
 that change. A search runs in a worker thread, so the agent's event loop keeps serving
 other tasks meanwhile (onnxruntime releases the GIL while it computes).
 """
@@ -61,7 +61,16 @@ class CatalogTool:
     name = "catalog"
 
     def __init__(self, catalog_dir: Path) -> None:
-        self._catalog = CatalogSearch(catalog_dir, cache_file=default_cache_file(catalog_dir))
+        self._catalog_dir = catalog_dir
+        self._catalog: CatalogSearch | None = None
+
+    def _search(self, scratch_root: Path) -> CatalogSearch:
+        # Opened on the first task, whose context names the agent's scratch folder: the
+        # vectors are cached there (an agent writes nowhere else), across restarts.
+        if self._catalog is None:
+            cache = default_cache_file(self._catalog_dir, scratch_root / "catalog-vectors")
+            self._catalog = CatalogSearch(self._catalog_dir, cache_file=cache)
+        return self._catalog
 
     async def run(self, arguments: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         unknown = sorted(set(arguments) - ARGUMENTS)
@@ -81,7 +90,9 @@ class CatalogTool:
         threshold = arguments.get("threshold", DEFAULT_THRESHOLD)
         started = time.perf_counter()
         search = asyncio.ensure_future(
-            asyncio.to_thread(self._catalog.search, query, limit=limit, threshold=threshold)
+            asyncio.to_thread(
+                self._search(ctx.scratch_root).search, query, limit=limit, threshold=threshold
+            )
         )
         # A thread cannot be stopped: on a timeout or a cancel the search finishes in the
         # background (and a first index it was building serves the next task).
