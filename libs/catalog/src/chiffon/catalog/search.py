@@ -225,14 +225,14 @@ class CatalogIndex:
         # A tag k playbooks share names a group, not one of them: 1/k each, by meaning.
         group = set(tagged) - taken
         shared_tag = [i for i in ranked if i in group][: limit - len(matches)]
-        share = 1.0 / len(group) if group else 0.0
+        share = 1.0 / len(group) if group and not certain else 0.0
         matches += [
             Match(self.playbooks[i], share, "tag", share < threshold, float(similarities[i]))
             for i in shared_tag
         ]
         taken |= group
-        # Only the matches shown are scored: 500 Match objects cost more than the model's
-        # 500 cosines. Confidence falls with the cosine, so the order is the cosine's.
+        # Only the matches shown are built. Confidence falls with the cosine (the margin of
+        # every playbook but the top one is over the top one), so the order is the cosine's.
         for i in ranked:
             if len(matches) >= limit:
                 break
