@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from chiffon.agent.shell import AGENT_PATH, _Capture, _PipeReader, _task_peak, _vm_hwm_bytes
-from chiffon.agent.tools.base import STDERR, STDOUT
+from chiffon.agent.tools.base import STDERR, STDOUT, ToolRefused
 
 RUNNER = str(Path(__file__).with_name("sandbox_runner.py"))
 #: -I: no PYTHON* variables, no user site, no current directory on sys.path; -S: no site
@@ -252,11 +252,24 @@ class Sandbox:
             env=env,
             start_new_session=True,
         )
+        childs_ends = (payload, out_write, err_write, answer_write)
+        ours = (out_read, err_read, answer_read)
+        # On a thread: vfork holds the calling thread until the child has exec'd.
+        spawning = loop.run_in_executor(self._spawner, spawn)
         try:
-            process = await loop.run_in_executor(self._spawner, spawn)
-        finally:
-            for fd in (payload, out_write, err_write, answer_write):
+            process = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # The agent is stopping: the spawn finishes in its thread, still using the fds.
+            spawning.add_done_callback(functools.partial(_abandon, childs_ends + ours))
+            raise
+        except OSError as error:
+            for fd in childs_ends + ours:
                 os.close(fd)
+            raise ToolRefused(
+                "start_failed", f"could not start the python runner: {error.strerror}"
+            ) from None
+        for fd in childs_ends:
+            os.close(fd)  # the child has its own
         pid = process.pid
         process.returncode = -signal.SIGKILL  # Popen must never reap it: wait4 below does
         sampled_peak = 0.0
@@ -277,12 +290,19 @@ class Sandbox:
         pidfd = os.pidfd_open(pid)
 
         def exited() -> None:
-            reaped, status, usage = os.wait4(pid, os.WNOHANG)
+            try:
+                reaped, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError as error:  # reaped by another: cannot happen, say so
+                reaped, failure = -1, error
             if reaped == 0:
-                return
+                return  # not waitable yet: the pidfd will say so again
             loop.remove_reader(pidfd)
             os.close(pidfd)
-            if not waited.done():
+            if waited.done():
+                return
+            if reaped < 0:
+                waited.set_exception(failure)
+            else:
                 waited.set_result((status, usage))
 
         loop.add_reader(pidfd, exited)
@@ -348,3 +368,15 @@ class Sandbox:
             timed_out=timed_out,
             cancelled=was_cancelled,
         )
+
+
+def _abandon(fds: tuple[int, ...], spawned: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    """A spawn whose task was cancelled meanwhile: close its fds, kill what it started."""
+    for fd in fds:
+        os.close(fd)
+    if spawned.cancelled() or spawned.exception() is not None:
+        return
+    try:
+        os.killpg(spawned.result().pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
