@@ -135,7 +135,15 @@ def new_scratch(scratch_root: Path, uid: int) -> str:
     scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = tempfile.mkdtemp(prefix="python-", dir=scratch_root)
     if uid >= 0:
-        os.chown(path, uid, uid)
+        try:
+            os.chown(path, uid, uid)
+        except OSError as error:  # e.g. EINVAL: a user namespace that maps no such uid
+            os.rmdir(path)
+            raise ToolRefused(
+                "forbidden",
+                f"the task's uid {uid} cannot own its scratch directory ({error.strerror}): "
+                "CHIFFON_AGENT_PYTHON_UID_BASE must start a range of uids this machine maps",
+            ) from None
     return path
 
 
