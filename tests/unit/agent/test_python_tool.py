@@ -12,6 +12,7 @@ import asyncio
 import json
 import marshal
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,8 +23,8 @@ import pytest
 
 from chiffon.agent.settings import AgentSettings
 from chiffon.agent.tools.base import ToolContext, ToolRefused, ToolResult
-from chiffon.agent.tools.python_tool import PythonTool
-from chiffon.agent.tools.sandbox import RUNNER
+from chiffon.agent.tools.python_tool import PythonTool, answer
+from chiffon.agent.tools.sandbox import RUNNER, Fences, RunnerOutcome
 
 AS_ROOT = os.geteuid() == 0
 
@@ -281,7 +282,63 @@ def test_the_runner_answers_without_a_uid_of_its_own_as_a_non_root_agent_runs_it
         check=False,
     )
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as answer:
-        document = json.loads(answer.read())
+    with os.fdopen(read_end, "rb") as channel:
+        document = json.loads(channel.read())
     assert done.returncode == 0, done.stderr
     assert document["result"] == [1, ["LANG", "PATH"]]
+
+
+def _outcome(answer: bytes = b"", exit_code: int = 0, **fields: Any) -> RunnerOutcome:
+    values: dict[str, Any] = {
+        "answer": answer,
+        "answer_cut": False,
+        "exit_code": exit_code,
+        "guarded": True,
+        "stdout": "",
+        "stderr": "",
+        "duration_ms": 1.0,
+        "cpu_seconds": 0.1,
+        "peak_memory_bytes": 0.0,
+    }
+    values.update(fields)
+    return RunnerOutcome(**values)
+
+
+FENCES = Fences(
+    cpu_seconds=2, memory_bytes=64 << 20, file_bytes=1 << 20, processes=8, network="isolate"
+)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error_type", "says"),
+    [
+        # The guard's exit code 64 + N: the snippet's process was killed by signal N.
+        (_outcome(exit_code=64 + signal.SIGXCPU), "limit_exceeded", "CPU time limit"),
+        (_outcome(exit_code=64 + signal.SIGKILL, cpu_seconds=2.5), "limit_exceeded", "CPU"),
+        (_outcome(exit_code=64 + signal.SIGKILL), "python_error", "killed by signal 9"),
+        (_outcome(exit_code=64 + signal.SIGXFSZ), "limit_exceeded", "file size limit"),
+        (_outcome(exit_code=2, stderr="MemoryError\n"), "limit_exceeded", "memory limit"),
+        (
+            _outcome(answer=b'{"fence":"network","message":"EPERM"}', exit_code=2),
+            "forbidden",
+            "CHIFFON_AGENT_PYTHON_REQUIRE_NETWORK_NAMESPACE",
+        ),
+        (_outcome(answer=b'{"limit":"processes"}', exit_code=0), "limit_exceeded", "8 processes"),
+        (_outcome(answer=b'{"result": 1}garbage'), "invalid_result", "could not be read"),
+        (_outcome(answer=b"x" * 10, answer_cut=True), "limit_exceeded", "output cap"),
+        (_outcome(timed_out=True, exit_code=-9), "timeout", "3 s of wall time"),
+        (_outcome(cancelled=True, exit_code=-9), "cancelled", "cancelled"),
+    ],
+)
+def test_what_the_child_did_maps_to_one_error_type(
+    outcome: RunnerOutcome, error_type: str, says: str
+) -> None:
+    result = answer(outcome, FENCES, timeout=3.0)
+    assert (result.ok, result.error_type) == (False, error_type)
+    assert says in result.error_message
+
+
+def test_a_result_carries_the_snippets_own_peak_memory() -> None:
+    result = answer(_outcome(answer=b'{"result":[1],"peak_kb":2048}'), FENCES, timeout=3.0)
+    assert result.ok and result.output["result"] == [1]
+    assert result.peak_memory_bytes == 2048 * 1024
