@@ -128,11 +128,12 @@ class AgentSettings(ChiffonSettings):
 
     @model_validator(mode="after")
     def _catalog_for_ansible(self) -> AgentSettings:
-        if "ansible" not in self.capabilities:
+        serving = [c for c in ("ansible", "catalog") if c in self.capabilities]
+        if not serving:
             return self
         if self.agent_catalog_dir is None:
             raise ValueError(
-                "CHIFFON_AGENT_CATALOG_DIR is required with the ansible capability "
+                f"CHIFFON_AGENT_CATALOG_DIR is required with the {serving[0]} capability "
                 "(`chiffon agent start --catalog DIR`)"
             )
         if not self.agent_catalog_dir.is_dir():
