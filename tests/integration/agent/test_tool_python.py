@@ -15,7 +15,10 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
+from chiffon.eventstore import JetStreamEventStore
 from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.integration.executor.graph_support import RunLog, ScriptedLlm, claim, execution, start
+from tests.integration.executor.test_agents_dispatch import dispatching, register
 from tests.unit.agent.test_python_tool import uid_processes
 
 UID_BASE = 2_000_000_000
@@ -178,3 +181,47 @@ async def test_the_network_is_refused_unless_the_agent_allows_it(
     assert result.error_type == "forbidden"
     assert "CHIFFON_AGENT_PYTHON_ALLOW_NETWORK" in result.error_message
     await _still_serves(python_stub, python_agent)
+
+
+WORKFLOW = """
+name: python-nodes
+version: 1
+nodes:
+  - id: compute
+    type: agent
+    requires: [python]
+    task:
+      tool: python
+      # Task arguments are templates: literal braces are doubled; data goes in inputs.
+      code: "print('doubling'); result = {{'double': inputs['n'] * 2}}"
+      inputs: {n: 21}
+  - id: hog
+    type: agent
+    requires: [python]
+    task: {tool: python, code: "data = bytearray(4 << 30)"}
+    retry: {attempts: 3, backoff: {initial: 0.05}}
+edges:
+  - {from: compute, to: hog}
+"""
+
+
+async def test_in_a_workflow_the_result_is_the_nodes_output_and_a_limit_is_not_retried(
+    python_agent: AgentProcess, store: JetStreamEventStore
+) -> None:
+    log = RunLog(store)
+    await register(log.store, python_agent, capabilities=("python",))  # type: ignore[arg-type]
+    async with dispatching(log.store, key=python_agent.signing_key):
+        workflow, _ = await start(log, WORKFLOW)
+        outcome = await execution(log, workflow, await claim(log), ScriptedLlm()).execute()
+    assert outcome == "failed"
+    events = await log.of()
+    [completed] = [e.payload for e in events if e.type == "run.node.completed"]
+    assert completed.outputs == {
+        "compute": {"result": {"double": 42}, "stdout": "doubling\n", "stderr": "", "exit_code": 0}
+    }
+    failed = [e.payload for e in events if e.type == "run.node.failed"]
+    # limit_exceeded is final: one attempt of the three the node allows.
+    assert [(f.node_id, f.attempt, f.will_retry, f.error.type) for f in failed] == [
+        ("hog", 1, False, "limit_exceeded")
+    ]
+    assert "memory limit" in failed[0].error.message
