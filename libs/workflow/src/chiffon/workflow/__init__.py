@@ -28,7 +28,15 @@ from .spec_types import (
     RetryPolicy,
     SetNode,
 )
-from .templates import Template, TemplateError, format_value, parse_template, render_value
+from .templates import (
+    Template,
+    TemplateError,
+    format_value,
+    parse_template,
+    render_task,
+    render_value,
+    templated_task,
+)
 from .types import (
     FieldType,
     FieldTypeError,
@@ -73,7 +81,9 @@ __all__ = [
     "parse_duration",
     "parse_field_type",
     "parse_template",
+    "render_task",
     "render_value",
+    "templated_task",
     "spec_from_dict",
     "validate_value",
 ]

@@ -41,7 +41,7 @@ from chiffon.events.memory import (
 from .durations import parse_duration
 from .errors import format_path
 from .expressions import JSON_CONSTANTS, Expression, ExpressionError, compile_expression
-from .templates import TemplateError, parse_template
+from .templates import TemplateError, parse_template, templated_task
 from .types import FieldTypeError, parse_field_type, validate_value
 
 END = "END"
@@ -140,7 +140,7 @@ _expression = _compiles(compile_expression, ExpressionError)
 
 def _task(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     if not _skipping_texts(info):
-        for loc, text in _strings(value, ()):
+        for loc, text in _strings(templated_task(value), ()):
             try:
                 parse_template(text)
             except TemplateError as exc:

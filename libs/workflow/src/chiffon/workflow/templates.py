@@ -124,6 +124,25 @@ def _bad_placeholder(name: str, src: str, index: int) -> str:
     )
 
 
+#: Task fields that are never templates, by tool: a python snippet's ``code`` is code, so
+#: a run's value never becomes code by being spliced into it (it goes in ``inputs``, as
+#: data), and Python's own braces need no doubling.
+LITERAL_TASK_FIELDS: Mapping[str, frozenset[str]] = {"python": frozenset({"code"})}
+
+
+def templated_task(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an agent ``task`` that are templates (all but the literal ones)."""
+    tool = task.get("tool")
+    literal = LITERAL_TASK_FIELDS.get(tool, frozenset()) if isinstance(tool, str) else frozenset()
+    return {key: value for key, value in task.items() if key not in literal}
+
+
+def render_task(task: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """An agent ``task`` rendered: every string a template, but the literal fields."""
+    rendered = render_value(templated_task(task), values)
+    return {key: rendered.get(key, value) for key, value in task.items()}
+
+
 def render_value(value: Any, values: Mapping[str, Any]) -> Any:
     """Render every string inside a JSON-like value (an agent ``task``) as a template."""
     if isinstance(value, str):

@@ -21,7 +21,7 @@ from .spec_types import (
     SetNode,
     _strings,
 )
-from .templates import Template, TemplateError, parse_template
+from .templates import Template, TemplateError, parse_template, templated_task
 
 if TYPE_CHECKING:
     from .model import WorkflowSpec
@@ -206,7 +206,7 @@ def _texts(
         elif isinstance(node, ApprovalNode):
             yield (*base, "message"), node.message, parse_template
         elif isinstance(node, AgentNode):
-            for sub, text in _strings(node.task, ()):
+            for sub, text in _strings(templated_task(node.task), ()):
                 yield (*base, "task", *sub), text, parse_template
         elif isinstance(node, SetNode):
             for key, src in node.values.items():

@@ -50,7 +50,7 @@ from chiffon.workflow import (
     TemplateError,
     WorkflowSpec,
     build_output_model,
-    render_value,
+    render_task,
 )
 
 # Tool errors no other attempt can cure (the agent said so); others are retried. A fence's
@@ -300,7 +300,7 @@ def failure(outcome: TaskOutcome, fields: dict[str, Any]) -> NodeError:
 
 async def agent_attempt(ctx: Execution, node: AgentNode, state: dict[str, Any]) -> dict[str, Any]:
     try:
-        task = render_value(node.task, state)
+        task = render_task(node.task, state)
     except TemplateError as error:
         raise NodeError("template_error", f"{node.id}.task: {error}", retryable=False) from None
     dispatch = current()
