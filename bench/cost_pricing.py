@@ -1,6 +1,6 @@
 """Pricing throughput of the cost service: calls priced into the spend read models per second.
 
-    .venv/bin/python -m bench.cost_pricing [--calls 20000] [--rounds 3]
+    .venv/bin/python -m bench.cost_pricing [--calls 20000] [--rounds 3] [--replicas 2]
 
 A real NATS (JetStream) and PostgreSQL. Each round has its own namespace and database:
 ``--calls`` ``run.llm.called`` events (over 200 runs, each with its ``run.requested``;
@@ -20,6 +20,11 @@ The CPU this process spent per call while pricing (pricer and projection, not NA
 PostgreSQL's) is printed too, with the rate one free core would give at that cost: on a
 machine shared with other work, the wall-clock rate says more about the neighbours.
 
+``--replicas N`` runs N cost replicas, as N service processes would: this one and N - 1
+others started (and connected, consumer set up) before the clock starts, each with its
+pricer on the shared durable consumer and its spend projection runner (they take turns
+on the projection's checkpoint). The CPU figure is this process's only.
+
 Goal (issue 18, 2 cores): >= 20,000 calls/s priced into the read models. The figure is
 the median of the rounds; the benchmark never fails on a time.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
 import time
 import uuid
@@ -103,7 +109,35 @@ async def counted(engine: Any) -> int:
         return int(total or 0)
 
 
-async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
+def replica(nats_url: str, dsn: str, namespace: str, index: int, ready: Any, go: Any) -> None:
+    """Another cost replica, in its own process: ready once connected, pricing on ``go``
+    until ``go`` is cleared."""
+    asyncio.run(run_replica(nats_url, dsn, namespace, index, ready, go))
+
+
+async def run_replica(
+    nats_url: str, dsn: str, namespace: str, index: int, ready: Any, go: Any
+) -> None:
+    tune_gc()
+    engine = create_engine(dsn)
+    async with JetStreamEventStore.connect(nats_url, CATALOG, namespace=namespace) as store:
+        pricer = Pricer(store, PriceBook.load(), Actor.service("cost", index), batch=1000)
+        await pricer.setup()
+        runner = ProjectionRunner(store, engine, SpendProjection())
+        ready.set()
+        while not go.is_set():
+            await asyncio.sleep(0.005)
+        stopping = asyncio.Event()
+        tasks = [asyncio.create_task(pricer.run(stopping)), asyncio.create_task(runner.run())]
+        while go.is_set():
+            await asyncio.sleep(0.02)
+        stopping.set()
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await engine.dispose()
+
+
+async def one_round(nats_url: str, pg_dsn: str, calls: int, replicas: int = 1) -> dict[str, float]:
     namespace = "b" + uuid.uuid4().hex[:10]
     dsn = make_url(pg_dsn).set(database=namespace).render_as_string(hide_password=False)
     await ensure_database(dsn)
@@ -125,6 +159,20 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
         pricer = Pricer(store, PriceBook.load(), Actor.service("cost", 1), batch=1000)
         runner = ProjectionRunner(store, engine, SpendProjection())
         stopping = asyncio.Event()
+        spawn = multiprocessing.get_context("spawn")
+        go = spawn.Event()
+        others = []
+        for index in range(2, replicas + 1):
+            ready = spawn.Event()
+            process = spawn.Process(
+                target=replica, args=(nats_url, dsn, namespace, index, ready, go), daemon=True
+            )
+            process.start()
+            others.append((process, ready))
+        for _process, ready in others:
+            while not ready.is_set():
+                await asyncio.sleep(0.01)
+        go.set()
         cpu_started = time.process_time()
         started = time.perf_counter()
         await pricer.setup()
@@ -132,7 +180,7 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
         priced_at = None
         try:
             while True:
-                if priced_at is None and pricer.priced >= calls:
+                if priced_at is None and pricer.priced >= calls and replicas == 1:
                     priced_at = time.perf_counter()
                 if await counted(engine) >= calls:
                     break
@@ -141,9 +189,12 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
             cpu = time.process_time() - cpu_started
         finally:
             stopping.set()
+            go.clear()
             tasks[1].cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        assert priced_at is not None
+            for process, _ready in others:
+                process.join(timeout=10)
+        priced_at = priced_at or done  # with replicas, this one priced only its share
 
         assert await count(engine) == calls  # a row per call, each once
         stored = await store.last_sequence("COSTS")
@@ -165,10 +216,13 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int) -> dict[str, float]:
 async def main(args: argparse.Namespace) -> None:
     tune_gc()  # as every Chiffon service process does at start
     with servers() as srv:
-        print(f"chiffon bench:cost pricing  ({args.calls:,} calls, {args.rounds} rounds)")
+        print(
+            f"chiffon bench:cost pricing  ({args.calls:,} calls, {args.rounds} rounds, "
+            f"{args.replicas} cost replica{'s' if args.replicas > 1 else ''})"
+        )
         rounds = []
         for index in range(args.rounds):
-            result = await one_round(srv.nats.url, srv.postgres.dsn, args.calls)
+            result = await one_round(srv.nats.url, srv.postgres.dsn, args.calls, args.replicas)
             rounds.append(result)
             print(
                 f"  round {index + 1}: {result['rate']:,.0f} calls/s into cost_calls, "
@@ -202,6 +256,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--replicas", type=int, default=1, help="cost replicas (processes)")
     parser.add_argument("--quick", action="store_true", help="5,000 calls, one round")
     arguments = parser.parse_args()
     if arguments.quick:
