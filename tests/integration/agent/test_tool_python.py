@@ -192,8 +192,8 @@ nodes:
     requires: [python]
     task:
       tool: python
-      # Task arguments are templates: literal braces are doubled; data goes in inputs.
-      code: "print('doubling'); result = {{'double': inputs['n'] * 2}}"
+      # code is sent as written (never a template); the run's data goes in inputs.
+      code: "print('doubling'); result = {'double': inputs['n'] * 2}"
       inputs: {n: 21}
   - id: hog
     type: agent
