@@ -3,18 +3,25 @@ against localhost (each costs seconds: one play per behaviour, shared by its ass
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from chiffon.agentproto.auth import generate_keypair, sign_task_token
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
+from chiffon.devstack.ports import free_port
 from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.support.agents import wait_agent_serving
+from tests.support.fixtures import eventually
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -60,7 +67,7 @@ SLOW = """\
   gather_facts: false
   tasks:
     - name: Wait a long time
-      ansible.builtin.command: sleep 120
+      ansible.builtin.command: sleep 117
       changed_when: false
     - name: Never reached
       ansible.builtin.file:
@@ -139,6 +146,14 @@ async def _execute(
     return lines, results[0]
 
 
+def _processes(cmdline: list[str]) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if process.info["cmdline"] == cmdline:
+            found.append(process)
+    return found
+
+
 def _output(result: agent_pb2.TaskResult) -> dict[str, Any]:
     return json_format.MessageToDict(result.output)
 
@@ -210,6 +225,11 @@ async def test_a_cancel_and_a_timeout_stop_the_play(
 
     async def cancel_when_waiting(text: str) -> None:
         if text.startswith("TASK [Wait a long time]"):
+
+            async def sleeping() -> bool:
+                return bool(_processes(["sleep", "117"]))
+
+            await eventually(sleeping, timeout=60, message="the play's sleep to start")
             await stub.Cancel(
                 agent_pb2.CancelRequest(task_id=request.task_id, reason="test"),
                 metadata=ansible_agent.token(request.task_id),
@@ -219,6 +239,12 @@ async def test_a_cancel_and_a_timeout_stop_the_play(
     _, cancelled = await _execute(stub, ansible_agent, request, cancel_when_waiting)
     assert cancelled.error_type == "cancelled", cancelled.error_message
     assert _output(cancelled)["status"] == "cancelled"
+
+    # The play's whole process group was stopped: no module's `sleep 117` is left.
+    async def no_sleep_left() -> bool:
+        return not _processes(["sleep", "117"])
+
+    await eventually(no_sleep_left, timeout=10, message="the play's sleep to end")
 
     timed = _request("ansible", timeout=3, playbook="slow", extra_vars={"out_dir": str(tmp_path)})
     _, result = await _execute(stub, ansible_agent, timed)
@@ -251,3 +277,62 @@ async def test_hostile_arguments_are_refused_and_the_agent_keeps_serving(
 
     _, normal = await _execute(stub, ansible_agent, _request("shell", command="echo still here"))
     assert normal.ok and _output(normal)["stdout"] == "still here\n"
+
+
+async def test_agent_start_needs_a_catalog_for_ansible_and_hands_it_to_the_agent(
+    tmp_path: Path, catalog: Path
+) -> None:
+    private, public = generate_keypair()
+    key = tmp_path / "executor.pub"
+    key.write_bytes(public)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CHIFFON_")}
+    env["CHIFFON_AGENT_SCRATCH_DIR"] = str(tmp_path / "scratch")
+    port = free_port()
+    start = [
+        str(Path(sys.executable).parent / "chiffon"),
+        *("agent", "start", "--name", "infra", "--executor-key", str(key)),
+        *("--capabilities", "shell,ansible", "--port", str(port)),
+    ]
+
+    def refused(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*start, *extra], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    without = refused()
+    assert without.returncode == 2 and "--catalog DIR is required" in without.stderr
+    nowhere = refused("--catalog", str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 2 and "no such folder" in nowhere.stderr
+
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        # A relative --catalog, from the catalog's parent folder: the agent gets it resolved.
+        process = subprocess.Popen(
+            [*start, "--catalog", catalog.name],
+            cwd=catalog.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_agent_serving(address, process, log)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = agent_pb2_grpc.AgentStub(channel)
+            described = await stub.Describe(agent_pb2.DescribeRequest(), timeout=10)
+            assert list(described.capabilities) == ["shell", "ansible"]
+            request = _request("ansible", playbook="absent")
+            token = sign_task_token(private, agent_id=described.agent_id, task_id=request.task_id)
+            results = [
+                update.result
+                async for update in stub.Execute(
+                    request, metadata=(("authorization", f"Bearer {token}"),), timeout=30
+                )
+                if update.WhichOneof("update") == "result"
+            ]
+        assert results[0].error_type == "forbidden"
+        assert "no playbook 'absent' in the catalog" in results[0].error_message
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

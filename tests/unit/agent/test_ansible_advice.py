@@ -1,5 +1,5 @@
-"""ansible-lint's findings grouped and ranked; a play's outcome from its recap when
-ansible-runner lost the exit code; per-host counts."""
+"""ansible-lint's findings grouped and ranked; the outcome of a play killed by a signal
+from its recap; per-host counts."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_not_a_list_is_an_error_not_a_crash() -> None:
     assert "error" in group_findings({"x": 1}, Path("/cat"))
 
 
-def test_a_lost_exit_code_is_taken_from_the_recap() -> None:
+def test_a_play_killed_by_a_signal_is_judged_by_its_recap() -> None:
     clean = {"ok": {"h": 3}, "failures": {}, "dark": {}}
     assert play_outcome("failed", None, clean) == ("successful", 0)
     assert play_outcome("failed", None, {"failures": {"h": 1}}) == ("failed", 2)

@@ -5,12 +5,14 @@ streamed, lint advice on failure.
 
 - NAME is a playbook of the agent's catalog (CHIFFON_AGENT_CATALOG_DIR, see
   chiffon.catalog.catalog for the format), never a path: anything else is `forbidden`.
-- ansible-runner's Python API runs `ansible-playbook` in a private data dir made under the
-  agent's scratch root and removed after. Its event handler is called as each event's output
-  is read from the play (not when the play ends), and every line of it goes to
-  `ctx.on_line` at once, so the run's SSE stream shows a task's line while the play goes on.
-- A cancel or the task's wall time stops the play: ansible-runner's cancel callback is polled
-  every PEXPECT_POLL_SECONDS and kills the play's process group.
+- ansible-runner's Python API prepares the play in a private data dir made under the
+  agent's scratch root and removed after (RunnerConfig: the command, its environment, the
+  display callback that writes events into the output) and turns its output into events
+  (OutputEventFilter, Runner.event_callback). The tool starts ansible-playbook itself (see
+  _spawn for why not Runner.run) and feeds its output to the filter as it arrives, so each
+  line reaches `ctx.on_line`, and the run's SSE stream, while the play goes on.
+- A cancel or the task's wall time stops the play: SIGTERM to its process group, SIGKILL
+  STOP_GRACE_SECONDS later.
 - The play's environment holds none of the agent's: ansible-runner seeds it with the agent's
   os.environ, so after `prepare()` only what runner itself set and ANSIBLE_ENV are kept.
 - Extra vars are data (chiffon.agent.tools.ansible_vars: written `!unsafe`).
@@ -23,12 +25,13 @@ streamed, lint advice on failure.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -59,20 +62,18 @@ CANCELLED = "cancelled"
 #: The commands the play may run are found here (and next to the agent's Python, where
 #: ansible-playbook and ansible-lint are installed).
 AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
-#: How often ansible-runner's loop looks at the cancel callback (its default is 5 s, which
-#: would let a cancelled play run on for up to 5 s).
-PEXPECT_POLL_SECONDS = 0.25
+READ_BYTES = 64 * 1024
 STDOUT_TAIL_LINES = 40
 STDOUT_TAIL_CHARS = 8000
 MAX_LINE_CHARS = 4096
 MAX_FAILURES = 20
-#: After a stop, how long the runner thread has to kill the play and return.
-STOP_GRACE_SECONDS = 15.0
+#: After SIGTERM, how long the play has to end before SIGKILL.
+STOP_GRACE_SECONDS = 2.0
 
 
 @dataclass
 class _Play:
-    """What the event handler gathers while the play runs (in ansible-runner's thread)."""
+    """What the event handler gathers while the play runs."""
 
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDOUT_TAIL_LINES))
     stats: dict[str, Any] = field(default_factory=dict)
@@ -136,59 +137,43 @@ class AnsibleTool:
     async def _play(
         self, playbook: Playbook, inventory: Path, check: bool, private: Path, ctx: ToolContext
     ) -> ToolResult:
-        from ansible_runner.config.runner import (  # type: ignore[import-untyped]  # noqa: PLC0415
-            RunnerConfig,  # imported here: 0.3 s the agent saves when it never runs a play
-        )
+        config = self._config(playbook, inventory, check, private)
         from ansible_runner.runner import Runner  # type: ignore[import-untyped]  # noqa: PLC0415
+        from ansible_runner.utils import OutputEventFilter  # type: ignore[import-untyped]  # noqa: PLC0415
 
-        loop = asyncio.get_running_loop()
         play = _Play()
-        stop = threading.Event()
 
         def on_event(event: dict[str, Any]) -> bool:
-            _gather(event, play, lambda text: loop.call_soon_threadsafe(ctx.on_line, STDOUT, text))
+            _gather(event, play, lambda text: ctx.on_line(STDOUT, text))
             return False  # nothing is read back from the artifacts: do not write them
 
-        envvars = self._env(private)
-        config = RunnerConfig(
-            private_data_dir=str(private),
-            project_dir=str(self.catalog),
-            playbook=str(playbook.path),
-            inventory=str(inventory),
-            envvars=envvars,
-            cmdline="--check" if check else None,
-            settings={"pexpect_timeout": PEXPECT_POLL_SECONDS, "suppress_output_file": True},
-            quiet=True,
-            suppress_env_files=True,
-        )
-        config.prepare()
-        inherited = os.environ
-        config.env = {
-            key: value
-            for key, value in config.env.items()
-            if key in envvars or inherited.get(key) != value
-        }
-        runner = Runner(config, event_handler=on_event, cancel_callback=stop.is_set)
+        # Runner's event_callback merges each event with the data the display callback left
+        # in artifacts/job_events, then calls on_event; OutputEventFilter finds the events in
+        # the play's output. Runner.run is not used: see _spawn.
+        runner = Runner(config, event_handler=on_event)
+        events = OutputEventFilter(None, runner.event_callback, suppress_ansible_output=True)
         started = time.monotonic()
-        job = asyncio.ensure_future(asyncio.to_thread(runner.run))
+        try:
+            process = await _spawn(config)
+        except OSError as error:
+            return ToolResult.failed("ansible_error", f"ansible-playbook could not start: {error}")
+        reading = asyncio.ensure_future(_pump(process, events))
         stopped_by = ""
         try:
             done, _ = await asyncio.wait(
-                {job, ctx.cancelled}, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED
+                {reading, ctx.cancelled}, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            if job not in done:
+            if reading not in done:
                 stopped_by = CANCELLED if ctx.cancelled.done() else TIMEOUT
         finally:
-            if not job.done():
-                stop.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(job), STOP_GRACE_SECONDS)
+            if process.returncode is None:
+                await _stop(process)
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        rc = await process.wait()
         duration_ms = (time.monotonic() - started) * 1000
-        try:
-            status, rc = job.result()
-        except Exception as error:  # noqa: BLE001 - ansible-runner's own failure, reported
-            return ToolResult.failed("ansible_error", f"ansible-runner failed: {error}")
-        status, rc = play_outcome(status, rc, play.stats)
+        status, rc = play_outcome("successful" if rc == 0 else "failed", rc, play.stats)
         output: dict[str, Any] = {
             "playbook": playbook.name,
             "check": check,
@@ -208,6 +193,35 @@ class AnsibleTool:
         output["advice"] = await lint_advice(playbook.path, self._lint_run(private))
         return _failed(output, PLAYBOOK_FAILED, _failure_message(output), duration_ms)
 
+    def _config(self, playbook: Playbook, inventory: Path, check: bool, private: Path) -> Any:
+        """ansible-runner's config for the play: its command, its cwd and its environment
+        (the display callback that turns the play's output into events), with the agent's
+        own variables taken out of the environment runner seeds from os.environ."""
+        from ansible_runner.config.runner import (  # type: ignore[import-untyped]  # noqa: PLC0415
+            RunnerConfig,  # imported here: 0.3 s the agent saves when it never runs a play
+        )
+
+        envvars = self._env(private)
+        config = RunnerConfig(
+            private_data_dir=str(private),
+            project_dir=str(self.catalog),
+            playbook=str(playbook.path),
+            inventory=str(inventory),
+            envvars=envvars,
+            cmdline="--check" if check else None,
+            quiet=True,
+            suppress_env_files=True,
+        )
+        config.prepare()
+        Path(config.artifact_dir, "job_events").mkdir(parents=True, exist_ok=True, mode=0o700)
+        inherited = os.environ
+        config.env = {
+            key: value
+            for key, value in config.env.items()
+            if key in envvars or inherited.get(key) != value
+        }
+        return config
+
     def _lint_run(self, private: Path) -> LintRun:
         executable = shutil.which("ansible-lint", path=f"{self._bin}:{AGENT_PATH}")
         env = self._env(private)
@@ -216,6 +230,50 @@ class AnsibleTool:
 
     async def close(self) -> None:
         return None
+
+
+async def _spawn(config: Any) -> asyncio.subprocess.Process:
+    """ansible-playbook in its own session, its output (stdout and stderr) on one pipe.
+
+    Not Runner.run: it starts the play through pexpect, whose pty.fork() runs Python in the
+    child between fork and exec, and a child forked from the agent (a process with gRPC's
+    threads) died there of SIGSEGV in gRPC's event engine before exec (strace and the kernel
+    log on the dev stack's agent: plays failed with no output, 3 of 4 on two busy stacks).
+    asyncio's subprocess runs no Python in the child (subprocess's fork_exec, vfork where it
+    can, as the shell tool), so no at-fork handler either: 0 of 6 plays failed since."""
+    process = await asyncio.create_subprocess_exec(
+        *config.command,
+        cwd=config.cwd,
+        env=config.env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return process
+
+
+async def _pump(process: asyncio.subprocess.Process, events: Any) -> None:
+    """Feed the play's output to the event filter as it arrives, until it ends."""
+    assert process.stdout is not None
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    while chunk := await process.stdout.read(READ_BYTES):
+        events.write(decoder.decode(chunk))
+    events.write(decoder.decode(b"", final=True))
+    events.close()
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the play's process group (ansible-playbook and the modules it runs),
+    SIGKILL after STOP_GRACE_SECONDS."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE_SECONDS)
+            return
+        except TimeoutError:
+            continue
 
 
 def _gather(event: Mapping[str, Any], play: _Play, emit: Any) -> None:
@@ -249,13 +307,12 @@ def _gather(event: Mapping[str, Any], play: _Play, emit: Any) -> None:
 
 
 def play_outcome(status: str, rc: object, stats: Mapping[str, Any]) -> tuple[str, int]:
-    """The play's status and exit code, from the recap when the exit code was lost.
+    """The play's status and exit code; from the recap when a signal ended ansible-playbook.
 
-    ansible-runner's pexpect loop closes the pty at EOF, waits 0.1 s and, if ansible-playbook
-    has not exited by then (seen on the loaded 2-core machine, while Python was shutting
-    down), signals it: the exit code is then None and runner says `failed` for a play that
-    succeeded. The recap (playbook_on_stats) was already read, so it decides: failures make
-    it 2, unreachable hosts 4, as ansible-playbook's own exit codes."""
+    A play killed after its recap was printed (by the OOM killer or an operator while
+    ansible-playbook shut down) has no exit code, but the recap (playbook_on_stats) says how
+    it went: failures make it 2, unreachable hosts 4, as ansible-playbook's own codes; with
+    no recap it failed (-1)."""
     if isinstance(rc, int) and rc >= 0:
         return status, rc
     if not stats:
