@@ -102,7 +102,7 @@ async def test_deploy_uptime_kuma_streams_the_play_and_writes_only_under_service
         expect_plan="deploy-uptime-kuma",
     )
 
-    assert seen[-1].event == "run.completed", seen[-1].data
+    assert seen[-1].event == "run.completed", seen[-1].data["payload"]
     outputs = seen[-1].data["payload"]["outputs"]
     assert outputs["chosen"] == "deploy-uptime-kuma" and outputs["uncertain"] is False
     assert outputs["status"] == "successful"
@@ -142,7 +142,7 @@ async def test_the_broken_variant_fails_with_grouped_lint_advice(
         expect_plan="deploy-uptime-kuma-broken",
     )
 
-    assert seen[-1].event == "run.failed", seen[-1].data
+    assert seen[-1].event == "run.failed", seen[-1].data["payload"]
     error = seen[-1].data["payload"]["error"]
     assert error["type"] == "playbook_failed" and error["node_id"] == "deploy"
     assert "task 'start the service' on localhost" in error["message"]
