@@ -78,16 +78,21 @@ def start_agent(tmp_path: Path, **extra: str) -> AgentProcess:
     return AgentProcess(process, agent_id, address, private, log)
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    running = start_agent(tmp_path)
-    yield running
+def stop_agent(running: AgentProcess) -> None:
+    """SIGTERM (it deregisters and finishes), SIGKILL if it has not ended in 10 s."""
     running.process.terminate()
     try:
         running.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         running.process.kill()
         running.process.wait()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    running = start_agent(tmp_path)
+    yield running
+    stop_agent(running)
 
 
 @pytest.fixture

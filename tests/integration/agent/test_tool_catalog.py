@@ -5,7 +5,6 @@ the model loaded once for many tasks, an edit of the catalog seen by the next ta
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,18 +15,13 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
-from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.integration.agent.conftest import AgentProcess, start_agent, stop_agent
 
 HOMELAB = Path(__file__).resolve().parents[2] / "fixtures" / "homelab_catalog"
 
 
 def _stop(agent: AgentProcess) -> None:
-    agent.process.terminate()
-    try:
-        agent.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        agent.process.kill()
-        agent.process.wait()
+    stop_agent(agent)
 
 
 @pytest.fixture(scope="module")

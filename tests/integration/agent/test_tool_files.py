@@ -4,7 +4,6 @@ the ways out of the root refused as forbidden while the agent keeps serving."""
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
-from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.integration.agent.conftest import AgentProcess, start_agent, stop_agent
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +33,7 @@ def files_agent(
         CHIFFON_AGENT_FILES_MAX_BYTES="4096",
     )
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
-        running.process.wait()
+    stop_agent(running)
 
 
 @pytest.fixture(scope="module")

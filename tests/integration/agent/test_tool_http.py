@@ -8,7 +8,6 @@ leave it.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,19 +17,14 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
-from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.integration.agent.conftest import AgentProcess, start_agent, stop_agent
 from tests.support.http_standin import StandIn, stand_in
 
 ALLOW_HOSTS = "127.0.0.1,127.0.0.2,localhost,169.254.169.254,10.0.0.1,[fd00:ec2::254]"
 
 
 def _stop(agent: AgentProcess) -> None:
-    agent.process.terminate()
-    try:
-        agent.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        agent.process.kill()
-        agent.process.wait()
+    stop_agent(agent)
 
 
 @pytest.fixture(scope="module")

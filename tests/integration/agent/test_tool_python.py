@@ -4,7 +4,6 @@ are contained with a precise error type while the agent keeps serving."""
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,12 +15,15 @@ from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from chiffon.eventstore import JetStreamEventStore
-from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.integration.agent.conftest import AgentProcess, start_agent, stop_agent
 from tests.integration.executor.graph_support import RunLog, ScriptedLlm, claim, execution, start
 from tests.integration.executor.test_agents_dispatch import dispatching, register
 from tests.unit.agent.test_python_tool import uid_processes
 
-UID_BASE = 2_000_000_000
+# A base of its own, per pytest worker (each worker starts this module's agent): the agents
+# of other tests may run tasks meanwhile, and this module asserts its own uids end empty.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+UID_BASE = 2_100_000_000 + 1000 * WORKER
 CONCURRENCY = 4
 
 
@@ -36,12 +38,7 @@ def python_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc
         CHIFFON_AGENT_PYTHON_UID_BASE=str(UID_BASE),
     )
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
-        running.process.wait()
+    stop_agent(running)
 
 
 @pytest.fixture(scope="module")

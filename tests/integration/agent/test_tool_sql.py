@@ -8,7 +8,6 @@ by PostgreSQL and the table is unchanged. A superuser DSN is refused on connect.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from chiffon.devstack.servers import PostgresServer
-from tests.integration.agent.conftest import AgentProcess, start_agent
+from tests.integration.agent.conftest import AgentProcess, start_agent, stop_agent
 
 ROWS = 120
 MAX_ROWS = 50
@@ -77,12 +76,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory, inventory: Inventory) -> Ite
         CHIFFON_AGENT_SQL_MAX_BYTES=str(MAX_BYTES),
     )
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
-        running.process.wait()
+    stop_agent(running)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 from chiffon.agent.settings import AgentSettings
 from chiffon.agent.tools.base import ToolContext, ToolRefused, ToolResult
 from chiffon.agent.tools.python_tool import PythonTool, answer
-from chiffon.agent.tools.sandbox import RUNNER, Fences, RunnerOutcome
+from chiffon.agent.tools.sandbox import RUNNER, Fences, RunnerOutcome, UidSlots
 
 AS_ROOT = os.geteuid() == 0
 
@@ -60,6 +60,10 @@ async def run(tmp_path: Path) -> AsyncIterator[Runner]:
     tool = PythonTool(_settings(agent_python_cpu_seconds=2))
     yield Runner(tool, tmp_path / "scratch")
     await tool.close()
+
+
+# Claimed only by the test below (the agents of other tests claim from their own bases).
+UID_CLAIM_BASE = 2_200_000_000
 
 
 def uid_processes(uid: int) -> list[int]:
@@ -342,3 +346,16 @@ def test_a_result_carries_the_snippets_own_peak_memory() -> None:
     result = answer(_outcome(answer=b'{"result":[1],"peak_kb":2048}'), FENCES, timeout=3.0)
     assert result.ok and result.output["result"] == [1]
     assert result.peak_memory_bytes == 2048 * 1024
+
+
+async def test_two_agents_on_one_host_never_share_a_task_uid() -> None:
+    """Each sandbox claims its uids (a lock per uid): with the same base, the second
+    one's tasks run as other uids, so neither one's sweep can reach the other's tasks."""
+    first, second = UidSlots(UID_CLAIM_BASE, 2), UidSlots(UID_CLAIM_BASE, 2)
+    held = [await first.take(), await first.take()]
+    other = [await second.take(), await second.take()]
+    if os.geteuid() != 0:  # an agent that is not root keeps its own uid for every task
+        assert held == other == [-1, -1]
+        return
+    assert held == [UID_CLAIM_BASE, UID_CLAIM_BASE + 1]
+    assert other == [UID_CLAIM_BASE + 2, UID_CLAIM_BASE + 3]

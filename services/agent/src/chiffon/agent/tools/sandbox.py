@@ -18,6 +18,7 @@ process group with setsid.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import hashlib
 import marshal
@@ -89,22 +90,51 @@ class RunnerOutcome:
         return -self.exit_code if self.exit_code < 0 else 0  # the guard's own, killed with it
 
 
+#: Where agents on one host claim their task uids (a lock per uid, held while they run).
+UID_CLAIMS = Path(tempfile.gettempdir()) / "chiffon-task-uids"
+#: How far past uid_base an agent looks for uids no other agent holds.
+UID_SEARCH = 1 << 20
+
+
 class UidSlots:
-    """One (uid, gid) per task running at once, from uid_base; (-1, -1): keep the agent's."""
+    """One (uid, gid) per task running at once, from uid_base; (-1, -1): keep the agent's.
+
+    The uids are claimed, not assumed: a second agent on the same host with the same
+    uid_base would otherwise run its tasks as the same uids, and each agent's sweep (kill
+    every process of the uid) would reach the other's tasks. Each uid is claimed with an
+    exclusive flock on UID_CLAIMS/<uid>, held for the agent's life and released by the
+    kernel when it exits, however it exits; a uid another agent holds is skipped."""
 
     def __init__(self, uid_base: int, slots: int) -> None:
         self.dedicated = os.geteuid() == 0 and uid_base > 0
         self._free: asyncio.Queue[int] | None = None
         self._uid_base = uid_base
         self._slots = slots
+        self._claims: list[int] = []  # the lock files' descriptors, open while we run
+
+    def _claim(self) -> list[int]:
+        UID_CLAIMS.mkdir(mode=0o700, exist_ok=True)
+        uids: list[int] = []
+        for uid in range(self._uid_base, self._uid_base + UID_SEARCH):
+            if len(uids) == self._slots:
+                return uids
+            fd = os.open(UID_CLAIMS / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._claims.append(fd)
+            uids.append(uid)
+        raise RuntimeError(f"no free task uid from {self._uid_base}: other agents hold them")
 
     async def take(self) -> int:
         if not self.dedicated:
             return -1
         if self._free is None:
             self._free = asyncio.Queue()
-            for slot in range(self._slots):
-                self._free.put_nowait(self._uid_base + slot)
+            for uid in self._claim():
+                self._free.put_nowait(uid)
         return await self._free.get()
 
     def give_back(self, uid: int) -> None:
