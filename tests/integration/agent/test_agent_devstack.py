@@ -1,4 +1,4 @@
-"""`chiffon up` starts one local agent with `shell`, and the keys that let the executor in.
+"""`chiffon up` starts one local agent with its tools, and the keys that let the executor in.
 
 A whole stack on free ports in a temporary CHIFFON_HOME (the devstack tests' Stack).
 """
@@ -20,6 +20,9 @@ from tests.integration.devstack.test_devstack_stack import Stack
 from tests.support.fixtures import eventually
 
 pytestmark = pytest.mark.timeout(240)
+
+# The local agent of a checkout (examples/homelab/catalog is there): every tool but sql.
+LOCAL_TOOLS = ["shell", "python", "files", "http", "ansible", "catalog"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ async def test_up_makes_the_keys_and_starts_a_local_shell_agent(stack: Stack) ->
     async with grpc.aio.insecure_channel(address) as channel:
         stub = agent_pb2_grpc.AgentStub(channel)
         description = await stub.Describe(agent_pb2.DescribeRequest(), timeout=10)
-        assert description.agent_id == "local" and list(description.capabilities) == ["shell"]
+        assert description.agent_id == "local" and list(description.capabilities) == LOCAL_TOOLS
         arguments = struct_pb2.Struct()
         arguments.update({"command": "echo ok"})
         request = agent_pb2.ExecuteRequest(
@@ -77,7 +80,7 @@ async def test_up_makes_the_keys_and_starts_a_local_shell_agent(stack: Stack) ->
             return answer.json() if answer.status_code == 200 else None
 
         info = await eventually(registered, timeout=30, message="the local agent registered")
-    assert (info["status"], info["capabilities"]) == ("online", ["shell"])
+    assert (info["status"], info["capabilities"]) == ("online", LOCAL_TOOLS)
 
 
 def test_a_second_up_keeps_the_same_keys(stack: Stack) -> None:

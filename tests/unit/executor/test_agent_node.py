@@ -103,6 +103,13 @@ def test_without_output_in_the_result_the_lines_make_it() -> None:
     assert fields == {"stdout": "one\ntwo\n", "stderr": "warn\n", "exit_code": 0}
 
 
+def test_a_tools_own_fields_are_taken_as_answered_without_its_streamed_lines() -> None:
+    lines = [("stdout", "TASK [write the compose file] ***")] * 1000
+    play = {"status": "successful", "rc": 0, "stdout_tail": "PLAY RECAP ..."}
+    fields = result_fields(outcome(play, lines, ok=True, exit_code=0))
+    assert fields == {**play, "exit_code": 0}
+
+
 def test_failures_are_retried_unless_no_attempt_can_cure_them() -> None:
     failed = outcome(
         {"stdout": "", "stderr": "disk full\n", "exit_code": 2},

@@ -253,11 +253,13 @@ def recorded_arguments(value: Any, depth: int = 0) -> Any:
 
 
 def result_fields(outcome: TaskOutcome) -> dict[str, Any]:
-    """``stdout``, ``stderr`` and ``exit_code`` of the result (the lines when the
-    result's output does not carry them), plus whatever else the tool returned."""
+    """The tool's result, with ``exit_code``. A result with no fields of its own (an agent
+    that sent only lines) gets ``stdout`` and ``stderr`` made of its lines; a tool that
+    answers with fields (python, http, sql, ansible...) is taken as it answered: its lines
+    were streamed live, and a long play's log is not copied into the node's outputs."""
     output = outcome.output
-    for stream in ("stdout", "stderr"):
-        if not isinstance(output.get(stream), str):
+    if not output:
+        for stream in ("stdout", "stderr"):
             output[stream] = "".join(
                 text if text.endswith("\n") else text + "\n"
                 for kind, text in outcome.lines
