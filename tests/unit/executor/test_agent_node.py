@@ -156,3 +156,11 @@ def test_recorded_arguments_mask_secrets_at_any_depth_and_cut_long_texts() -> No
     assert recorded["extra_vars"] == {"api_key": "***", "items": [{"token": "***"}, "x"]}
     assert recorded["method"] == "POST"
     assert len(recorded["code"]) == 4001 and recorded["code"].endswith("…")
+
+
+def test_whole_numbers_come_back_as_ints() -> None:
+    counts = {"hosts": {"localhost": {"ok": 4, "changed": 3}}, "ratio": 0.5, "big": 2.0**60}
+    fields = result_fields(outcome(counts, ok=True, exit_code=0))
+    assert fields["hosts"] == {"localhost": {"ok": 4, "changed": 3}}
+    assert isinstance(fields["hosts"]["localhost"]["ok"], int)
+    assert fields["ratio"] == 0.5 and isinstance(fields["big"], float)

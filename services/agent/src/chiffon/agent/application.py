@@ -19,6 +19,7 @@ from chiffon.agent.shell import STDERR, ShellRunner, ToolRefused, parse_shell_ar
 from chiffon.agent.tasks import RunningTask, Tasks
 from chiffon.agent.tools.base import Tool, ToolContext, ToolResult
 from chiffon.agentproto.v1 import agent_pb2
+from chiffon.agentproto.values import whole_numbers
 from chiffon.core.telemetry import context_from_traceparent
 
 tracer = trace.get_tracer(__name__)
@@ -196,7 +197,7 @@ class AgentRuntime:
             scratch_root=self._scratch_root,
         )
         try:
-            arguments = json_format.MessageToDict(request.arguments)
+            arguments = whole_numbers(json_format.MessageToDict(request.arguments))
             result = await tool.run(arguments, ctx)
         except ToolRefused as refused:
             return self._refusal(refused.error_type, refused.message)

@@ -22,6 +22,7 @@ from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.auth import TaskSigner
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
+from chiffon.agentproto.values import whole_numbers
 from chiffon.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -63,7 +64,7 @@ class TaskOutcome:
 
     @property
     def output(self) -> dict[str, Any]:
-        data: dict[str, Any] = json_format.MessageToDict(self.result.output)
+        data: dict[str, Any] = whole_numbers(json_format.MessageToDict(self.result.output))
         return data
 
     @property
