@@ -83,8 +83,10 @@ def list_agents(
     if not found:
         echo("no agents (start one with `chiffon agent start`)")
         return
+    # As wide as the longest list (the dev stack's agent has six tools), up to 60.
+    wide = min(60, max(12, *(len(",".join(a["capabilities"])) for a in found)))
     echo(
-        f"{'AGENT':<30} {'NAME':<20} {'STATUS':<13} {'CAPABILITIES':<24} "
+        f"{'AGENT':<30} {'NAME':<20} {'STATUS':<13} {'CAPABILITIES':<{wide}} "
         f"{'CORES':>5} {'MEMORY':>9} {'GPU':>9}  LOAD"
     )
     for a in found:
@@ -92,7 +94,7 @@ def list_agents(
         gpu = resources.get("gpu_vram_bytes")
         echo(
             f"{a['agent_id']:<30} {a['name'][:20]:<20} {a['status']:<13} "
-            f"{','.join(a['capabilities'])[:24]:<24} {_cores(resources):>5} "
+            f"{','.join(a['capabilities'])[:wide]:<{wide}} {_cores(resources):>5} "
             f"{_gib(resources.get('memory_bytes')):>9} {_gib(gpu):>9}  {_load(a)}"
         )
 
