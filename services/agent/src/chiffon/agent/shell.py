@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -41,10 +40,11 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chiffon.agent.children import Capture, PipeReader, reaped_on_exit, task_peak, vm_hwm_bytes
 from chiffon.agent.gpu import GpuProbe
 from chiffon.agent.tools.base import STDERR, STDOUT, ToolRefused
 
@@ -55,8 +55,6 @@ AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024
 MAX_ENV = 256
-#: A line longer than this is sent in pieces (a child printing without newlines).
-MAX_LINE_BYTES = 64 * 1024
 #: After a cancel's SIGTERM, how long the process group has before SIGKILL.
 TERM_GRACE_SECONDS = 0.5
 #: How often a running task's VmHWM is read (its peak memory when wait4's is the agent's).
@@ -179,106 +177,6 @@ FOUND_FOR_SECONDS = 5.0
 directory of the path (0.1 ms of a busy agent's task); a command installed or removed is
 seen within this time (a removed one meanwhile fails to start, as ``start_failed``)."""
 _found: dict[str, tuple[str, float]] = {}
-
-
-@dataclass
-class _Capture:
-    cap: int
-    on_line: Callable[[int, str], None]
-    stream: int
-    kept: bytearray = field(default_factory=bytearray)
-    dropped: int = 0
-    partial: bytearray = field(default_factory=bytearray)
-
-    def feed(self, chunk: bytes) -> None:
-        room = self.cap - len(self.kept)
-        if room > 0:
-            self.kept += chunk[:room]
-        self.dropped += max(0, len(chunk) - max(room, 0))
-        if room <= 0:
-            return
-        self.partial += chunk[:room]
-        while True:
-            newline = self.partial.find(b"\n")
-            if newline < 0:
-                if len(self.partial) >= MAX_LINE_BYTES:
-                    self._emit(bytes(self.partial))
-                    self.partial.clear()
-                return
-            self._emit(bytes(self.partial[:newline]))
-            del self.partial[: newline + 1]
-
-    def close(self) -> None:
-        if self.partial:
-            self._emit(bytes(self.partial))
-            self.partial.clear()
-
-    def _emit(self, line: bytes) -> None:
-        self.on_line(self.stream, line.decode("utf-8", "replace"))
-
-    def text(self) -> str:
-        text = self.kept.decode("utf-8", "replace")
-        if self.dropped:
-            text += f"\n[output truncated: {self.dropped} more bytes not kept]"
-        return text
-
-
-class _PipeReader:
-    """Reads a child's pipe on the loop (add_reader + os.read) into a _Capture until EOF."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fd: int,
-        capture: _Capture,
-        on_first_output: Callable[[], None],
-    ) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._capture = capture
-        self._on_first_output: Callable[[], None] | None = on_first_output
-        self.done: asyncio.Future[None] = loop.create_future()
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            if self._on_first_output is not None:
-                self._on_first_output()
-                self._on_first_output = None
-            self._capture.feed(chunk)
-        else:
-            self.stop()
-
-    def stop(self) -> None:
-        """Stop reading (at EOF, or when the child's group still holds the pipe)."""
-        if not self.done.done():
-            self._loop.remove_reader(self._fd)
-            self._capture.close()
-            self.done.set_result(None)
-
-
-def _vm_hwm_bytes(pid: int) -> float:
-    """The peak resident memory of `pid`'s current image (VmHWM); 0 if it has none any more."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            data = status.read()
-    except OSError:
-        return 0.0
-    start = data.find(b"VmHWM:")
-    if start < 0:
-        return 0.0
-    end = data.find(b"kB", start)
-    try:
-        return float(int(data[start + 6 : end])) * 1024.0
-    except ValueError:
-        return 0.0
 
 
 def _group_gone(pgid: int) -> bool:
@@ -477,34 +375,15 @@ class ShellRunner:
         def sample_now() -> None:
             # Also when it first writes: a short task is loaded by then and still alive.
             nonlocal sampled_peak
-            sampled_peak = max(sampled_peak, _vm_hwm_bytes(pid))
+            sampled_peak = max(sampled_peak, vm_hwm_bytes(pid))
 
-        out = _Capture(self._output_cap, on_line, STDOUT)
-        err = _Capture(self._output_cap, on_line, STDERR)
+        out = Capture(self._output_cap, on_line, STDOUT)
+        err = Capture(self._output_cap, on_line, STDERR)
         readers = [
-            _PipeReader(loop, out_read, out, sample_now),
-            _PipeReader(loop, err_read, err, sample_now),
+            PipeReader(loop, out_read, out, sample_now),
+            PipeReader(loop, err_read, err, sample_now),
         ]
-        waited: asyncio.Future[tuple[int, int, resource.struct_rusage]] = loop.create_future()
-        pidfd = os.pidfd_open(pid)
-
-        def exited() -> None:
-            try:
-                reaped_pid, status, usage = os.wait4(pid, os.WNOHANG)
-            except ChildProcessError as error:  # not ours to reap: cannot happen, say so
-                reaped_pid, failure = -1, error
-            if reaped_pid == 0:
-                return  # not waitable yet: the pidfd will say so again
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            if waited.done():
-                return
-            if reaped_pid < 0:
-                waited.set_exception(failure)
-            else:
-                waited.set_result((reaped_pid, status, usage))
-
-        loop.add_reader(pidfd, exited)
+        waited = reaped_on_exit(loop, pid)
 
         sampler: asyncio.TimerHandle | None = None
 
@@ -546,7 +425,7 @@ class ShellRunner:
                 else:
                     timed_out = True
                     kill(signal.SIGKILL)
-            _, status, usage = await asyncio.shield(waited)
+            status, usage = await asyncio.shield(waited)
             reaped = True
         except asyncio.CancelledError:
             kill(signal.SIGKILL)
@@ -576,7 +455,7 @@ class ShellRunner:
             stderr=err.text(),
             duration_ms=duration_ms,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            peak_memory_bytes=_task_peak(usage, sampled_peak),
+            peak_memory_bytes=task_peak(usage, sampled_peak),
             gpu_memory_bytes=gpu_peak,
             timed_out=timed_out,
             cancelled=was_cancelled,
@@ -601,10 +480,3 @@ def _stop_spawned(pipes: tuple[int, ...], spawned: asyncio.Future[subprocess.Pop
         os.killpg(spawned.result().pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _task_peak(usage: resource.struct_rusage, sampled: float) -> float:
-    """The task's peak resident memory in bytes (see the module's docstring)."""
-    reported = float(usage.ru_maxrss) * 1024.0  # Linux: kilobytes
-    own = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0
-    return reported if reported > own else sampled

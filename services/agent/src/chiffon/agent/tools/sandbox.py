@@ -24,7 +24,6 @@ import hashlib
 import marshal
 import os
 import py_compile
-import resource
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chiffon.agent.shell import AGENT_PATH, _Capture, _PipeReader, _task_peak, _vm_hwm_bytes
+from chiffon.agent.children import Capture, PipeReader, reaped_on_exit, task_peak, vm_hwm_bytes
+from chiffon.agent.shell import AGENT_PATH
 from chiffon.agent.tools.base import STDERR, STDOUT, ToolRefused
 
 RUNNER = str(Path(__file__).with_name("sandbox_runner.py"))
@@ -314,36 +314,17 @@ class Sandbox:
 
         def sample_now() -> None:
             nonlocal sampled_peak
-            sampled_peak = max(sampled_peak, _vm_hwm_bytes(pid))
+            sampled_peak = max(sampled_peak, vm_hwm_bytes(pid))
 
-        out = _Capture(self._output_cap, on_line, STDOUT)
-        err = _Capture(self._output_cap, on_line, STDERR)
-        answer = _Capture(self._answer_cap, lambda _stream, _text: None, 0)
+        out = Capture(self._output_cap, on_line, STDOUT)
+        err = Capture(self._output_cap, on_line, STDERR)
+        answer = Capture(self._answer_cap, lambda _stream, _text: None, 0)
         readers = [
-            _PipeReader(loop, out_read, out, sample_now),
-            _PipeReader(loop, err_read, err, sample_now),
-            _PipeReader(loop, answer_read, answer, sample_now),
+            PipeReader(loop, out_read, out, sample_now),
+            PipeReader(loop, err_read, err, sample_now),
+            PipeReader(loop, answer_read, answer, sample_now),
         ]
-        waited: asyncio.Future[tuple[int, resource.struct_rusage]] = loop.create_future()
-        pidfd = os.pidfd_open(pid)
-
-        def exited() -> None:
-            try:
-                reaped, status, usage = os.wait4(pid, os.WNOHANG)
-            except ChildProcessError as error:  # reaped by another: cannot happen, say so
-                reaped, failure = -1, error
-            if reaped == 0:
-                return  # not waitable yet: the pidfd will say so again
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            if waited.done():
-                return
-            if reaped < 0:
-                waited.set_exception(failure)
-            else:
-                waited.set_result((status, usage))
-
-        loop.add_reader(pidfd, exited)
+        waited = reaped_on_exit(loop, pid)
         sampler: asyncio.TimerHandle | None = None
 
         def sample() -> None:
@@ -402,7 +383,7 @@ class Sandbox:
             stderr=err.text(),
             duration_ms=(time.perf_counter() - started) * 1000.0,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            peak_memory_bytes=_task_peak(usage, sampled_peak),
+            peak_memory_bytes=task_peak(usage, sampled_peak),
             timed_out=timed_out,
             cancelled=was_cancelled,
         )
