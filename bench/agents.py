@@ -34,7 +34,6 @@ import os
 import pstats
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -45,7 +44,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import percentile, row, servers
+from bench.common import percentile, row, servers, spawn_agent
 from bench.executor import Driver, new_stack
 from chiffon.agentproto.auth import TaskSigner, generate_keypair, sign_task_token
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
@@ -114,14 +113,7 @@ async def start_agent(root: Path, public_pem: bytes) -> Agent:
         }
     )
     log = root / "agent.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: ASYNC220 — started once, before anything is timed
-            [sys.executable, "-m", "chiffon.agent"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_agent(env, log)
     agent = Agent(process, f"127.0.0.1:{port}", log)
     deadline = time.monotonic() + 30
     async with grpc.aio.insecure_channel(agent.address) as channel:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,3 +53,16 @@ def summary(samples_ms: list[float]) -> str:
 
 def row(label: str, value: str, note: str = "") -> None:
     print(f"  {label:<44} {value:>22}  {note}")
+
+
+def spawn_agent(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """An agent process (``python -m chiffon.agent``) with ``env``, its output to ``log``,
+    in a session of its own; started once, before anything is timed."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "chiffon.agent"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -40,7 +40,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import percentile, row
+from bench.common import percentile, row, spawn_agent
 from chiffon.agent.application import AgentIdentity, AgentRuntime
 from chiffon.agent.settings import AgentSettings
 from chiffon.agent.tools.registry import build_tools
@@ -93,14 +93,7 @@ async def start_agent(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
     env.update(agent_env(root, port))
     log = root / "agent.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: ASYNC220 — started once, before anything is timed
-            [sys.executable, "-m", "chiffon.agent"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_agent(env, log)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     async with grpc.aio.insecure_channel(address) as channel:
