@@ -14,7 +14,8 @@ import pytest
 
 from chiffon.agentproto.auth import generate_keypair, sign_task_token
 from chiffon.agentproto.v1 import agent_pb2_grpc
-from chiffon.devstack.ports import free_port
+from chiffon.devstack.ports import free_port, free_ports
+from tests.integration.devstack.test_devstack_stack import Stack
 from tests.support.agents import wait_agent_serving
 
 
@@ -99,3 +100,19 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
 async def stub(agent: AgentProcess) -> AsyncIterator[agent_pb2_grpc.AgentAsyncStub]:
     async with grpc.aio.insecure_channel(agent.address) as channel:
         yield agent_pb2_grpc.AgentStub(channel)
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A whole `chiffon up` (one executor) on free ports, shared by this package's modules
+    that need the dev stack: starting one takes most of their time."""
+    stack = Stack(tmp_path_factory.mktemp("chiffon-home"))
+    (grpc_port,) = free_ports(1)
+    stack.env["CHIFFON_AGENT_GRPC_PORT"] = str(grpc_port)
+    stack.env["CHIFFON_EXECUTOR_REPLICAS"] = "1"
+    try:
+        done = stack.run("up", light=True, timeout=240)
+        assert done.returncode == 0, f"up failed:\n{done.stdout}\n{done.stderr}"
+        yield stack
+    finally:
+        stack.run("down", light=True)

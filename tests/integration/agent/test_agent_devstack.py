@@ -5,7 +5,6 @@ A whole stack on free ports in a temporary CHIFFON_HOME (the devstack tests' Sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -15,7 +14,6 @@ from google.protobuf import json_format, struct_pb2
 
 from chiffon.agentproto.auth import sign_task_token
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
-from chiffon.devstack.ports import free_ports
 from tests.integration.devstack.test_devstack_stack import Stack
 from tests.support.fixtures import eventually
 
@@ -23,20 +21,6 @@ pytestmark = pytest.mark.timeout(240)
 
 # The local agent of a checkout (examples/homelab/catalog is there): every tool but sql.
 LOCAL_TOOLS = ["shell", "python", "files", "http", "ansible", "catalog"]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("chiffon-home"))
-    (grpc_port,) = free_ports(1)
-    stack.env["CHIFFON_AGENT_GRPC_PORT"] = str(grpc_port)
-    stack.env["CHIFFON_EXECUTOR_REPLICAS"] = "1"
-    try:
-        done = stack.run("up", light=True, timeout=200)
-        assert done.returncode == 0, f"up failed:\n{done.stdout}\n{done.stderr}"
-        yield stack
-    finally:
-        stack.run("down", light=True)
 
 
 async def test_up_makes_the_keys_and_starts_a_local_shell_agent(stack: Stack) -> None:

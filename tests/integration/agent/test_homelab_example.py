@@ -6,7 +6,7 @@ the play runs, and a run of the broken variant fails with grouped lint advice.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from chiffon.cli.http_client import GatewayClient
-from chiffon.devstack.ports import free_ports
 from tests.integration.devstack.test_devstack_stack import ROOT, Stack
 from tests.integration.gateway.support import SseEvent, sse_events
 from tests.support.fixtures import eventually
@@ -23,20 +22,6 @@ from tests.support.fixtures import eventually
 pytestmark = pytest.mark.timeout(420)
 
 WORKFLOW = ROOT / "examples" / "homelab" / "deploy.yaml"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("chiffon-home"))
-    (grpc_port,) = free_ports(1)
-    stack.env["CHIFFON_AGENT_GRPC_PORT"] = str(grpc_port)
-    stack.env["CHIFFON_EXECUTOR_REPLICAS"] = "1"
-    try:
-        done = stack.run("up", light=True, timeout=240)
-        assert done.returncode == 0, f"up failed:\n{done.stdout}\n{done.stderr}"
-        yield stack
-    finally:
-        stack.run("down", light=True)
 
 
 @dataclass
