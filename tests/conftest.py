@@ -7,6 +7,12 @@ tests never see each other's events or rows.
 from __future__ import annotations
 
 import os
+
+# Test processes start servers (pg_ctl as the PostgreSQL user: fork + setuid) after
+# in-process agent tests have left gRPC threads behind. gRPC's fork handlers then crash
+# the child before it execs (SIGSEGV, "skipping fork() handlers"); no test forks a
+# process that uses gRPC, so the handlers are turned off before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
