@@ -14,9 +14,13 @@ import typer
 
 from chiffon.cli import (
     agents_cmd,
+    audit_cmd,
     cost_cmd,
+    deploy_cmd,
+    fork_cmd,
     keys_cmd,
     migrate_cmd,
+    profile_cmd,
     projections_cmd,
     runs_cmd,
     schedules_cmd,
@@ -47,6 +51,10 @@ app.add_typer(triggers_cmd.app, name="triggers")
 app.add_typer(schedules_cmd.app, name="schedules")
 app.add_typer(__import__("chiffon.cli.agent_cmd", fromlist=["app"]).app, name="agent")
 app.add_typer(__import__("chiffon.cli.infra_cmd", fromlist=["app"]).app, name="infra")
+audit_cmd.register(app)
+profile_cmd.register(app)  # `profile` and `compare`
+fork_cmd.register(app)
+deploy_cmd.register(app)
 keys_cmd.register(app)  # `keys`, `runs logs`, and --gateway-url / --api-key
 
 

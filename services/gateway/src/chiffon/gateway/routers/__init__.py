@@ -2,10 +2,12 @@
 
 from chiffon.gateway.routers import (
     agents,
+    audit,
     budgets,
     costs,
     events,
     keys,
+    profiles,
     runs,
     schedules,
     triggers,
@@ -22,6 +24,8 @@ API_ROUTERS = (
     budgets.router,
     triggers.router,
     schedules.router,
+    audit.router,
+    profiles.router,
 )
 
 __all__ = ["API_ROUTERS"]

@@ -1,0 +1,1 @@
+"""Re-driving recorded runs with the engine, calling no provider and no agent."""
