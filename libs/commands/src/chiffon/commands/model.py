@@ -12,8 +12,10 @@ from chiffon.events.envelope import AGGREGATE_ID_PATTERN, Actor
 from chiffon.events.limits import (
     COMMENT_MAX_CHARS,
     IDEMPOTENCY_KEY_MAX_CHARS,
+    MODEL_NAME_MAX_CHARS,
     NODE_ID_MAX_CHARS,
     REASON_MAX_CHARS,
+    SPEC_STRING_MAX_BYTES,
     WORKFLOW_MAX_BYTES,
     WORKFLOW_NAME_MAX_CHARS,
     WORKFLOW_VERSION_MAX,
@@ -48,6 +50,23 @@ class StartRun(Command):
 
     workflow: str = Field(min_length=1, max_length=WORKFLOW_NAME_MAX_CHARS)
     version: int | None = Field(default=None, ge=1, le=WORKFLOW_VERSION_MAX)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    trigger: TriggerRef | None = None
+
+
+class ForkRun(Command):
+    """Start a run that reuses ``run_id``'s recorded outputs of every node completed
+    before ``at`` first started, and executes from ``at`` on with the changes: ``model``
+    and ``prompt`` of the LLM node ``at`` (only that node), ``inputs`` over the parent's.
+    Answered as ``StartRun`` is, plus ``forked_from: {run_id, at}``."""
+
+    owner = "executor"
+    name = "fork_run"
+
+    run_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
+    at: str = Field(min_length=1, max_length=NODE_ID_MAX_CHARS)
+    model: str | None = Field(default=None, min_length=1, max_length=MODEL_NAME_MAX_CHARS)
+    prompt: str | None = Field(default=None, min_length=1, max_length=SPEC_STRING_MAX_BYTES)
     inputs: dict[str, Any] = Field(default_factory=dict)
     trigger: TriggerRef | None = None
 

@@ -42,3 +42,9 @@ def _llm_called_v2(payload: dict[str, Any]) -> dict[str, Any]:
     """Version 2 did not record what a budget held the call by: nothing is known (an
     empty ``budget_holds``), as for a call no budget held."""
     return payload
+
+
+@CATALOG.upcaster("run.requested", 1)
+def _run_requested_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 knew no forks: every such run was started from a workflow (no ``fork``)."""
+    return payload

@@ -17,8 +17,11 @@ from chiffon.events.envelope import EventPayload
 from chiffon.events.limits import (
     COMMENT_MAX_CHARS,
     IDEMPOTENCY_KEY_MAX_CHARS,
+    MODEL_NAME_MAX_CHARS,
     NODE_ID_MAX_CHARS,
     REASON_MAX_CHARS,
+    SPEC_STRING_MAX_BYTES,
+    VARIABLE_NAME_MAX_CHARS,
     WORKFLOW_NAME_MAX_CHARS,
     WORKFLOW_VERSION_MAX,
 )
@@ -50,8 +53,48 @@ class TriggerRef(BaseModel):
     id: str | None = Field(default=None, max_length=200)
 
 
+FORK_CHANGES_MAX = 200
+"""Node changes one fork may carry (its ancestors' and its own): a workflow's nodes,
+each changed at most once in the list."""
+
+
+class NodeChange(BaseModel):
+    """A fork's change to one LLM node of the registered workflow version: its ``model``,
+    its ``prompt``, or both (``None``: as registered)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_id: str = Field(max_length=NODE_ID_MAX_CHARS)
+    model: str | None = Field(default=None, min_length=1, max_length=MODEL_NAME_MAX_CHARS)
+    prompt: str | None = Field(default=None, min_length=1, max_length=SPEC_STRING_MAX_BYTES)
+
+
+class ForkLink(BaseModel):
+    """The run this one was forked from, where, and what the fork changed.
+
+    ``changes`` turn the registered version the request names into the spec the run
+    executes (whose digest the request records): the parent's own changes first when
+    the parent was a fork itself, then this fork's, one entry per node. ``inputs``
+    names the run inputs this fork set (their values are the request's ``inputs``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str = Field(max_length=128)
+    at: str = Field(max_length=NODE_ID_MAX_CHARS)
+    changes: tuple[NodeChange, ...] = Field(default=(), max_length=FORK_CHANGES_MAX)
+    inputs: tuple[Annotated[str, Field(max_length=VARIABLE_NAME_MAX_CHARS)], ...] = Field(
+        default=(), max_length=FORK_CHANGES_MAX
+    )
+
+
 class RunRequested(EventPayload):
+    """A run was asked for.
+
+    Version 2 (issue 21) links a fork to its parent (``fork``); ``None`` for a run
+    started from a workflow, as every version 1 event was."""
+
     event_type = "run.requested"
+    schema_version = 2
     aggregate = "run"
 
     workflow: str = Field(max_length=WORKFLOW_NAME_MAX_CHARS)
@@ -62,6 +105,19 @@ class RunRequested(EventPayload):
     request_digest: str | None = None
     idempotency_key: str | None = Field(default=None, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
     trigger: TriggerRef | None = None
+    fork: ForkLink | None = None
+
+
+class ForkPrepared(EventPayload):
+    """A fork's reused node completions (the events between its ``run.requested`` and
+    this one) are recorded: the run is runnable from its fork node on. Its work item;
+    the request of a fork is not, for the executor must not start the run before the
+    outputs it reuses are in its log."""
+
+    event_type = "run.fork.prepared"
+    aggregate = "run"
+
+    reused: int = Field(ge=0, description="node completions reused from the parent")
 
 
 class RunClaimed(EventPayload):
@@ -327,6 +383,7 @@ RUN_ENDINGS = frozenset(RUN_ENDING_STATUS)
 
 RUN_EVENTS: tuple[type[EventPayload], ...] = (
     RunRequested,
+    ForkPrepared,
     RunClaimed,
     NodeStarted,
     NodeCompleted,

@@ -14,6 +14,7 @@ import sys
 import time
 
 from chiffon.commands import ApproveNode, CancelRun, CommandBus, RegisterWorkflow, StartRun
+from chiffon.commands.model import ForkRun
 from chiffon.core.logging import get_logger
 from chiffon.core.runtime import tune_gc
 from chiffon.core.service import ServiceContext, run_service
@@ -101,6 +102,7 @@ async def serve(ctx: ServiceContext) -> None:
         subscriptions = [
             await bus.serve(RegisterWorkflow, workflow_commands.register),
             await bus.serve(StartRun, run_commands.start),
+            await bus.serve(ForkRun, run_commands.fork),
             await bus.serve(CancelRun, run_commands.cancel),
             await bus.serve(ApproveNode, run_commands.approve),
         ]

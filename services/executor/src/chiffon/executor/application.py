@@ -1,4 +1,4 @@
-"""The executor's application services: ``Runs`` (start, cancel, approve) and ``Workflows``
+"""The executor's application services: ``Runs`` (start, fork, cancel, approve) and ``Workflows``
 (register). Each command is load → decide (``domain.decide_*``) → append.
 
 Served over NATS request-reply (``CommandBus.serve``) by every replica in one queue
@@ -22,7 +22,7 @@ from chiffon.commands import (
     RegisterWorkflow,
     StartRun,
 )
-from chiffon.commands.model import run_id_for
+from chiffon.commands.model import ForkRun, run_id_for
 from chiffon.core.logging import get_logger
 from chiffon.events import Envelope, EventPayload, new_event, uuid7
 from chiffon.events.runs import RunCancelled
@@ -36,9 +36,11 @@ from chiffon.eventstore import (
 )
 from chiffon.executor.domain import (
     DomainError,
+    RunNotFound,
     RunState,
     decide_approval,
     decide_cancel,
+    decide_fork,
     decide_register,
     decide_start,
     evolve,
@@ -73,7 +75,7 @@ def refusals(too_busy: str) -> Iterator[None]:
 
 
 class Runs:
-    """Start, cancel and approve runs."""
+    """Start, fork, cancel and approve runs."""
 
     def __init__(
         self,
@@ -134,6 +136,71 @@ class Runs:
                 }
 
             return await retry_on_conflict(attempt, what=f"start of run {run_id}")
+
+    async def fork(self, command: ForkRun) -> dict[str, Any]:
+        """A new run from a recorded one (``domain.decide_fork``): its request, the
+        parent's reused node completions and its work item, appended as one batch to
+        the new run; nothing at all when the fork is refused."""
+        with refusals("the run is changing too fast; retry"):
+            recorded, _version = await self.store.read_aggregate(
+                AggregateKey("run", command.run_id)
+            )
+            parent = RunState.from_events(
+                command.run_id, ((e.envelope, e.sequence) for e in recorded)
+            )
+            if parent.request is None:
+                raise RunNotFound(command.run_id)
+            request = parent.request
+            base = await self.workflows.get(request.workflow, request.version)
+            if base is None:
+                state = await self.workflows.load(request.workflow)
+                base = self.workflows.compile(require_version(state, request.version))
+            parent_events = [(e.payload, e.sequence) for e in recorded]
+            key = command.idempotency_key
+            run_id = (
+                run_id_for(command.actor.kind, command.actor.id, f"fork:{key}")
+                if key
+                else str(uuid7())
+            )
+            attempts = 0
+
+            async def attempt() -> dict[str, Any]:
+                nonlocal attempts
+                attempts += 1
+                state = RunState(run_id) if attempts == 1 else await self.runs.load(run_id)
+                payloads = decide_fork(
+                    state, parent, parent_events, base.spec, base.digest, command, self.clock()
+                )
+                created = False
+                if payloads:
+                    appended = await self.store.append(
+                        AggregateKey("run", run_id),
+                        self._events(run_id, payloads, command),
+                        expected_version=state.version,
+                        idempotency_key=f"fork:{run_id}" if key else None,
+                    )
+                    created = not appended.all_duplicates
+                    if not created:
+                        state = await self.runs.load(run_id)
+                        decide_fork(
+                            state,
+                            parent,
+                            parent_events,
+                            base.spec,
+                            base.digest,
+                            command,
+                            self.clock(),
+                        )
+                return {
+                    "run_id": run_id,
+                    "workflow": request.workflow,
+                    "version": request.version,
+                    "status": "pending" if created else state.status,
+                    "created": created,
+                    "forked_from": {"run_id": command.run_id, "at": command.at},
+                }
+
+            return await retry_on_conflict(attempt, what=f"fork of run {command.run_id}")
 
     async def cancel(self, command: CancelRun) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
@@ -198,7 +265,9 @@ class Runs:
 
     @staticmethod
     def _events(
-        run_id: str, payloads: Sequence[EventPayload], command: StartRun | CancelRun | ApproveNode
+        run_id: str,
+        payloads: Sequence[EventPayload],
+        command: StartRun | ForkRun | CancelRun | ApproveNode,
     ) -> list[Envelope[Any]]:
         return [
             new_event(

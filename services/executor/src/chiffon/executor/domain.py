@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -27,16 +27,18 @@ from chiffon.events.limits import WORKFLOW_MAX_BYTES
 from chiffon.events.memory import MemoryRead
 from chiffon.events.run_status import INITIAL_STATUS, next_status
 from chiffon.events.workflows import WorkflowVersionRegistered
-from chiffon.workflow import InputError, SpecError, WorkflowSpec, load_spec
+from chiffon.workflow import InputError, LlmNode, SpecError, WorkflowSpec, load_spec, spec_from_dict
 
 if TYPE_CHECKING:  # only their shapes: importing the commands package starts the NATS bus's
     from chiffon.commands import ApproveNode, CancelRun, RegisterWorkflow, StartRun
+    from chiffon.commands.model import ForkRun
 
 # Events that make a run runnable: the work items of the executors' shared consumer.
 WORK_EVENT_TYPES: tuple[str, ...] = (
     ev.RunRequested.event_type,
     ev.ApprovalDecided.event_type,
     ev.RunResumed.event_type,
+    ev.ForkPrepared.event_type,
 )
 INTERRUPTED = "interrupted"  # the error type of an attempt whose replica stopped
 
@@ -136,6 +138,51 @@ class VersionAlreadyRegistered(DomainError):
         return [{"path": "version", "line": None, "message": "version already registered"}]
 
 
+class NodeNotInWorkflow(DomainError):
+    code = "invalid"
+
+    def __init__(self, node_id: str, spec: WorkflowSpec) -> None:
+        known = ", ".join(node.id for node in spec.nodes)
+        super().__init__(
+            f"workflow {spec.name!r} v{spec.version} has no node {node_id!r} (nodes: {known})"
+        )
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        return [{"path": "at", "line": None, "message": str(self)}]
+
+
+class NotAnLlmNode(DomainError):
+    code = "invalid"
+
+    def __init__(self, node_id: str, node_type: str, changed: str) -> None:
+        super().__init__(
+            f"node {node_id!r} is an {node_type} node: only an llm node has a {changed} to change"
+        )
+        self.changed = changed
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        return [{"path": self.changed, "line": None, "message": str(self)}]
+
+
+class NodeNeverStarted(DomainError):
+    def __init__(self, run_id: str, node_id: str) -> None:
+        super().__init__(
+            f"node {node_id!r} never started in run {run_id}: there is nothing to fork from"
+        )
+
+
+class ForkTooLarge(DomainError):
+    code = "invalid"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the fork's request is {size} bytes with its changes and inputs; "
+            f"the limit is {FORK_REQUEST_MAX_BYTES} bytes"
+        )
+
+
 class WorkflowNotFound(DomainError):
     code = "not_found"
 
@@ -233,6 +280,7 @@ class RunState:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     event_count: int = 0  # events folded: what a run's cap on stored events counts
+    fork_prepared: bool = False  # a fork's reused completions are all recorded
 
     @classmethod
     def from_events(cls, run_id: str, events: Iterable[tuple[Envelope[Any], int]]) -> RunState:
@@ -265,6 +313,9 @@ class RunState:
         """
         if not self.exists or self.ended:
             return False
+        assert self.request is not None
+        if self.request.fork is not None and not self.fork_prepared:
+            return False  # its reused completions are still being recorded
         if self.held:
             return self.work_seq == work_seq
         return self.status in ("pending", "running") or self.cancel_requested
@@ -308,6 +359,10 @@ def _copy_with(state: RunState, changes: _Changes) -> RunState:
 
 def _requested(state: RunState, env: Envelope[Any], p: ev.RunRequested, seq: int) -> _Changes:
     return {"request": p, "requested_by": env.actor, "requested_at": env.occurred_at}
+
+
+def _fork_prepared(state: RunState, env: Envelope[Any], p: ev.ForkPrepared, seq: int) -> _Changes:
+    return {"fork_prepared": True}
 
 
 def _claimed(state: RunState, env: Envelope[Any], p: ev.RunClaimed, seq: int) -> _Changes:
@@ -399,6 +454,7 @@ def _ended(state: RunState, env: Envelope[Any], p: Any, seq: int) -> _Changes:
 
 _FOLDS: dict[type[EventPayload], _Fold] = {
     ev.RunRequested: _requested,
+    ev.ForkPrepared: _fork_prepared,
     ev.RunClaimed: _claimed,
     ev.NodeStarted: _node_started,
     ev.NodeCompleted: _node_completed,
@@ -491,6 +547,162 @@ def decide_start(
             trigger=command.trigger,
         )
     ]
+
+
+# -- forks -----------------------------------------------------------------------------
+
+FORK_REQUEST_MAX_BYTES = 512 * 1024
+"""A fork's ``run.requested`` (its changes and inputs) as JSON: half of NATS's 1 MiB
+``max_payload``, leaving room for the envelope, as a registered workflow's limit does."""
+
+
+def merge_changes(
+    earlier: Sequence[ev.NodeChange], change: ev.NodeChange | None
+) -> tuple[ev.NodeChange, ...]:
+    """``earlier`` (a parent fork's changes) with ``change`` laid over them: one entry per
+    node, where a field ``change`` leaves unset keeps the earlier value."""
+    if change is None:
+        return tuple(earlier)
+    merged = list(earlier)
+    for index, old in enumerate(merged):
+        if old.node_id == change.node_id:
+            merged[index] = ev.NodeChange(
+                node_id=change.node_id,
+                model=change.model or old.model,
+                prompt=change.prompt or old.prompt,
+            )
+            return tuple(merged)
+    return (*merged, change)
+
+
+def fork_spec(base: WorkflowSpec, changes: Sequence[ev.NodeChange]) -> WorkflowSpec:
+    """The registered version ``base`` with ``changes`` applied (each one replaces its
+    node's ``model`` and/or ``prompt``), validated as a registered workflow is: every
+    problem with its path, as ``InvalidWorkflow``. ``base`` itself without changes."""
+    if not changes:
+        return base
+    data = json.loads(base.canonical_json())
+    nodes = {node["id"]: node for node in data["nodes"]}
+    for change in changes:
+        node = nodes[change.node_id]
+        if change.model is not None:
+            node["model"] = change.model
+        if change.prompt is not None:
+            node["prompt"] = change.prompt
+    try:
+        spec = spec_from_dict(data, filename=f"{base.name} v{base.version} (fork)")
+    except SpecError as error:
+        raise InvalidWorkflow(error) from None
+    size = len(spec.canonical_json().encode())
+    if size > WORKFLOW_MAX_BYTES:
+        raise WorkflowTooLarge(size)
+    return spec
+
+
+def fork_digest(command: ForkRun) -> str:
+    """The fingerprint of a fork request, to tell a retry from a different request."""
+    text = json.dumps(
+        {
+            "fork": command.run_id,
+            "at": command.at,
+            "model": command.model,
+            "prompt": command.prompt,
+            "inputs": command.inputs,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def decide_fork(
+    state: RunState,
+    parent: RunState,
+    parent_events: Sequence[tuple[EventPayload, int]],
+    base: WorkflowSpec,
+    base_digest: str,
+    command: ForkRun,
+    now: datetime,
+) -> list[EventPayload]:
+    """The new run's first events: its request (linked to ``parent``), a copy of each
+    node completion the parent recorded before ``command.at`` first started (with its
+    ``run.node.started``, duration 0: the fork spent nothing on it), then
+    ``run.fork.prepared``, its work item.
+
+    ``parent_events`` are the parent's payloads with their stream sequences, in order;
+    ``base`` is the registered version the parent's request names (``base_digest``
+    its digest). ``state`` is the run the new id names: when it exists, the command is
+    a repeat under the same idempotency key (same request: nothing new; another: refused).
+    """
+    if not parent.exists:
+        raise RunNotFound(parent.run_id)
+    assert parent.request is not None
+    earlier = parent.request.fork.changes if parent.request.fork is not None else ()
+    parent_spec = fork_spec(base, earlier)
+    if command.at not in {node.id for node in parent_spec.nodes}:
+        raise NodeNotInWorkflow(command.at, parent_spec)
+    node = parent_spec.node(command.at)
+    change = None
+    if command.model is not None or command.prompt is not None:
+        if not isinstance(node, LlmNode):
+            raise NotAnLlmNode(node.id, node.type, "model" if command.model else "prompt")
+        change = ev.NodeChange(node_id=node.id, model=command.model, prompt=command.prompt)
+    first_start = next(
+        (
+            seq
+            for payload, seq in parent_events
+            if type(payload) is ev.NodeStarted and payload.node_id == command.at
+        ),
+        None,
+    )
+    if first_start is None:
+        raise NodeNeverStarted(parent.run_id, command.at)
+    changes = merge_changes(earlier, change)
+    spec = fork_spec(base, changes)
+    try:
+        inputs = spec.validate_inputs({**parent.request.inputs, **command.inputs})
+    except InputError as error:
+        raise InvalidInputs(spec, error.problems) from None
+    fingerprint = fork_digest(command)
+    if state.exists:
+        assert state.request is not None
+        if state.request.request_digest != fingerprint:
+            raise IdempotencyConflict(command.idempotency_key or "", state.run_id)
+        return []
+    request = ev.RunRequested(
+        workflow=parent.request.workflow,
+        version=parent.request.version,
+        digest=spec.digest() if changes else base_digest,
+        inputs=inputs,
+        request_digest=fingerprint,
+        idempotency_key=command.idempotency_key,
+        trigger=command.trigger,
+        fork=ev.ForkLink(
+            run_id=parent.run_id,
+            at=command.at,
+            changes=changes,
+            inputs=tuple(sorted(command.inputs)),
+        ),
+    )
+    size = len(request.model_dump_json().encode())
+    if size > FORK_REQUEST_MAX_BYTES:
+        raise ForkTooLarge(size)
+    reused: list[EventPayload] = []
+    for payload, seq in parent_events:
+        if seq >= first_start:
+            break
+        if type(payload) is ev.NodeCompleted:
+            reused.append(
+                ev.NodeStarted(
+                    node_id=payload.node_id,
+                    node_type=parent_spec.node(payload.node_id).type,
+                    attempt=payload.attempt,
+                    iteration=payload.iteration,
+                )
+            )
+            reused.append(payload.model_copy(update={"duration_ms": 0.0}))
+    return [request, *reused, ev.ForkPrepared(reused=len(reused) // 2)]
 
 
 def decide_claim(state: RunState, command: ClaimRun, now: datetime) -> list[ev.RunClaimed]:

@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+from chiffon.events.runs import RunRequested
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, EventStore
-from chiffon.executor.domain import RunState, WorkflowState, evolve, evolve_workflow
+from chiffon.executor.domain import (
+    DomainError,
+    RunState,
+    WorkflowState,
+    evolve,
+    evolve_workflow,
+    fork_spec,
+)
 from chiffon.executor.execution import LoadedWorkflow
 from chiffon.executor.graph import build_graph
 from chiffon.workflow import spec_from_dict
@@ -79,6 +87,7 @@ class WorkflowRepository:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self._compiled: dict[tuple[str, int], LoadedWorkflow] = {}
+        self._forks: OrderedDict[str, LoadedWorkflow] = OrderedDict()  # by digest
         self._states: dict[str, WorkflowState] = {}
 
     async def load(self, name: str) -> WorkflowState:
@@ -116,3 +125,31 @@ class WorkflowRepository:
                 spec=spec, digest=registered.digest, graph=build_graph(spec)
             )
         return found
+
+    async def for_run(self, request: RunRequested, *, keep: int = 64) -> LoadedWorkflow | None:
+        """The workflow a run executes, compiled: the version its request names, with a
+        fork's changes applied (the last ``keep`` forked specs stay compiled). None when
+        the version is not registered or the result is not the digest the run records,
+        so that any replica resumes a run with exactly the spec it started with."""
+        changes = request.fork.changes if request.fork is not None else ()
+        if not changes:
+            found = await self.get(request.workflow, request.version)
+            return found if found is not None and found.digest == request.digest else None
+        if request.digest in self._forks:
+            self._forks.move_to_end(request.digest)
+            return self._forks[request.digest]
+        base = await self.get(request.workflow, request.version)
+        if base is None:
+            return None
+        try:
+            spec = fork_spec(base.spec, changes)
+        except DomainError:
+            return None  # changes valid when the fork was decided: only a changed checker
+        if spec.digest() != request.digest:
+            return None
+        loaded = self._forks[request.digest] = LoadedWorkflow(
+            spec=spec, digest=request.digest, graph=build_graph(spec)
+        )
+        while len(self._forks) > keep:
+            self._forks.popitem(last=False)
+        return loaded
