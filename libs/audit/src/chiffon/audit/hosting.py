@@ -1,0 +1,29 @@
+"""The audit projections a gateway hosts: the index always, the git export when
+``CHIFFON_AUDIT_GIT_DIR`` names a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chiffon.audit.gitexport import GitAuditTrail, GitExportProjection
+from chiffon.audit.index import AuditIndexProjection
+from chiffon.eventstore import EventStore
+from chiffon.projections import Projection
+
+
+class AuditSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHIFFON_AUDIT_", extra="ignore")
+
+    git_dir: Path | None = None
+    """A folder for the git export of finished runs (created, as a bare repository, when
+    empty). Unset: no export."""
+
+
+def audit_projections(store: EventStore, settings: AuditSettings | None = None) -> list[Projection]:
+    chosen = settings or AuditSettings()
+    hosted: list[Projection] = [AuditIndexProjection()]
+    if chosen.git_dir is not None:
+        hosted.append(GitExportProjection(store, GitAuditTrail(chosen.git_dir)))
+    return hosted
