@@ -26,6 +26,7 @@ from chiffon.events.runs import (
     RunRequested,
 )
 from chiffon.gateway.comparison import NodeCost, RunFacts, compare_runs, node_outputs
+from chiffon.gateway.dashboard.waterfall import LABEL_WIDTH, ROW_HEIGHT, TRACK_WIDTH, waterfall
 from chiffon.gateway.profiles import percentiles, profile_run, profile_workflow
 
 T0 = datetime(2026, 12, 7, 12, tzinfo=UTC)
@@ -229,3 +230,20 @@ def test_a_node_that_ran_in_one_run_only_has_no_other_side() -> None:
     assert plan.b is not None and plan.b.status == "running" and plan.b.outputs is None
     assert (build.b, build.wall_delta_ms, build.cost_delta_usd) == (None, None, None)
     assert not ship.same_outputs and diff.b.status == "running"
+
+
+def test_the_waterfall_places_each_attempt_by_its_start_and_length() -> None:
+    drawn = waterfall(profile_run("run-1", three_nodes().events))
+    plan, build, ship = drawn.rows
+    scale = TRACK_WIDTH / 6710
+    assert (plan.x, plan.width) == pytest.approx((LABEL_WIDTH + 100 * scale, 600 * scale), abs=0.01)
+    assert build.x == pytest.approx(LABEL_WIDTH + 700 * scale, abs=0.01)
+    assert (build.y, ship.y, drawn.height) == (ROW_HEIGHT, 2 * ROW_HEIGHT, 3 * ROW_HEIGHT)
+    # The waits fill the bar from its left: the model's 500 of plan's 600 ms.
+    (model,) = plan.segments
+    assert (model.kind, model.x) == ("model", plan.x)
+    assert model.width == pytest.approx(plan.width * 500 / 600, abs=0.01)
+    assert [s.kind for s in build.segments] == ["agent"]
+    assert [s.kind for s in ship.segments] == ["human"]
+    assert [r.bottleneck for r in drawn.rows] == [False, True, False]
+    assert drawn.hidden == 0

@@ -47,6 +47,15 @@ from chiffon.gateway.costs import (
     report,
     usd,
 )
+from chiffon.gateway.dashboard.waterfall import (
+    BAR_HEIGHT,
+    LABEL_WIDTH,
+    ROW_HEIGHT,
+    TRACK_WIDTH,
+    WIDTH,
+    Waterfall,
+    waterfall,
+)
 from chiffon.gateway.keys import (
     BOOTSTRAP_KEY_ID,
     BOOTSTRAP_KEY_NAME,
@@ -62,6 +71,8 @@ from chiffon.gateway.problems import (
     Unavailable,
     ValidationFailed,
 )
+from chiffon.gateway.profile_reads import run_events
+from chiffon.gateway.profiles import profile_run
 from chiffon.gateway.readmodel import api_keys
 from chiffon.gateway.runtime import (
     RUN_ID,
@@ -90,6 +101,13 @@ static_files = StaticFiles(directory=str(HERE / "static"))
 router = APIRouter(include_in_schema=False)
 
 RUN_EVENT_TYPES = [t for t in CATALOG.types() if t.startswith("run.")]
+WATERFALL_SIZES = {
+    "width": WIDTH,
+    "label": LABEL_WIDTH,
+    "track": TRACK_WIDTH,
+    "row": ROW_HEIGHT,
+    "bar": BAR_HEIGHT,
+}
 
 
 class LoginRequired(Exception):
@@ -375,10 +393,26 @@ async def _names(gw: Gateway, run: RunPublic) -> dict[str, str]:
     }
 
 
+async def _waterfall(gw: Gateway, run_id: str) -> Waterfall | None:
+    """The run's waterfall from its events; None when the event store does not answer
+    (the rest of the page, from the read model, is still worth showing)."""
+    try:
+        events = await gw.query(run_events(gw, run_id))
+    except (Unavailable, NotFound):
+        return None
+    return waterfall(profile_run(run_id, events))
+
+
 async def _run_view(gw: Gateway, run_id: str, min_position: int = 0) -> dict[str, Any]:
     """What the run page and its refreshed panel show."""
     run = await _run(gw, run_id, min_position)
-    return {"run": run, "who": await _names(gw, run), "ended": run.status in TERMINAL_STATUSES}
+    return {
+        "run": run,
+        "who": await _names(gw, run),
+        "ended": run.status in TERMINAL_STATUSES,
+        "waterfall": await _waterfall(gw, run_id),
+        "wf": WATERFALL_SIZES,
+    }
 
 
 @router.get("/runs/{run_id}")
