@@ -35,6 +35,14 @@ _PRICE_OVERRIDE_KEYS = frozenset(
 )
 
 
+NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
+
+def nats_servers(urls: str) -> list[str]:
+    """The URLs of a comma-separated ``CHIFFON_NATS_URL``, blanks and spaces dropped."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
+
 def mask_url(url: str) -> str:
     """Hide the password part of a URL such as ``postgresql://user:secret@host/db``."""
     return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", url)
@@ -45,6 +53,8 @@ class ChiffonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="ignore", frozen=True)
 
+    # One URL, or several comma-separated (the nodes of a NATS cluster): the client
+    # connects to any of them and reconnects to another when its node dies.
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:15432/chiffon")
     # Prefix of every JetStream stream and subject, so several Chiffon installations
@@ -53,7 +63,8 @@ class ChiffonSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     environment: Literal["development", "production"] = "development"
-    # Stream replicas: 1 on one machine, 3 on a cluster (deploy/).
+    # Stream replicas: 1 on one machine, 3 on a cluster (deploy/). Read where streams
+    # and work consumers are created; an existing stream is updated to it.
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # How long JetStream remembers a Nats-Msg-Id for de-duplication.
     duplicate_window_seconds: float = Field(default=120.0, gt=0)
@@ -68,9 +79,18 @@ class ChiffonSettings(BaseSettings):
     @field_validator("nats_url")
     @classmethod
     def _nats_scheme(cls, value: str) -> str:
-        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
-            raise ValueError("must be a nats:// (or tls://) URL")
-        return value
+        servers = nats_servers(value)
+        if not servers:
+            raise ValueError("must be a nats:// (or tls://) URL, or several comma-separated")
+        for url in servers:
+            if not url.startswith(NATS_SCHEMES):
+                raise ValueError(f"{mask_url(url)!r} must be a nats:// (or tls://) URL")
+        return ",".join(servers)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """``nats_url`` as the list nats-py connects to."""
+        return nats_servers(self.nats_url)
 
     @field_validator("price_overrides")
     @classmethod

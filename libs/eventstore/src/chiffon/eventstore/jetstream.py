@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from chiffon.core.settings import nats_servers
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import Catalog, Envelope
 from chiffon.eventstore import messaging, wire
@@ -54,6 +55,7 @@ from chiffon.eventstore.puller import ConsumerLost, Puller
 from chiffon.eventstore.streams import Streams
 
 WRONG_LAST_SEQUENCE = 10071
+INSUFFICIENT_RESOURCES = 10023  # a new cluster before every peer has joined the meta group
 _MSG_ID = api.Header.MSG_ID.value
 _EXPECTED_SEQUENCE = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
 _EXPECTED_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
@@ -67,6 +69,13 @@ _TRANSIENT = (
     nats.errors.ConnectionReconnectingError,
     asyncio.TimeoutError,
 )
+
+
+class _PeersNotKnown(Exception):
+    """Fewer cluster peers known than the replicas asked for (so far)."""
+
+
+_CLUSTER_NOT_READY = (*_TRANSIENT, _PeersNotKnown)
 
 
 def connect_options(name: str) -> dict[str, Any]:
@@ -137,7 +146,9 @@ class JetStreamEventStore:
     ) -> AsyncIterator[JetStreamEventStore]:
         try:
             nc = wire.new_client()
-            await nc.connect(url, **connect_options(name))
+            # Several URLs (a cluster): nats-py connects to one and, when it dies,
+            # reconnects to another of the list (and of those the cluster gossips).
+            await nc.connect(servers=nats_servers(url), **connect_options(name))
         except (TimeoutError, OSError, nats.errors.NoServersError) as error:
             raise EventStoreUnavailable(f"cannot reach NATS at {url}: {error}") from None
         try:
@@ -149,7 +160,14 @@ class JetStreamEventStore:
     # -- streams -------------------------------------------------------------------
 
     async def setup(self, *, replicas: int = 1, duplicate_window: float = 120.0) -> None:
-        """Create or update every stream. Idempotent; safe from many processes at once."""
+        """Create or update every stream with ``replicas`` copies. Idempotent; safe from
+        many processes at once. An existing stream with other settings (say, R1 where
+        the setting now says 3) is updated in place where NATS allows it.
+
+        A cluster that has just started answers "temporarily unavailable" (no meta
+        leader yet) or "insufficient resources" (not every peer known yet) for a few
+        seconds (3-node cluster here: 1-4 s); those are retried for ``retry_for``.
+        """
         for spec in self.streams.specs:
             config = api.StreamConfig(
                 name=self.streams.stream_name(spec.context),
@@ -162,11 +180,26 @@ class JetStreamEventStore:
                 allow_direct=True,
                 max_msg_size=-1,
             )
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_CLUSTER_NOT_READY),
+                stop=stop_after_delay(self._retry_for),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._create_or_update(config)
+
+    async def _create_or_update(self, config: api.StreamConfig) -> None:
+        try:
             try:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError:
-                # Exists with another configuration (say, a new duplicate window).
+                # Exists with another configuration (a new duplicate window, more replicas).
                 await self.js.update_stream(config)
+        except nats.js.errors.APIError as error:
+            if error.err_code == INSUFFICIENT_RESOURCES:
+                raise _PeersNotKnown(str(error)) from None
+            raise
 
     async def last_sequence(self, context: str) -> int:
         info = await self._call(self.js.stream_info(self.streams.stream_name(context)))
