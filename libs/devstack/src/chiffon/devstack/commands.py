@@ -39,11 +39,21 @@ def up(
             help="Executor replicas (default: CHIFFON_EXECUTOR_REPLICAS, else as last time, else 2).",
         ),
     ] = None,
+    nats_nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nats-nodes",
+            min=1,
+            max=5,
+            help="NATS servers: 1, or a JetStream cluster of 3 (2-5) with every stream "
+            "replicated on each (default: CHIFFON_NATS_NODES, else as last time, else 1).",
+        ),
+    ] = None,
 ) -> None:
     """Start NATS, PostgreSQL and every service; return when all are ready."""
     settings = _settings()
     try:
-        stack.up(settings, _say, executors=executors)
+        stack.up(settings, _say, executors=executors, nats_nodes=nats_nodes)
     except stack.StackError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(error.exit_code) from None

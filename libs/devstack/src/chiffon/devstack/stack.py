@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from chiffon.devstack import supervisor
+from chiffon.devstack.cluster import NatsCluster, cluster_nodes
 from chiffon.devstack.keys import AgentKeys, ensure_agent_keys, ensure_trigger_secrets_key
 from chiffon.devstack.ports import PortInUse, accepts_connections, require_free
 from chiffon.devstack.procs import ProcessRef
@@ -48,7 +49,9 @@ class SetupError(Exception):
     """The database or NATS refused to be set up; the message says which and why."""
 
 
-def _prepare_servers(database_url: str, nats_url: str, namespace: str) -> None:
+def _prepare_servers(
+    database_url: str, nats_url: str, namespace: str, stream_replicas: int
+) -> None:
     """Every migration, then every stream: what ``chiffon migrate`` does in a deployment.
 
     Idempotent, so every ``up`` runs it (also against external servers) and a new
@@ -61,7 +64,7 @@ def _prepare_servers(database_url: str, nats_url: str, namespace: str) -> None:
     from chiffon.eventstore import EventStoreError
     from chiffon.eventstore.provision import create_streams
 
-    # Stream replicas and the duplicate window: the settings the services read.
+    # The duplicate window: the setting the services read.
     service = ChiffonSettings(nats_url=nats_url, namespace=namespace)
     try:
         prepare_database(database_url)
@@ -69,7 +72,7 @@ def _prepare_servers(database_url: str, nats_url: str, namespace: str) -> None:
             create_streams(
                 nats_url,
                 namespace,
-                replicas=service.stream_replicas,
+                replicas=stream_replicas,
                 duplicate_window=service.duplicate_window_seconds,
                 name="chiffon-up",
             )
@@ -105,6 +108,49 @@ def nats_server(settings: StackSettings, state: StackState | None) -> NatsServer
     )
 
 
+def nats_nodes(settings: StackSettings, state: StackState | None, count: int) -> list[NatsServer]:
+    """The stack's NATS: one server (``count`` 1) or the nodes of a cluster; nodes that
+    run keep the ports they were started with."""
+    if count == 1:
+        return [nats_server(settings, state)]
+    ports = [settings.nats_port + n for n in range(count)]
+    monitors = [settings.nats_monitor_port + n for n in range(count)]
+    routes = [settings.nats_cluster_port + n for n in range(count)]
+    for record in state.nats_nodes if state else []:
+        n = record.replica
+        if n < count and not record.external and record.alive():
+            ports[n] = record.port or ports[n]
+            monitors[n] = record.monitor_port or monitors[n]
+            routes[n] = record.route_port or routes[n]
+    return cluster_nodes(
+        count,
+        settings.paths.nats_node,
+        ports=ports,
+        monitor_ports=monitors,
+        route_ports=routes,
+        sync_interval=settings.nats_sync_interval,
+        log_file=lambda n: settings.paths.log(f"nats-{n}"),
+    )
+
+
+def _recorded_nats(settings: StackSettings, state: StackState, record: ProcessRecord) -> NatsServer:
+    """The server of a node that ``up`` recorded (for its health)."""
+    folder = settings.paths.nats_node(record.replica) if state.nats_peers else settings.paths.nats
+    return NatsServer(folder, record.port or settings.nats_port, record.monitor_port)
+
+
+def _running_nats(paths: StackPaths) -> dict[int, NatsServer]:
+    """Every NATS of this data folder that runs: the one server as key -1, cluster
+    nodes by their number (found by data folder, so even without stack.json)."""
+    single = NatsServer(paths.nats)
+    running = {-1: single} if single.running() else {}
+    for folder in paths.nats_nodes():
+        node = NatsServer(folder)
+        if node.running():
+            running[int(folder.name[5:])] = node
+    return running
+
+
 def postgres_server(settings: StackSettings, state: StackState | None) -> PostgresServer:
     port = settings.postgres_port
     recorded = state.postgres if state else None
@@ -134,6 +180,45 @@ def _external_record(name: str, url: str) -> ProcessRecord:
 # -- up -----------------------------------------------------------------------------
 
 
+def _nats_node_count(settings: StackSettings, flag: int | None, previous: StackState | None) -> int:
+    """--nats-nodes, else CHIFFON_NATS_NODES if set, else as last time, else 1."""
+    if flag is not None:
+        return flag
+    if "nats_nodes" in settings.model_fields_set or previous is None or previous.nats is None:
+        return settings.nats_nodes
+    return 1 if previous.nats.external else len(previous.nats_nodes)
+
+
+def _refuse_another_layout(paths: StackPaths, count: int) -> None:
+    """A running NATS of another size is not resized in place: its streams' replicas
+    and its nodes' data folders belong to that layout."""
+    running = _running_nats(paths)
+    wanted = {-1} if count == 1 else set(range(count))
+    stray = sorted(set(running) - wanted)
+    if stray:
+        now = "one server" if -1 in running else f"a cluster of {len(running)} nodes"
+        raise StackError(
+            f"error: NATS runs as {now}; run `chiffon down` before `chiffon up "
+            f"--nats-nodes {count}` (data is kept per layout)",
+            EXIT_USAGE,
+        )
+
+
+def _stream_replicas(service_replicas: int, explicit: bool, nodes: int | None) -> int:
+    """Copies of each stream: one per node of the stack's own NATS unless
+    CHIFFON_STREAM_REPLICAS says otherwise; CHIFFON_STREAM_REPLICAS for external NATS."""
+    if nodes is None:
+        return service_replicas
+    replicas = service_replicas if explicit else nodes
+    if replicas > nodes:
+        raise StackError(
+            f"error: CHIFFON_STREAM_REPLICAS={replicas} needs as many NATS nodes, "
+            f"and the stack runs {nodes} (set CHIFFON_NATS_NODES or --nats-nodes)",
+            EXIT_USAGE,
+        )
+    return replicas
+
+
 def _replicas(settings: StackSettings, flag: int | None, previous: StackState | None) -> int:
     """--executors, else CHIFFON_EXECUTOR_REPLICAS if set, else as last time, else 2."""
     if flag is not None:
@@ -156,29 +241,34 @@ def _order(record: ProcessRecord) -> tuple[int, int]:
     return SERVICES.index(record.name), record.replica
 
 
-def up(settings: StackSettings, say: Say, executors: int | None = None) -> StackState:
+def up(
+    settings: StackSettings,
+    say: Say,
+    executors: int | None = None,
+    nats_nodes: int | None = None,
+) -> StackState:
     """Start whatever is missing and wait until every service is ready."""
     paths = settings.paths
     try:
         with _locked(paths):
-            return _up(settings, paths, say, executors)
+            return _up(settings, paths, say, executors, nats_nodes)
     except PortInUse as error:
         raise StackError(f"error: {error}", EXIT_USAGE) from None
     except (ServerError, SetupError) as error:
         raise StackError(f"error: {error}") from None
 
 
-def _check_service_settings(settings: StackSettings) -> None:
+def _check_service_settings(settings: StackSettings) -> tuple[int, bool]:
     """Validate the settings every service will read from this environment, before
     starting anything: a bad CHIFFON_LOG_LEVEL is one line now, not seven crashed
-    services later."""
+    services later. Returns CHIFFON_STREAM_REPLICAS and whether it was set."""
     from pydantic import SecretStr, ValidationError
 
     from chiffon.core.settings import ChiffonSettings
 
     try:
         # The URLs and the port are set by `up` itself; the rest comes from the environment.
-        ChiffonSettings(
+        service = ChiffonSettings(
             nats_url="nats://127.0.0.1:4222",
             database_url=SecretStr("postgresql://postgres@127.0.0.1/chiffon"),
             namespace=settings.namespace,
@@ -187,20 +277,20 @@ def _check_service_settings(settings: StackSettings) -> None:
         raise StackError("\n".join(describe(error)), EXIT_USAGE) from None
     except ValueError as error:  # CHIFFON_CONFIG_FILE naming a missing file
         raise StackError(f"error: {error}", EXIT_USAGE) from None
+    return service.stream_replicas, "stream_replicas" in service.model_fields_set
 
 
 def _check_ports(
     settings: StackSettings,
-    nats: NatsServer | None,
+    nats: list[NatsServer] | None,
     postgres: PostgresServer | None,
     missing: list[ServiceSpec],
 ) -> None:
     """Every port first, before anything starts: a busy port must not leave half a stack.
     Ports of what already runs are ours, so only what is missing is checked."""
-    if nats is not None and not nats.running():
-        require_free(nats.port, "CHIFFON_NATS_PORT", "NATS")
-        if nats.monitor_port:
-            require_free(nats.monitor_port, "CHIFFON_NATS_MONITOR_PORT", "NATS monitoring")
+    for node in nats or []:
+        if not node.running():
+            node.require_free_ports()
     if postgres is not None and not postgres.running():
         require_free(postgres.port, "CHIFFON_POSTGRES_PORT", "PostgreSQL")
     for spec in missing:
@@ -258,12 +348,16 @@ def _spawn_missing(
     admin: str,
     settings: StackSettings,
     keys: AgentKeys,
+    stream_replicas: int,
 ) -> set[str]:
     """Start every missing service with the stack's URLs; returns the labels started."""
     shared = {
         "CHIFFON_NATS_URL": state.nats_url,
         "CHIFFON_DATABASE_URL": state.database_url,
         "CHIFFON_NAMESPACE": state.namespace,
+        # Services create or update the streams at start too: with the same replicas,
+        # or an R3 stream would be set back to R1 by the first service to start.
+        "CHIFFON_STREAM_REPLICAS": str(stream_replicas),
     }
     own: dict[str, dict[str, str]] = {
         "gateway": {
@@ -291,24 +385,37 @@ def _spawn_missing(
     return {spec.label for spec in missing}
 
 
-def _up(settings: StackSettings, paths: StackPaths, say: Say, executors: int | None) -> StackState:
-    _check_service_settings(settings)
+def _up(
+    settings: StackSettings,
+    paths: StackPaths,
+    say: Say,
+    executors: int | None,
+    nats_node_count: int | None,
+) -> StackState:
+    service_replicas, replicas_set = _check_service_settings(settings)
     previous = load_state(paths.state_file)
+    node_count = _nats_node_count(settings, nats_node_count, previous)
     specs = _specs(settings, _replicas(settings, executors, previous))
     wanted = {spec.label for spec in specs}
     running = {r.label: r for r in (previous.services if previous else []) if supervisor.is_ours(r)}
     surplus = [record for label, record in running.items() if label not in wanted]
     missing = [spec for spec in specs if spec.label not in running]
 
-    nats = None if settings.external_nats else nats_server(settings, previous)
+    nats = None if settings.external_nats else nats_nodes(settings, previous, node_count)
     postgres = None if settings.external_database else postgres_server(settings, previous)
+    stream_replicas = _stream_replicas(
+        service_replicas, replicas_set, None if nats is None else len(nats)
+    )
+    if nats is not None:
+        _refuse_another_layout(paths, len(nats))
 
     _check_ports(settings, nats, postgres, missing)
-    nats_record = _start_nats(settings, nats, say)
+    nats_records = _start_nats(settings, nats, say)
+    nats_url = ",".join(record.url for record in nats_records)
     postgres_record, database_url = _start_postgres(settings, postgres, say)
 
-    say("applying database migrations and creating streams ...")
-    _prepare_servers(database_url, nats_record.url, settings.namespace)
+    say(f"applying database migrations and creating streams (R{stream_replicas}) ...")
+    _prepare_servers(database_url, nats_url, settings.namespace, stream_replicas)
 
     from_env = (
         settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
@@ -317,12 +424,13 @@ def _up(settings: StackSettings, paths: StackPaths, say: Say, executors: int | N
 
     state = StackState(
         namespace=settings.namespace,
-        nats_url=nats_record.url,
+        nats_url=nats_url,
         database_url=database_url,
         gateway_url=f"http://127.0.0.1:{settings.service_port('gateway')}",
-        nats=nats_record,
+        nats=nats_records[0],
         postgres=postgres_record,
         services=[record for label, record in running.items() if label in wanted],
+        nats_peers=nats_records[1:],
     )
     gateway = running.get("gateway")
     if gateway is not None:
@@ -333,7 +441,7 @@ def _up(settings: StackSettings, paths: StackPaths, say: Say, executors: int | N
         say("stopped surplus replicas: " + ", ".join(r.label for r in surplus))
 
     keys = ensure_agent_keys(paths.keys)
-    started = _spawn_missing(missing, state, paths, key, settings, keys)
+    started = _spawn_missing(missing, state, paths, key, settings, keys, stream_replicas)
     for record in state.services:
         verb = "started" if record.label in started else "running"
         say(f"{verb} {record.label:<11} pid {record.pid:<8} {record.url}")
@@ -377,18 +485,33 @@ def _this_start(log: str, lines: int = 25) -> str:
     return "\n".join(text[starts[-1] if starts else 0 :][-lines:])
 
 
-def _start_nats(settings: StackSettings, nats: NatsServer | None, say: Say) -> ProcessRecord:
-    if nats is None:
+def _start_nats(
+    settings: StackSettings, nodes: list[NatsServer] | None, say: Say
+) -> list[ProcessRecord]:
+    """Start the stack's NATS (one server, or every node of a cluster) unless it runs."""
+    if nodes is None:
         assert settings.nats_url is not None
         say(f"NATS        external   {settings.nats_url}")
-        return _external_record("nats", settings.nats_url)
-    was_running = nats.running()
-    nats.start()
-    record = _server_record("nats", nats.ref, nats.url, nats.port, str(nats.log_file))
-    record.monitor_port = nats.monitor_port
-    verb = "running" if was_running else "started"
-    say(f"{verb} nats        pid {record.pid:<8} {nats.url} (sync_interval {nats.sync_interval})")
-    return record
+        return [_external_record("nats", settings.nats_url)]
+    was_running = [node.running() for node in nodes]
+    if len(nodes) == 1:
+        nodes[0].start()
+    else:
+        NatsCluster(nodes).start()
+    records = []
+    for replica, (node, running) in enumerate(zip(nodes, was_running, strict=True)):
+        record = _server_record("nats", node.ref, node.url, node.port, str(node.log_file))
+        record.replica = replica
+        record.monitor_port = node.monitor_port
+        record.route_port = node.cluster.port if node.cluster else None
+        label = "nats" if len(nodes) == 1 else f"nats-{replica}"
+        verb = "running" if running else "started"
+        say(
+            f"{verb} {label:<11} pid {record.pid:<8} {node.url} "
+            f"(sync_interval {node.sync_interval})"
+        )
+        records.append(record)
+    return records
 
 
 def _start_postgres(
@@ -462,11 +585,12 @@ def down(settings: StackSettings, say: Say) -> int:
                 stopped += 1
         except ServerError as error:
             raise StackError(f"error: {error}") from None
-        nats = nats_server(settings, state)
-        pid = nats.pid
-        if nats.stop():
-            say(f"stopped nats        pid {pid}")
-            stopped += 1
+        for number, nats in sorted(_running_nats(paths).items()):
+            pid = nats.pid
+            if nats.stop():
+                label = "nats" if number < 0 else f"nats-{number}"
+                say(f"stopped {label:<11} pid {pid}")
+                stopped += 1
         paths.state_file.unlink(missing_ok=True)
     if stopped == 0:
         say("Chiffon is not running; nothing to stop.")
@@ -513,14 +637,13 @@ def status(settings: StackSettings) -> list[Entry]:
     if state is None:
         return []
     entries = []
-    if state.nats is not None:
-        nats = state.nats
+    for nats in state.nats_nodes:
         ok = (
             _reachable(nats.url)
             if nats.external
-            else (nats.alive() and nats_server(settings, state).healthy())
+            else (nats.alive() and _recorded_nats(settings, state, nats).healthy())
         )
-        entries.append(Entry("nats", 0, nats.pid, ok, nats.url))
+        entries.append(Entry("nats", nats.replica, nats.pid, ok, nats.url))
     if state.postgres is not None:
         pg = state.postgres
         ok = (

@@ -33,8 +33,9 @@ class ProcessRecord:
     log: str | None = None
     # A server the stack uses but did not start (CHIFFON_NATS_URL / CHIFFON_DATABASE_URL).
     external: bool = False
-    # NATS only: its HTTP monitoring port.
+    # NATS only: its HTTP monitoring port, and a cluster node's route port.
     monitor_port: int | None = None
+    route_port: int | None = None
 
     @property
     def label(self) -> str:
@@ -60,10 +61,17 @@ class StackState:
     nats: ProcessRecord | None = None
     postgres: ProcessRecord | None = None
     services: list[ProcessRecord] = field(default_factory=list)
+    # Nodes 1.. of a NATS cluster (``nats`` is node 0); empty with one NATS server.
+    nats_peers: list[ProcessRecord] = field(default_factory=list)
+
+    @property
+    def nats_nodes(self) -> list[ProcessRecord]:
+        """Every NATS node, node 0 first."""
+        return ([self.nats] if self.nats is not None else []) + self.nats_peers
 
     @property
     def servers(self) -> list[ProcessRecord]:
-        return [record for record in (self.nats, self.postgres) if record is not None]
+        return [*self.nats_nodes, *([self.postgres] if self.postgres is not None else [])]
 
     def to_json(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **asdict(self)}
@@ -81,6 +89,7 @@ class StackState:
             nats=record(data.get("nats")),
             postgres=record(data.get("postgres")),
             services=[ProcessRecord(**raw) for raw in data.get("services", [])],
+            nats_peers=[ProcessRecord(**raw) for raw in data.get("nats_peers", [])],
         )
 
 
