@@ -31,3 +31,15 @@ def test_a_run_is_committed_once_and_reads_back_as_its_record(tmp_path: Path) ->
     head = repo[repo.refs[b"HEAD"]]
     assert head.message.decode().startswith("run run-b: deploy-kuma v3 failed")
     assert head.author == b"Chiffon audit <audit@chiffon.invalid>"
+    repo.close()
+    reopened.close()
+
+
+def test_a_batch_commits_each_new_run_once_in_order(tmp_path: Path) -> None:
+    trail = GitAuditTrail(tmp_path / "audit.git")
+    records = [audit_record(f"run-{i}", run_events(f"run-{i}", start=i)) for i in range(5)]
+    assert trail.commit_many(records[:2]) == 2
+    assert trail.commit_many(records + records) == 3  # the first two, and repeats, skipped
+    assert trail.count_commits() == 5
+    assert all(trail.read(record_path(r)) == r for r in records)
+    trail.close()

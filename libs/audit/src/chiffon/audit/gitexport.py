@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dulwich.errors import NotTreeError
-from dulwich.object_store import commit_tree_changes, tree_lookup_path
+from dulwich.object_store import (
+    BaseObjectStore,
+    MemoryObjectStore,
+    OverlayObjectStore,
+    commit_tree_changes,
+    tree_lookup_path,
+)
 from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.refs import HEADREF, Ref
 from dulwich.repo import Repo
@@ -75,53 +81,66 @@ class GitAuditTrail:
 
     def contains(self, path: bytes) -> bool:
         head = self._head()
-        if head is None:
-            return False
-        commit = self.repo[head]
-        assert isinstance(commit, Commit)
-        try:
-            tree_lookup_path(self.repo.__getitem__, commit.tree, path)
-        except (KeyError, NotTreeError):
-            return False
-        return True
+        return head is not None and _in_tree(self.repo.object_store, head, path)
 
     def commit(self, record: AuditRecord) -> bool:
         """Commit the run's record; False (and nothing written) when it is already in."""
-        path = record_path(record)
+        return self.commit_many([record]) == 1
+
+    def commit_many(self, records: Sequence[AuditRecord]) -> int:
+        """Commit each run's record not already in, one commit per run, in order; how
+        many were committed. The batch's objects are written as one pack and the branch
+        moves once: six loose objects (each fsync'd) per run took 60 ms of wall time per
+        run on a busy disk, and 12 ms of CPU."""
         with self._lock:
-            if self.contains(path):
-                return False
-            head = self._head()
-            store = self.repo.object_store
-            blob = Blob.from_string(record_bytes(record))
-            store.add_object(blob)
-            if head is None:
-                empty = Tree()
-                store.add_object(empty)
-                base = empty.id
-            else:
-                parent = self.repo[head]
-                assert isinstance(parent, Commit)
-                base = parent.tree
-            tree_id = commit_tree_changes(store, base, [(path, FILE_MODE, blob.id)])
-            commit = Commit()
-            commit.tree = tree_id
-            commit.parents = [head] if head is not None else []
-            commit.author = commit.committer = AUTHOR
-            # The run's own end time: the same runs exported in the same order give the
-            # same commits, on any machine.
-            head_info = summary(record)
-            when = int(
-                datetime.fromisoformat(head_info["ended_at"] or head_info["started_at"]).timestamp()
+            head = original = self._head()
+            pending = MemoryObjectStore()
+            store = OverlayObjectStore([pending, self.repo.object_store], add_store=pending)
+            done = 0
+            for record in records:
+                path = record_path(record)
+                if head is not None and _in_tree(store, head, path):
+                    continue
+                head = self._commit_one(store, head, path, record)
+                done += 1
+            if not done:
+                return 0
+            self.repo.object_store.add_objects(
+                [(obj, None) for obj in (pending[sha] for sha in pending)]
             )
-            commit.author_time = commit.commit_time = when
-            commit.author_timezone = commit.commit_timezone = 0
-            commit.encoding = b"UTF-8"
-            commit.message = _message(head_info).encode()
-            store.add_object(commit)
-            if not self.repo.refs.set_if_equals(BRANCH, head, commit.id):
+            assert head is not None
+            if not self.repo.refs.set_if_equals(BRANCH, original, head):
                 raise RuntimeError("the audit repository's branch moved under this writer")
-            return True
+            return done
+
+    @staticmethod
+    def _commit_one(
+        store: OverlayObjectStore, head: ObjectID | None, path: bytes, record: AuditRecord
+    ) -> ObjectID:
+        blob = Blob.from_string(record_bytes(record))
+        store.add_object(blob)
+        if head is None:
+            empty = Tree()
+            store.add_object(empty)
+            base = empty.id
+        else:
+            parent = store[head]
+            assert isinstance(parent, Commit)
+            base = parent.tree
+        commit = Commit()
+        commit.tree = commit_tree_changes(store, base, [(path, FILE_MODE, blob.id)])
+        commit.parents = [head] if head is not None else []
+        commit.author = commit.committer = AUTHOR
+        # The run's own end time: the same runs exported in the same order give the
+        # same commits, on any machine.
+        about = summary(record)
+        when = int(datetime.fromisoformat(about["ended_at"] or about["started_at"]).timestamp())
+        commit.author_time = commit.commit_time = when
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.encoding = b"UTF-8"
+        commit.message = _message(about).encode()
+        store.add_object(commit)
+        return commit.id
 
     def count_commits(self) -> int:
         head = self._head()
@@ -137,6 +156,16 @@ class GitAuditTrail:
         assert isinstance(blob, Blob)
         loaded: AuditRecord = json.loads(blob.data)
         return loaded
+
+
+def _in_tree(store: BaseObjectStore, commit_id: ObjectID, path: bytes) -> bool:
+    commit = store[commit_id]
+    assert isinstance(commit, Commit)
+    try:
+        tree_lookup_path(store.__getitem__, commit.tree, path)
+    except (KeyError, NotTreeError):
+        return False
+    return True
 
 
 def _message(head: dict[str, Any]) -> str:
@@ -179,11 +208,10 @@ class GitExportProjection(Projection):
         self.committed = 0
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
+        records = []
         for event in events:
             run_id = event.envelope.aggregate_id
             recorded, _ = await self.store.read_aggregate(AggregateKey("run", run_id))
-            record = audit_record(
-                run_id, [e.envelope for e in recorded], await known_prices(conn, run_id)
-            )
-            if await asyncio.to_thread(self.trail.commit, record):
-                self.committed += 1
+            prices = await known_prices(conn, run_id)
+            records.append(audit_record(run_id, [e.envelope for e in recorded], prices))
+        self.committed += await asyncio.to_thread(self.trail.commit_many, records)

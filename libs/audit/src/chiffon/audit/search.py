@@ -135,12 +135,12 @@ async def failures(
             last_at,
             func.array_agg(func.distinct(c.node_id)).filter(c.node_id.is_not(None)).label("nodes"),
             # The newest failures' runs and message: where a post-mortem starts reading.
-            func.array_agg(aggregate_order_by(c.run_id, c.sequence.desc()))[
+            func.array_agg(aggregate_order_by(c.run_id, c.occurred_at.desc(), c.sequence.desc()))[
                 1 : SAMPLE_RUNS * 20
             ].label("runs"),
-            func.array_agg(aggregate_order_by(c.error_message, c.sequence.desc()))[1:1].label(
-                "messages"
-            ),
+            func.array_agg(
+                aggregate_order_by(c.error_message, c.occurred_at.desc(), c.sequence.desc())
+            )[1:1].label("messages"),
         )
         .where(and_(*conditions))
         .group_by(c.error_type, c.workflow, c.agent_id)
