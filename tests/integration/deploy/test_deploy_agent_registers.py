@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -30,7 +29,6 @@ from chiffon.eventstore import JetStreamEventStore
 from tests.integration.gateway.support import Service, stop_all, wait_ready
 from tests.integration.registry.test_registry import issue, start_registry
 from tests.support.agents import wait_agent_serving
-from tests.support.cli import CHIFFON
 from tests.support.fixtures import eventually
 
 VENV = Path(sys.executable).parent.parent
@@ -49,7 +47,8 @@ async def registry(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator
 
 
 def systemd_command(unit: str, credentials: Path) -> tuple[list[str], dict[str, str]]:
-    """(argv, environment) as systemd builds them from [Service] for this unit."""
+    """(argv, environment) as systemd builds them from [Service] for this unit: the
+    LoadCredential= files copied into ``credentials``, %d (that folder) expanded."""
     env: dict[str, str] = {"CREDENTIALS_DIRECTORY": str(credentials)}
     exec_start = ""
     for line in unit.splitlines():
@@ -59,13 +58,13 @@ def systemd_command(unit: str, credentials: Path) -> tuple[list[str], dict[str, 
             shutil.copyfile(source, credentials / name)
             (credentials / name).chmod(0o400)
         elif key == "Environment":
-            env.update(word.split("=", 1) for word in shlex.split(value))  # type: ignore[misc]
+            for word in shlex.split(value.replace("%d", str(credentials))):
+                name, _, setting = word.partition("=")
+                env[name] = setting
         elif key == "ExecStart":
             exec_start = value
-    argv = [
-        re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word) for word in shlex.split(exec_start)
-    ]
-    return argv, env
+    assert "%" not in exec_start and "$" not in exec_start, exec_start
+    return shlex.split(exec_start), env
 
 
 async def test_the_generated_unit_runs_an_agent_that_registers(
@@ -101,7 +100,7 @@ async def test_the_generated_unit_runs_an_agent_that_registers(
     credentials = tmp_path / "credentials"
     credentials.mkdir(mode=0o700)
     argv, unit_env = systemd_command(unit, credentials)
-    assert argv[0] == CHIFFON
+    assert argv == [str(VENV / "bin" / "python"), "-m", "chiffon.agent"]
     base = {k: v for k, v in os.environ.items() if not k.startswith("CHIFFON_")}
     log = tmp_path / "agent.log"
     with log.open("wb") as sink:

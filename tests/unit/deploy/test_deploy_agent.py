@@ -5,7 +5,6 @@ error that writes nothing."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +117,11 @@ def test_dockerfile_unit_and_compose_take_the_credential_from_outside(
     assert service["healthcheck"]["test"][0] == "CMD"
     unit = written["chiffon-agent-gpu-box.service"]
     assert "LoadCredential=agent-credential:/etc/chiffon/gpu-box.credential" in unit
+    assert "LoadCredential=executor-key:/etc/chiffon/executor-signing.pub" in unit
+    assert "CHIFFON_AGENT_CREDENTIAL_FILE=%d/agent-credential" in unit
+    assert "Environment=CHIFFON_AGENT_CATALOG_DIR=" in unit
     (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
-    words = shlex.split(exec_start.removeprefix("ExecStart="))
-    assert words[:3] == ["/opt/chiffon/bin/chiffon", "agent", "start"]
-    assert words[words.index("--credential") + 1] == "${CREDENTIALS_DIRECTORY}/agent-credential"
+    assert exec_start == "ExecStart=/opt/chiffon/bin/python -m chiffon.agent"
 
 
 @pytest.mark.parametrize(

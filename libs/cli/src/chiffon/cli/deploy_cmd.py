@@ -74,7 +74,7 @@ class AgentDeployment:
     base_image: str
     credential_file: str
     executor_key_file: str
-    chiffon: str
+    install_dir: str
     grpc_port: int = 8500
     health_port: int = HEALTH_PORT
     advertise_host: str | None = None
@@ -95,6 +95,7 @@ class AgentDeployment:
             **dataclasses.asdict(self),
             "service": self.service,
             "unit_name": self.unit_name,
+            "python": f"{self.install_dir}/bin/python",
             "secret": f"chiffon-{self.service}",
             "credential_secret": f"{self.service}-credential",
             "credential_path": str(CREDENTIAL_PATH),
@@ -186,7 +187,7 @@ def plan(
             credential_file or Path(f"/etc/chiffon/{name}.credential"), "--credential-file"
         ),
         executor_key_file=_host_path(executor_key_file, "--executor-key"),
-        chiffon=_host_path(install_dir, "--install-dir") + "/bin/chiffon",
+        install_dir=_host_path(install_dir, "--install-dir"),
         grpc_port=grpc_port,
         health_port=health_port,
         advertise_host=advertise_host,
@@ -267,7 +268,7 @@ def agent(
     install_dir: Annotated[
         Path,
         typer.Option(
-            "--install-dir", help="On a bare host: where Chiffon is installed (bin/chiffon)."
+            "--install-dir", help="On a bare host: where the agent is installed (bin/python)."
         ),
     ] = Path("/opt/chiffon"),
     catalog: Annotated[
