@@ -76,7 +76,7 @@ async def workflow_profile(
     if await gw.query(get_workflow(gw.engine, workflow)) is None:
         raise NotFound(f"no workflow named {workflow!r}")
     run_ids = await gw.query(last_finished_runs(gw.engine, workflow, last))
-    histories = await gw.query(many_run_events(gw, run_ids))
+    histories = await many_run_events(gw, run_ids)  # a deadline of its own
     profiles = [
         profile_run(run_id, events) for run_id, events in zip(run_ids, histories, strict=True)
     ]
