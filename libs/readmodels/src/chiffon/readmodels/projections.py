@@ -56,6 +56,9 @@ def fold_run(row: Row | None, event: RecordedEvent, open_approvals: int = 0) -> 
             "idempotency_key": payload.idempotency_key,
             "cancel_requested": False,
             "paused": None,
+            "forked_from": (
+                {"run_id": payload.fork.run_id, "at": payload.fork.at} if payload.fork else None
+            ),
             "created_at": at,
             "started_at": None,
             "ended_at": None,

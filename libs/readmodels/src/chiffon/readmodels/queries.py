@@ -101,6 +101,7 @@ async def get_run(db: Db, run_id: str) -> RunPublic | None:
             idempotency_key=m["idempotency_key"],
             cancel_requested=m["cancel_requested"],
             paused=m["paused"],
+            forked_from=m["forked_from"],
             llm_calls=m["llm_calls"],
             position=m["position"],
             nodes=[NodePublic.model_validate(dict(n._mapping)) for n in nodes],

@@ -75,6 +75,7 @@ runs = Table(
     Column("idempotency_key", String(IDEMPOTENCY_KEY_MAX_CHARS)),
     Column("cancel_requested", Boolean, nullable=False, server_default="false"),
     Column("paused", JSONB),  # why a paused run waits: {reason, node_id, requires}
+    Column("forked_from", JSONB),  # a fork's parent: {run_id, at}
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("ended_at", DateTime(timezone=True)),

@@ -73,6 +73,13 @@ class PausePublic(_View):
     cpu_cores: float | None = None
 
 
+class ForkedFromPublic(_View):
+    """The run a fork was made from, and the node it executes from."""
+
+    run_id: str
+    at: str
+
+
 class RunPublic(RunSummary):
     digest: str
     inputs: dict[str, Any]
@@ -84,6 +91,7 @@ class RunPublic(RunSummary):
     idempotency_key: str | None = None
     cancel_requested: bool = False
     paused: PausePublic | None = None
+    forked_from: ForkedFromPublic | None = None
     llm_calls: int = 0
     position: int  # stream sequence of the last event folded: follow events after it
     nodes: list[NodePublic] = []

@@ -23,8 +23,11 @@ from chiffon.events.keys import ApiKeyRole
 from chiffon.events.limits import (
     COMMENT_MAX_CHARS,
     KEY_NAME_MAX_CHARS,
+    MODEL_NAME_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
     NODE_ID_PATTERN,
     REASON_MAX_CHARS,
+    SPEC_STRING_MAX_BYTES,
     VARIABLE_NAME_MAX_CHARS,
     WORKFLOW_NAME_MAX_CHARS,
     WORKFLOW_NAME_PATTERN,
@@ -86,6 +89,34 @@ class RunAccepted(BaseModel):
     workflow: str
     version: int
     created: bool = Field(description="False when an Idempotency-Key replayed an earlier request")
+
+
+class ForkCreate(_In):
+    """A what-if fork: ``model`` and ``prompt`` change the LLM node ``at`` only (every
+    iteration of it in the fork); ``inputs`` are laid over the parent run's inputs."""
+
+    at: str = Field(
+        min_length=1,
+        max_length=NODE_ID_MAX_CHARS,
+        pattern=NODE_ID_PATTERN,
+        description="The node the fork executes from (it must have started in the parent)",
+    )
+    model: str | None = Field(
+        default=None, min_length=1, max_length=MODEL_NAME_MAX_CHARS, description="`at`'s model"
+    )
+    prompt: str | None = Field(
+        default=None, min_length=1, max_length=SPEC_STRING_MAX_BYTES, description="`at`'s prompt"
+    )
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Run inputs to change")
+
+
+class ForkedFrom(BaseModel):
+    run_id: str
+    at: str
+
+
+class ForkAccepted(RunAccepted):
+    forked_from: ForkedFrom
 
 
 class RunsPublic(BaseModel):

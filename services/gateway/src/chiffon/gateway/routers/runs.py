@@ -1,4 +1,4 @@
-"""``/v1/runs``: start (with Idempotency-Key), list, read, cancel, decide approvals."""
+"""``/v1/runs``: start (with Idempotency-Key), fork, list, read, cancel, decide approvals."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from chiffon.commands import ApproveNode, CancelRun, StartRun
+from chiffon.commands.model import ForkRun
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events.limits import IDEMPOTENCY_KEY_MAX_CHARS, WORKFLOW_NAME_MAX_CHARS
 from chiffon.events.runs import TERMINAL_STATUSES, TriggerRef
@@ -29,6 +30,8 @@ from chiffon.gateway.schemas import (
     ApprovalsPublic,
     CancelAccepted,
     CancelCreate,
+    ForkAccepted,
+    ForkCreate,
     RunAccepted,
     RunCostPublic,
     RunCreate,
@@ -76,6 +79,47 @@ async def start_run(
         )
     )
     accepted = RunAccepted.model_validate(result)
+    headers = {"Location": f"/v1/runs/{accepted.run_id}"}
+    if not accepted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+@router.post(
+    "/runs/{run_id}/fork",
+    status_code=202,
+    response_model=ForkAccepted,
+    responses=WRITE,
+    dependencies=[Depends(require_json)],
+    summary="Fork a run: what if a node ran with another model, prompt or inputs",
+)
+async def fork_run(
+    run_id: str,
+    body: ForkCreate,
+    gw: GatewayDep,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """A new run that reuses the recorded outputs of every node the run completed before
+    ``at`` first started (no model is called for them) and executes from ``at`` on, with
+    ``at``'s model or prompt changed and ``inputs`` laid over the run's. 404: no such run;
+    422: ``at`` is not in the workflow, or not an LLM node for a model or prompt, or the
+    changed workflow or inputs are invalid; 409: ``at`` never started in the run."""
+    check_run_id(run_id)
+    result = await gw.send(
+        ForkRun(
+            actor=principal.actor,
+            trace=current_traceparent(),
+            idempotency_key=idempotency_key,
+            run_id=run_id,
+            at=body.at,
+            model=body.model,
+            prompt=body.prompt,
+            inputs=body.inputs,
+            trigger=TriggerRef(kind="api", id=principal.key.key_id),
+        )
+    )
+    accepted = ForkAccepted.model_validate(result)
     headers = {"Location": f"/v1/runs/{accepted.run_id}"}
     if not accepted.created:
         headers["Idempotent-Replayed"] = "true"
