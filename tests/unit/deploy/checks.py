@@ -5,6 +5,7 @@ found, so a test can feed it a broken manifest and see it caught."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -31,8 +32,19 @@ class BuildFailed(AssertionError):
 
 def kustomize(folder: Path) -> list[Object]:
     """``kubectl kustomize FOLDER``, parsed; BuildFailed with kubectl's message."""
+    # Through a proxy that refuses every connection: a remote base or a download would fail
+    # the build here instead of passing on a machine that happens to be online.
+    offline = {
+        **os.environ,
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
     done = subprocess.run(
-        [str(KUBECTL), "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+        [str(KUBECTL), "kustomize", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in offline.items() if k.upper() != "NO_PROXY"},
     )
     if done.returncode != 0:
         raise BuildFailed(f"kubectl kustomize {folder}: {done.stderr.strip()}")

@@ -6,6 +6,7 @@ image, with two executors, health checks and named volumes."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import tomllib
@@ -71,10 +72,15 @@ def effective(stages: dict[str, Stage], name: str, keyword: str) -> str | None:
     return None
 
 
+@functools.cache
+def _locked() -> dict[str, dict[str, Any]]:
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    return {p["name"]: p for p in lock["package"]}
+
+
 def lock_closure(package: str) -> set[str]:
     """Every package `uv sync --frozen --package PACKAGE --no-dev` installs, per uv.lock."""
-    lock = tomllib.loads((REPO / "uv.lock").read_text())
-    by_name = {p["name"]: p for p in lock["package"]}
+    by_name = _locked()
     seen: set[str] = set()
     todo = [package]
     while todo:
@@ -173,3 +179,12 @@ def test_compose_runs_every_service_from_its_image_with_health_checks_and_named_
         "agent-credential",
     }
     assert "chfa_" not in COMPOSE.read_text().replace("chfa_bootstrap_$(", "")
+
+
+def test_the_build_context_leaves_local_state_and_secrets_out() -> None:
+    ignored = {
+        line.strip()
+        for line in (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".chiffon", "**/*.credential", "**/*.pem"} <= ignored
