@@ -285,3 +285,49 @@ def test_a_version_1_request_still_decodes() -> None:
     del document["payload"]["fork"]
     decoded = CATALOG.decode(json.dumps(document))
     assert decoded.schema_version == 2 and decoded.payload.fork is None
+
+
+SHIP = """\
+name: ship
+version: 1
+nodes:
+  - id: deploy
+    type: agent
+    requires: [shell]
+    task: {tool: shell, command: "deploy"}
+    output: {last_deploy: string}
+    memory: {write: [last_deploy]}
+  - {id: announce, type: llm, model: chiffon/echo, prompt: "Deployed {last_deploy}"}
+edges:
+  - {from: deploy, to: announce}
+"""
+
+
+async def test_a_reused_agent_node_keeps_the_agent_whose_name_its_memory_is_under(
+    executor: Executor,
+) -> None:
+    await executor.workflows.register(RegisterWorkflow(actor=ALICE, source=SHIP))
+    started = await executor.runs.start(StartRun(actor=ALICE, workflow="ship"))
+    run_id = started["run_id"]
+    await executor.record(
+        run_id,
+        ev.NodeStarted(node_id="deploy", node_type="agent", attempt=1),
+        ev.AgentTaskRequested(task_id="t1", node_id="deploy", attempt=1),
+        ev.AgentTaskAssigned(
+            task_id="t1", node_id="deploy", agent_id="a-1", agent_name="gpu.box", iteration=1
+        ),
+        ev.AgentTaskFinished(task_id="t1", node_id="deploy", ok=True),
+        ev.NodeCompleted(node_id="deploy", attempt=1, outputs={"last_deploy": "v3"}, duration_ms=9),
+        ev.NodeStarted(node_id="announce", node_type="llm", attempt=1),
+    )
+    forked = await executor.fork(run_id, "announce", prompt="Shipped {last_deploy}")
+    log = await executor.payloads(forked["run_id"])
+    assert [type(p).__name__ for p in log] == [
+        "RunRequested",
+        "NodeStarted",
+        "AgentTaskAssigned",  # the task itself is not run again: no request, no finish
+        "NodeCompleted",
+        "ForkPrepared",
+    ]
+    run = await executor.repository.load(forked["run_id"])
+    assert run.task_agents[("deploy", 1)] == "gpu.box"

@@ -689,20 +689,42 @@ def decide_fork(
     if size > FORK_REQUEST_MAX_BYTES:
         raise ForkTooLarge(size)
     reused: list[EventPayload] = []
+    count = 0
+    assigned: dict[tuple[str, int | None], ev.AgentTaskAssigned] = {}
     for payload, seq in parent_events:
         if seq >= first_start:
             break
-        if type(payload) is ev.NodeCompleted:
-            reused.append(
-                ev.NodeStarted(
-                    node_id=payload.node_id,
-                    node_type=parent_spec.node(payload.node_id).type,
-                    attempt=payload.attempt,
-                    iteration=payload.iteration,
-                )
-            )
-            reused.append(payload.model_copy(update={"duration_ms": 0.0}))
-    return [request, *reused, ev.ForkPrepared(reused=len(reused) // 2)]
+        if type(payload) is ev.AgentTaskAssigned:
+            assigned[(payload.node_id, payload.iteration)] = payload
+        elif type(payload) is ev.NodeCompleted:
+            count += 1
+            reused += _reused_completion(parent_spec, payload, assigned)
+    return [request, *reused, ev.ForkPrepared(reused=count)]
+
+
+def _reused_completion(
+    spec: WorkflowSpec,
+    completed: ev.NodeCompleted,
+    assigned: dict[tuple[str, int | None], ev.AgentTaskAssigned],
+) -> list[EventPayload]:
+    """A parent's completion as the fork records it: started, (for an agent node that
+    writes memory under its agent's name, the agent it ran on: replaying the node writes
+    that memory again, and needs the name) completed in no time."""
+    node = spec.node(completed.node_id)
+    copied: list[EventPayload] = [
+        ev.NodeStarted(
+            node_id=completed.node_id,
+            node_type=node.type,
+            attempt=completed.attempt,
+            iteration=completed.iteration,
+        )
+    ]
+    task = assigned.get((completed.node_id, completed.iteration))
+    memory = node.memory
+    if task is not None and memory is not None and memory.write and memory.namespace is None:
+        copied.append(task)
+    copied.append(completed.model_copy(update={"duration_ms": 0.0}))
+    return copied
 
 
 def decide_claim(state: RunState, command: ClaimRun, now: datetime) -> list[ev.RunClaimed]:
