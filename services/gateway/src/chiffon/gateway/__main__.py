@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from chiffon.audit.hosting import audit_projections
 from chiffon.commands import CommandBus
 from chiffon.core.logging import get_logger
 from chiffon.core.service import ServiceContext, run_service
@@ -97,7 +98,9 @@ async def serve(ctx: ServiceContext) -> None:
     ):
         store = resources.store
         follow = asyncio.create_task(keys.follow(store, resources.engine), name="keys:follow")
-        projections = await resources.run_projections([ApiKeysProjection()])
+        projections = await resources.run_projections(
+            [ApiKeysProjection(), *audit_projections(store)]
+        )
         ctx.health.add(
             "read models", read_model_check(resources, settings.readiness_max_lag_seconds, started)
         )
