@@ -118,6 +118,9 @@ def test_nats_is_three_fsyncing_nodes_and_streams_get_three_replicas(base: list[
     conf = find(base, "ConfigMap", "nats-config")["data"]["nats.conf"]
     assert "sync_interval: always" in [line.strip() for line in conf.splitlines()]
     assert conf.count("nats://nats-") == 3
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    assert "ldm=" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    assert nats["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 30
     settings = find(base, "ConfigMap", "chiffon-config")["data"]
     assert settings["CHIFFON_STREAM_REPLICAS"] == "3"
     assert settings["CHIFFON_NATS_URL"].count("nats://") == 3
