@@ -11,6 +11,7 @@ line to a unit or a key to a manifest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -49,14 +50,19 @@ HEALTH_PORT = 8404
 DEFAULT_REGISTRY = "http://registry.chiffon.svc:8080"
 DEFAULT_BASE_IMAGE = "registry.example.internal/chiffon-agent:0.1.0"
 
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("chiffon.cli", "deploy_templates"),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 — Dockerfile, unit and YAML, not HTML; values are checked
-)
-# A YAML scalar in double quotes (JSON's string syntax is YAML's), whatever the value holds.
-_templates.filters["q"] = lambda value: json.dumps(value, ensure_ascii=False)
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """Built on first use, not when the CLI starts: most commands never render one."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("chiffon.cli", "deploy_templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 — Dockerfile, unit and YAML, not HTML; values are checked
+    )
+    # A YAML scalar in double quotes (JSON's string syntax is YAML's), whatever the value holds.
+    environment.filters["q"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return environment
 
 
 class DeployError(ValueError):
@@ -113,10 +119,10 @@ class AgentDeployment:
             },
         }
         return {
-            "Dockerfile": _templates.get_template("Dockerfile.j2").render(context),
-            self.unit_name: _templates.get_template("agent.service.j2").render(context),
-            "compose.yaml": _templates.get_template("compose.yaml.j2").render(context),
-            "kubernetes.yaml": _templates.get_template("kubernetes.yaml.j2").render(context),
+            "Dockerfile": _templates().get_template("Dockerfile.j2").render(context),
+            self.unit_name: _templates().get_template("agent.service.j2").render(context),
+            "compose.yaml": _templates().get_template("compose.yaml.j2").render(context),
+            "kubernetes.yaml": _templates().get_template("kubernetes.yaml.j2").render(context),
         }
 
 
