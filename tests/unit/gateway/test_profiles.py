@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from chiffon.events import Actor, EventPayload, new_event
+from chiffon.events import CATALOG, Actor, EventPayload, new_event
 from chiffon.events.runs import (
     AgentTaskAssigned,
     AgentTaskFinished,
@@ -25,8 +25,10 @@ from chiffon.events.runs import (
     RunCompleted,
     RunRequested,
 )
+from chiffon.eventstore import ANY, AggregateKey, InMemoryEventStore
 from chiffon.gateway.comparison import NodeCost, RunFacts, compare_runs, node_outputs
 from chiffon.gateway.dashboard.waterfall import LABEL_WIDTH, ROW_HEIGHT, TRACK_WIDTH, waterfall
+from chiffon.gateway.profile_reads import RunHistories
 from chiffon.gateway.profiles import percentiles, profile_run, profile_workflow
 
 T0 = datetime(2026, 12, 7, 12, tzinfo=UTC)
@@ -247,3 +249,24 @@ def test_the_waterfall_places_each_attempt_by_its_start_and_length() -> None:
     assert [s.kind for s in ship.segments] == ["human"]
     assert [r.bottleneck for r in drawn.rows] == [False, True, False]
     assert drawn.hidden == 0
+
+
+async def test_kept_histories_are_topped_up_with_new_events_and_bounded() -> None:
+    store = InMemoryEventStore(CATALOG)
+    events = three_nodes("run-1").events
+    await store.append(AggregateKey("run", "run-1"), events[:5], ANY)
+    histories = RunHistories(max_events=20)
+    assert [e.event_id for e in await histories.read(store, "run-1")] == [
+        e.event_id for e in events[:5]
+    ]
+    await store.append(AggregateKey("run", "run-1"), events[5:], ANY)
+    again = await histories.read(store, "run-1")
+    assert [e.event_id for e in again] == [e.event_id for e in events]
+    assert profile_run("run-1", again) == profile_run("run-1", events)
+    # A second run pushes the first out: 16 + 16 events are more than 20.
+    other = three_nodes("run-2").events
+    await store.append(AggregateKey("run", "run-2"), other, ANY)
+    assert len(await histories.read(store, "run-2")) == len(other)
+    assert len(histories) == 1
+    # Pushed out, run-1 is read whole again.
+    assert len(await histories.read(store, "run-1")) == len(events)
