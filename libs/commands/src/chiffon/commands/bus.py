@@ -7,9 +7,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pydantic
+from opentelemetry.trace import SpanKind
 
 from chiffon.commands.model import Command, CommandReply, Refusal, command_subject
 from chiffon.core.logging import get_logger
+from chiffon.core.telemetry import current_traceparent
+from chiffon.core.tracing import SpanScope, failed
 from chiffon.eventstore import NoReply, RequestReply, Subscription
 
 log = get_logger(__name__)
@@ -35,19 +38,34 @@ class CommandBus:
         self.timeout = timeout
 
     async def send(self, command: Command, *, timeout: float | None = None) -> dict[str, Any]:
-        """Send and wait for the reply; the result, or ``CommandRefused``."""
+        """Send and wait for the reply; the result, or ``CommandRefused``.
+
+        The command's span (a child of ``command.trace``) is the trace the command
+        carries on to its handler, and so to the events it appends."""
         subject = command_subject(self.namespace, command)
-        headers = {"traceparent": command.trace} if command.trace else None
-        try:
-            answer = await self.transport.request(
-                subject,
-                command.model_dump_json().encode(),
-                timeout=timeout or self.timeout,
-                headers=headers,
-            )
-        except NoReply:
-            raise CommandUnavailable(f"no {command.owner} answered {command.name}") from None
-        reply = CommandReply.model_validate_json(answer)
+        with SpanScope(
+            f"command {command.name}",
+            kind=SpanKind.CLIENT,
+            attributes={"chiffon.command": command.name},
+            parent=command.trace,
+        ) as span:
+            trace = current_traceparent()
+            if trace is not None and trace != command.trace:
+                command = command.model_copy(update={"trace": trace})
+            headers = {"traceparent": trace} if trace else None
+            try:
+                answer = await self.transport.request(
+                    subject,
+                    command.model_dump_json().encode(),
+                    timeout=timeout or self.timeout,
+                    headers=headers,
+                )
+            except NoReply:
+                raise CommandUnavailable(f"no {command.owner} answered {command.name}") from None
+            reply = CommandReply.model_validate_json(answer)
+            if not reply.ok:
+                assert reply.refusal is not None
+                failed(span, reply.refusal.code, reply.refusal.message)
         if not reply.ok:
             assert reply.refusal is not None
             raise CommandRefused(reply.refusal)
@@ -65,12 +83,31 @@ class CommandBus:
         """
         subject = command_subject(self.namespace, command_type)
 
+        async def traced(command: C) -> CommandReply:
+            """The handler's reply, in the command's server span: what the handler
+            appends carries that span's traceparent."""
+            with SpanScope(
+                f"command {command.name}",
+                kind=SpanKind.SERVER,
+                attributes={"chiffon.command": command.name},
+                parent=command.trace,
+            ) as span:
+                trace = current_traceparent()
+                if trace is not None:
+                    command = command.model_copy(update={"trace": trace})
+                try:
+                    return CommandReply(ok=True, result=await handler(command))
+                except CommandRefused as refused:
+                    failed(span, refused.refusal.code, refused.refusal.message)
+                    refusal = refused
+            raise refusal
+
         # The transport runs each request in its own task: a slow command (an append,
         # a read) does not queue the others.
         async def handle(data: bytes) -> bytes:
             try:
                 command = command_type.model_validate_json(data)
-                reply = CommandReply(ok=True, result=await handler(command))
+                reply = await traced(command)
             except pydantic.ValidationError as error:
                 reply = CommandReply(
                     ok=False,

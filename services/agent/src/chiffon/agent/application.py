@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 from google.protobuf import json_format, struct_pb2
-from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from chiffon.agent.gpu import GpuProbe
 from chiffon.agent.shell import STDERR, ShellRunner, ToolRefused, parse_shell_arguments
@@ -20,9 +20,7 @@ from chiffon.agent.tasks import RunningTask, Tasks
 from chiffon.agent.tools.base import Tool, ToolContext, ToolResult
 from chiffon.agentproto.v1 import agent_pb2
 from chiffon.agentproto.values import whole_numbers
-from chiffon.core.telemetry import context_from_traceparent
-
-tracer = trace.get_tracer(__name__)
+from chiffon.core.tracing import SpanScope
 
 
 @dataclass(frozen=True)
@@ -80,15 +78,20 @@ class AgentRuntime:
     async def _traced(
         self, request: agent_pb2.ExecuteRequest, task: RunningTask, traceparent: str | None
     ) -> agent_pb2.TaskResult:
-        context = context_from_traceparent(traceparent)
-        with tracer.start_as_current_span(
-            "agent.task",
-            context=context,  # type: ignore[arg-type]
+        # The agent's server span: its parent is the executor's client span of the task.
+        with SpanScope(
+            f"agent task {request.tool}",
+            kind=SpanKind.SERVER,
             attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "chiffon.agent.v1.Agent",
+                "chiffon.run_id": request.run_id,
+                "chiffon.node_id": request.node_id,
                 "chiffon.task_id": request.task_id,
                 "chiffon.tool": request.tool,
                 "chiffon.agent_id": self.identity.agent_id,
             },
+            parent=traceparent,
         ) as span:
             result = await self._run(request, task)
             span.set_attribute("chiffon.ok", result.ok)

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from langgraph.errors import GraphRecursionError
 
 from chiffon.core.logging import get_logger
+from chiffon.core.telemetry import current_traceparent
+from chiffon.core.tracing import RUN_ID, SpanScope, links_to
 from chiffon.events import Actor, Envelope, new_event
 from chiffon.events.runs import (
     ApprovalDecided,
@@ -129,6 +131,49 @@ class RunExecution:
     # -- the run -------------------------------------------------------------------
 
     async def execute(self) -> Outcome:
+        """Execute the run in its span (see ``_span``); the outcome."""
+        with await self._span() as span:
+            # Its events carry the run span's traceparent (the nodes' spans are its
+            # children through the context LangGraph's tasks inherit).
+            self.trace = current_traceparent() or self.trace
+            outcome = await self._execute()
+            span.set_attribute("chiffon.outcome", outcome)
+            return outcome
+
+    async def _span(self) -> SpanScope:
+        """The span of this execution of the run, in the run's trace.
+
+        A fresh run continues the trace of the command that requested it (its work
+        item's). A run executed again (resumed after a suspension or a pause, taken
+        over from a replica that stopped) continues the trace of its ``run.requested``
+        event, read for it, and links to what brought it back (the work item's trace:
+        the request that decided an approval, say), so a run stays one trace however
+        often it is resumed."""
+        origin, links = self.trace, []
+        resumed = self.run.claims > 1
+        if resumed:
+            try:
+                first = await self.store.first_event(self.key)
+            except Exception as error:  # noqa: BLE001 — a trace is not worth failing a run
+                log.warning("run.trace_unknown", run_id=self.run.run_id, error=str(error))
+                first = None
+            if first is not None and first.envelope.trace:
+                origin = first.envelope.trace
+                if self.trace != origin:
+                    links = links_to(self.trace)
+        return SpanScope(
+            f"run {self.workflow.spec.name}",
+            attributes={
+                RUN_ID: self.run.run_id,
+                "chiffon.workflow": self.workflow.spec.name,
+                "chiffon.workflow_digest": self.workflow.digest,
+                "chiffon.resumed": resumed,
+            },
+            parent=origin,
+            links=links,
+        )
+
+    async def _execute(self) -> Outcome:
         spec = self.workflow.spec
         assert self.run.request is not None
         try:

@@ -19,11 +19,15 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace as trace_api
+from opentelemetry.trace import SpanKind
 
 from chiffon.agentproto.auth import TaskSigner
 from chiffon.agentproto.v1 import agent_pb2, agent_pb2_grpc
 from chiffon.agentproto.values import whole_numbers
 from chiffon.core.logging import get_logger
+from chiffon.core.telemetry import current_traceparent
+from chiffon.core.tracing import SpanScope
 
 log = get_logger(__name__)
 
@@ -137,7 +141,36 @@ class AgentClient:
         hears each output line as it arrives (stream: stdout or stderr).
 
         ``AgentUnreachable`` when the agent cannot be reached or the stream ends without a
-        result; ``AgentRefused`` when it refuses the call."""
+        result; ``AgentRefused`` when it refuses the call.
+
+        The call is a client span, a child of the current one (else of ``trace``); the
+        agent's own span continues it (the traceparent travels with the task)."""
+        with SpanScope(
+            f"agent task {request.tool}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "chiffon.agent.v1.Agent",
+                "server.address": address,
+                "chiffon.agent_id": agent_id,
+                "chiffon.task_id": request.task_id,
+            },
+            parent=None if trace_api.get_current_span().get_span_context().is_valid else trace,
+        ) as span:
+            outcome = await self._execute(
+                agent_id, address, request, on_line, current_traceparent() or trace
+            )
+            span.set_attribute("chiffon.ok", outcome.result.ok)
+            return outcome
+
+    async def _execute(
+        self,
+        agent_id: str,
+        address: str,
+        request: agent_pb2.ExecuteRequest,
+        on_line: Callable[[str, str], None] | None,
+        trace: str | None,
+    ) -> TaskOutcome:
         started = time.perf_counter()
         if address in self._without_sessions:
             return await self._execute_call(agent_id, address, request, on_line, trace, started)

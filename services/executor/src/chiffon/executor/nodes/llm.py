@@ -15,15 +15,34 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.util.types import AttributeValue
+
+from chiffon.core.tracing import (
+    COST_USD,
+    GEN_AI_INPUT_TOKENS,
+    GEN_AI_OPERATION,
+    GEN_AI_OUTPUT_TOKENS,
+    GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_REQUEST_TEMPERATURE,
+    GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_SYSTEM,
+    SpanScope,
+    failed,
+    gen_ai_system,
+)
 from chiffon.events.limits import REASON_MAX_CHARS
 from chiffon.events.runs import LlmCalled, RunPaused
 from chiffon.executor.budgets.gate import Hold, Refusal
-from chiffon.executor.models import ModelRequest, ProviderError
+from chiffon.executor.models import ModelReply, ModelRequest, ProviderError
 from chiffon.executor.nodes.context import (
     MAX_ERROR,
     BudgetPause,
     Execution,
     NodeError,
+    RunCancelledSignal,
     storable_text,
 )
 from chiffon.executor.nodes.output_schema import parse_output
@@ -106,34 +125,43 @@ async def llm_attempt(
                 timeout=remaining,
             )
         )
-        try:
-            # An in-process answer is not worth the tasks that let a cancel interrupt it.
-            reply = await (call if ctx.llm.in_process(model) else ctx.interruptible(call))
-        except BaseException as error:
-            if held is not None and gate is not None:
-                # Whether it went out or not, its cost is unknown: nothing is counted.
-                gate.release(held, Decimal(0))
-            if not isinstance(error, ProviderError):
-                raise
-            failures.append(error)
+        with model_call_span(model, plan.max_tokens, plan.temperature) as span:
+            try:
+                # An in-process answer is not worth the tasks that let a cancel interrupt it.
+                reply = await (call if ctx.llm.in_process(model) else ctx.interruptible(call))
+            except BaseException as error:
+                if held is not None and gate is not None:
+                    # Whether it went out or not, its cost is unknown: nothing is counted.
+                    gate.release(held, Decimal(0))
+                if not isinstance(error, ProviderError):
+                    raise
+                span.set_attribute(GEN_AI_SYSTEM, error.provider)
+                failed(span, error.kind, str(error))
+                failure: ProviderError | None = error
+            else:
+                failure = None
+                cost: Decimal | None = None
+                if held is not None and gate is not None:
+                    cost = gate.cost_of(model, reply)
+                    gate.release(held, cost)
+                answered(span, reply, model, cost)
+        if failure is not None:
+            failures.append(failure)
             calls.append(
                 LlmCalled(
                     node_id=node.id,
                     attempt=attempt,
-                    provider=error.provider,
-                    model=error.model,
+                    provider=failure.provider,
+                    model=failure.model,
                     latency_ms=(time.perf_counter() - started) * 1000,
                     ok=False,
-                    error=storable_text(str(error)[:MAX_ERROR]),
+                    error=storable_text(str(failure)[:MAX_ERROR]),
                     fallback_index=index,
                     budget_note=_note(note),
                     budget_holds=() if held is None else held.ids,
                 )
             )
             continue
-        if held is not None and gate is not None:
-            cost = gate.cost_of(model, reply)
-            gate.release(held, cost)
         calls.append(
             LlmCalled(
                 node_id=node.id,
@@ -168,6 +196,41 @@ async def llm_attempt(
             calls,
         )
     raise no_model_answered(models, failures)
+
+
+def model_call_span(model: str, max_tokens: int | None, temperature: float | None) -> SpanScope:
+    """The span of one model call (GenAI semantic conventions)."""
+    attributes: dict[str, AttributeValue] = {
+        GEN_AI_OPERATION: "chat",
+        GEN_AI_SYSTEM: gen_ai_system(model),
+        GEN_AI_REQUEST_MODEL: model,
+    }
+    if max_tokens is not None:
+        attributes[GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    if temperature is not None:
+        attributes[GEN_AI_REQUEST_TEMPERATURE] = temperature
+    return SpanScope(
+        f"chat {model}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        signals=(RunCancelledSignal,),
+    )
+
+
+def answered(span: Span, reply: ModelReply, model: str, cost: Decimal | None) -> None:
+    """What the model answered, on its call's span: the tokens, and the cost when a
+    budget priced the call. The system and the model only when they are not the ones
+    the span started with (each attribute costs on every call: bench/tracing.py)."""
+    span.set_attribute(GEN_AI_INPUT_TOKENS, reply.prompt_tokens)
+    span.set_attribute(GEN_AI_OUTPUT_TOKENS, reply.completion_tokens)
+    if reply.model != model:
+        span.set_attribute(GEN_AI_RESPONSE_MODEL, reply.model)
+    if reply.provider != gen_ai_system(model):
+        span.set_attribute(GEN_AI_SYSTEM, reply.provider)
+    if reply.finish_reason not in (None, "stop"):
+        span.set_attribute(GEN_AI_RESPONSE_FINISH_REASONS, (str(reply.finish_reason),))
+    if cost is not None:
+        span.set_attribute(COST_USD, float(cost))
 
 
 def _reservation(ctx: Execution, node: LlmNode, attempt: int, index: int) -> str:

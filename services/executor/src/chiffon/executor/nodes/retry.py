@@ -13,18 +13,25 @@ import asyncio
 import time
 from typing import Any
 
+from chiffon.core.tracing import failed, node_span
 from chiffon.events.runs import LlmCalled, NodeFailed, NodeStarted
 from chiffon.executor.domain import INTERRUPTED, NodeIteration
 from chiffon.executor.nodes.agent import agent_attempt
 from chiffon.executor.nodes.context import (
+    BudgetPause,
+    CapacityPause,
     Execution,
     NodeError,
+    RunCancelledSignal,
     error_info,
     storable_completion,
 )
 from chiffon.executor.nodes.llm import llm_attempt
 from chiffon.executor.nodes.plan import NodePlan
 from chiffon.workflow import AgentNode, LlmNode, RetryPolicy
+
+# What stops a node's attempt on purpose: its span ends without being a failure.
+STOPPING_SIGNALS = (RunCancelledSignal, CapacityPause, BudgetPause)
 
 
 def retry_delay(policy: RetryPolicy, failures: int, retry_after: float | None) -> float:
@@ -73,56 +80,59 @@ async def run_with_retries(
         model and ctx.llm.in_process(model) for model in plan.models
     )
     while True:
-        started_event = NodeStarted(
-            node_id=node.id, node_type=node.type, attempt=attempt, iteration=iteration
-        )
-        if start_with_outcome:
-            ctx.check_cancel()
-            pending.append(ctx.event(started_event))  # dated now, appended with the outcome
-        else:
-            await ctx.append([*pending, started_event])
-            pending = []
-        calls: list[LlmCalled] = []
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout):
-                if isinstance(node, LlmNode):
-                    outputs = await llm_attempt(ctx, plan, node, state, attempt, calls, timeout)
-                else:
-                    outputs = await agent_attempt(ctx, node, state)
-        except TimeoutError:
-            error = NodeError("timeout", f"attempt {attempt} timed out after {timeout:g}s")
-        except NodeError as failed:
-            error = failed
-        else:
-            duration = (time.perf_counter() - started) * 1000
-            completed, outputs = await storable_completion(
-                ctx, node.id, attempt, iteration, outputs, duration
+        with node_span(node.id, node.type, attempt, iteration, STOPPING_SIGNALS) as span:
+            started_event = NodeStarted(
+                node_id=node.id, node_type=node.type, attempt=attempt, iteration=iteration
             )
-            await ctx.append([*pending, *calls, completed], check_cancel=False)
-            return outputs
-        duration = (time.perf_counter() - started) * 1000
-        failures += 1
-        will_retry = error.retryable and failures < policy.attempts
-        delay = retry_delay(policy, failures, error.retry_after) if will_retry else None
-        info = error_info(error.kind, str(error), node.id)
-        await ctx.append(
-            [
-                *pending,
-                *calls,
-                NodeFailed(
-                    node_id=node.id,
-                    attempt=attempt,
-                    iteration=iteration,
-                    error=info,
-                    will_retry=will_retry,
-                    retry_in_ms=None if delay is None else delay * 1000,
-                    duration_ms=duration,
-                ),
-            ],
-            check_cancel=False,
-        )
-        pending = []
+            if start_with_outcome:
+                ctx.check_cancel()
+                pending.append(ctx.event(started_event))  # dated now, appended with the outcome
+            else:
+                await ctx.append([*pending, started_event])
+                pending = []
+            calls: list[LlmCalled] = []
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(timeout):
+                    if isinstance(node, LlmNode):
+                        outputs = await llm_attempt(ctx, plan, node, state, attempt, calls, timeout)
+                    else:
+                        outputs = await agent_attempt(ctx, node, state)
+            except TimeoutError:
+                error = NodeError("timeout", f"attempt {attempt} timed out after {timeout:g}s")
+            except NodeError as failed_attempt:
+                error = failed_attempt
+            else:
+                duration = (time.perf_counter() - started) * 1000
+                completed, outputs = await storable_completion(
+                    ctx, node.id, attempt, iteration, outputs, duration
+                )
+                await ctx.append([*pending, *calls, completed], check_cancel=False)
+                return outputs
+            duration = (time.perf_counter() - started) * 1000
+            failures += 1
+            will_retry = error.retryable and failures < policy.attempts
+            delay = retry_delay(policy, failures, error.retry_after) if will_retry else None
+            info = error_info(error.kind, str(error), node.id)
+            failed(span, info.type, info.message)
+            span.set_attribute("chiffon.will_retry", will_retry)
+            await ctx.append(
+                [
+                    *pending,
+                    *calls,
+                    NodeFailed(
+                        node_id=node.id,
+                        attempt=attempt,
+                        iteration=iteration,
+                        error=info,
+                        will_retry=will_retry,
+                        retry_in_ms=None if delay is None else delay * 1000,
+                        duration_ms=duration,
+                    ),
+                ],
+                check_cancel=False,
+            )
+            pending = []
         if not will_retry:
             return plan.after_final_failure(info)
         await ctx.sleep(delay or 0.0)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from chiffon.core.tracing import node_span
 from chiffon.executor.domain import NodeIteration
 from chiffon.executor.nodes.approval import run_approval
 from chiffon.executor.nodes.context import Execution
 from chiffon.executor.nodes.memory import recall, remember
 from chiffon.executor.nodes.plan import NodePlan
-from chiffon.executor.nodes.retry import run_with_retries
+from chiffon.executor.nodes.retry import STOPPING_SIGNALS, run_with_retries
 from chiffon.executor.nodes.set_values import run_set
 from chiffon.workflow import AgentNode, ApprovalNode, LlmNode, SetNode
 
@@ -49,9 +50,11 @@ async def _run(
     recorded: NodeIteration | None,
 ) -> dict[str, Any]:
     node = plan.node
-    if isinstance(node, SetNode):
-        return await run_set(ctx, plan, node, state, iteration)
-    if isinstance(node, ApprovalNode):
-        return await run_approval(ctx, plan, node, state, iteration, recorded)
+    if isinstance(node, (SetNode, ApprovalNode)):
+        # One attempt: its span here (an llm or agent node's attempts open their own).
+        with node_span(node.id, node.type, 1, iteration, STOPPING_SIGNALS):
+            if isinstance(node, SetNode):
+                return await run_set(ctx, plan, node, state, iteration)
+            return await run_approval(ctx, plan, node, state, iteration, recorded)
     assert isinstance(node, (LlmNode, AgentNode))
     return await run_with_retries(ctx, plan, node, state, iteration, recorded)

@@ -1,0 +1,233 @@
+"""Tracing benchmark: what a node's spans cost, with an OTLP exporter configured versus none.
+
+1. The spans alone, in this process: a node attempt's span and its model call's span
+   (as ``nodes.retry`` and ``nodes.llm`` open them), CPU per node (``process_time``,
+   which counts the exporter's thread too), for: the OpenTelemetry API without an SDK;
+   Chiffon's default (the SDK, no exporter: trace ids for logs and events); and the
+   SDK exporting over OTLP/HTTP to a local receiver that accepts and drops (another
+   process, so its CPU is not counted). Every batch is flushed before the clock stops.
+2. End to end, beside bare LangGraph: two executors side by side, one exporting to the
+   receiver and one not, each running 10-node runs on ``chiffon/echo`` one at a time,
+   taking turns; CPU per node of each executor's processes (psutil) and wall time per
+   node from the events, as ``bench:executor`` measures it.
+
+The goal (issue 21): at most 0.1 ms per node with an exporter configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from bench.common import row, servers
+from bench.executor import Stack, bare_langgraph, new_stack, per_node_in_chiffon
+from chiffon.core import tracing
+from chiffon.core.runtime import tune_gc
+from chiffon.executor.models import ModelReply
+from chiffon.executor.nodes.llm import answered, model_call_span
+
+GOAL_MS = 0.1
+REPLY = ModelReply(
+    text='{"n": "x"}',
+    provider="chiffon",
+    model="chiffon/echo",
+    prompt_tokens=12,
+    completion_tokens=5,
+    latency_ms=0.1,
+    finish_reason="stop",
+)
+
+RECEIVER = """
+import sys, time
+from tests.integration.tracing.receiver import Receiver
+with Receiver(keep=False).serving() as receiver:
+    print(receiver.endpoint, flush=True)
+    sys.stdin.read()  # until the benchmark closes it
+"""
+
+
+@contextmanager
+def drop_receiver() -> Iterator[str]:
+    """A local OTLP/HTTP receiver that accepts and drops, in a process of its own."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().decode().strip()
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(10)
+
+
+# -- 1. the spans alone ----------------------------------------------------------------
+
+
+def one_node(attempt: int) -> None:
+    """The spans of one llm node's attempt, opened and ended as the executor does."""
+    with (
+        tracing.node_span("s1", "llm", attempt, 1),
+        model_call_span("chiffon/echo", None, None) as span,
+    ):
+        answered(span, REPLY, "chiffon/echo", None)
+
+
+def cpu_per_node(provider: TracerProvider | None, nodes: int) -> float:
+    """CPU ms per node (this process, every thread), the batch flushed at the end."""
+    tracer = provider.get_tracer("chiffon") if provider is not None else None
+    original = tracing.tracer
+    if tracer is not None:
+        tracing.tracer = tracer
+    try:
+        for i in range(1000):  # warm-up
+            one_node(i)
+        if provider is not None:
+            provider.force_flush()
+        started = time.process_time()
+        for i in range(nodes):
+            one_node(i)
+        if provider is not None:
+            provider.force_flush()
+        return (time.process_time() - started) * 1000 / nodes
+    finally:
+        tracing.tracer = original
+
+
+def providers(endpoint: str) -> dict[str, Callable[[], TracerProvider | None]]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    resource = Resource.create({"service.name": "chiffon-bench"})
+
+    def exporting() -> TracerProvider:
+        provider = TracerProvider(resource=resource)
+        exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+        # A queue that holds every span of a round: a span dropped when the queue is
+        # full would not be encoded, and its cost not counted.
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 17))
+        return provider
+
+    return {
+        "API only (no SDK)": lambda: None,
+        "SDK, no exporter (the default)": lambda: TracerProvider(resource=resource),
+        "SDK, OTLP/HTTP exporter": exporting,
+    }
+
+
+def spans_alone(endpoint: str, nodes: int, rounds: int) -> dict[str, float]:
+    """Median CPU ms per node of each configuration, taking turns round by round."""
+    made = {name: make() for name, make in providers(endpoint).items()}
+    samples: dict[str, list[float]] = {name: [] for name in made}
+    for _ in range(rounds):
+        for name, provider in made.items():
+            samples[name].append(cpu_per_node(provider, nodes))
+    for provider in made.values():
+        if provider is not None:
+            provider.shutdown()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+# -- 2. end to end ---------------------------------------------------------------------
+
+
+def tree_cpu(stack: Stack) -> float:
+    """CPU seconds of the stack's executor processes and their children so far."""
+    total = 0.0
+    for proc in stack.procs:
+        try:
+            parent = psutil.Process(proc.pid)
+            for process in [parent, *parent.children(recursive=True)]:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+async def end_to_end(
+    stacks: dict[str, Stack], nodes: int, runs: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Per stack: (median wall ms per node, median executor CPU ms per node)."""
+    wall: dict[str, list[float]] = {name: [] for name in stacks}
+    cpu: dict[str, list[float]] = {name: [] for name in stacks}
+    for _ in range(rounds):
+        for name, stack in stacks.items():
+            before = tree_cpu(stack)
+            wall[name].append(await per_node_in_chiffon(stack, nodes, runs))
+            cpu[name].append((tree_cpu(stack) - before) * 1000 / ((runs + 3) * nodes))
+    return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in stacks}
+
+
+async def main(quick: bool) -> None:
+    nodes, runs, rounds = 10, (10 if quick else 30), (3 if quick else 5)
+    span_nodes = 5_000 if quick else 20_000
+    tune_gc()
+    load = os.getloadavg()
+    print("chiffon tracing benchmark (2 cores, shared; CPU time is the steadier figure)")
+    print(f"  load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    with drop_receiver() as endpoint:
+        print(f"\n1. a node's spans alone, CPU per node (median of {rounds} rounds x {span_nodes})")
+        alone = spans_alone(endpoint, span_nodes, rounds)
+        for name, ms in alone.items():
+            row(name, f"{ms:.4f} ms/node")
+        exported = alone["SDK, OTLP/HTTP exporter"] - alone["API only (no SDK)"]
+        row("exporter configured minus none", f"{exported:.4f} ms/node", f"goal <= {GOAL_MS} ms")
+
+        print(
+            f"\n2. end to end, {nodes}-node runs on chiffon/echo one at a time"
+            f" ({runs} runs a round, median of {rounds} rounds, taking turns)"
+        )
+        bare = await bare_langgraph(nodes, runs, with_llm=True)
+        with (
+            servers() as srv,
+            tempfile.TemporaryDirectory(prefix="chiffon-bench-logs-") as tmp,
+        ):
+            logs = Path(tmp)
+            stacks = {
+                "no exporter": await new_stack(srv, "tracenone", logs),
+                "OTLP exporter": await new_stack(srv, "traceotlp", logs),
+            }
+            try:
+                await stacks["no exporter"].start_replicas(1)
+                await stacks["OTLP exporter"].start_replicas(
+                    1, {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+                )
+                measured = await end_to_end(stacks, nodes, runs, rounds)
+            finally:
+                for stack in stacks.values():
+                    stack.stop()
+        row("bare LangGraph, same node work", f"{bare:.3f} ms/node")
+        for name, (wall_ms, cpu_ms) in measured.items():
+            row(f"Chiffon, {name}", f"{wall_ms:.3f} ms/node", f"executor CPU {cpu_ms:.3f} ms/node")
+        cpu_delta = measured["OTLP exporter"][1] - measured["no exporter"][1]
+        wall_delta = measured["OTLP exporter"][0] - measured["no exporter"][0]
+        row(
+            "exporter minus none, executor CPU", f"{cpu_delta:.3f} ms/node", f"goal <= {GOAL_MS} ms"
+        )
+        row("exporter minus none, wall", f"{wall_delta:.3f} ms/node", "(noisy on a shared machine)")
+    load = os.getloadavg()
+    print(f"\n  load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs and rounds")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick))
