@@ -34,12 +34,14 @@ ACTOR = Actor.service("test")
 
 NODES = 3
 RUNS = 4
+# Long enough (4 s of sleeps per run) for the kill to land while every run executes,
+# even on a loaded machine.
 WORKFLOW = """
 name: {name}
 version: 1
 nodes:
-  - {{id: first, type: agent, requires: [shell], task: {{tool: shell, command: "sleep 0.6"}}}}
-  - {{id: second, type: agent, requires: [shell], task: {{tool: shell, command: "sleep 0.6"}}}}
+  - {{id: first, type: agent, requires: [shell], task: {{tool: shell, command: "sleep 2"}}}}
+  - {{id: second, type: agent, requires: [shell], task: {{tool: shell, command: "sleep 2"}}}}
   - {{id: third, type: agent, requires: [shell], task: {{tool: shell, command: "echo done"}}}}
 edges:
   - {{from: first, to: second}}
@@ -182,6 +184,10 @@ async def test_killing_the_runs_leader_loses_no_event_and_fails_no_run(
     # The probe's events go to a namespace of their own, so no service sees them.
     async with JetStreamEventStore.connect(url, CATALOG, namespace="probe") as store:
         await store.setup(replicas=NODES)
+        # The registry's heartbeats live in a key-value bucket: replicated as well, or
+        # losing its node would stop them while the events carry on.
+        heartbeats = await store.js.stream_info("KV_CHIFFON_AGENT_HEARTBEATS")
+        assert heartbeats.config.num_replicas == NODES
         runs_stream = "CHIFFON_RUNS"
         probe_stream = store.streams.stream_name("AGENTS")
         # The worst node to lose: the one leading the runs' stream and the probe's.
@@ -193,13 +199,13 @@ async def test_killing_the_runs_leader_loses_no_event_and_fails_no_run(
         run_ids = [(await gateway.start_run(name, inputs={}))["run_id"] for _ in range(RUNS)]
 
         async def some_run_executing() -> bool:
-            runs = [await gateway.get_run(run_id) for run_id in run_ids]
-            return any(run is not None and run.status == "running" for run in runs)
+            return any([await status_of(gateway, run_id) == "running" for run_id in run_ids])
 
         await eventually(some_run_executing, timeout=30, message="a run executing")
         stop, acknowledged = asyncio.Event(), dict[str, int]()
         appending = asyncio.create_task(append_until(store, stop, acknowledged))
         await eventually(lambda: settled(len(acknowledged) > 20), message="appends")
+        unfinished = [run for run in run_ids if await status_of(gateway, run) != "succeeded"]
         os.kill(victim_pid, signal.SIGKILL)
         await eventually(lambda: settled(gone(victim_pid)), message="the node dead")
         at_kill = len(acknowledged)
@@ -220,12 +226,12 @@ async def test_killing_the_runs_leader_loses_no_event_and_fails_no_run(
 
         # No run failed: each completes, on a stack that kept serving.
         async def all_succeeded() -> bool:
-            runs = [await gateway.get_run(run_id) for run_id in run_ids]
-            statuses = {run.status if run else None for run in runs}
+            statuses = {await status_of(gateway, run_id) for run_id in run_ids}
             assert not statuses & {"failed", "cancelled"}, statuses
             return statuses == {"succeeded"}
 
         await eventually(all_succeeded, timeout=60, message="every run succeeded")
+        assert unfinished, "every run had ended before the kill: nothing was proven"
 
         # `up` starts the killed node again; it rejoins and catches up.
         done = cluster_stack.run("up", light=True, timeout=120)
@@ -241,6 +247,11 @@ async def test_killing_the_runs_leader_loses_no_event_and_fails_no_run(
         for name_ in (probe_stream, *store.streams.all_stream_names()):
             with contextlib.suppress(Exception):
                 await store.js.delete_stream(name_)
+
+
+async def status_of(gateway: GatewayClient, run_id: str) -> str | None:
+    run = await gateway.get_run(run_id)
+    return run.status if run else None
 
 
 async def settled(value: bool) -> bool:

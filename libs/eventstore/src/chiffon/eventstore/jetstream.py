@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from chiffon.core.logging import get_logger
 from chiffon.core.settings import nats_servers
 from chiffon.core.telemetry import current_traceparent
 from chiffon.events import Catalog, Envelope
@@ -53,6 +54,8 @@ from chiffon.eventstore.objects import Objects
 from chiffon.eventstore.port import RequestHandler, SignalHandler, WorkConsumer
 from chiffon.eventstore.puller import ConsumerLost, Puller
 from chiffon.eventstore.streams import Streams
+
+log = get_logger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
 INSUFFICIENT_RESOURCES = 10023  # a new cluster before every peer has joined the meta group
@@ -91,6 +94,27 @@ def connect_options(name: str) -> dict[str, Any]:
         # Bound a graceful close: a subscription that never drains must not hold a
         # stopping service for nats-py's default 30 s.
         "drain_timeout": 2,
+    }
+
+
+def _connection_logs(nc: NATS) -> dict[str, Any]:
+    """Log lines for a lost and a regained connection (which node, with a cluster), in
+    place of nats-py's default of printing a traceback to stderr per error."""
+
+    async def error_cb(error: Exception) -> None:
+        log.warning("nats.error", error=f"{type(error).__name__}: {error}")
+
+    async def disconnected_cb() -> None:
+        log.warning("nats.disconnected")
+
+    async def reconnected_cb() -> None:
+        server = nc.connected_url
+        log.info("nats.reconnected", server=f"{server.hostname}:{server.port}" if server else None)
+
+    return {
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
     }
 
 
@@ -148,7 +172,9 @@ class JetStreamEventStore:
             nc = wire.new_client()
             # Several URLs (a cluster): nats-py connects to one and, when it dies,
             # reconnects to another of the list (and of those the cluster gossips).
-            await nc.connect(servers=nats_servers(url), **connect_options(name))
+            await nc.connect(
+                servers=nats_servers(url), **connect_options(name), **_connection_logs(nc)
+            )
         except (TimeoutError, OSError, nats.errors.NoServersError) as error:
             raise EventStoreUnavailable(f"cannot reach NATS at {url}: {error}") from None
         try:
@@ -188,6 +214,19 @@ class JetStreamEventStore:
             ):
                 with attempt:
                     await self._create_or_update(config)
+        # Key-value and object buckets (heartbeats, run outputs, webhook bodies) live
+        # in streams too: an R1 bucket on a lost node would stop the registry's
+        # heartbeats while the events carry on.
+        self._values.replicas = self._objects.replicas = replicas
+        await self._raise_bucket_replicas(replicas)
+
+    async def _raise_bucket_replicas(self, replicas: int) -> None:
+        """Give this namespace's existing buckets ``replicas`` copies."""
+        prefixes = tuple(f"{kind}_{self.streams.namespace.upper()}_" for kind in ("KV", "OBJ"))
+        for info in await self._call(self.js.streams_info()):
+            config = info.config
+            if (config.name or "").startswith(prefixes) and config.num_replicas != replicas:
+                await self.js.update_stream(replace(config, num_replicas=replicas))
 
     async def _create_or_update(self, config: api.StreamConfig) -> None:
         try:

@@ -22,6 +22,8 @@ class KeyValues:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
         self._buckets: dict[str, KeyValue] = {}
+        # Copies of a bucket created here (the event store's setup sets its streams').
+        self.replicas = 1
 
     async def _open(self, bucket: str) -> KeyValue | None:
         """The bucket, or None when nobody has put anything in it yet."""
@@ -39,7 +41,9 @@ class KeyValues:
         if found is None:
             # Creating an existing bucket with the same settings succeeds: two
             # processes may race here.
-            found = await self._js.create_key_value(bucket=bucket, history=1, ttl=ttl)
+            found = await self._js.create_key_value(
+                bucket=bucket, history=1, ttl=ttl, replicas=self.replicas
+            )
             self._buckets[bucket] = found
         return found
 

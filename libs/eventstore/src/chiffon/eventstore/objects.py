@@ -5,6 +5,7 @@ from __future__ import annotations
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig
 from nats.js.object_store import ObjectStore
 
 from chiffon.eventstore.errors import EventStoreUnavailable
@@ -17,6 +18,8 @@ class Objects:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
         self._buckets: dict[str, ObjectStore] = {}
+        # Copies of a bucket created here (the event store's setup sets its streams').
+        self.replicas = 1
 
     async def _bucket(self, bucket: str) -> ObjectStore:
         found = self._buckets.get(bucket)
@@ -24,7 +27,9 @@ class Objects:
             try:
                 found = await self._js.object_store(bucket)
             except nats.js.errors.NotFoundError:
-                found = await self._js.create_object_store(bucket)
+                found = await self._js.create_object_store(
+                    bucket, config=ObjectStoreConfig(bucket=bucket, replicas=self.replicas)
+                )
             self._buckets[bucket] = found
         return found
 
