@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from chiffon.audit.gitexport import known_prices
 from chiffon.audit.record import audit_record
@@ -52,6 +53,63 @@ SINCE_MAX = timedelta(days=3660)  # ten years: the oldest failure a report looks
 BOUND_DOC = "An ISO date (2026-12-07: the whole UTC day) or date-time (UTC without an offset)"
 
 
+class AuditEntryPublic(BaseModel):
+    """One event of the run. The keys below are in every entry (null where they do not
+    apply); each event type adds its own (docs/audit.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    at: AwareDatetime
+    actor: str
+    node_id: str | None
+    model: str | None
+    tokens: int | None
+    cost_usd: str | None
+    event_id: str
+
+
+class AuditRecordPublic(BaseModel):
+    run_id: str
+    timeline: list[AuditEntryPublic]
+
+
+class AuditEventPublic(BaseModel):
+    sequence: int
+    event_id: str
+    type: str
+    run_id: str
+    actor: str
+    at: AwareDatetime
+    node_id: str | None
+    workflow: str | None
+    agent_id: str | None
+    error_type: str | None
+
+
+class AuditEventsPublic(BaseModel):
+    events: list[AuditEventPublic]
+    next_cursor: str | None
+
+
+class FailureGroupPublic(BaseModel):
+    error_type: str
+    workflow: str | None
+    agent_id: str | None
+    failed_runs: int
+    failed_nodes: int
+    first_at: AwareDatetime
+    last_at: AwareDatetime
+    nodes: list[str]
+    recent_runs: list[str]
+    last_message: str | None
+
+
+class FailuresPublic(BaseModel):
+    since: AwareDatetime
+    groups: list[FailureGroupPublic]
+
+
 def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(
         message, errors=[{"path": f"query.{field}", "line": None, "message": message}]
@@ -70,11 +128,15 @@ def _text(field: str, value: str | None) -> str | None:
 
 @router.get(
     "/runs/{run_id}/audit",
+    response_model=AuditRecordPublic,
     responses={
         200: {
             "description": "The run's audit record: `{run_id, timeline: [...]}` as JSON, or "
             "as text or a self-contained HTML report (`format`)",
-            "content": {"text/html": {}, "text/plain": {}},
+            "content": {
+                "text/html": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
         },
         **READ,
     },
@@ -114,6 +176,7 @@ async def run_audit(
 
 @router.get(
     "/audit",
+    response_model=AuditEventsPublic,
     responses={**READ, **problem_responses(400)},
     summary="Search the audit index",
 )
@@ -202,6 +265,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 @router.get(
     "/audit/failures",
+    response_model=FailuresPublic,
     responses={**READ, **problem_responses(400)},
     summary="Failures for post-mortems",
 )
