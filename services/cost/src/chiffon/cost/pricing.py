@@ -150,15 +150,7 @@ def priced_call(book: PriceBook, call: Call, origin: RunOrigin) -> tuple[Row, Pr
     cached = p.get("cached_read_tokens", 0)
     written = p.get("cache_write_tokens", 0)
     reasoning = p.get("reasoning_tokens", 0)
-    priced = book.price_call(
-        provider,
-        model,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_read_tokens=cached,
-        cache_write_tokens=written,
-        reasoning_tokens=reasoning,
-    )
+    rate = book.rate(provider, model)
     row = (
         call.event_id,
         call.run_id,
@@ -175,10 +167,10 @@ def priced_call(book: PriceBook, call: Call, origin: RunOrigin) -> tuple[Row, Pr
         cached,
         written,
         reasoning,
-        priced.cost_usd,
-        priced.source,
+        rate.cost(prompt, completion, cached, written, reasoning),
+        rate.source,
     )
-    return row, _prices(priced.prices)
+    return row, _prices(rate.prices)
 
 
 def calls_priced(
