@@ -16,9 +16,10 @@ models from the priced events already in the stream (no pricing, no appends), in
 (the stream holds ``cost.calls.priced`` events of up to 500 calls each; the events/s are
 printed per round too).
 
-The CPU this process spent per call while pricing (pricer and projection, not NATS's or
-PostgreSQL's) is printed too, with the rate one free core would give at that cost: on a
-machine shared with other work, the wall-clock rate says more about the neighbours.
+The CPU spent per call while pricing is printed per process: this one (pricer and
+projection), the NATS server's and PostgreSQL's (the postmaster and its backends), and
+their sum, with the rate two free cores would give at that cost: on a machine shared with
+other work, the wall-clock rate says more about the neighbours than the CPU does.
 
 ``--replicas N`` runs N cost replicas, as N service processes would: this one and N - 1
 others started (and connected, consumer set up) before the clock starts, each with its
@@ -39,6 +40,7 @@ import time
 import uuid
 from typing import Any
 
+import psutil
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -109,6 +111,27 @@ async def counted(engine: Any) -> int:
         return int(total or 0)
 
 
+class ProcessCpu:
+    """CPU seconds (user and system) of a server process and its children, as they run:
+    a child that comes and goes between two readings is missed (PostgreSQL's backends
+    here are the pool's, open from before the first reading to after the last)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self._process = psutil.Process(pid) if pid else None
+
+    def seconds(self) -> float:
+        if self._process is None:
+            return 0.0
+        total = 0.0
+        for process in [self._process, *self._process.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+
 def replica(nats_url: str, dsn: str, namespace: str, index: int, ready: Any, go: Any) -> None:
     """Another cost replica, in its own process: ready once connected, pricing on ``go``
     until ``go`` is cleared."""
@@ -137,7 +160,16 @@ async def run_replica(
     await engine.dispose()
 
 
-async def one_round(nats_url: str, pg_dsn: str, calls: int, replicas: int = 1) -> dict[str, float]:
+async def one_round(
+    nats_url: str,
+    pg_dsn: str,
+    calls: int,
+    replicas: int = 1,
+    *,
+    pull: int = 1000,
+    nats: ProcessCpu | None = None,
+    postgres: ProcessCpu | None = None,
+) -> dict[str, float]:
     namespace = "b" + uuid.uuid4().hex[:10]
     dsn = make_url(pg_dsn).set(database=namespace).render_as_string(hide_password=False)
     await ensure_database(dsn)
@@ -156,7 +188,7 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int, replicas: int = 1) -
             if failed:
                 raise SystemExit(f"append failed: {failed[0]}")
 
-        pricer = Pricer(store, PriceBook.load(), Actor.service("cost", 1), batch=1000)
+        pricer = Pricer(store, PriceBook.load(), Actor.service("cost", 1), batch=pull)
         runner = ProjectionRunner(store, engine, SpendProjection())
         stopping = asyncio.Event()
         spawn = multiprocessing.get_context("spawn")
@@ -173,6 +205,9 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int, replicas: int = 1) -
             while not ready.is_set():
                 await asyncio.sleep(0.01)
         go.set()
+        nats = nats or ProcessCpu(None)
+        postgres = postgres or ProcessCpu(None)
+        nats_started, pg_started = nats.seconds(), postgres.seconds()
         cpu_started = time.process_time()
         started = time.perf_counter()
         await pricer.setup()
@@ -187,6 +222,8 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int, replicas: int = 1) -
                 await asyncio.sleep(0.02)
             done = time.perf_counter()
             cpu = time.process_time() - cpu_started
+            nats_cpu = nats.seconds() - nats_started
+            pg_cpu = postgres.seconds() - pg_started
         finally:
             stopping.set()
             go.clear()
@@ -210,7 +247,14 @@ async def one_round(nats_url: str, pg_dsn: str, calls: int, replicas: int = 1) -
         "rebuild": calls / rebuild_seconds,
         "rebuild_events": stored / rebuild_seconds,
         "cpu_us": cpu / calls * 1e6,
+        "nats_us": nats_cpu / calls * 1e6,
+        "pg_us": pg_cpu / calls * 1e6,
     }
+
+
+def total_us(result: dict[str, float]) -> float:
+    """CPU per call of the whole pipeline: this process, NATS and PostgreSQL."""
+    return result["cpu_us"] + result["nats_us"] + result["pg_us"]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -218,19 +262,30 @@ async def main(args: argparse.Namespace) -> None:
     with servers() as srv:
         print(
             f"chiffon bench:cost pricing  ({args.calls:,} calls, {args.rounds} rounds, "
-            f"{args.replicas} cost replica{'s' if args.replicas > 1 else ''})"
+            f"{args.replicas} cost replica{'s' if args.replicas > 1 else ''}, "
+            f"pulls of {args.batch:,})"
         )
+        nats, postgres = ProcessCpu(srv.nats.pid), ProcessCpu(srv.postgres.pid)
         rounds = []
         for index in range(args.rounds):
-            result = await one_round(srv.nats.url, srv.postgres.dsn, args.calls, args.replicas)
+            result = await one_round(
+                srv.nats.url,
+                srv.postgres.dsn,
+                args.calls,
+                args.replicas,
+                pull=args.batch,
+                nats=nats,
+                postgres=postgres,
+            )
             rounds.append(result)
             print(
                 f"  round {index + 1}: {result['rate']:,.0f} calls/s into cost_calls, "
                 f"pricer alone {result['pricing']:,.0f} calls/s, "
                 f"projection caught up {result['lag_ms']:,.0f} ms later, "
                 f"bare projection rebuild {result['rebuild']:,.0f} calls/s "
-                f"({result['rebuild_events']:,.0f} events/s), "
-                f"this process's CPU {result['cpu_us']:,.0f} us per call"
+                f"({result['rebuild_events']:,.0f} events/s); CPU per call: "
+                f"this process {result['cpu_us']:,.1f} us, NATS {result['nats_us']:,.1f} us, "
+                f"PostgreSQL {result['pg_us']:,.1f} us"
             )
 
     def median(name: str) -> float:
@@ -242,10 +297,14 @@ async def main(args: argparse.Namespace) -> None:
         "(goal >= 20,000/s)",
     )
     row("  the pricer alone (appended, acked)", f"{median('pricing'):,.0f} calls/s")
+    row("  CPU per call: the pricer and projection", f"{median('cpu_us'):,.1f} us")
+    row("  CPU per call: NATS server", f"{median('nats_us'):,.1f} us")
+    row("  CPU per call: PostgreSQL", f"{median('pg_us'):,.1f} us")
+    total = statistics.median(total_us(r) for r in rounds)
     row(
-        "  CPU of the pricer and projection per call",
-        f"{median('cpu_us'):,.0f} us",
-        f"(one core's ceiling {1e6 / median('cpu_us'):,.0f} calls/s)",
+        "  CPU per call: all three",
+        f"{total:,.1f} us",
+        f"(two free cores' ceiling {2e6 / total:,.0f} calls/s)",
     )
     row("baseline: bare projection apply (rebuild)", f"{median('rebuild'):,.0f} calls/s")
 
@@ -257,6 +316,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=1, help="cost replicas (processes)")
+    parser.add_argument("--batch", type=int, default=1000, help="the pricer's pull size")
     parser.add_argument("--quick", action="store_true", help="5,000 calls, one round")
     arguments = parser.parse_args()
     if arguments.quick:
