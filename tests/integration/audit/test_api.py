@@ -4,6 +4,7 @@ the API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -107,8 +108,10 @@ async def audit_stack(
                 return (await operator.get("/v1/workflows/needs-approval")).status_code == 200
 
             await eventually(listed, timeout=30, message="the workflow in the read model")
-            approved = await _decided_run(operator, True, "<b>ship</b> it")
-            rejected = await _decided_run(operator, False, "not on a Friday")
+            approved, rejected = await asyncio.gather(
+                _decided_run(operator, True, "<b>ship</b> it"),
+                _decided_run(operator, False, "not on a Friday"),
+            )
         yield AuditStack(gateway, env, git_dir, keys, approved, rejected)
     finally:
         stop_all([gateway, executor])
