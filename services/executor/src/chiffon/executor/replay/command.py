@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
 from chiffon.core.logging import configure_logging
 from chiffon.core.settings import ChiffonSettings
 from chiffon.events import CATALOG
-from chiffon.events.limits import WORKFLOW_NAME_PATTERN
 from chiffon.eventstore import EventStoreUnavailable, JetStreamEventStore
 from chiffon.executor.replay.batch import (
     RunResult,
@@ -27,7 +26,6 @@ from chiffon.executor.replay.batch import (
     default_processes,
     verify_in_processes,
 )
-from chiffon.executor.replay.cli import RUN_ID_PATTERN
 from chiffon.executor.replay.normalize import Divergence, Step
 from chiffon.executor.replay.source import RunSource
 
@@ -39,29 +37,15 @@ def _error(message: str) -> None:
 
 
 def verify_command(
-    run_id: str | None,
-    verify: bool,
-    workflow: str | None,
-    last: int,
-    workers: int | None,
-    as_json: bool,
+    run_id: str | None, workflow: str | None, last: int, workers: int | None, as_json: bool
 ) -> int:
-    if not verify:
-        _error("say what to do with the run: --verify (the only mode)")
-        return USAGE
-    if (run_id is None) == (workflow is None):
-        _error("name one run (RUN_ID) or a workflow (--workflow NAME), not both")
-        return USAGE
-    if run_id is not None and not re.match(RUN_ID_PATTERN, run_id):
-        _error(f"{run_id[:80]!r} is not a run id")
-        return USAGE
-    if workflow is not None and not re.match(WORKFLOW_NAME_PATTERN, workflow):
-        _error(f"{workflow[:80]!r} is not a workflow name")
-        return USAGE
+    """Verify one run or a workflow's last runs (the command line is checked already)."""
     settings = ChiffonSettings()
     # The engine's own log lines stay out of the verdict (warnings and up, on stderr).
     configure_logging(service="chiffon-replay", level="warning", fmt=settings.log_format)
     try:
+        if not asyncio.run(_reachable(settings)):
+            raise EventStoreUnavailable("nothing answers there")
         if run_id is not None:
             return asyncio.run(_one(settings, run_id, as_json))
         assert workflow is not None
@@ -69,6 +53,23 @@ def verify_command(
     except EventStoreUnavailable as error:
         _error(f"the event store cannot be reached ({settings.nats_url}): {error}")
         return UNAVAILABLE
+
+
+async def _reachable(settings: ChiffonSettings, timeout: float = 2.0) -> bool:
+    """Whether any NATS server of the settings accepts a connection. The store's client
+    retries a refused connection for ever (a service must outlive a NATS restart); a
+    command must say at once that nothing is there."""
+    for server in settings.nats_servers:
+        url = urlsplit(server)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222), timeout
+            )
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 async def _one(settings: ChiffonSettings, run_id: str, as_json: bool) -> int:

@@ -1,0 +1,309 @@
+"""bench:replay — ``chiffon replay --verify`` speed over stored runs, beside reading the
+same runs' events alone.
+
+One run of each in-process shape (a linear chain, a loop with a condition, a loop that
+ends early, a fan-out joined into an approval rejected once) is executed for real once
+against a real NATS; then copies of them under fresh run ids are appended directly, up
+to ``--runs``. Both sides then go over the same runs with the same processes (one per
+core by default, each with its own connection):
+
+- read: each run's events read and indexed (``RunSource.run``), nothing replayed;
+- verify: the same, and each run re-driven through the executor's engine and compared.
+
+Reported: node executions per second (wall), and the CPU per node of each side summed
+over its processes (``time.process_time``), the figure least disturbed by a busy machine;
+the median of ``--repeat`` rounds; then a profile of one process verifying, by where the
+time goes. Goal (2 cores): >= 5,000 nodes/s.
+
+    ./taskw bench:replay
+    ./taskw bench:replay -- --runs 2000 --processes 2 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.common import row, servers
+from chiffon.core.runtime import tune_gc
+from chiffon.events import CATALOG, Actor, new_event, uuid7
+from chiffon.events.runs import ApprovalDecided, RunClaimed, RunRequested
+from chiffon.events.workflows import WorkflowVersionRegistered
+from chiffon.eventstore import AggregateKey, JetStreamEventStore
+from chiffon.executor.domain import RunState
+from chiffon.executor.execution import LoadedWorkflow, RunExecution
+from chiffon.executor.graph import build_graph
+from chiffon.executor.models import ModelGateway
+from chiffon.executor.outputs import OutputStore
+from chiffon.executor.replay.batch import Totals, verify_in_processes, verify_runs
+from chiffon.executor.replay.source import RunSource
+from chiffon.workflow import load_spec
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+USER = Actor(kind="user", id="bench")
+EXECUTOR = Actor.service("executor", 1)
+SHAPES: list[tuple[str, dict[str, Any], list[bool]]] = [
+    ("linear.yaml", {"topic": "tides"}, []),
+    ("review-loop.yaml", {"topic": "tides"}, []),
+    ("draft-review.yaml", {"topic": "lighthouses"}, []),
+    ("parallel-approval.yaml", {"goal": "move the database"}, [False, True]),
+]
+
+
+async def run_for_real(
+    store: JetStreamEventStore,
+    source: str,
+    run_id: str,
+    inputs: dict[str, Any],
+    decisions: list[bool],
+) -> str:
+    spec = load_spec(source)
+    registered = WorkflowVersionRegistered(
+        name=spec.name,
+        version=spec.version,
+        digest=spec.digest(),
+        spec=json.loads(spec.canonical_json()),
+        source=source,
+    )
+    await store.append(
+        AggregateKey("workflow", spec.name),
+        [new_event(registered, aggregate_id=spec.name, actor=USER)],
+    )
+    workflow = LoadedWorkflow(spec=spec, digest=spec.digest(), graph=build_graph(spec))
+    key = AggregateKey("run", run_id)
+    request = RunRequested(workflow=spec.name, version=1, digest=spec.digest(), inputs=inputs)
+    await store.append(key, [new_event(request, aggregate_id=run_id, actor=USER)], 0)
+    while True:
+        _, version = await store.read_aggregate(key)
+        claim = RunClaimed(executor="executor-1", pid=os.getpid(), work_seq=1)
+        await store.append(key, [new_event(claim, aggregate_id=run_id, actor=EXECUTOR)], version)
+        events, _ = await store.read_aggregate(key)
+        execution = RunExecution(
+            store=store,
+            workflow=workflow,
+            run=RunState.from_events(run_id, [(e.envelope, e.sequence) for e in events]),
+            actor=EXECUTOR,
+            llm=ModelGateway(offline_mode="always"),
+            outputs=OutputStore(store, store.streams.namespace),
+        )
+        outcome = await execution.execute()
+        if outcome != "suspended" or not decisions:
+            return outcome
+        for approval in execution.run.pending_approvals():
+            decided = ApprovalDecided(
+                node_id=approval.node_id, iteration=approval.iteration, approved=decisions.pop(0)
+            )
+            await store.append(key, [new_event(decided, aggregate_id=run_id, actor=USER)])
+
+
+async def store_runs(url: str, namespace: str, runs: int) -> list[str]:
+    """One run of each shape for real, then copies with fresh ids up to ``runs``."""
+    async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
+        await store.setup()
+        templates = []
+        for example, inputs, decisions in SHAPES:
+            run_id = f"shape-{example.removesuffix('.yaml')}"
+            source = (EXAMPLES / example).read_text()
+            outcome = await run_for_real(store, source, run_id, inputs, list(decisions))
+            assert outcome == "succeeded", (example, outcome)
+            events, _ = await store.read_aggregate(AggregateKey("run", run_id))
+            templates.append([e.envelope for e in events])
+        run_ids = [f"copy-{i:06d}" for i in range(runs)]
+
+        async def copy(index: int, run_id: str) -> None:
+            envelopes = [
+                e.model_copy(
+                    update={"aggregate_id": run_id, "correlation_id": run_id, "event_id": uuid7()}
+                )
+                for e in templates[index % len(templates)]
+            ]
+            await store.append(AggregateKey("run", run_id), envelopes, 0)
+
+        for start in range(0, runs, 100):
+            await asyncio.gather(
+                *(copy(i, run_ids[i]) for i in range(start, min(runs, start + 100)))
+            )
+        return run_ids
+
+
+async def _read_chunk(url: str, namespace: str, run_ids: list[str]) -> tuple[int, float]:
+    started = time.process_time()
+    nodes = 0
+    async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
+        source = RunSource(store)
+        for begin in range(0, len(run_ids), 32):
+            records = await asyncio.gather(*(source.run(r) for r in run_ids[begin : begin + 32]))
+            nodes += sum(len(r.started) for r in records)
+    return nodes, time.process_time() - started
+
+
+def read_worker(url: str, namespace: str, run_ids: list[str]) -> tuple[int, float]:
+    tune_gc()
+    return asyncio.run(_read_chunk(url, namespace, run_ids))
+
+
+def read_in_processes(
+    url: str, namespace: str, run_ids: list[str], processes: int
+) -> tuple[int, float]:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    size = -(-len(run_ids) // processes)
+    shares = [run_ids[i : i + size] for i in range(0, len(run_ids), size)]
+    with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
+        done = [f.result() for f in [pool.submit(read_worker, url, namespace, s) for s in shares]]
+    return sum(n for n, _ in done), sum(c for _, c in done)
+
+
+async def profile_one_process(url: str, namespace: str, run_ids: list[str]) -> str:
+    async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        results = [r async for r in verify_runs(store, run_ids)]
+        profiler.disable()
+    nodes = sum(r.verdict.nodes for r in results if r.verdict is not None)
+    stats = pstats.Stats(profiler)
+    total = sum(t for (_, _, t, _, _) in stats.stats.values())  # type: ignore[attr-defined]
+    by_area: Counter[str] = Counter()
+    for (filename, _, _), (_, _, own, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        by_area[_area(filename)] += own
+    out = io.StringIO()
+    out.write(
+        f"  one process, {len(run_ids)} runs, {nodes} nodes: {total / nodes * 1000:.3f} ms CPU/node (profiled)\n"
+    )
+    for area, seconds in by_area.most_common(10):
+        out.write(f"    {area:<40} {seconds / total:6.1%}  {seconds / nodes * 1000:.3f} ms/node\n")
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    out.write("\n".join(text.getvalue().splitlines()[6:22]))
+    return out.getvalue()
+
+
+def _area(filename: str) -> str:
+    for marker, area in (
+        ("langgraph", "langgraph (graph runtime)"),
+        ("langchain_core", "langchain_core (runnables, config)"),
+        ("pydantic", "pydantic (events, outputs)"),
+        ("chiffon/eventstore", "event store (in-memory + JetStream reads)"),
+        ("chiffon/events", "event envelopes and codecs"),
+        ("chiffon/executor/replay", "replay (answers, comparison)"),
+        ("chiffon/executor", "executor engine (execution, nodes)"),
+        ("chiffon/workflow", "workflow expressions and templates"),
+        ("nats", "nats client"),
+        ("asyncio", "asyncio"),
+        ("json", "json"),
+    ):
+        if marker in filename:
+            return area
+    return "other" if filename != "~" else "builtins"
+
+
+def bare_langgraph_ms_per_node(nodes: int = 10, invocations: int = 300) -> float:
+    """CPU per node of a chain of no-op async LangGraph nodes: the floor under any engine
+    built on LangGraph, measured here beside the replay (same machine, same load)."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class State(TypedDict):
+        n: int
+
+    async def step(state: State) -> dict[str, int]:
+        return {"n": state["n"] + 1}
+
+    graph: StateGraph[Any] = StateGraph(State)
+    for i in range(nodes):
+        graph.add_node(f"n{i}", step)
+        graph.add_edge(START if i == 0 else f"n{i - 1}", f"n{i}")
+    graph.add_edge(f"n{nodes - 1}", END)
+    compiled = graph.compile()
+
+    async def run() -> float:
+        await compiled.ainvoke({"n": 0})
+        started = time.process_time()
+        for _ in range(invocations):
+            await compiled.ainvoke({"n": 0})
+        return (time.process_time() - started) / (invocations * nodes) * 1000
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile-runs", type=int, default=100)
+    args = parser.parse_args()
+    tune_gc()
+    with servers(postgres=False) as running:
+        url, namespace = running.nats.url, "bench"
+        started = time.perf_counter()
+        run_ids = asyncio.run(store_runs(url, namespace, args.runs))
+        print(
+            f"stored {len(run_ids)} runs in {time.perf_counter() - started:.1f}s; load {os.getloadavg()}"
+        )
+        reads: list[tuple[float, float]] = []
+        verifies: list[tuple[float, float]] = []
+        nodes = 0
+        for round_ in range(args.repeat):
+            began = time.perf_counter()
+            read_nodes, read_cpu = read_in_processes(url, namespace, run_ids, args.processes)
+            read_wall = time.perf_counter() - began
+            began = time.perf_counter()
+            totals: Totals = verify_in_processes(url, namespace, run_ids, args.processes)
+            verify_wall = time.perf_counter() - began
+            nodes = totals.nodes
+            assert nodes == read_nodes, (nodes, read_nodes)
+            same = sum(1 for r in totals.results if r.verdict is not None and r.verdict.same)
+            assert same == len(run_ids), f"{len(run_ids) - same} runs did not verify"
+            assert totals.counters.agent_tasks == 0
+            reads.append((read_wall, read_cpu))
+            verifies.append((verify_wall, totals.cpu_seconds))
+            print(
+                f"round {round_ + 1}: read {nodes / read_wall:,.0f} nodes/s, verify"
+                f" {nodes / verify_wall:,.0f} nodes/s (wall, incl. process start);"
+                f" load {os.getloadavg()[0]:.1f}"
+            )
+        read_wall = statistics.median(w for w, _ in reads)
+        read_cpu = statistics.median(c for _, c in reads)
+        verify_wall = statistics.median(w for w, _ in verifies)
+        verify_cpu = statistics.median(c for _, c in verifies)
+        print(
+            f"\n{len(run_ids)} runs, {nodes} node executions, {args.processes} processes, median of {args.repeat}"
+        )
+        row(
+            "read the runs' events (baseline)",
+            f"{nodes / read_wall:,.0f} nodes/s",
+            f"{read_cpu / nodes * 1000:.3f} ms CPU/node",
+        )
+        row(
+            "verify (read + re-drive + compare)",
+            f"{nodes / verify_wall:,.0f} nodes/s",
+            f"{verify_cpu / nodes * 1000:.3f} ms CPU/node",
+        )
+        row(
+            "verify, CPU-bound rate on these cores",
+            f"{nodes / verify_cpu * args.processes:,.0f} nodes/s",
+            f"(nodes / CPU seconds x {args.processes} processes; goal >= 5,000)",
+        )
+        row("re-drive + compare alone", f"{(verify_cpu - read_cpu) / nodes * 1000:.3f} ms CPU/node")
+        row("bare LangGraph node (floor)", f"{bare_langgraph_ms_per_node():.3f} ms CPU/node")
+        print(f"load average {os.getloadavg()}\n")
+        print(asyncio.run(profile_one_process(url, namespace, run_ids[: args.profile_runs])))
+
+
+if __name__ == "__main__":
+    main()
