@@ -144,7 +144,7 @@ async def run_replica(
     tune_gc()
     engine = create_engine(dsn)
     async with JetStreamEventStore.connect(nats_url, CATALOG, namespace=namespace) as store:
-        pricer = Pricer(store, PriceBook.load(), Actor.service("cost", index), batch=1000)
+        pricer = Pricer(store, PriceBook.load(), Actor.service("cost", index))
         await pricer.setup()
         runner = ProjectionRunner(store, engine, SpendProjection())
         ready.set()
@@ -166,7 +166,7 @@ async def one_round(
     calls: int,
     replicas: int = 1,
     *,
-    pull: int = 1000,
+    pull: int = 3000,
     nats: ProcessCpu | None = None,
     postgres: ProcessCpu | None = None,
 ) -> dict[str, float]:
@@ -316,7 +316,9 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=1, help="cost replicas (processes)")
-    parser.add_argument("--batch", type=int, default=1000, help="the pricer's pull size")
+    parser.add_argument(
+        "--batch", type=int, default=3000, help="the pricer's pull size (the service's default)"
+    )
     parser.add_argument("--quick", action="store_true", help="5,000 calls, one round")
     arguments = parser.parse_args()
     if arguments.quick:

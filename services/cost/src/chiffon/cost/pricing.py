@@ -302,7 +302,7 @@ class Pricer:
         book: PriceBook,
         actor: Actor,
         *,
-        batch: int = 1000,
+        batch: int = 3000,
         ack_wait: float = 30.0,
         replicas: int = 1,
     ) -> None:
