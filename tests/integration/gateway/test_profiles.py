@@ -69,7 +69,8 @@ async def test_a_run_profile_accounts_for_every_node_and_wait(
         assert profile["llm_calls"] == 3
         for node in profile["nodes"]:
             assert (node["attempts"], node["retries"], node["status"]) == (1, 0, "succeeded")
-            parts = node["model_ms"] + node["agent_ms"] + node["human_ms"] + node["own_ms"]
+            waits = ("model_ms", "agent_ms", "human_ms", "paused_ms", "own_ms")
+            parts = sum(node[name] for name in waits)
             assert parts == pytest.approx(node["wall_ms"])
             assert node["share"] == pytest.approx(node["wall_ms"] / profile["wall_ms"])
         # One after the other: the nodes together took no longer than the run.

@@ -23,7 +23,9 @@ from chiffon.events.runs import (
     NodeStarted,
     RunClaimed,
     RunCompleted,
+    RunPaused,
     RunRequested,
+    RunResumed,
 )
 from chiffon.eventstore import ANY, AggregateKey, InMemoryEventStore
 from chiffon.gateway.comparison import NodeCost, RunFacts, compare_runs, node_outputs
@@ -270,3 +272,21 @@ async def test_kept_histories_are_topped_up_with_new_events_and_bounded() -> Non
     assert len(histories) == 1
     # Pushed out, run-1 is read whole again.
     assert len(await histories.read(store, "run-1")) == len(events)
+
+
+def test_a_pause_inside_an_attempt_is_not_chiffons_own_time() -> None:
+    events = (
+        Events()
+        .at(0, RunRequested(workflow="triage", version=1, digest="d" * 64))
+        .at(0, NodeStarted(node_id="build", node_type="agent", attempt=1))
+        .at(100, RunPaused(reason="no_capacity", node_id="build", requires=("gpu",)))
+        .at(3100, RunResumed(reason="an agent registered"))
+        .at(3200, AgentTaskAssigned(task_id="t1", node_id="build", agent_id="a1", attempt=1))
+        .at(3700, AgentTaskFinished(task_id="t1", node_id="build", ok=True))
+        .at(3750, done("build", {}))
+        .at(3750, RunCompleted(duration_ms=0))
+    )
+    (build,) = profile_run("run-1", events.events).nodes
+    assert (build.wall_ms, build.paused_ms, build.agent_ms, build.own_ms) == (3750, 3000, 500, 250)
+    (row,) = waterfall(profile_run("run-1", events.events)).rows
+    assert [s.kind for s in row.segments] == ["agent", "paused"]

@@ -23,6 +23,7 @@ from chiffon.cli.text import printable
 LAST_MAX = 1000  # the gateway's cap on ``last``: asked for more, it answers 422
 HIGHLIGHT = "bold red"
 DIFFERS = "yellow"
+WAITS = ("model_ms", "agent_ms", "human_ms", "paused_ms", "own_ms")
 OUTPUT_CHARS = 48  # of each output shown in a comparison's row (--json has them whole)
 
 
@@ -78,6 +79,7 @@ def profile_table(profile: dict[str, Any], *, attempts: bool = False) -> Table:
     table.add_column("MODEL", justify="right")
     table.add_column("AGENT", justify="right")
     table.add_column("PERSON", justify="right")
+    table.add_column("PAUSED", justify="right")
     table.add_column("CHIFFON", justify="right")
     run_wall = profile.get("wall_ms") or 0
     rows = profile.get("spans" if attempts else "nodes") or []
@@ -96,7 +98,7 @@ def profile_table(profile: dict[str, Any], *, attempts: bool = False) -> Table:
             Text(duration(row.get("start_ms"))),
             Text(duration(row.get("wall_ms"))),
             Text(_share(share)),
-            *(Text(duration(row.get(f))) for f in ("model_ms", "agent_ms", "human_ms", "own_ms")),
+            *(Text(duration(row.get(f))) for f in WAITS),
         ]
         table.add_row(*cells, style=HIGHLIGHT if node_id == bottleneck else None)
     return table
@@ -249,8 +251,8 @@ def profile(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
 ) -> None:
-    """Where a run's time went (node by node: the model, agents, people, Chiffon; the
-    bottleneck in red), or with --workflow p50/p95/p99 per node across its last runs."""
+    """Where a run's time went (node by node: the model, agents, people, pauses,
+    Chiffon; the bottleneck in red), or with --workflow p50/p95/p99 per node across its last runs."""
     if (run_id is None) == (workflow is None):
         raise codes.fail("give a RUN_ID or --workflow NAME (one of them)", codes.USAGE)
     if workflow is not None:

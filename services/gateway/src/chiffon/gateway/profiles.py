@@ -10,8 +10,10 @@ they record, so that a profile read twice, or on another replica, is the same:
 - in it, time *waiting for the model* is the sum of its ``run.llm.called`` latencies,
   *waiting for an agent* the time from each of its tasks' ``run.agent_task.assigned``
   to ``run.agent_task.finished``, *waiting for a person* the time from
-  ``run.approval.requested`` to ``run.approval.decided``; what is left is Chiffon's own
-  (templating, validation, appends, scheduling);
+  ``run.approval.requested`` to ``run.approval.decided``, *paused* the time from a
+  ``run.paused`` naming the node (no agent could take its task, or a budget held its
+  model call) to ``run.resumed``; what is left is Chiffon's own (templating,
+  validation, appends, scheduling);
 - a node's *backoff* is the time between a failed attempt and the next one (the retry
   policy's delay), counted in its wall time but not as Chiffon's own;
 - the run lasts from ``run.requested`` to its ending event (or its last event, while
@@ -55,6 +57,7 @@ class SpanProfile(BaseModel):
     model_ms: float
     agent_ms: float
     human_ms: float
+    paused_ms: float
     own_ms: float
     llm_calls: int
 
@@ -76,6 +79,7 @@ class NodeProfile(BaseModel):
     model_ms: float
     agent_ms: float
     human_ms: float
+    paused_ms: float = Field(description="Paused waiting for an agent's capacity or a budget")
     backoff_ms: float
     own_ms: float = Field(description="Chiffon's own time: wall less every wait")
     llm_calls: int
@@ -96,6 +100,7 @@ class RunProfilePublic(BaseModel):
     model_ms: float
     agent_ms: float
     human_ms: float
+    paused_ms: float
     llm_calls: int
     bottleneck: str | None = Field(description="The node over half of the run, if any")
     nodes: list[NodeProfile]
@@ -114,6 +119,7 @@ class _Span:
     model_ms: float = 0.0
     agent_ms: float = 0.0
     human_ms: float = 0.0
+    paused_ms: float = 0.0
     llm_calls: int = 0
 
 
@@ -131,6 +137,7 @@ class _Fold:
     open: dict[str, list[_Span]] = field(default_factory=dict)  # by node id
     tasks: dict[str, tuple[str, int | None, datetime]] = field(default_factory=dict)
     approvals: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    paused: tuple[str, datetime] | None = None  # the node a pause names, and since when
 
     def span_of(self, node_id: str, attempt: int | None = None) -> _Span | None:
         """The node's open attempt (the given one if it is open), latest first."""
@@ -139,6 +146,13 @@ class _Fold:
             if attempt is None or span.attempt == attempt:
                 return span
         return spans[-1] if spans else None
+
+    def unpause(self, at: datetime) -> None:
+        if self.paused is not None:
+            span = self.span_of(self.paused[0])
+            if span is not None:
+                span.paused_ms += _ms(self.paused[1], at)
+            self.paused = None
 
     def close(self, node_id: str, attempt: int, iteration: int, at: datetime) -> _Span | None:
         spans = self.open.get(node_id) or []
@@ -193,6 +207,10 @@ def _fold(run_id: str, events: Iterable[Envelope[Any]]) -> _Fold:
             span = fold.span_of(payload.node_id)
             if asked is not None and span is not None:
                 span.human_ms += _ms(asked, at)
+        elif kind == "run.paused":
+            fold.paused = (payload.node_id, at) if payload.node_id else None
+        elif kind == "run.resumed":
+            fold.unpause(at)
         elif kind == "run.node.completed":
             closed = fold.close(payload.node_id, payload.attempt, payload.iteration, at)
             if closed is not None:
@@ -202,6 +220,7 @@ def _fold(run_id: str, events: Iterable[Envelope[Any]]) -> _Fold:
             if closed is not None:
                 closed.status = "retried" if payload.will_retry else "failed"
         elif kind in RUN_ENDING_STATUS:
+            fold.unpause(at)  # a run cancelled while paused
             fold.ended = at
             fold.status = RUN_ENDING_STATUS[kind]
     return fold
@@ -213,6 +232,7 @@ def _span_public(span: _Span, origin: datetime, now: datetime) -> SpanProfile:
     model = min(span.model_ms, wall)
     agent = min(span.agent_ms, wall - model)
     human = min(span.human_ms, wall - model - agent)
+    paused = min(span.paused_ms, wall - model - agent - human)
     return SpanProfile(
         node_id=span.node_id,
         node_type=span.node_type,
@@ -224,7 +244,8 @@ def _span_public(span: _Span, origin: datetime, now: datetime) -> SpanProfile:
         model_ms=model,
         agent_ms=agent,
         human_ms=human,
-        own_ms=max(0.0, wall - model - agent - human),
+        paused_ms=paused,
+        own_ms=max(0.0, wall - model - agent - human - paused),
         llm_calls=span.llm_calls,
     )
 
@@ -243,7 +264,10 @@ def _node_public(
 ) -> NodeProfile:
     shown = [public for _, public in spans]
     wall = sum(s.wall_ms for s in shown) + backoff
-    waits = [sum(getattr(s, name) for s in shown) for name in ("model_ms", "agent_ms", "human_ms")]
+    waits = [
+        sum(getattr(s, name) for s in shown)
+        for name in ("model_ms", "agent_ms", "human_ms", "paused_ms")
+    ]
     share = wall / run_wall if run_wall > 0 else 0.0
     return NodeProfile(
         node_id=shown[0].node_id,
@@ -258,6 +282,7 @@ def _node_public(
         model_ms=waits[0],
         agent_ms=waits[1],
         human_ms=waits[2],
+        paused_ms=waits[3],
         backoff_ms=backoff,
         own_ms=max(0.0, wall - backoff - sum(waits)),
         llm_calls=sum(s.llm_calls for s in shown),
@@ -283,6 +308,7 @@ def profile_run(run_id: str, events: Iterable[Envelope[Any]]) -> RunProfilePubli
             model_ms=0.0,
             agent_ms=0.0,
             human_ms=0.0,
+            paused_ms=0.0,
             llm_calls=0,
             bottleneck=None,
             nodes=[],
@@ -310,6 +336,7 @@ def profile_run(run_id: str, events: Iterable[Envelope[Any]]) -> RunProfilePubli
         model_ms=sum(s.model_ms for s in shown),
         agent_ms=sum(s.agent_ms for s in shown),
         human_ms=sum(s.human_ms for s in shown),
+        paused_ms=sum(s.paused_ms for s in shown),
         llm_calls=sum(s.llm_calls for s in shown),
         bottleneck=top.node_id if top is not None and top.bottleneck else None,
         nodes=nodes,

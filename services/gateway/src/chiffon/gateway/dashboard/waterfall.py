@@ -1,7 +1,7 @@
 """The run page's waterfall: one bar per node attempt, drawn server-side as SVG (as the
 spend chart is), placed by when it started and sized by how long it took, from the
 run's profile. Inside a bar, the share of it spent waiting for the model, an agent or a
-person is shaded from the left; what is left is Chiffon's own time."""
+person, or paused, is shaded from the left; what is left is Chiffon's own time."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ ROWS_MAX = 200
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    kind: str  # model, agent or human
+    kind: str  # model, agent, human or paused
     x: float
     width: float
 
@@ -61,6 +61,7 @@ def _row(span: SpanProfile, index: int, run_wall: float, bottleneck: str | None)
         ("model", span.model_ms),
         ("agent", span.agent_ms),
         ("human", span.human_ms),
+        ("paused", span.paused_ms),
     ):
         part = width * waited / span.wall_ms if span.wall_ms > 0 else 0.0
         if part > 0:
