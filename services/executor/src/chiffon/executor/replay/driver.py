@@ -1,20 +1,20 @@
 """Re-drive one recorded run with the executor's own engine and compare its decisions.
 
 The run is executed again from its request (``RunExecution``, the compiled graph, the
-node runners), into an in-memory event store, with every outside answer taken from the
-record (``answers``): no provider, no agent, no wait. Nothing recorded is replayed as
-done: every node runs again, and what it decides is compared with what it decided then
-(``normalize``).
+node runners), into an in-memory event store (``capture``), with every outside answer
+taken from the record (``answers``): no provider, no agent, no wait. Nothing recorded is
+replayed as done: every node runs again, and what it decides is compared with what it
+decided then (``normalize``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from chiffon.events import CATALOG, Actor, Envelope
+from chiffon.events import Actor, Envelope
 from chiffon.events import runs as ev
-from chiffon.eventstore import AggregateKey, InMemoryEventStore
+from chiffon.eventstore import AggregateKey, EventStore
 from chiffon.executor.agents.dispatch import AgentDispatch, install
 from chiffon.executor.domain import RunState, evolve
 from chiffon.executor.execution import LoadedWorkflow, Outcome, RunExecution
@@ -27,6 +27,7 @@ from chiffon.executor.replay.answers import (
     RecordedModels,
     current_node,
 )
+from chiffon.executor.replay.capture import CaptureStore
 from chiffon.executor.replay.normalize import Divergence, Step, first_divergence, steps
 from chiffon.executor.replay.recorded import RecordedRun
 
@@ -114,7 +115,7 @@ async def verify_run(
     record: RecordedRun, workflow: LoadedWorkflow, counters: Counters | None = None
 ) -> Verdict:
     """Replay ``record`` with ``workflow`` (its own version) and compare (see the module)."""
-    store = InMemoryEventStore(CATALOG, namespace="replay")
+    store = cast(EventStore, CaptureStore())
     key = AggregateKey("run", record.run_id)
     state = RunState(record.run_id)
     for envelope, _ in record.prefix:
