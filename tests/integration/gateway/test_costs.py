@@ -142,6 +142,14 @@ async def test_groups_and_totals(stack: Stack, keys: dict[str, str], priced: Any
         ).json()
         assert first["total_usd"] == "0.0000045"
         assert [g["key"] for g in first["groups"]] == ["gpt-4o-mini", "llama3.1"]
+        # Bounds past the calendar (the day after 9999-12-31, year 1 moved to UTC) leave
+        # the range open on that side.
+        wide = await http.get(
+            "/v1/costs",
+            params={"group_by": "day", "from": "0001-01-01T00:00:00+05:00", "to": "9999-12-31"},
+        )
+        assert wide.status_code == 200, wide.text
+        assert {"1999-03-01", "1999-03-02"} <= {g["key"] for g in wide.json()["groups"]}
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,12 @@ def test_a_date_is_a_whole_utc_day_and_to_includes_it() -> None:
     assert end == datetime(2026, 12, 8, tzinfo=UTC)
 
 
+def test_bounds_past_the_calendar_leave_the_range_open() -> None:
+    start, end = parse_range("0001-01-01T00:00:00+05:00", "9999-12-31")
+    assert start == datetime.min.replace(tzinfo=UTC)
+    assert end == datetime.max.replace(tzinfo=UTC)
+
+
 def test_a_date_time_is_exact_utc_without_an_offset() -> None:
     start, end = parse_range("2026-12-01T10:00:00+02:00", "2026-12-01T12:30")
     assert start == datetime(2026, 12, 1, 8, tzinfo=UTC)

@@ -112,13 +112,17 @@ def parse_bound(text: str, field: str, *, end: bool) -> datetime:
             start = datetime.combine(day, time(), tzinfo=UTC)
             return start + timedelta(days=1) if end else start
         moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
     except ValueError:
         raise BadRange(
             field, f"{field} must be an ISO date (2026-12-07) or date-time, not {text[:60]!r}"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    except OverflowError:
+        # The day after 9999-12-31, or year 1 moved to UTC: past the calendar, so the
+        # range is open on that side rather than refused.
+        return datetime.max.replace(tzinfo=UTC) if end else datetime.min.replace(tzinfo=UTC)
 
 
 def parse_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
