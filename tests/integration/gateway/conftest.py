@@ -43,6 +43,7 @@ class Stack:
     gateway: Service
     executor: Service
     log_dir: Path
+    audit_git_dir: Path  # the first gateway's git export (extra replicas have none)
 
     @property
     def namespace(self) -> str:
@@ -61,9 +62,12 @@ async def stack(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     log_dir = tmp_path_factory.mktemp("gateway-stack")
-    gateway, executor = await start_stack(stack_env, log_dir)
+    git_dir = log_dir / "audit.git"
+    gateway, executor = await start_stack(
+        {**stack_env, "CHIFFON_AUDIT_GIT_DIR": str(git_dir)}, log_dir
+    )
     try:
-        yield Stack(stack_env, gateway, executor, log_dir)
+        yield Stack(stack_env, gateway, executor, log_dir, git_dir)
     finally:
         stop_all([gateway, executor])
 

@@ -1,13 +1,12 @@
-"""The audit API and ``chiffon audit`` against a real stack: gateway (hosting the audit
-index and the git export) and executor processes, runs started and decided through
-the API."""
+"""The audit API and ``chiffon audit`` on the package's stack: its gateway hosts the audit
+index and the git export (``CHIFFON_AUDIT_GIT_DIR``); runs of a workflow of this module's
+own are started and decided through the API with keys of its own, so what other modules
+write does not blur the assertions."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,13 @@ import httpx
 import pytest
 
 from chiffon.audit.gitexport import GitAuditTrail, record_path
-from chiffon.devstack.servers import NatsServer, PostgresServer
-from tests.integration.gateway.support import (
-    ADMIN_KEY,
-    APPROVAL,
-    Service,
-    prepare_database,
-    stack_environment,
-    start_stack,
-    stop_all,
-)
 from tests.support.cli import run_cli
 from tests.support.fixtures import eventually
+
+from .conftest import Stack
+from .support import ADMIN_KEY, APPROVAL, Service
+
+WORKFLOW = "audited-approval"
 
 
 @dataclass
@@ -45,9 +39,7 @@ class AuditStack:
 
 
 async def _decided_run(http: httpx.AsyncClient, approve: bool, comment: str) -> str:
-    started = await http.post(
-        "/v1/runs", json={"workflow": "needs-approval", "inputs": {"goal": "audit"}}
-    )
+    started = await http.post("/v1/runs", json={"workflow": WORKFLOW, "inputs": {"goal": "audit"}})
     assert started.status_code in (200, 201, 202), started.text
     run_id: str = started.json()["run_id"]
 
@@ -71,50 +63,35 @@ async def _decided_run(http: httpx.AsyncClient, approve: bool, comment: str) -> 
 
 
 @pytest.fixture(scope="module")
-async def audit_stack(
-    nats_server: NatsServer,
-    postgres_server: PostgresServer,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[AuditStack]:
-    namespace = "a" + uuid.uuid4().hex[:12]
-    dsn = await prepare_database(postgres_server.dsn, namespace)
-    log_dir = tmp_path_factory.mktemp("audit-stack")
-    git_dir = log_dir / "audit.git"
-    env = {
-        **stack_environment(nats_server.url, dsn, namespace),
-        "CHIFFON_AUDIT_GIT_DIR": str(git_dir),
-    }
-    gateway, executor = await start_stack(env, log_dir)
-    try:
-        keys = {"admin": ADMIN_KEY}
-        async with httpx.AsyncClient(
-            base_url=gateway.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
-        ) as admin:
-            for role in ("viewer", "operator"):
-                made = await admin.post("/v1/keys", json={"name": f"audit-{role}", "role": role})
-                assert made.status_code == 201, made.text
-                keys[role] = made.json()["key"]
-            registered = await admin.post(
-                "/v1/workflows", content=APPROVAL, headers={"Content-Type": "application/yaml"}
-            )
-            assert registered.status_code in (200, 201), registered.text
-        async with httpx.AsyncClient(
-            base_url=gateway.url,
-            headers={"Authorization": f"Bearer {keys['operator']}"},
-            timeout=30,
-        ) as operator:
+async def audit_stack(stack: Stack) -> AuditStack:
+    keys = {"admin": ADMIN_KEY}
+    async with httpx.AsyncClient(
+        base_url=stack.gateway.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as admin:
+        for role in ("viewer", "operator"):
+            made = await admin.post("/v1/keys", json={"name": f"audit-{role}", "role": role})
+            assert made.status_code == 201, made.text
+            keys[role] = made.json()["key"]
+        source = APPROVAL.replace("name: needs-approval", f"name: {WORKFLOW}")
+        registered = await admin.post(
+            "/v1/workflows", content=source, headers={"Content-Type": "application/yaml"}
+        )
+        assert registered.status_code in (200, 201), registered.text
+    async with httpx.AsyncClient(
+        base_url=stack.gateway.url,
+        headers={"Authorization": f"Bearer {keys['operator']}"},
+        timeout=30,
+    ) as operator:
 
-            async def listed() -> bool:
-                return (await operator.get("/v1/workflows/needs-approval")).status_code == 200
+        async def listed() -> bool:
+            return (await operator.get(f"/v1/workflows/{WORKFLOW}")).status_code == 200
 
-            await eventually(listed, timeout=30, message="the workflow in the read model")
-            approved, rejected = await asyncio.gather(
-                _decided_run(operator, True, "<b>ship</b> it"),
-                _decided_run(operator, False, "not on a Friday"),
-            )
-        yield AuditStack(gateway, env, git_dir, keys, approved, rejected)
-    finally:
-        stop_all([gateway, executor])
+        await eventually(listed, timeout=30, message="the workflow in the read model")
+        approved, rejected = await asyncio.gather(
+            _decided_run(operator, True, "<b>ship</b> it"),
+            _decided_run(operator, False, "not on a Friday"),
+        )
+    return AuditStack(stack.gateway, stack.env, stack.audit_git_dir, keys, approved, rejected)
 
 
 async def test_a_runs_audit_names_the_starter_key_version_calls_and_approver(
@@ -133,7 +110,7 @@ async def test_a_runs_audit_names_the_starter_key_version_calls_and_approver(
     requested = timeline[0]
     assert requested["type"] == "run.requested"
     assert requested["actor"].startswith("api_key:") and requested["key_id"]
-    assert requested["workflow"] == "needs-approval" and len(requested["digest"]) == 64
+    assert requested["workflow"] == WORKFLOW and len(requested["digest"]) == 64
     calls = [e for e in timeline if e["type"] == "run.llm.called"]
     assert [c["node_id"] for c in calls] == ["plan", "done"]
     assert all(c["model"] == "chiffon/echo" and c["tokens"] > 0 for c in calls)
@@ -164,7 +141,7 @@ async def test_the_cli_prints_the_audit_as_text_and_html_and_failures_as_json(
     }
     code, text, err = await run_cli(env, "audit", audit_stack.approved)
     assert code == 0, err
-    assert "needs-approval v1" in text and "approved, comment: <b>ship</b> it" in text
+    assert f"{WORKFLOW} v1" in text and "approved, comment: <b>ship</b> it" in text
     report = tmp_path / "audit.html"
     code, _, err = await run_cli(
         env, "audit", audit_stack.approved, "--format", "html", "-o", str(report)
@@ -173,7 +150,9 @@ async def test_the_cli_prints_the_audit_as_text_and_html_and_failures_as_json(
     assert report.read_text().startswith("<!doctype html>")
     code, _, err = await run_cli(env, "audit", "no-such-run")
     assert code == 4 and "no run" in err
-    code, out, err = await run_cli(env, "audit", "failures", "--since", "1h", "--format", "json")
+    code, out, err = await run_cli(
+        env, "audit", "failures", "--since", "1h", "--workflow", WORKFLOW, "--format", "json"
+    )
     assert code == 0, err
     assert [g["error_type"] for g in json.loads(out)["groups"]] == ["rejected"]
 
@@ -193,12 +172,17 @@ async def test_search_pages_through_exact_matches(audit_stack: AuditStack) -> No
     async with audit_stack.client() as http:
         await _indexed(http, audit_stack.approved)
         await _indexed(http, audit_stack.rejected)
-        decided = (await http.get("/v1/audit", params={"type": "run.approval.decided"})).json()
+        # The module's operator key started both runs and decided both approvals.
+        actor = (await http.get(f"/v1/runs/{audit_stack.approved}/audit")).json()["timeline"][0][
+            "actor"
+        ]
+        decided = (
+            await http.get("/v1/audit", params={"type": "run.approval.decided", "actor": actor})
+        ).json()
         assert {e["run_id"] for e in decided["events"]} == {
             audit_stack.approved,
             audit_stack.rejected,
         }
-        actor = decided["events"][0]["actor"]
         seen: list[int] = []
         params: dict[str, Any] = {"actor": actor, "limit": 2}
         while True:
@@ -211,7 +195,6 @@ async def test_search_pages_through_exact_matches(audit_stack: AuditStack) -> No
                 break
             assert 'rel="next"' in page.headers["link"]
             params["cursor"] = body["next_cursor"]
-        # The operator's key started both runs and decided both approvals.
         assert len(seen) == 4 and seen == sorted(set(seen), reverse=True)
 
 
@@ -278,13 +261,16 @@ async def test_failures_report_the_rejected_run_and_the_git_export_holds_both(
 ) -> None:
     async with audit_stack.client() as http:
         await _indexed(http, audit_stack.rejected)
-        report = (await http.get("/v1/audit/failures", params={"since": "1h"})).json()
+        report = (
+            await http.get("/v1/audit/failures", params={"since": "1h", "workflow": WORKFLOW})
+        ).json()
         only_other = (await http.get("/v1/audit/failures", params={"workflow": "other"})).json()
         record = (await http.get(f"/v1/runs/{audit_stack.rejected}/audit")).json()
+        approved = (await http.get(f"/v1/runs/{audit_stack.approved}/audit")).json()
     [group] = report["groups"]
     assert (group["error_type"], group["workflow"], group["failed_runs"]) == (
         "rejected",
-        "needs-approval",
+        WORKFLOW,
         1,
     )
     assert group["recent_runs"] == [audit_stack.rejected]
@@ -294,7 +280,7 @@ async def test_failures_report_the_rejected_run_and_the_git_export_holds_both(
     async def exported() -> bool:
         trail = GitAuditTrail(audit_stack.git_dir)
         try:
-            return trail.count_commits() == 2
+            return trail.contains(record_path(approved)) and trail.contains(record_path(record))
         finally:
             trail.close()
 
