@@ -16,12 +16,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
+from chiffon.core.logging import get_logger
 from chiffon.events import CATALOG
-from chiffon.eventstore import EventStore
+from chiffon.eventstore import EventStore, EventStoreUnavailable
 from chiffon.executor.replay.driver import Counters, Verdict, verify_run
 from chiffon.executor.replay.recorded import RecordedRun, RecordError
 from chiffon.executor.replay.source import RunNotFound, RunSource
 
+log = get_logger(__name__)
 READ_AHEAD = 32  # runs read concurrently while the previous ones replay
 
 
@@ -88,7 +90,17 @@ async def _verify(
             except RecordError as error:
                 yield RunResult(record.run_id, None, str(error))
                 continue
-            yield RunResult(record.run_id, await verify_run(record, workflow, counters))
+            try:
+                verdict = await verify_run(record, workflow, counters)
+            except EventStoreUnavailable:
+                raise
+            except Exception as error:  # noqa: BLE001 — one run's record must not stop the rest
+                log.warning("replay.failed", run_id=record.run_id, error=repr(error))
+                yield RunResult(
+                    record.run_id, None, f"the replay failed: {type(error).__name__}: {error}"
+                )
+                continue
+            yield RunResult(record.run_id, verdict)
 
 
 async def _verify_chunk(url: str, namespace: str, run_ids: list[str]) -> Totals:
