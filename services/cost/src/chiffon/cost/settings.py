@@ -15,7 +15,9 @@ from chiffon.core.settings import ChiffonSettings
 class CostSettings(ChiffonSettings):
     # Calls priced per pull: one append pipeline and one round of acks for the lot.
     # 3,000 rather than 1,000: per call, about 6% less of the pricer's CPU and 10% less
-    # of NATS's (bench:cost, 5 rounds of each side by side, load 9-17); 5,000 no better.
+    # of NATS's (bench:cost, 5 rounds of each side by side, load 9-17; at load 4-6 within
+    # the rounds' spread); 5,000 no better. Fewer, larger pulls: fewer appends and
+    # projection transactions per call.
     pricer_batch: int = Field(default=3000, ge=1, le=10_000)
     # Seconds a priced-but-unacknowledged call waits before it is delivered again
     # (to this replica after a restart, or to another one).
