@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -19,15 +19,14 @@ import typer
 from chiffon.core.logging import configure_logging
 from chiffon.core.settings import ChiffonSettings
 from chiffon.events import CATALOG
-from chiffon.eventstore import EventStoreUnavailable, JetStreamEventStore
-from chiffon.executor.replay.batch import (
-    RunResult,
-    Totals,
-    default_processes,
-    verify_in_processes,
-)
-from chiffon.executor.replay.normalize import Divergence, Step
-from chiffon.executor.replay.source import RunSource
+from chiffon.eventstore import AggregateKey, EventStoreUnavailable, JetStreamEventStore
+
+if TYPE_CHECKING:
+    from chiffon.executor.replay.batch import RunResult, Totals
+    from chiffon.executor.replay.normalize import Divergence, Step
+
+# The engine (LangGraph, the node runners: about 2 s of CPU to import) is imported only
+# once there is a run to replay: an unknown run or an unreachable store is said at once.
 
 OK, DIVERGED, USAGE, NOT_FOUND, UNAVAILABLE = 0, 1, 2, 4, 6
 
@@ -49,7 +48,7 @@ def verify_command(
         if run_id is not None:
             return asyncio.run(_one(settings, run_id, as_json))
         assert workflow is not None
-        return _many(settings, workflow, last, workers or default_processes(), as_json)
+        return _many(settings, workflow, last, workers, as_json)
     except EventStoreUnavailable as error:
         _error(f"the event store cannot be reached ({settings.nats_url}): {error}")
         return UNAVAILABLE
@@ -73,16 +72,16 @@ async def _reachable(settings: ChiffonSettings, timeout: float = 2.0) -> bool:
 
 
 async def _one(settings: ChiffonSettings, run_id: str, as_json: bool) -> int:
-    from chiffon.executor.replay.batch import verify_runs
-
     async with JetStreamEventStore.connect(
         settings.nats_url, CATALOG, namespace=settings.namespace, name="chiffon-replay"
     ) as store:
+        if not await store.aggregate_version(AggregateKey("run", run_id)):
+            _error(f"no run {run_id}")
+            return NOT_FOUND
+        from chiffon.executor.replay.batch import verify_runs
+
         results = [r async for r in verify_runs(store, [run_id])]
     result = results[0]
-    if result.verdict is None and result.error == f"run {run_id} has no events":
-        _error(f"no run {run_id}")
-        return NOT_FOUND
     if as_json:
         typer.echo(json.dumps(result_json(result), indent=2))
     elif result.verdict is None:
@@ -100,20 +99,26 @@ async def _one(settings: ChiffonSettings, run_id: str, as_json: bool) -> int:
 
 
 def _many(
-    settings: ChiffonSettings, workflow: str, last: int, processes: int, as_json: bool
+    settings: ChiffonSettings, workflow: str, last: int, processes: int | None, as_json: bool
 ) -> int:
     async def ids() -> list[str]:
         async with JetStreamEventStore.connect(
             settings.nats_url, CATALOG, namespace=settings.namespace, name="chiffon-replay"
         ) as store:
-            return await RunSource(store).last_runs(workflow, last)
+            from chiffon.executor.replay.source import last_runs
+
+            return await last_runs(store, workflow, last)
 
     run_ids = asyncio.run(ids())
     if not run_ids:
         _error(f"no runs of workflow {workflow!r}")
         return NOT_FOUND
     started = time.perf_counter()
-    totals = verify_in_processes(settings.nats_url, settings.namespace, run_ids, processes)
+    from chiffon.executor.replay.batch import default_processes, verify_in_processes
+
+    totals = verify_in_processes(
+        settings.nats_url, settings.namespace, run_ids, processes or default_processes()
+    )
     seconds = time.perf_counter() - started
     summary = _summary(workflow, totals, seconds)
     if as_json:

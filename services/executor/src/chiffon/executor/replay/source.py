@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chiffon.events import Envelope
 from chiffon.events import runs as ev
 from chiffon.events.registry import EventValidationError
 from chiffon.eventstore import AggregateKey, EventStore, EventStoreError, EventStoreUnavailable
-from chiffon.executor.execution import LoadedWorkflow
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.replay.recorded import RecordedRun, RecordError, index_run
-from chiffon.executor.repository import WorkflowRepository
+
+if TYPE_CHECKING:
+    from chiffon.executor.execution import LoadedWorkflow
 
 RUNS_CONTEXT = "RUNS"
 
@@ -25,6 +26,10 @@ class RunSource:
     """Reads recorded runs and compiles each workflow version they name once."""
 
     def __init__(self, store: EventStore) -> None:
+        # The engine (LangGraph) is imported with the first reader of runs, not with
+        # ``last_runs``: listing a workflow's runs needs none of it.
+        from chiffon.executor.repository import WorkflowRepository
+
         self.store = store
         self.workflows = WorkflowRepository(store)
         self.outputs = OutputStore(store, store.streams.namespace)
@@ -89,12 +94,13 @@ class RunSource:
         found = self._by_digest[key] = self.workflows.compile(registered)
         return found
 
-    async def last_runs(self, workflow: str, last: int) -> list[str]:
-        """The ids of the workflow's ``last`` runs requested, oldest first."""
-        subject = self.store.streams.type_filter("run", "run.requested")
-        kept: deque[str] = deque(maxlen=last)
-        async for event in self.store.read_stream(RUNS_CONTEXT, subjects=[subject]):
-            payload = event.envelope.payload
-            if isinstance(payload, ev.RunRequested) and payload.workflow == workflow:
-                kept.append(event.envelope.aggregate_id)
-        return list(kept)
+
+async def last_runs(store: EventStore, workflow: str, last: int) -> list[str]:
+    """The ids of the workflow's ``last`` runs requested, oldest first."""
+    subject = store.streams.type_filter("run", "run.requested")
+    kept: deque[str] = deque(maxlen=last)
+    async for event in store.read_stream(RUNS_CONTEXT, subjects=[subject]):
+        payload = event.envelope.payload
+        if isinstance(payload, ev.RunRequested) and payload.workflow == workflow:
+            kept.append(event.envelope.aggregate_id)
+    return list(kept)
