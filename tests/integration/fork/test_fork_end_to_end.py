@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from chiffon.cli.http_client import GatewayClient
 from chiffon.cli.main import app
+from chiffon.executor.replay.driver import verify_run
+from chiffon.executor.replay.source import RunSource
 from chiffon.readmodels.views import RunPublic
 from tests.integration.executor.helpers import run_view
 from tests.integration.gateway.support import ADMIN_KEY
@@ -135,6 +137,17 @@ async def test_a_fork_at_the_third_node_calls_the_provider_for_nodes_3_to_5_only
     # --prompt: n3's answer changed, and every node after it saw the change.
     assert "rethought" in str(outputs(prompt_fork)["n3"])
     assert "rethought" in str(prompt_fork.outputs) and "rethought" not in str(parent.run.outputs)
+
+    # Each fork verifies by replay (its reused completions given, n3-n5 re-driven with
+    # the fork's changed spec), asking the provider nothing.
+    asked = len(provider.requests)
+    source = RunSource(fork_stack.store)
+    for fork_id in (model_id, prompt_id):
+        record = await source.run(fork_id)
+        verdict = await verify_run(record, await source.workflow(record))
+        assert verdict.divergence is None, verdict
+        assert verdict.nodes == 5
+    assert len(provider.requests) == asked
 
 
 async def test_bad_forks_are_refused_precisely_and_write_nothing(

@@ -62,12 +62,18 @@ class RecordedRun:
     @property
     def prefix(self) -> list[tuple[Envelope[Any], int]]:
         """What the replay starts from: the request, the first claim and the memory reads
-        (the values memory held then, used again as recorded)."""
+        (the values memory held then, used again as recorded). A fork's reused node
+        completions, everything up to its ``run.fork.prepared``, are given too: the
+        parent's run recorded how they were decided, and the fork never ran them."""
         kept: list[tuple[Envelope[Any], int]] = []
         claimed = False
+        given = self.request.fork is not None
         for envelope, sequence in self.events:
             payload = envelope.payload
-            if isinstance(payload, ev.RunRequested) or isinstance(payload, MemoryRead):
+            if given:
+                kept.append((envelope, sequence))
+                given = not isinstance(payload, ev.ForkPrepared)
+            elif isinstance(payload, ev.RunRequested) or isinstance(payload, MemoryRead):
                 kept.append((envelope, sequence))
             elif isinstance(payload, ev.RunClaimed) and not claimed:
                 kept.append((envelope, sequence))

@@ -82,6 +82,18 @@ class RunSource:
         found = self._by_digest.get(key)
         if found is not None:
             return found
+        if request.fork is not None and request.fork.changes:
+            # A fork runs its registered version with the fork's changes applied: the
+            # executor's own rebuild, checked against the digest the request records.
+            forked = await self.workflows.for_run(request)
+            if forked is None:
+                raise RecordError(
+                    f"run {record.run_id}: workflow {request.workflow!r} version"
+                    f" {request.version} with the fork's changes does not give the digest"
+                    f" {request.digest[:12]}… the run records"
+                )
+            found = self._by_digest[key] = forked
+            return found
         state = await self.workflows.load(request.workflow)
         registered = next((v for v in state.versions if v.digest == request.digest), None)
         if registered is None:
