@@ -2,7 +2,7 @@
 
 Spans are exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; otherwise
 the tracer provider still creates real trace ids (for logs and event envelopes) but
-exports nothing.
+records and exports nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _configured = False
 
@@ -25,10 +26,17 @@ def configure_telemetry(service: str, *, replica: int | None = None) -> TracerPr
     attributes: dict[str, str | int] = {"service.name": f"chiffon-{service}"}
     if replica is not None:
         attributes["service.instance.id"] = f"{service}-{replica}"
-    provider = TracerProvider(resource=Resource.create(attributes))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
+    exporting = bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    # With nowhere to send spans, none is recorded: the SDK still gives each span real
+    # ids (for logs and envelopes), but a recorded span cost ~0.08 ms of CPU per node
+    # for nothing (bench:tracing).
+    provider = TracerProvider(
+        resource=Resource.create(attributes), sampler=None if exporting else ALWAYS_OFF
+    )
+    if exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
