@@ -218,7 +218,12 @@ class JetStreamEventStore:
         # in streams too: an R1 bucket on a lost node would stop the registry's
         # heartbeats while the events carry on.
         self._values.replicas = self._objects.replicas = replicas
-        await self._raise_bucket_replicas(replicas)
+        if replicas > 1:
+            # Listing buckets means listing every stream of the server (no filter by
+            # name prefix): on a server holding many namespaces, as the test suite's
+            # does, that costs every process's start. One copy is what a bucket is
+            # created with, so only a raise needs the list.
+            await self._raise_bucket_replicas(replicas)
 
     async def _raise_bucket_replicas(self, replicas: int) -> None:
         """Give this namespace's existing buckets ``replicas`` copies."""
