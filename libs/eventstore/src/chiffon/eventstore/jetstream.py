@@ -105,6 +105,8 @@ def _connection_logs(nc: NATS) -> dict[str, Any]:
         log.warning("nats.error", error=f"{type(error).__name__}: {error}")
 
     async def disconnected_cb() -> None:
+        if nc.is_closed:
+            return  # closed on purpose (a process stopping, a command ending): no news
         log.warning("nats.disconnected")
 
     async def reconnected_cb() -> None:
