@@ -41,6 +41,25 @@ def test_the_run_table_shows_each_node_and_names_the_bottleneck_in_red() -> None
     assert "ATTEMPT" in per_attempt and per_attempt.count(" plan ") == 1
 
 
+def test_a_wait_no_node_had_is_not_a_column() -> None:
+    profile = answer(profile_run("run-1", three_nodes().events))
+    header = next(
+        line for line in render(profile_table(profile), color=False).splitlines() if "NODE" in line
+    )
+    shown = {name for name in ("MODEL", "AGENT", "PERSON", "PAUSED", "CHIFFON") if name in header}
+    waited = {
+        name
+        for field, name in (("model_ms", "MODEL"), ("agent_ms", "AGENT"), ("human_ms", "PERSON"))
+        if any(node.get(field) for node in profile["nodes"])
+    }
+    assert shown - {"PAUSED"} == waited | {"CHIFFON"}
+    for node in profile["nodes"]:
+        node["agent_ms"] = node["human_ms"] = node["paused_ms"] = 0
+    bare = render(profile_table(profile), color=False)
+    assert "AGENT" not in bare and "PERSON" not in bare and "PAUSED" not in bare
+    assert "CHIFFON" in bare
+
+
 def test_a_stored_node_id_is_printed_not_obeyed() -> None:
     profile = answer(profile_run("run-1", three_nodes().events))
     profile["nodes"][0]["node_id"] = "[bold]x\x1b[2J"

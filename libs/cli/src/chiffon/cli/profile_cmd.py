@@ -8,6 +8,7 @@ As in ``cost_cmd``, every stored string (a node id, an output) is printed throug
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,13 @@ LAST_MAX = 1000  # the gateway's cap on ``last``: asked for more, it answers 422
 HIGHLIGHT = "bold red"
 DIFFERS = "yellow"
 WAITS = ("model_ms", "agent_ms", "human_ms", "paused_ms", "own_ms")
+WAIT_HEADERS = {
+    "model_ms": "MODEL",
+    "agent_ms": "AGENT",
+    "human_ms": "PERSON",
+    "paused_ms": "PAUSED",
+    "own_ms": "CHIFFON",
+}
 OUTPUT_CHARS = 48  # of each output shown in a comparison's row (--json has them whole)
 
 
@@ -76,13 +84,13 @@ def profile_table(profile: dict[str, Any], *, attempts: bool = False) -> Table:
     table.add_column("START", justify="right")
     table.add_column("WALL", justify="right")
     table.add_column("SHARE", justify="right")
-    table.add_column("MODEL", justify="right")
-    table.add_column("AGENT", justify="right")
-    table.add_column("PERSON", justify="right")
-    table.add_column("PAUSED", justify="right")
-    table.add_column("CHIFFON", justify="right")
     run_wall = profile.get("wall_ms") or 0
     rows = profile.get("spans" if attempts else "nodes") or []
+    # A wait no node had (no agent, nobody approving) is a column of zeros: left out,
+    # so the table fits a terminal. Chiffon's own time is always shown.
+    waits = [f for f in WAITS if f == "own_ms" or any(row.get(f) for row in rows)]
+    for field in waits:
+        table.add_column(WAIT_HEADERS[field], justify="right")
     for row in rows:
         node_id = row.get("node_id", "")
         share = row.get("share")
@@ -98,7 +106,7 @@ def profile_table(profile: dict[str, Any], *, attempts: bool = False) -> Table:
             Text(duration(row.get("start_ms"))),
             Text(duration(row.get("wall_ms"))),
             Text(_share(share)),
-            *(Text(duration(row.get(f))) for f in WAITS),
+            *(Text(duration(row.get(f))) for f in waits),
         ]
         table.add_row(*cells, style=HIGHLIGHT if node_id == bottleneck else None)
     return table
@@ -235,7 +243,8 @@ def _show(answer: Any, table: Table | None) -> None:
     if table is None:
         typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
     else:
-        Console(highlight=False).print(table)
+        # Piped, Rich would squeeze the table into 80 columns and cut every header.
+        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def profile(
