@@ -115,3 +115,14 @@ def test_the_cli_refuses_more_than_five_nodes(
     done = CliRunner().invoke(app, ["up", "--nats-nodes", "6"])
     assert done.exit_code == 2 and "--nats-nodes" in done.output
     assert not (tmp_path / "stack.json").exists()
+
+
+def test_each_nats_layout_has_its_own_read_models() -> None:
+    """A cluster keeps its streams apart from the single server's (``nats-<i>`` beside
+    ``nats``), so its read models live in a database of their own: projections
+    checkpointed at the other layout's stream positions would skip its first events."""
+    settings = StackSettings()
+    assert stack._database_name(settings, None) == "chiffon"  # external NATS
+    assert stack._database_name(settings, 1) == "chiffon"
+    assert stack._database_name(settings, 3) == "chiffon_nats3"
+    assert stack._database_name(settings, 5) != stack._database_name(settings, 3)

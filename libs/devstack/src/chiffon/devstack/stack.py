@@ -412,7 +412,9 @@ def _up(
     _check_ports(settings, nats, postgres, missing)
     nats_records = _start_nats(settings, nats, say)
     nats_url = ",".join(record.url for record in nats_records)
-    postgres_record, database_url = _start_postgres(settings, postgres, say)
+    postgres_record, database_url = _start_postgres(
+        settings, postgres, say, _database_name(settings, None if nats is None else len(nats))
+    )
 
     say(f"applying database migrations and creating streams (R{stream_replicas}) ...")
     _prepare_servers(database_url, nats_url, settings.namespace, stream_replicas)
@@ -514,8 +516,18 @@ def _start_nats(
     return records
 
 
+def _database_name(settings: StackSettings, nats_nodes: int | None) -> str:
+    """The read models' database for this NATS layout. Each layout keeps its own streams
+    (``.chiffon/nats`` or ``.chiffon/nats-<i>``), so each has its own read models too:
+    projections checkpointed at one layout's stream positions would skip the other's
+    first events, and list runs that its streams do not hold."""
+    if nats_nodes is None or nats_nodes == 1:
+        return settings.database_name
+    return f"{settings.database_name}_nats{nats_nodes}"
+
+
 def _start_postgres(
-    settings: StackSettings, postgres: PostgresServer | None, say: Say
+    settings: StackSettings, postgres: PostgresServer | None, say: Say, database_name: str
 ) -> tuple[ProcessRecord, str]:
     if postgres is None:
         assert settings.database_url is not None
@@ -524,11 +536,11 @@ def _start_postgres(
         return _external_record("postgres", _hide_password(url)), url
     was_running = postgres.running()
     postgres.start()
-    url = postgres.dsn_for(settings.database_name, driver="postgresql+asyncpg")
+    url = postgres.dsn_for(database_name, driver="postgresql+asyncpg")
     record = _server_record(
         "postgres",
         postgres.ref,
-        postgres.dsn_for(settings.database_name),
+        postgres.dsn_for(database_name),
         postgres.port,
         str(postgres.log_file),
     )
