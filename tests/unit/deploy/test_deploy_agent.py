@@ -59,6 +59,28 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {path.name: path.read_text() for path in out.iterdir() if path.is_file()}
 
 
+def test_the_issues_form_without_a_catalog_leaves_one_to_fill(tmp_path: Path) -> None:
+    """``chiffon deploy agent NAME --capabilities shell,ansible --registry URL --out DIR``:
+    the catalog the ansible tool serves is a folder in the output, empty, that the
+    Dockerfile copies and the unit reads where the README says to put it."""
+    out = tmp_path / "desk"
+    result = deploy(
+        "desk", "--capabilities", "shell,ansible", "--registry", "http://r.lan:8401",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "catalog").iterdir()) == [
+        "README.md",
+        "playbooks",
+        "roles",
+    ]
+    assert "COPY catalog/ /srv/chiffon/catalog/" in (out / "Dockerfile").read_text()
+    unit = (out / "chiffon-agent-desk.service").read_text()
+    assert "Environment=CHIFFON_AGENT_CATALOG_DIR=/srv/chiffon/catalog" in unit
+    objects = [d for d in yaml.safe_load_all((out / "kubernetes.yaml").read_text()) if d]
+    assert schema_problems(objects) == ([], [])
+
+
 def test_the_capabilities_it_knows_are_the_agents() -> None:
     assert set(deploy_cmd.CAPABILITIES) == {"shell", "gpu", *_BUILDERS}
 
@@ -134,7 +156,7 @@ def test_dockerfile_unit_and_compose_take_the_credential_from_outside(
         (["box", "--registry", "http://registry:8401\n"], "--registry"),
         (["box", "--capabilities", "shell,telepathy"], "unknown 'telepathy'"),
         (["box", "--capabilities", " , "], "at least one"),
-        (["box", "--capabilities", "ansible"], "--catalog DIR is required with the ansible"),
+        (["box", "--capabilities", "ansible", "--catalog", "/no/such/folder"], "no such folder"),
         (["box", "--registry", "ftp://registry"], "--registry"),
         (["box", "--registry", "http://r:1/\nExecStartPre=/bin/sh"], "--registry"),
         (["box", "--registry", "http://r/%h"], "--registry"),

@@ -46,6 +46,13 @@ NAMESPACE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 CREDENTIAL_PATH = PurePosixPath("/run/secrets/chiffon-agent/credential")
 EXECUTOR_KEY_PATH = PurePosixPath("/run/chiffon/executor-signing.pub")
 IMAGE_CATALOG_DIR = "/srv/chiffon/catalog"
+CATALOG_README = f"""# The agent's catalog
+
+The ansible and catalog tools serve the playbooks in `playbooks/` and the roles in
+`roles/` (see `chiffon infra scaffold` and examples/homelab/catalog). Fill this folder
+before building the image (the Dockerfile copies it to {IMAGE_CATALOG_DIR}); for the
+systemd unit, copy it to {IMAGE_CATALOG_DIR} on the host.
+"""
 HEALTH_PORT = 8404
 DEFAULT_REGISTRY = "http://registry.chiffon.svc:8080"
 DEFAULT_BASE_IMAGE = "registry.example.internal/chiffon-agent:0.1.0"
@@ -85,6 +92,9 @@ class AgentDeployment:
     health_port: int = HEALTH_PORT
     advertise_host: str | None = None
     catalog: str | None = None
+    # ansible or catalog without --catalog: the output holds an empty catalog/ folder to
+    # fill before building the image, and the unit reads IMAGE_CATALOG_DIR on the host.
+    catalog_to_fill: bool = False
     namespace: str = "chiffon"
 
     @property
@@ -179,8 +189,6 @@ def plan(
     if grpc_port == health_port:
         raise DeployError(f"--port and --health-port are both {grpc_port}")
     serving = [c for c in caps if c in NEED_CATALOG]
-    if serving and catalog is None:
-        raise DeployError(f"--catalog DIR is required with the {serving[0]} capability")
     if catalog is not None and not catalog.is_dir():
         raise DeployError(f"--catalog {catalog}: no such folder")
     return AgentDeployment(
@@ -198,6 +206,7 @@ def plan(
         health_port=health_port,
         advertise_host=advertise_host,
         catalog=_host_path(catalog.resolve(), "--catalog") if catalog is not None else None,
+        catalog_to_fill=bool(serving) and catalog is None,
         namespace=namespace,
     )
 
@@ -206,7 +215,7 @@ def write(deployment: AgentDeployment, out: Path, *, force: bool = False) -> lis
     """Write the artifacts into ``out`` (created if missing); all of them or none."""
     files = deployment.files()
     targets = [out / name for name in files]
-    if deployment.catalog is not None:
+    if deployment.catalog is not None or deployment.catalog_to_fill:
         targets.append(out / "catalog")
     existing = [t for t in targets if t.exists()]
     if existing and not force:
@@ -229,6 +238,10 @@ def write(deployment: AgentDeployment, out: Path, *, force: bool = False) -> lis
             (staging / file_name).write_text(text)
         if deployment.catalog is not None:
             shutil.copytree(deployment.catalog, staging / "catalog", symlinks=True)
+        elif deployment.catalog_to_fill:
+            (staging / "catalog" / "playbooks").mkdir(parents=True)
+            (staging / "catalog" / "roles").mkdir()
+            (staging / "catalog" / "README.md").write_text(CATALOG_README)
         for target in targets:
             if force and target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
