@@ -72,9 +72,12 @@ class Puller:
                 self._queue.put_nowait(_DONE)
         elif status == api.StatusCode.CONTROL_MESSAGE:
             return  # idle heartbeat
-        elif status == api.StatusCode.CONFLICT and "Deleted" in (msg.headers or {}).get(
-            api.Header.DESCRIPTION, ""
+        elif status == api.StatusCode.SERVICE_UNAVAILABLE or (
+            status == api.StatusCode.CONFLICT
+            and "Deleted" in (msg.headers or {}).get(api.Header.DESCRIPTION, "")
         ):
+            # 503: nobody serves the consumer any more (in a cluster, the node that
+            # held it died); pulling it again would answer 503 forever.
             self._queue.put_nowait(_LOST)
         else:  # 404 no messages, 408 expired, 409 other conflicts: this request is over
             self._queue.put_nowait(_DONE)
