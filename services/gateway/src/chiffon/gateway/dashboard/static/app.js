@@ -58,10 +58,12 @@
           { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
         if (response.status === 401) { window.location.reload(); return; }
         if (!response.ok) return;
-        const html = await response.text();
-        const typed = typedComments();
-        panel.innerHTML = html;
-        restoreComments(typed);
+        const fresh = document.createElement("template");
+        fresh.innerHTML = await response.text();
+        const focused = panel.contains(document.activeElement) ? document.activeElement : null;
+        keepApprovalBoxes(fresh.content);
+        panel.replaceChildren(fresh.content);
+        if (focused && panel.contains(focused)) focused.focus();
         const status = panel.querySelector("[data-status]");
         if (status && ["succeeded", "failed", "cancelled"].includes(status.dataset.status)) {
           const cancel = document.getElementById("cancel-form");
@@ -70,27 +72,15 @@
       } catch (_) { /* the next event refreshes again */ }
     }
 
-    // A refresh replaces the panel's forms: a comment being typed into an approval box
-    // is carried over (and its focus), or the next event of the run would wipe it.
-    function typedComments() {
-      const typed = [];
-      panel.querySelectorAll(".approval[data-node] input[name=comment]").forEach((input) => {
-        if (input.value) {
-          const node = input.closest(".approval").dataset.node;
-          typed.push({ node, value: input.value, focused: document.activeElement === input });
-        }
+    // A refresh must not touch an approval box still waiting: the person may be typing a
+    // comment into it or clicking its button right now. The box already on the page is
+    // kept, element and all, in place of the refreshed copy of it.
+    function keepApprovalBoxes(fragment) {
+      fragment.querySelectorAll(".approval[data-node]").forEach((incoming) => {
+        const current = panel.querySelector(
+          `.approval[data-node="${CSS.escape(incoming.dataset.node)}"]`);
+        if (current) incoming.replaceWith(current);
       });
-      return typed;
-    }
-
-    function restoreComments(typed) {
-      for (const { node, value, focused } of typed) {
-        const input = panel.querySelector(
-          `.approval[data-node="${CSS.escape(node)}"] input[name=comment]`);
-        if (!input) continue;
-        input.value = value;
-        if (focused) input.focus();
-      }
     }
 
     function schedule(seq) {
