@@ -203,9 +203,7 @@ class AgentDirectory:
                 # Anything NATS answers that the store does not name (an API error under
                 # load) must not end the fold: every task would then wait for agents
                 # this replica no longer hears of.
-                log.error(
-                    "agents.directory_follow_broke", error=f"{type(error).__name__}: {error}"
-                )
+                log.error("agents.directory_follow_broke", error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(1.0)  # then follow again from where the fold is
 
     async def stop(self) -> None:
