@@ -107,13 +107,16 @@ def test_up_starts_three_nodes_and_replicates_every_stream(cluster_stack: Stack)
                 assert info.config.num_replicas == NODES, name
         # Creating the replicated streams again changes nothing and fails nothing.
         await create_streams(url, "chiffon", replicas=NODES)
-        # A stream made with one replica is raised to three by the setting.
+        # A stream made with one replica is raised to three by the setting...
         namespace = f"grow{uuid.uuid4().hex[:6]}"
         await create_streams(url, namespace, replicas=1)
         await create_streams(url, namespace, replicas=NODES)
+        # A process started with the default (one copy) does not strip them again.
+        await create_streams(url, namespace, replicas=1)
         async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
-            info = await store.js.stream_info(store.streams.stream_name("RUNS"))
-            assert info.config.num_replicas == NODES
+            for name in store.streams.all_stream_names():
+                info = await store.js.stream_info(name)
+                assert info.config.num_replicas == NODES, name
             for name in store.streams.all_stream_names():
                 await store.js.delete_stream(name)
 

@@ -232,7 +232,7 @@ class JetStreamEventStore:
         prefixes = tuple(f"{kind}_{self.streams.namespace.upper()}_" for kind in ("KV", "OBJ"))
         for info in await self._call(self.js.streams_info()):
             config = info.config
-            if (config.name or "").startswith(prefixes) and config.num_replicas != replicas:
+            if (config.name or "").startswith(prefixes) and (config.num_replicas or 1) < replicas:
                 await self.js.update_stream(replace(config, num_replicas=replicas))
 
     async def _create_or_update(self, config: api.StreamConfig) -> None:
@@ -241,6 +241,18 @@ class JetStreamEventStore:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError:
                 # Exists with another configuration (a new duplicate window, more replicas).
+                current = (await self.js.stream_info(config.name or "")).config
+                if (current.num_replicas or 1) > (config.num_replicas or 1):
+                    # Never fewer copies than the stream has: one process started with
+                    # the default setting (1) must not strip a cluster's streams of
+                    # their redundancy. Lowering is an operator's act (`nats stream edit`).
+                    log.warning(
+                        "eventstore.replicas_kept",
+                        stream=config.name,
+                        replicas=current.num_replicas,
+                        setting=config.num_replicas,
+                    )
+                    config = replace(config, num_replicas=current.num_replicas)
                 await self.js.update_stream(config)
         except nats.js.errors.APIError as error:
             if error.err_code == INSUFFICIENT_RESOURCES:
