@@ -358,3 +358,38 @@ def test_an_old_run_llm_called_without_cache_counts_is_read_and_priced() -> None
     # The same call priced again is the same event id: JetStream stores it once.
     event = batch_event(payload, Actor.service("cost"))
     assert batch_event(payload, Actor.service("cost")).event_id == event.event_id
+
+
+async def test_a_cost_in_exponent_form_and_a_time_with_an_offset_are_stored_exactly(
+    store: JetStreamEventStore, engine: AsyncEngine
+) -> None:
+    # The projection sends called_at and cost_usd to PostgreSQL as text: a cost Python
+    # writes as 1.5E-7 and a call made at 00:30 in +02:00 (the day before, in UTC) must
+    # come out as the same decimal, the same instant and the UTC day.
+    from datetime import datetime, timedelta, timezone
+
+    from chiffon.cost.pricing import RunOrigin, batch_event, calls_priced, priced_call, read_work
+
+    book = PriceBook.load()
+    event = called("run-x", "openai/gpt-4o-mini", prompt_tokens=1)
+    at = datetime(2026, 3, 1, 0, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    event = event.model_copy(update={"occurred_at": at})
+    _, call = read_work(event.model_dump_json().encode())
+    assert call is not None and not isinstance(call, RunOrigin)
+    row, prices = priced_call(book, call, RunOrigin("wf", "k"))
+    payload, _ = calls_priced([row], {("openai", "openai/gpt-4o-mini"): prices}, book.version)
+    assert payload is not None
+    [item] = payload.calls()
+    assert str(item.cost_usd) == "1.5E-7"
+    batch = batch_event(payload, Actor.service("cost", 1))
+    await store.append(AggregateKey("cost", batch.aggregate_id), [batch])
+
+    await ProjectionRunner(store, engine, SpendProjection()).catch_up()
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                select(cost_calls.c.cost_usd, cost_calls.c.called_at, cost_calls.c.day)
+            )
+        ).one()
+    assert stored == (Decimal("0.00000015"), at, datetime(2026, 2, 28).date())
+    assert await run_totals(engine) == {"run-x": (Decimal("0.00000015"), 1)}
