@@ -1,9 +1,9 @@
-"""Verifying many recorded runs: read ahead from the store, replay one at a time, and
-spread the runs over processes.
+"""Verifying many recorded runs: read them from the store in one pass, replay one at a
+time, and spread the runs over processes.
 
-A bare LangGraph node costs about 0.3 ms here, so one process replays at most about
-3,000 nodes/s whatever else is saved: many runs go to one process per core, each with
-its own connection to the store.
+Replaying is CPU-bound (well under a millisecond per node, see ``bench/replay.py``):
+many runs go to one process per core, each with its own connection to the store and
+its own pass over the stream.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from chiffon.events import CATALOG
 from chiffon.eventstore import EventStore, EventStoreUnavailable
 from chiffon.executor.replay.driver import Counters, Verdict, verify_run
 from chiffon.executor.replay.recorded import RecordedRun, RecordError
-from chiffon.executor.replay.source import RunNotFound, RunSource
+from chiffon.executor.replay.source import RunNotFound, RunRef, RunSource
 
 log = get_logger(__name__)
 READ_AHEAD = 32  # runs read concurrently while the previous ones replay
@@ -59,51 +59,82 @@ class Totals:
         self.wall_seconds = max(self.wall_seconds, other.wall_seconds)
 
 
-async def _read(source: RunSource, run_id: str) -> RecordedRun | RunResult:
+async def _read_one_by_one(
+    source: RunSource, run_ids: Sequence[str]
+) -> AsyncIterator[tuple[str, RecordedRun | RunNotFound | RecordError]]:
+    for start in range(0, len(run_ids), READ_AHEAD):
+        chunk = run_ids[start : start + READ_AHEAD]
+        for run_id, record in zip(
+            chunk, await asyncio.gather(*(_read(source, run_id) for run_id in chunk)), strict=True
+        ):
+            yield run_id, record
+
+
+async def _read(source: RunSource, run_id: str) -> RecordedRun | RunNotFound | RecordError:
     try:
         return await source.run(run_id)
-    except RunNotFound:
-        return RunResult(run_id, None, f"run {run_id} has no events")
-    except RecordError as error:
-        return RunResult(run_id, None, str(error))
+    except (RunNotFound, RecordError) as error:
+        return error
 
 
-async def verify_runs(store: EventStore, run_ids: Sequence[str]) -> AsyncIterator[RunResult]:
-    """Each run's result, in order (``EventStoreUnavailable`` stops the batch)."""
+async def verify_runs(
+    store: EventStore, run_ids: Sequence[str], *, through_langgraph: bool = False
+) -> AsyncIterator[RunResult]:
+    """Each run's result, in order, each run read by itself (``EventStoreUnavailable``
+    stops the batch). For many runs, ``verify_stored`` reads the stream once."""
     source = RunSource(store)
-    async for result in _verify(source, run_ids, Counters()):
+    records = _read_one_by_one(source, run_ids)
+    async for result in _verify(source, records, Counters(), through_langgraph):
+        yield result
+
+
+async def verify_stored(
+    store: EventStore,
+    runs: Sequence[RunRef],
+    counters: Counters,
+    *,
+    through_langgraph: bool = False,
+) -> AsyncIterator[RunResult]:
+    """Each run's result, in order, the runs read in one pass over the stream."""
+    source = RunSource(store)
+    async for result in _verify(source, source.runs(runs), counters, through_langgraph):
         yield result
 
 
 async def _verify(
-    source: RunSource, run_ids: Sequence[str], counters: Counters
+    source: RunSource,
+    records: AsyncIterator[tuple[str, RecordedRun | RunNotFound | RecordError]],
+    counters: Counters,
+    through_langgraph: bool,
 ) -> AsyncIterator[RunResult]:
-    for start in range(0, len(run_ids), READ_AHEAD):
-        chunk = run_ids[start : start + READ_AHEAD]
-        records = await asyncio.gather(*(_read(source, run_id) for run_id in chunk))
-        for record in records:
-            if isinstance(record, RunResult):
-                yield record
-                continue
-            try:
-                workflow = await source.workflow(record)
-            except RecordError as error:
-                yield RunResult(record.run_id, None, str(error))
-                continue
-            try:
-                verdict = await verify_run(record, workflow, counters)
-            except EventStoreUnavailable:
-                raise
-            except Exception as error:  # noqa: BLE001 — one run's record must not stop the rest
-                log.warning("replay.failed", run_id=record.run_id, error=repr(error))
-                yield RunResult(
-                    record.run_id, None, f"the replay failed: {type(error).__name__}: {error}"
-                )
-                continue
-            yield RunResult(record.run_id, verdict)
+    async for run_id, record in records:
+        if isinstance(record, RunNotFound):
+            yield RunResult(run_id, None, f"run {run_id} has no events")
+            continue
+        if isinstance(record, RecordError):
+            yield RunResult(run_id, None, str(record))
+            continue
+        try:
+            workflow = await source.workflow(record)
+        except RecordError as error:
+            yield RunResult(run_id, None, str(error))
+            continue
+        try:
+            verdict = await verify_run(
+                record, workflow, counters, through_langgraph=through_langgraph
+            )
+        except EventStoreUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 — one run's record must not stop the rest
+            log.warning("replay.failed", run_id=run_id, error=repr(error))
+            yield RunResult(run_id, None, f"the replay failed: {type(error).__name__}: {error}")
+            continue
+        yield RunResult(run_id, verdict)
 
 
-async def _verify_chunk(url: str, namespace: str, run_ids: list[str]) -> Totals:
+async def _verify_chunk(
+    url: str, namespace: str, runs: list[RunRef], through_langgraph: bool
+) -> Totals:
     from chiffon.eventstore import JetStreamEventStore
 
     totals = Totals()
@@ -111,37 +142,48 @@ async def _verify_chunk(url: str, namespace: str, run_ids: list[str]) -> Totals:
     async with JetStreamEventStore.connect(
         url, CATALOG, namespace=namespace, name="chiffon-replay"
     ) as store:
-        source = RunSource(store)
-        async for result in _verify(source, run_ids, totals.counters):
+        verified = verify_stored(store, runs, totals.counters, through_langgraph=through_langgraph)
+        async for result in verified:
             totals.results.append(result)
     totals.cpu_seconds = time.process_time() - started
     totals.wall_seconds = time.perf_counter() - began
     return totals
 
 
-def _worker(url: str, namespace: str, run_ids: list[str]) -> Totals:
+def _worker(url: str, namespace: str, runs: list[RunRef], through_langgraph: bool) -> Totals:
     from chiffon.core.runtime import tune_gc
 
     tune_gc()
-    return asyncio.run(_verify_chunk(url, namespace, run_ids))
+    return asyncio.run(_verify_chunk(url, namespace, runs, through_langgraph))
 
 
 def default_processes() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def verify_in_processes(url: str, namespace: str, run_ids: list[str], processes: int) -> Totals:
-    """Every run verified, ``processes`` at a time, each process a contiguous share.
-    One process: in this one. Raises ``EventStoreUnavailable`` when the store is away."""
-    if processes <= 1 or len(run_ids) < 2:
-        return _worker(url, namespace, run_ids)
-    processes = min(processes, len(run_ids))
-    size = -(-len(run_ids) // processes)
-    shares = [run_ids[i : i + size] for i in range(0, len(run_ids), size)]
+def verify_in_processes(
+    url: str,
+    namespace: str,
+    runs: list[RunRef],
+    processes: int,
+    *,
+    through_langgraph: bool = False,
+) -> Totals:
+    """Every run verified, ``processes`` at a time, each process a contiguous share (in
+    the order given: oldest first, each process's pass over the stream starts at its own
+    first run). One process: in this one. Raises ``EventStoreUnavailable`` when the store
+    is away."""
+    if processes <= 1 or len(runs) < 2:
+        return _worker(url, namespace, runs, through_langgraph)
+    processes = min(processes, len(runs))
+    size = -(-len(runs) // processes)
+    shares = [runs[i : i + size] for i in range(0, len(runs), size)]
     totals = Totals()
     # Spawned, not forked: the parent may hold gRPC and NATS state a fork would copy.
     with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, url, namespace, share) for share in shares]
+        futures = [
+            pool.submit(_worker, url, namespace, share, through_langgraph) for share in shares
+        ]
         for future in futures:
             totals.add(future.result())
     return totals

@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
             help="Processes that replay runs (default: one per core, up to 8).",
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        through_langgraph: bool = typer.Option(
+            False,
+            "--through-langgraph",
+            help="Step the graph with LangGraph's own loop (about half as fast): to check"
+            " a new LangGraph release against your history before upgrading.",
+        ),
     ) -> None:
         """Re-drive recorded runs with the engine and check every decision is the same.
 
@@ -50,7 +56,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(USAGE)
         from chiffon.executor.replay.command import verify_command
 
-        raise typer.Exit(verify_command(run_id, workflow, last, workers, as_json))
+        raise typer.Exit(
+            verify_command(
+                run_id, workflow, last, workers, as_json, through_langgraph=through_langgraph
+            )
+        )
 
 
 def usage_error(run_id: str | None, verify: bool, workflow: str | None) -> str | None:

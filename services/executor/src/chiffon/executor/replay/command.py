@@ -24,6 +24,7 @@ from chiffon.eventstore import AggregateKey, EventStoreUnavailable, JetStreamEve
 if TYPE_CHECKING:
     from chiffon.executor.replay.batch import RunResult, Totals
     from chiffon.executor.replay.normalize import Divergence, Step
+    from chiffon.executor.replay.source import RunRef
 
 # The engine (LangGraph, the node runners: about 2 s of CPU to import) is imported only
 # once there is a run to replay: an unknown run or an unreachable store is said at once.
@@ -36,7 +37,13 @@ def _error(message: str) -> None:
 
 
 def verify_command(
-    run_id: str | None, workflow: str | None, last: int, workers: int | None, as_json: bool
+    run_id: str | None,
+    workflow: str | None,
+    last: int,
+    workers: int | None,
+    as_json: bool,
+    *,
+    through_langgraph: bool = False,
 ) -> int:
     """Verify one run or a workflow's last runs (the command line is checked already)."""
     settings = ChiffonSettings()
@@ -46,9 +53,9 @@ def verify_command(
         if not asyncio.run(_reachable(settings)):
             raise EventStoreUnavailable("nothing answers there")
         if run_id is not None:
-            return asyncio.run(_one(settings, run_id, as_json))
+            return asyncio.run(_one(settings, run_id, as_json, through_langgraph))
         assert workflow is not None
-        return _many(settings, workflow, last, workers, as_json)
+        return _many(settings, workflow, last, workers, as_json, through_langgraph)
     except EventStoreUnavailable as error:
         _error(f"the event store cannot be reached ({settings.nats_url}): {error}")
         return UNAVAILABLE
@@ -71,7 +78,9 @@ async def _reachable(settings: ChiffonSettings, timeout: float = 2.0) -> bool:
     return False
 
 
-async def _one(settings: ChiffonSettings, run_id: str, as_json: bool) -> int:
+async def _one(
+    settings: ChiffonSettings, run_id: str, as_json: bool, through_langgraph: bool
+) -> int:
     async with JetStreamEventStore.connect(
         settings.nats_url, CATALOG, namespace=settings.namespace, name="chiffon-replay"
     ) as store:
@@ -80,7 +89,9 @@ async def _one(settings: ChiffonSettings, run_id: str, as_json: bool) -> int:
             return NOT_FOUND
         from chiffon.executor.replay.batch import verify_runs
 
-        results = [r async for r in verify_runs(store, [run_id])]
+        results = [
+            r async for r in verify_runs(store, [run_id], through_langgraph=through_langgraph)
+        ]
     result = results[0]
     if as_json:
         typer.echo(json.dumps(result_json(result), indent=2))
@@ -99,9 +110,14 @@ async def _one(settings: ChiffonSettings, run_id: str, as_json: bool) -> int:
 
 
 def _many(
-    settings: ChiffonSettings, workflow: str, last: int, processes: int | None, as_json: bool
+    settings: ChiffonSettings,
+    workflow: str,
+    last: int,
+    processes: int | None,
+    as_json: bool,
+    through_langgraph: bool,
 ) -> int:
-    async def ids() -> list[str]:
+    async def ids() -> list[RunRef]:
         async with JetStreamEventStore.connect(
             settings.nats_url, CATALOG, namespace=settings.namespace, name="chiffon-replay"
         ) as store:
@@ -109,15 +125,19 @@ def _many(
 
             return await last_runs(store, workflow, last)
 
-    run_ids = asyncio.run(ids())
-    if not run_ids:
+    runs = asyncio.run(ids())
+    if not runs:
         _error(f"no runs of workflow {workflow!r}")
         return NOT_FOUND
     started = time.perf_counter()
     from chiffon.executor.replay.batch import default_processes, verify_in_processes
 
     totals = verify_in_processes(
-        settings.nats_url, settings.namespace, run_ids, processes or default_processes()
+        settings.nats_url,
+        settings.namespace,
+        runs,
+        processes or default_processes(),
+        through_langgraph=through_langgraph,
     )
     seconds = time.perf_counter() - started
     summary = _summary(workflow, totals, seconds)

@@ -10,9 +10,10 @@ decided then (``normalize``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from chiffon.events import Actor, Envelope
+from chiffon.events import Actor, Envelope, uuid7
 from chiffon.events import runs as ev
 from chiffon.eventstore import AggregateKey, EventStore
 from chiffon.executor.agents.dispatch import AgentDispatch, install
@@ -30,8 +31,10 @@ from chiffon.executor.replay.answers import (
 from chiffon.executor.replay.capture import CaptureStore
 from chiffon.executor.replay.normalize import Divergence, Step, first_divergence, steps
 from chiffon.executor.replay.recorded import RecordedRun
+from chiffon.executor.replay.steps import direct
 
 REPLAY_ACTOR = Actor.service("replay")
+_ENVELOPES: dict[type[Any], Any] = {}  # Envelope[Model] per payload model
 UNLIMITED = 1 << 62
 
 
@@ -66,6 +69,27 @@ class ReplayExecution(RunExecution):
         self.asks = asks
         self.horizon: str | None = None
         self.nodes = 0  # node executions replayed
+
+    def event(self, payload: Any) -> Envelope[Any]:
+        """``payload`` as this run's event, its envelope not validated again: its fields
+        are the payload's own (validated when it was made), the run's id and the replay's
+        actor, and nothing stores it. Validating it took a tenth of a replayed node."""
+        envelope_type = _ENVELOPES.get(type(payload))
+        if envelope_type is None:
+            envelope_type = _ENVELOPES[type(payload)] = Envelope[type(payload)]  # type: ignore[misc]
+        return envelope_type.model_construct(  # type: ignore[no-any-return]
+            event_id=uuid7(),
+            type=payload.event_type,
+            schema_version=payload.schema_version,
+            aggregate=payload.aggregate,
+            aggregate_id=self.run.run_id,
+            occurred_at=datetime.now(UTC),
+            correlation_id=self.run.run_id,
+            causation_id=None,
+            actor=self.actor,
+            trace=self.trace,
+            payload=payload,
+        )
 
     def next_iteration(self, node_id: str) -> int:
         iteration = super().next_iteration(node_id)
@@ -112,9 +136,20 @@ class Counters:
 
 
 async def verify_run(
-    record: RecordedRun, workflow: LoadedWorkflow, counters: Counters | None = None
+    record: RecordedRun,
+    workflow: LoadedWorkflow,
+    counters: Counters | None = None,
+    *,
+    through_langgraph: bool = False,
 ) -> Verdict:
-    """Replay ``record`` with ``workflow`` (its own version) and compare (see the module)."""
+    """Replay ``record`` with ``workflow`` (its own version) and compare (see the module).
+
+    The compiled graph's nodes and routers are stepped by ``steps.DirectGraph``, about
+    twice as fast as LangGraph's loop; ``through_langgraph`` runs them through LangGraph
+    itself (as does a graph ``DirectGraph`` cannot step)."""
+    stepped = None if through_langgraph else direct(workflow.graph)
+    if stepped is not None:
+        workflow = LoadedWorkflow(spec=workflow.spec, digest=workflow.digest, graph=stepped)
     store = cast(EventStore, CaptureStore())
     key = AggregateKey("run", record.run_id)
     state = RunState(record.run_id)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chiffon.events import Envelope
 from chiffon.events import runs as ev
 from chiffon.events.registry import EventValidationError
-from chiffon.eventstore import AggregateKey, EventStore, EventStoreError, EventStoreUnavailable
+from chiffon.eventstore import (
+    AggregateKey,
+    EventStore,
+    EventStoreError,
+    EventStoreUnavailable,
+    RecordedEvent,
+    StoredMessage,
+)
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.replay.recorded import RecordedRun, RecordError, index_run
 
@@ -16,6 +24,18 @@ if TYPE_CHECKING:
     from chiffon.executor.execution import LoadedWorkflow
 
 RUNS_CONTEXT = "RUNS"
+# Runs gathered per pass over the stream: their events are held undecoded until the pass
+# reaches the stream's end (about 20 kB per run of the examples), so memory stays bounded
+# however many runs are asked for.
+RUNS_PER_PASS = 2_000
+READ_BATCH = 1_000  # messages per pull: a pass costs a few round trips, not one per run
+
+
+class RunRef(NamedTuple):
+    """A run to read, and where its events start: the stream sequence of its request."""
+
+    run_id: str
+    requested: int
 
 
 class RunNotFound(Exception):
@@ -49,6 +69,56 @@ class RunSource:
             raise RunNotFound(run_id) from error
         if not events:
             raise RunNotFound(run_id)
+        return await self._indexed(run_id, events)
+
+    async def runs(
+        self, refs: Sequence[RunRef]
+    ) -> AsyncIterator[tuple[str, RecordedRun | RunNotFound | RecordError]]:
+        """Each run's events, indexed, in the order given, or why they cannot be.
+
+        Reading runs one by one costs a lookup per run and nats-py's parsing of every
+        direct-get reply's headers: 0.38 ms of CPU per replayed node. Here the stream is
+        read once, sequentially and in big batches, from the earliest request asked for
+        (a run's events all follow its request); other runs' events are skipped by
+        subject, never decoded."""
+        ordered = list(refs)
+        for begin in range(0, len(ordered), RUNS_PER_PASS):
+            chunk = ordered[begin : begin + RUNS_PER_PASS]
+            held = await self._gather(chunk)
+            for ref in chunk:
+                yield ref.run_id, await self._decoded(ref.run_id, held.pop(ref.run_id))
+
+    async def _gather(self, refs: Sequence[RunRef]) -> dict[str, list[StoredMessage]]:
+        """The stored messages of ``refs``, by run, from one pass over the stream."""
+        held: dict[str, list[StoredMessage]] = {ref.run_id: [] for ref in refs}
+        prefix = self.store.streams.aggregate_filter("run", "").removesuffix(".>")
+        cut = len(prefix)
+        start = min(ref.requested for ref in refs)
+        # No subject filter: a consumer filtered on 500 runs' subjects made the server
+        # take 5x as long to deliver the same messages (16 s against 3 s here).
+        async for batch in self.store.stored_batches(RUNS_CONTEXT, start=start, batch=READ_BATCH):
+            for message in batch:
+                subject = message.subject
+                kept = held.get(subject[cut : subject.find(".", cut)])
+                if kept is not None:
+                    kept.append(message)
+        return held
+
+    async def _decoded(
+        self, run_id: str, messages: list[StoredMessage]
+    ) -> RecordedRun | RunNotFound | RecordError:
+        if not messages:
+            return RunNotFound(run_id)
+        stream = self.store.streams.stream_name(RUNS_CONTEXT)
+        try:
+            events = [message.decode(self.store.catalog, stream) for message in messages]
+            return await self._indexed(run_id, events)
+        except EventValidationError as error:
+            return RecordError(f"run {run_id}: a stored event cannot be read: {error}")
+        except RecordError as error:
+            return error
+
+    async def _indexed(self, run_id: str, events: list[RecordedEvent]) -> RecordedRun:
         resolved: list[tuple[Envelope[Any], int]] = []
         for event in events:
             envelope = event.envelope
@@ -107,12 +177,12 @@ class RunSource:
         return found
 
 
-async def last_runs(store: EventStore, workflow: str, last: int) -> list[str]:
-    """The ids of the workflow's ``last`` runs requested, oldest first."""
+async def last_runs(store: EventStore, workflow: str, last: int) -> list[RunRef]:
+    """The workflow's ``last`` runs requested, oldest first."""
     subject = store.streams.type_filter("run", "run.requested")
-    kept: deque[str] = deque(maxlen=last)
+    kept: deque[RunRef] = deque(maxlen=last)
     async for event in store.read_stream(RUNS_CONTEXT, subjects=[subject]):
         payload = event.envelope.payload
         if isinstance(payload, ev.RunRequested) and payload.workflow == workflow:
-            kept.append(event.envelope.aggregate_id)
+            kept.append(RunRef(event.envelope.aggregate_id, event.sequence))
     return list(kept)
