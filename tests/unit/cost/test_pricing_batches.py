@@ -5,7 +5,7 @@ retried later, and the spend projection's columns from old and new events alike.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -251,8 +251,9 @@ def test_the_projection_reads_old_and_new_events_as_the_same_columns() -> None:
     columns = columns_of(events)
     assert "attempt" not in columns  # cost_calls has no such column
     assert columns["llm_event_id"] == [str(new.event_id), "old-1"]
-    # The cost and the time as text for PostgreSQL to cast: exact, the offset kept.
+    # The cost as its digits and the time in whole microseconds since the epoch, for
+    # PostgreSQL to make a numeric and a timestamptz again: exact.
     assert columns["cost_usd"] == [str(item.cost_usd)] * 2  # its digits as priced
     assert [Decimal(cost) for cost in columns["cost_usd"]] == [Decimal("0.000111")] * 2
-    assert [datetime.fromisoformat(at) for at in columns["called_at"]] == [new.occurred_at] * 2
-    assert all(at.endswith(("Z", "+00:00")) for at in columns["called_at"])
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert columns["called_at"] == [(new.occurred_at - epoch) // timedelta(microseconds=1)] * 2
