@@ -7,8 +7,12 @@ against a real NATS; then copies of them under fresh run ids are appended direct
 to ``--runs``. Both sides then go over the same runs with the same processes (one per
 core by default, each with its own connection):
 
-- read: each run's events read and indexed (``RunSource.run``), nothing replayed;
-- verify: the same, and each run re-driven through the executor's engine and compared.
+- read: each run's events read in one pass over the stream and indexed
+  (``RunSource.runs``, as verify reads them), nothing replayed; beside it, the same runs
+  read one by one (``RunSource.run``, a lookup per run), as a single-run replay reads;
+- verify: the same pass, and each run re-driven through the executor's engine and compared
+  (the graph stepped by the replay, ``replay.steps``); beside it, the same with the graph
+  stepped by LangGraph's own loop (``--through-langgraph``).
 
 Reported: node executions per second (wall), and the CPU per node of each side summed
 over its processes (``time.process_time``), the figure least disturbed by a busy machine;
@@ -45,8 +49,10 @@ from chiffon.executor.execution import LoadedWorkflow, RunExecution
 from chiffon.executor.graph import build_graph
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.outputs import OutputStore
-from chiffon.executor.replay.batch import Totals, verify_in_processes, verify_runs
-from chiffon.executor.replay.source import RunSource
+from chiffon.executor.replay.batch import Totals, verify_in_processes, verify_stored
+from chiffon.executor.replay.driver import Counters
+from chiffon.executor.replay.recorded import RecordedRun
+from chiffon.executor.replay.source import RunRef, RunSource
 from chiffon.workflow import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -106,7 +112,7 @@ async def run_for_real(
             await store.append(key, [new_event(decided, aggregate_id=run_id, actor=USER)])
 
 
-async def store_runs(url: str, namespace: str, runs: int) -> list[str]:
+async def store_runs(url: str, namespace: str, runs: int) -> list[RunRef]:
     """One run of each shape for real, then copies with fresh ids up to ``runs``."""
     async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
         await store.setup()
@@ -119,6 +125,7 @@ async def store_runs(url: str, namespace: str, runs: int) -> list[str]:
             events, _ = await store.read_aggregate(AggregateKey("run", run_id))
             templates.append([e.envelope for e in events])
         run_ids = [f"copy-{i:06d}" for i in range(runs)]
+        requested: dict[str, int] = {}
 
         async def copy(index: int, run_id: str) -> None:
             envelopes = [
@@ -127,49 +134,63 @@ async def store_runs(url: str, namespace: str, runs: int) -> list[str]:
                 )
                 for e in templates[index % len(templates)]
             ]
-            await store.append(AggregateKey("run", run_id), envelopes, 0)
+            stored = await store.append(AggregateKey("run", run_id), envelopes, 0)
+            requested[run_id] = stored.sequences[0]
 
         for start in range(0, runs, 100):
             await asyncio.gather(
                 *(copy(i, run_ids[i]) for i in range(start, min(runs, start + 100)))
             )
-        return run_ids
+        return [RunRef(run_id, requested[run_id]) for run_id in run_ids]
 
 
-async def _read_chunk(url: str, namespace: str, run_ids: list[str]) -> tuple[int, float, float]:
+async def _read_chunk(
+    url: str, namespace: str, runs: list[RunRef], one_by_one: bool
+) -> tuple[int, float, float]:
     started, began = time.process_time(), time.perf_counter()
     nodes = 0
     async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
         source = RunSource(store)
-        for begin in range(0, len(run_ids), 32):
-            records = await asyncio.gather(*(source.run(r) for r in run_ids[begin : begin + 32]))
-            nodes += sum(len(r.started) for r in records)
+        if one_by_one:
+            for begin in range(0, len(runs), 32):
+                records = await asyncio.gather(
+                    *(source.run(r.run_id) for r in runs[begin : begin + 32])
+                )
+                nodes += sum(len(r.started) for r in records)
+        else:
+            async for run_id, record in source.runs(runs):
+                if not isinstance(record, RecordedRun):
+                    raise AssertionError((run_id, record))
+                nodes += len(record.started)
     return nodes, time.process_time() - started, time.perf_counter() - began
 
 
-def read_worker(url: str, namespace: str, run_ids: list[str]) -> tuple[int, float, float]:
+def read_worker(
+    url: str, namespace: str, runs: list[RunRef], one_by_one: bool
+) -> tuple[int, float, float]:
     tune_gc()
-    return asyncio.run(_read_chunk(url, namespace, run_ids))
+    return asyncio.run(_read_chunk(url, namespace, runs, one_by_one))
 
 
 def read_in_processes(
-    url: str, namespace: str, run_ids: list[str], processes: int
+    url: str, namespace: str, runs: list[RunRef], processes: int, *, one_by_one: bool = False
 ) -> tuple[int, float, float]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    size = -(-len(run_ids) // processes)
-    shares = [run_ids[i : i + size] for i in range(0, len(run_ids), size)]
+    size = -(-len(runs) // processes)
+    shares = [runs[i : i + size] for i in range(0, len(runs), size)]
     with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
-        done = [f.result() for f in [pool.submit(read_worker, url, namespace, s) for s in shares]]
+        futures = [pool.submit(read_worker, url, namespace, s, one_by_one) for s in shares]
+        done = [f.result() for f in futures]
     return sum(n for n, _, _ in done), sum(c for _, c, _ in done), max(w for _, _, w in done)
 
 
-async def profile_one_process(url: str, namespace: str, run_ids: list[str]) -> str:
+async def profile_one_process(url: str, namespace: str, runs: list[RunRef]) -> str:
     async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
         profiler = cProfile.Profile()
         profiler.enable()
-        results = [r async for r in verify_runs(store, run_ids)]
+        results = [r async for r in verify_stored(store, runs, Counters())]
         profiler.disable()
     nodes = sum(r.verdict.nodes for r in results if r.verdict is not None)
     stats = pstats.Stats(profiler)
@@ -179,7 +200,7 @@ async def profile_one_process(url: str, namespace: str, run_ids: list[str]) -> s
         by_area[_area(filename)] += own
     out = io.StringIO()
     out.write(
-        f"  one process, {len(run_ids)} runs, {nodes} nodes: {total / nodes * 1000:.3f} ms CPU/node (profiled)\n"
+        f"  one process, {len(runs)} runs, {nodes} nodes: {total / nodes * 1000:.3f} ms CPU/node (profiled)\n"
     )
     for area, seconds in by_area.most_common(10):
         out.write(f"    {area:<40} {seconds / total:6.1%}  {seconds / nodes * 1000:.3f} ms/node\n")
@@ -256,7 +277,9 @@ def main() -> None:
             f"stored {len(run_ids)} runs in {time.perf_counter() - started:.1f}s; load {os.getloadavg()}"
         )
         reads: list[tuple[float, float, float]] = []  # wall with start-up, CPU, wall without
+        lookups: list[tuple[float, float]] = []  # the same runs read one by one: CPU, wall
         verifies: list[tuple[float, float, float]] = []
+        through: list[tuple[float, float]] = []  # verify through LangGraph: CPU, wall
         nodes = 0
         for round_ in range(args.repeat):
             began = time.perf_counter()
@@ -264,10 +287,20 @@ def main() -> None:
                 url, namespace, run_ids, args.processes
             )
             reads.append((time.perf_counter() - began, read_cpu, read_inside))
+            _, lookup_cpu, lookup_inside = read_in_processes(
+                url, namespace, run_ids, args.processes, one_by_one=True
+            )
+            lookups.append((lookup_cpu, lookup_inside))
             began = time.perf_counter()
             totals: Totals = verify_in_processes(url, namespace, run_ids, args.processes)
             verifies.append((time.perf_counter() - began, totals.cpu_seconds, totals.wall_seconds))
             nodes = totals.nodes
+            langgraph = verify_in_processes(
+                url, namespace, run_ids, args.processes, through_langgraph=True
+            )
+            assert langgraph.nodes == nodes
+            assert all(r.verdict is not None and r.verdict.same for r in langgraph.results)
+            through.append((langgraph.cpu_seconds, langgraph.wall_seconds))
             assert nodes == read_nodes, (nodes, read_nodes)
             same = sum(1 for r in totals.results if r.verdict is not None and r.verdict.same)
             assert same == len(run_ids), f"{len(run_ids) - same} runs did not verify"
@@ -292,6 +325,11 @@ def main() -> None:
             f"{read_cpu / nodes * 1000:.3f} ms CPU/node",
         )
         row(
+            "read them one run at a time (a lookup each)",
+            f"{nodes / statistics.median(w for _, w in lookups):,.0f} nodes/s",
+            f"{statistics.median(c for c, _ in lookups) / nodes * 1000:.3f} ms CPU/node",
+        )
+        row(
             "verify (read + re-drive + compare)",
             f"{nodes / verify_wall:,.0f} nodes/s",
             f"{verify_cpu / nodes * 1000:.3f} ms CPU/node",
@@ -302,9 +340,21 @@ def main() -> None:
             f"(nodes / CPU seconds x {args.processes} processes; goal >= 5,000)",
         )
         row("re-drive + compare alone", f"{(verify_cpu - read_cpu) / nodes * 1000:.3f} ms CPU/node")
+        through_cpu = statistics.median(c for c, _ in through)
+        row(
+            "verify, stepped by LangGraph's loop",
+            f"{nodes / statistics.median(w for _, w in through):,.0f} nodes/s",
+            f"{through_cpu / nodes * 1000:.3f} ms CPU/node",
+        )
+        row(
+            "  its re-drive + compare alone",
+            f"{(through_cpu - read_cpu) / nodes * 1000:.3f} ms CPU/node",
+        )
         row("bare LangGraph node (floor)", f"{bare_langgraph_ms_per_node():.3f} ms CPU/node")
         print(f"load average {os.getloadavg()}\n")
-        print(asyncio.run(profile_one_process(url, namespace, run_ids[: args.profile_runs])))
+        # The last runs: a pass reads from the first run asked for to the stream's end, so
+        # the first ones would charge them with reading every later run's events too.
+        print(asyncio.run(profile_one_process(url, namespace, run_ids[-args.profile_runs :])))
 
 
 if __name__ == "__main__":
