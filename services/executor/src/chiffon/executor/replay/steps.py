@@ -116,7 +116,10 @@ class DirectGraph:
             pending: set[asyncio.Future[Any]] = set(tasks.values())
             while pending:
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                failed = next((t for t in finished if t.exception() is not None), None)
+                failed = next(
+                    (t for t in finished if not t.cancelled() and t.exception() is not None),
+                    None,
+                )
                 if failed is not None:
                     for other in pending:
                         other.cancel()
