@@ -34,13 +34,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from langgraph._internal._runnable import RunnableCallable
 from langgraph.channels.binop import BinaryOperatorAggregate
 from langgraph.constants import END, START
 from langgraph.errors import ErrorCode, GraphRecursionError, InvalidUpdateError
 from langgraph.errors import create_error_message as _error_message
 
 from chiffon.executor import graph as executor_graph
+
+try:  # where LangGraph keeps a node's function: private, so it may move in a release
+    from langgraph._internal._runnable import RunnableCallable
+except ImportError:  # pragma: no cover — then every graph goes through LangGraph
+    RunnableCallable = None  # type: ignore[assignment,misc]
 
 Call = Callable[[dict[str, Any], Any], Awaitable[Any]]
 Join = tuple[tuple[str, ...], str]  # its sources, its target
@@ -167,16 +171,22 @@ def direct(compiled: Any) -> DirectGraph | None:
     try:
         if compiled in _compiled:
             return _compiled[compiled]
-        found = _compiled[compiled] = _build(compiled)
     except TypeError:  # not weakly referable: not a compiled graph
         return None
+    try:
+        found = _build(compiled)
+    except AttributeError:  # a LangGraph release that keeps its graphs otherwise
+        found = None
+    _compiled[compiled] = found
     return found
 
 
 def _call(runnable: Any) -> Call | None:
     """The coroutine function behind a node or a router, called as LangGraph calls it
     (the state, and the config when it takes one), or None if it takes anything else."""
-    if not isinstance(runnable, RunnableCallable) or runnable.afunc is None:
+    if RunnableCallable is None or not isinstance(runnable, RunnableCallable):
+        return None
+    if runnable.afunc is None:
         return None
     accepts = set(runnable.func_accepts)
     if not accepts <= {"config"}:
