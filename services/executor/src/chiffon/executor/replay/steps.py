@@ -168,16 +168,16 @@ _compiled: weakref.WeakKeyDictionary[Any, DirectGraph | None] = weakref.WeakKeyD
 
 def direct(compiled: Any) -> DirectGraph | None:
     """The compiled graph, stepped here; None when it uses what only LangGraph does."""
-    try:
-        if compiled in _compiled:
-            return _compiled[compiled]
-    except TypeError:  # not weakly referable: not a compiled graph
-        return None
+    if compiled in _compiled:
+        return _compiled[compiled]
     try:
         found = _build(compiled)
     except AttributeError:  # a LangGraph release that keeps its graphs otherwise
         found = None
-    _compiled[compiled] = found
+    try:
+        _compiled[compiled] = found
+    except TypeError:  # not weakly referable: not a compiled graph
+        return None
     return found
 
 
