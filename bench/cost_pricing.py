@@ -40,6 +40,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 import psutil
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -49,7 +50,7 @@ from chiffon.core.db import create_engine, ensure_database
 from chiffon.core.runtime import tune_gc
 from chiffon.cost.pricing import Pricer
 from chiffon.cost.projections import SpendProjection
-from chiffon.cost.readmodel import cost_calls, cost_runs
+from chiffon.cost.readmodel import cost_calls
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.runs import LlmCalled, RunRequested
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
@@ -102,13 +103,18 @@ async def count(engine: Any) -> int:
         return int((await conn.execute(select(func.count()).select_from(cost_calls))).scalar_one())
 
 
-async def counted(engine: Any) -> int:
+async def counted(poll: asyncpg.Connection) -> int:
     """Calls counted in ``cost_runs`` (written in the same statement as their rows in
     ``cost_calls``): what the clock polls, a sum over the 200 runs rather than a count
-    over every call, which took PostgreSQL's CPU from the pipeline it measures."""
-    async with engine.connect() as conn:
-        total = (await conn.execute(select(func.coalesce(func.sum(cost_runs.c.calls), 0)))).scalar()
-        return int(total or 0)
+    over every call, which took PostgreSQL's CPU from the pipeline it measures. On a
+    connection of its own, not through SQLAlchemy: a poll through the engine took 1.8 ms
+    of this process's CPU, this way 0.14 ms (200 polls each, alone, at load 6), CPU the
+    figure "this process" counts against the cost service (with the same code, 60.1
+    against 63.5 us per call, medians of 5 rounds: within the rounds' spread)."""
+    return int(await poll.fetchval(_COUNTED))
+
+
+_COUNTED = "SELECT COALESCE(SUM(calls), 0) FROM cost_runs"
 
 
 class ProcessCpu:
@@ -176,6 +182,9 @@ async def one_round(
     for migrations in all_migrations():
         await migrations.upgrade_async(dsn)
     engine = create_engine(dsn)
+    poll = await asyncpg.connect(
+        make_url(dsn).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     async with JetStreamEventStore.connect(nats_url, CATALOG, namespace=namespace) as store:
         await store.setup()
         events = workload(calls)
@@ -217,7 +226,7 @@ async def one_round(
             while True:
                 if priced_at is None and pricer.priced >= calls and replicas == 1:
                     priced_at = time.perf_counter()
-                if await counted(engine) >= calls:
+                if await counted(poll) >= calls:
                     break
                 await asyncio.sleep(0.02)
             done = time.perf_counter()
@@ -239,6 +248,7 @@ async def one_round(
         await ProjectionRunner(store, engine, SpendProjection()).rebuild(workers=1)
         rebuild_seconds = time.perf_counter() - rebuild_started
         assert await count(engine) == calls
+    await poll.close()
     await engine.dispose()
     return {
         "rate": calls / (done - started),
