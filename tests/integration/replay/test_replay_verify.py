@@ -3,7 +3,7 @@
 Every example is run once for real, as a replica runs it (``RunExecution`` over the real
 event store): ``linear`` against the OpenAI-compatible stand-in (its first call refused
 with a 503 and retried), ``host-report`` on a real agent process reached through a
-counting TCP relay, ``parallel-approval`` rejected once then approved. Then the CLI, as a
+TCP relay counting its gRPC calls, ``parallel-approval`` rejected once then approved. Then the CLI, as a
 user runs it, re-drives each run from the store: every decision is the same, and neither
 the stand-in nor the agent saw a single request during the replays. An unknown run, a
 hostile run id, an unreachable store and a record that lost events get a clear message
@@ -50,14 +50,19 @@ EXECUTOR = Actor.service("executor", 1)
 REGISTRY = Actor.service("registry", 1)
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADERS_FRAME = 0x1
+
+
 class Relay:
-    """A TCP relay in front of the agent that counts the bytes sent to it: a replay that
-    reached the agent would move the count."""
+    """A TCP relay in front of the agent that counts the gRPC calls sent to it (HTTP/2
+    HEADERS frames, one per call): a replay that reached the agent would move the count.
+    Pings, settings and the GOAWAY of a channel closing are not calls, and move nothing."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
-        self.bytes_to_agent = 0
+        self.calls_to_agent = 0
         self.connections = 0
         self.server: asyncio.Server | None = None
 
@@ -65,15 +70,35 @@ class Relay:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
         return self
 
+    def _count_calls(self, buffer: bytearray) -> None:
+        """Consume whole frames from ``buffer`` (the connection's bytes after its
+        preface), counting the HEADERS frames."""
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[0:3], "big")
+            if len(buffer) < 9 + length:
+                return
+            if buffer[3] == HEADERS_FRAME:
+                self.calls_to_agent += 1
+            del buffer[: 9 + length]
+
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        sent = bytearray()
+        preface_seen = False
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
+            nonlocal preface_seen
             try:
                 while data := await src.read(65536):
                     if count:
-                        self.bytes_to_agent += len(data)
+                        sent.extend(data)
+                        if not preface_seen and len(sent) >= len(PREFACE):
+                            assert sent.startswith(PREFACE), "not an HTTP/2 connection"
+                            del sent[: len(PREFACE)]
+                            preface_seen = True
+                        if preface_seen:
+                            self._count_calls(sent)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, asyncio.CancelledError):
@@ -221,7 +246,7 @@ async def stored(nats_server: Any, agent: AgentProcess) -> AsyncIterator[Stored]
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-        assert provider.requests and relay.bytes_to_agent > 0  # both were really used
+        assert provider.requests and relay.calls_to_agent > 0  # both were really used
         yield Stored(store, env, provider, relay, runs)
     await relay.stop()
     await provider.stop()
@@ -243,7 +268,7 @@ async def node_executions(store: JetStreamEventStore, run_id: str) -> int:
 async def test_every_stored_example_verifies_calling_no_provider_and_no_agent(
     stored: Stored,
 ) -> None:
-    requests, sent = len(stored.provider.requests), stored.relay.bytes_to_agent
+    requests, calls = len(stored.provider.requests), stored.relay.calls_to_agent
     connections = stored.relay.connections
     counters = Counters()
     source = RunSource(stored.store)
@@ -269,7 +294,7 @@ async def test_every_stored_example_verifies_calling_no_provider_and_no_agent(
         3,
     )
     assert len(stored.provider.requests) == requests
-    assert (stored.relay.bytes_to_agent, stored.relay.connections) == (sent, connections)
+    assert (stored.relay.calls_to_agent, stored.relay.connections) == (calls, connections)
 
 
 async def test_the_last_runs_of_a_workflow_verify_and_errors_get_a_message_and_a_code(
