@@ -177,9 +177,12 @@ async def key_of(admin: GatewayClient, name: str, role: str = "operator") -> tup
     return created["key"], f"api_key:{created['id']}"
 
 
-@pytest.fixture(scope="module")
+# The shared stack is package-wide: modules whose tests only add runs and workflows of
+# their own share one namespace, database, executor and gateway per test worker, rather
+# than each starting its own (a stack's start is most of such a module's time).
+@pytest.fixture(scope="package")
 async def shared_env(nats_server: NatsServer, postgres_server: PostgresServer) -> dict[str, str]:
-    """A namespace and database for a whole module (tests that only add runs share them)."""
+    """A namespace and database for the package (tests that only add runs share them)."""
     namespace = "m" + uuid.uuid4().hex[:12]
     dsn = (
         make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
@@ -197,7 +200,7 @@ async def shared_env(nats_server: NatsServer, postgres_server: PostgresServer) -
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 async def shared_executor(
     shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ExecutorProcess]:
@@ -211,11 +214,11 @@ async def shared_executor(
         proc.stop(timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 async def shared_gateway(
     shared_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Service]:
-    """One gateway for the module's namespace (tests that only add runs share it)."""
+    """One gateway for the shared namespace (tests that only add runs share it)."""
     service = await start_gateway(shared_env, tmp_path_factory.mktemp("shared-gateway"))
     try:
         yield service
