@@ -18,14 +18,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
-from chiffon.core.db import create_engine, ensure_database
+from chiffon.core.db import create_engine
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
-from chiffon.projections.host import all_migrations
+from tests.support.databases import migrated_database
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -66,13 +65,7 @@ async def store(nats_server: NatsServer, namespace: str) -> AsyncIterator[JetStr
 @pytest.fixture
 async def database(postgres_server: PostgresServer, namespace: str) -> str:
     """A fresh database with every migration applied; its DSN."""
-    dsn = (
-        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
-    )
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
-    return dsn
+    return await migrated_database(postgres_server.dsn, namespace)
 
 
 @pytest.fixture

@@ -21,18 +21,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from chiffon.cli.http_client import GatewayClient
 from chiffon.commands import CommandBus
 from chiffon.commands.model import IssueAgentCredential
-from chiffon.core.db import ensure_database
 from chiffon.core.settings import ChiffonSettings
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import Actor
 from chiffon.eventstore import JetStreamEventStore
-from chiffon.projections.host import all_migrations
 from tests.integration.gateway.support import (
     ADMIN_KEY,
     Service,
@@ -41,6 +38,7 @@ from tests.integration.gateway.support import (
     stop_all,
 )
 from tests.integration.gateway.support import wait_ready as wait_service_ready
+from tests.support.databases import migrated_database
 
 from .graph_support import RunLog
 from .openai_server import FakeOpenAI
@@ -184,12 +182,7 @@ async def key_of(admin: GatewayClient, name: str, role: str = "operator") -> tup
 async def shared_env(nats_server: NatsServer, postgres_server: PostgresServer) -> dict[str, str]:
     """A namespace and database for the package (tests that only add runs share them)."""
     namespace = "m" + uuid.uuid4().hex[:12]
-    dsn = (
-        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
-    )
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
+    dsn = await migrated_database(postgres_server.dsn, namespace)
     env = dict(os.environ)
     env.update(
         CHIFFON_NATS_URL=nats_server.url,

@@ -10,13 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy.engine import make_url
 
-from chiffon.core.db import ensure_database
 from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
-from chiffon.projections.host import all_migrations
 from tests.integration.executor.conftest import (
     ExecutorProcess,
     llm_env,
@@ -26,6 +23,7 @@ from tests.integration.executor.conftest import (
 )
 from tests.integration.executor.openai_server import FakeOpenAI
 from tests.integration.gateway.support import ADMIN_KEY, Service, stop_all
+from tests.support.databases import migrated_database
 
 
 @dataclass
@@ -49,12 +47,7 @@ async def fork_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ForkStack]:
     namespace = "f" + uuid.uuid4().hex[:12]
-    dsn = (
-        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
-    )
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
+    dsn = await migrated_database(postgres_server.dsn, namespace)
     env = {
         **os.environ,
         "CHIFFON_NATS_URL": nats_server.url,

@@ -130,16 +130,9 @@ async def wait_ready(service: Service, timeout: float = 90.0) -> None:
 
 async def prepare_database(postgres_dsn: str, namespace: str) -> str:
     """A fresh database named ``namespace`` with every migration; its DSN."""
-    from sqlalchemy.engine import make_url
+    from tests.support.databases import migrated_database
 
-    from chiffon.core.db import ensure_database
-    from chiffon.projections.host import all_migrations
-
-    dsn = make_url(postgres_dsn).set(database=namespace).render_as_string(hide_password=False)
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
-    return dsn
+    return await migrated_database(postgres_dsn, namespace)
 
 
 def stack_environment(nats_url: str, dsn: str, namespace: str) -> dict[str, str]:

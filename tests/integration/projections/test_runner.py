@@ -15,15 +15,15 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chiffon.core.db import create_engine, ensure_database
+from chiffon.core.db import create_engine
 from chiffon.events import Actor, new_event
 from chiffon.events.agents import AgentRegistered
 from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore, RecordedEvent
 from chiffon.projections import ProjectionRunner, checkpoints
-from chiffon.projections.host import all_migrations
 from chiffon.projections.parallel import RebuildWorkerFailed
 from chiffon.registry.projections import AgentsProjection
 from tests.integration.projections.support import position, snapshot, write_history
+from tests.support.databases import migrated_database
 from tests.support.fixtures import eventually
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,11 +32,8 @@ ROOT = Path(__file__).resolve().parents[3]
 async def reference_engine(database: str, suffix: str) -> AsyncEngine:
     """A second, fresh database for a projection that never crashes."""
     url = make_url(database)
-    dsn = url.set(database=f"{url.database}{suffix}").render_as_string(hide_password=False)
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
-    return create_engine(dsn)
+    server = url.set(database="postgres").render_as_string(hide_password=False)
+    return create_engine(await migrated_database(server, f"{url.database}{suffix}"))
 
 
 async def test_a_projection_killed_mid_batch_ends_equal_to_one_that_never_crashed(

@@ -18,16 +18,14 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy.engine import make_url
 
 from chiffon.commands import CommandBus
-from chiffon.core.db import ensure_database
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import CATALOG
 from chiffon.eventstore import JetStreamEventStore
-from chiffon.projections.host import all_migrations
 from tests.integration.gateway.support import Service, start_service, stop_all, wait_ready
+from tests.support.databases import migrated_database
 
 
 @dataclass
@@ -72,12 +70,7 @@ async def trigger_stack(
     """One namespace and database for the module, an executor and two trigger replicas
     sharing a secrets key (``CHIFFON_TRIGGER_SECRETS_KEY``)."""
     namespace = "h" + uuid.uuid4().hex[:12]
-    dsn = (
-        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
-    )
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
+    dsn = await migrated_database(postgres_server.dsn, namespace)
     env = dict(os.environ)
     env.update(
         CHIFFON_NATS_URL=nats_server.url,

@@ -21,12 +21,10 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy.engine import make_url
 
 from chiffon.commands import CommandBus, StartRun
 from chiffon.commands.model import RegisterWorkflow, run_id_for
 from chiffon.commands.triggers import CreateTrigger
-from chiffon.core.db import ensure_database
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import CATALOG, Actor, new_event
@@ -40,8 +38,8 @@ from chiffon.events.triggers import (
     delivery_aggregate_id,
 )
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
-from chiffon.projections.host import all_migrations
 from tests.integration.gateway.support import Service, start_service, stop_all, wait_ready
+from tests.support.databases import migrated_database
 from tests.support.fixtures import eventually
 from tests.support.standin_api import StandinApi, standin_api
 
@@ -73,12 +71,7 @@ async def env(
     nats_server: NatsServer, postgres_server: PostgresServer, standin: StandinApi
 ) -> dict[str, str]:
     namespace = "r" + uuid.uuid4().hex[:12]
-    dsn = (
-        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
-    )
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
+    dsn = await migrated_database(postgres_server.dsn, namespace)
     return {
         **os.environ,
         "CHIFFON_NATS_URL": nats_server.url,

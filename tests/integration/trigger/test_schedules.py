@@ -22,18 +22,16 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy.engine import make_url
 
 from chiffon.commands import CommandBus, CommandRefused, RegisterWorkflow
 from chiffon.commands.model import ApproveNode, run_id_for
 from chiffon.commands.triggers import CreateSchedule, ListSchedules, PauseSchedule
-from chiffon.core.db import ensure_database
 from chiffon.devstack.ports import free_port
 from chiffon.devstack.servers import NatsServer, PostgresServer
 from chiffon.events import CATALOG, Actor
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
-from chiffon.projections.host import all_migrations
 from tests.integration.gateway.support import Service, start_service, stop_all, wait_ready
+from tests.support.databases import migrated_database
 from tests.support.fixtures import eventually
 
 ADMIN = Actor(kind="api_key", id="admin-key", name="admin")
@@ -91,12 +89,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """One namespace and database for the module, an executor and two trigger replicas."""
     namespace = "s" + uuid.uuid4().hex[:12]
-    dsn = (
-        make_url(postgres_server.dsn).set(database=namespace).render_as_string(hide_password=False)
-    )
-    await ensure_database(dsn)
-    for migrations in all_migrations():
-        await migrations.upgrade_async(dsn)
+    dsn = await migrated_database(postgres_server.dsn, namespace)
     env = dict(os.environ)
     env.update(
         CHIFFON_NATS_URL=nats_server.url,
