@@ -107,6 +107,12 @@ async def _verify(
     counters: Counters,
     through_langgraph: bool,
 ) -> AsyncIterator[RunResult]:
+    # The first run of each workflow version goes through LangGraph's own loop, the rest
+    # are stepped (``steps.DirectGraph``): every check thus also runs the scheduling the
+    # executor really uses on each version's graph, so a LangGraph upgrade that orders
+    # nodes differently is caught by the check made before it, at the cost of one slower
+    # run per version.
+    through_loop: set[str] = set()
     async for run_id, record in records:
         if isinstance(record, RunNotFound):
             yield RunResult(run_id, None, f"run {run_id} has no events")
@@ -119,9 +125,11 @@ async def _verify(
         except RecordError as error:
             yield RunResult(run_id, None, str(error))
             continue
+        first_of_version = workflow.digest not in through_loop
+        through_loop.add(workflow.digest)
         try:
             verdict = await verify_run(
-                record, workflow, counters, through_langgraph=through_langgraph
+                record, workflow, counters, through_langgraph=through_langgraph or first_of_version
             )
         except EventStoreUnavailable:
             raise
