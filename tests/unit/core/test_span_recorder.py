@@ -172,3 +172,19 @@ def test_exporting_uses_the_recorder_unless_a_variable_asks_for_the_sdk(
             chosen = telemetry.exporting_provider(RESOURCE, exporter)
             assert isinstance(chosen, TracerProvider), variable
             chosen.shutdown()
+
+
+def test_an_endpoint_exports_unless_the_sdk_is_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    exporting = telemetry.provider_for(RESOURCE)
+    assert isinstance(exporting, RecordingTracerProvider)
+    exporting.shutdown()
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "True")
+    disabled = telemetry.provider_for(RESOURCE)
+    with disabled.get_tracer("test").start_as_current_span("nothing") as span:
+        assert not span.is_recording()
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    monkeypatch.delenv("OTEL_SDK_DISABLED")
+    idle = telemetry.provider_for(RESOURCE)
+    with idle.get_tracer("test").start_as_current_span("ids only") as span:
+        assert not span.is_recording() and span.get_span_context().is_valid
