@@ -88,7 +88,14 @@ class ServiceContext:
 
 
 def health_app(name: str, health: Health, app: FastAPI | None = None) -> FastAPI:
-    app = app or FastAPI(title=f"chiffon-{name}", docs_url=None, redoc_url=None)
+    # FastAPI traces every request by default, with a span per dependency: probes every
+    # few seconds made three spans each for nothing a trace is read for.
+    app = app or FastAPI(
+        title=f"chiffon-{name}",
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:

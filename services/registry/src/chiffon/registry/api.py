@@ -393,7 +393,14 @@ def _aggregate(agent_id: str) -> str:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="chiffon-registry", docs_url=None, redoc_url=None)
+    # A span per request (an agent's registration continues its caller's trace), none
+    # per dependency, and no FastAPI metrics or logs (Chiffon logs with structlog).
+    app = FastAPI(
+        title="chiffon-registry",
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": True, "operation_spans": False, "metrics": False, "logs": False},
+    )
     install_problems(app)
     app.include_router(router)
     return app
