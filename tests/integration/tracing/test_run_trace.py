@@ -4,7 +4,8 @@ started here, as they would to a collector or Jaeger.
 
 The run waits on an approval between its model call and its agent task, so it is
 executed twice (suspended, then resumed by the decision): both run spans belong to the
-run's trace, and the resumed one links to the request that decided the approval."""
+run's trace, and the resumed one links to the request that decided the approval and to
+the first execution's span."""
 
 from __future__ import annotations
 
@@ -181,6 +182,8 @@ async def test_a_run_is_one_trace_from_the_gateway_request_to_the_agent(
     assert decision.trace_id != request.trace_id
     assert parent(resumed) is handled
     assert any(trace_id == decision.trace_id for trace_id, _ in resumed.links)
+    # ... and to the execution before it.
+    assert (first.trace_id, first.span_id) in resumed.links
 
     # run -> node attempts -> the model call (GenAI conventions)
     draft = one(trace, "the llm node's attempt", name="node draft")

@@ -281,6 +281,9 @@ class RunState:
     completion_tokens: int = 0
     event_count: int = 0  # events folded: what a run's cap on stored events counts
     fork_prepared: bool = False  # a fork's reused completions are all recorded
+    # The traceparent of the execution that last started a node (its run span): the run
+    # span of a later execution links to it, so a trace shows one execution to the next.
+    execution_trace: str | None = None
 
     @classmethod
     def from_events(cls, run_id: str, events: Iterable[tuple[Envelope[Any], int]]) -> RunState:
@@ -378,9 +381,12 @@ def _claimed(state: RunState, env: Envelope[Any], p: ev.RunClaimed, seq: int) ->
 def _node_started(state: RunState, env: Envelope[Any], p: ev.NodeStarted, seq: int) -> _Changes:
     n = _node(state, p.node_id, p.iteration)
     started = (*n.started, p.attempt)
-    return _with_node(
+    changes = _with_node(
         state, NodeIteration(n.node_id, n.iteration, started, n.failures, n.completed)
     )
+    if env.trace is not None:
+        changes["execution_trace"] = env.trace
+    return changes
 
 
 def _node_completed(state: RunState, env: Envelope[Any], p: ev.NodeCompleted, seq: int) -> _Changes:

@@ -147,8 +147,9 @@ class RunExecution:
         item's). A run executed again (resumed after a suspension or a pause, taken
         over from a replica that stopped) continues the trace of its ``run.requested``
         event, read for it, and links to what brought it back (the work item's trace:
-        the request that decided an approval, say), so a run stays one trace however
-        often it is resumed."""
+        the request that decided an approval, say) and to the execution before it (the
+        run span that last started a node), so a run stays one trace however often it
+        is resumed, and each execution leads to the next."""
         origin, links = self.trace, []
         resumed = self.run.claims > 1
         if resumed:
@@ -161,6 +162,9 @@ class RunExecution:
                 origin = first.envelope.trace
                 if self.trace != origin:
                     links = links_to(self.trace)
+            previous = self.run.execution_trace
+            if previous is not None and previous not in (origin, self.trace):
+                links += links_to(previous)
         return SpanScope(
             f"run {self.workflow.spec.name}",
             attributes={
