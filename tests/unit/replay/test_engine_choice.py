@@ -14,7 +14,7 @@ from chiffon.events import CATALOG, new_event
 from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, InMemoryEventStore
 from chiffon.executor.replay import driver
-from chiffon.executor.replay.batch import verify_runs
+from chiffon.executor.replay.batch import default_processes, verify_runs
 from chiffon.workflow import load_spec
 from tests.unit.executor.test_replay_verify import USER, compiled, record
 
@@ -63,3 +63,8 @@ async def test_the_first_run_of_a_version_goes_through_langgraphs_loop(
     ]
     # The replay steps the runs after the first itself (it can step this graph).
     assert len(steppers) == stepped and all(s is not None for s in steppers)
+
+
+def test_a_few_hundred_runs_are_checked_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert [default_processes(n) for n in (1, 399, 400, 1000, 1600, 100_000)] == [1, 1, 1, 2, 4, 4]

@@ -165,8 +165,14 @@ def _worker(url: str, namespace: str, runs: list[RunRef], through_langgraph: boo
     return asyncio.run(_verify_chunk(url, namespace, runs, through_langgraph))
 
 
-def default_processes() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+RUNS_PER_PROCESS = 400
+"""Runs worth a process of their own: a spawned process takes 1-3 s of CPU to import
+the engine, about what verifying a few hundred runs costs."""
+
+
+def default_processes(runs: int) -> int:
+    """One process per core (at most 8), but none for fewer runs than it is worth."""
+    return max(1, min(os.cpu_count() or 1, 8, runs // RUNS_PER_PROCESS))
 
 
 def verify_in_processes(

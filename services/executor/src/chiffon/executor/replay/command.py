@@ -136,7 +136,7 @@ def _many(
         settings.nats_url,
         settings.namespace,
         runs,
-        processes or default_processes(),
+        processes or default_processes(len(runs)),
         through_langgraph=through_langgraph,
     )
     seconds = time.perf_counter() - started
