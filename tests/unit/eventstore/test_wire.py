@@ -1,4 +1,5 @@
-"""FastParser reads what nats-py's parser reads, whatever the reads' boundaries.
+"""FastParser reads what nats-py's parser reads, whatever the reads' boundaries, and the client
+parses header blocks as nats-py does.
 
 The same wire bytes (messages with and without headers and replies, a status message,
 PING, PONG, +OK, INFO, -ERR) are fed to nats-py's Parser and to FastParser, whole and
@@ -12,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
 from chiffon.eventstore.intake import _ack_position, _status
-from chiffon.eventstore.wire import FastParser, ack_commands
+from chiffon.eventstore.wire import Client, FastParser, ack_commands
 
 
 def hmsg(subject: bytes, sid: int, reply: bytes, headers: bytes, data: bytes) -> bytes:
@@ -130,3 +132,25 @@ def test_acks_are_one_write() -> None:
     assert ack_commands([b"$JS.ACK.a", b"$JS.ACK.b"]) == (
         b"PUB $JS.ACK.a 4\r\n+ACK\r\nPUB $JS.ACK.b 4\r\n+ACK\r\n"
     )
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"NATS/1.0\r\nNats-Msg-Id: a:0\r\nChiffon-Type: run.node.started\r\n\r\n",
+        b"Name:Value\r\nName2:\tValue2\r\n  Spaced  :  kept  \r\n",
+        b"Bad Name: skipped\r\nTab\tName: skipped\r\nno colon here\r\n:empty name\r\n",
+        b"Caf\xc3\xa9: non-ascii name\r\nOk: caf\xc3\xa9 \xff\xfe broken utf-8\r\n",
+        b"Repeated: one\r\nRepeated: two\r\n\r\n\r\n",
+        b"Vt\x0bName: x\r\nFs\x1cName: x\r\nNul\x00Name: x\r\nEnd:",
+        b"",
+    ],
+)
+def test_header_blocks_parse_as_nats_py_parses_them(block: bytes) -> None:
+    assert Client._parse_header_lines(block) == NATS._parse_header_lines(block)
+
+
+def test_every_ascii_character_is_whitespace_to_both_or_to_neither() -> None:
+    for code in range(128):
+        block = b"A" + bytes([code]) + b"B: value\r\n"
+        assert Client._parse_header_lines(block) == NATS._parse_header_lines(block), code

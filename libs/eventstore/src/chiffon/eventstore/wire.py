@@ -25,6 +25,7 @@ integration tests run every store path through it against a real server.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -154,9 +155,39 @@ class FastParser(Parser):
         return True
 
 
+_WHITESPACE = re.compile(r"\s")  # the characters ``str.isspace`` accepts, in one C call
+
+
+class Client(NATS):
+    """nats-py's client with its header parsing made cheaper and otherwise unchanged.
+
+    nats-py tests each character of each header name for whitespace in a Python
+    generator: on a replay reading thousands of events that was 12% of its CPU, since
+    every stored event carries a few headers. The rules are nats-py's own, line by
+    line (a unit test compares the two on hostile header blocks)."""
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(_CRLF):
+            if not line:
+                continue
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if _WHITESPACE.search(key):
+                continue
+            out[key] = value.strip().decode("utf-8", "replace")
+        return out
+
+
 def new_client() -> NATS:
     """A nats-py client reading with ``FastParser`` (connect it with ``connect``)."""
-    nc = NATS()
+    nc = Client()
     nc._ps = FastParser(nc)
     return nc
 
