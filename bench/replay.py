@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import json
 import os
 import pstats
 import statistics
@@ -42,18 +41,16 @@ from bench.common import row, servers
 from chiffon.core.runtime import tune_gc
 from chiffon.events import CATALOG, Actor, new_event, uuid7
 from chiffon.events.runs import ApprovalDecided, RunClaimed, RunRequested
-from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.executor.domain import RunState
-from chiffon.executor.execution import LoadedWorkflow, RunExecution
-from chiffon.executor.graph import build_graph
+from chiffon.executor.execution import RunExecution
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.replay.batch import Totals, verify_in_processes, verify_stored
 from chiffon.executor.replay.driver import Counters
 from chiffon.executor.replay.recorded import RecordedRun
 from chiffon.executor.replay.source import RunRef, RunSource
-from chiffon.workflow import load_spec
+from tests.support.workflows import store_workflow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 USER = Actor(kind="user", id="bench")
@@ -73,19 +70,8 @@ async def run_for_real(
     inputs: dict[str, Any],
     decisions: list[bool],
 ) -> str:
-    spec = load_spec(source)
-    registered = WorkflowVersionRegistered(
-        name=spec.name,
-        version=spec.version,
-        digest=spec.digest(),
-        spec=json.loads(spec.canonical_json()),
-        source=source,
-    )
-    await store.append(
-        AggregateKey("workflow", spec.name),
-        [new_event(registered, aggregate_id=spec.name, actor=USER)],
-    )
-    workflow = LoadedWorkflow(spec=spec, digest=spec.digest(), graph=build_graph(spec))
+    workflow = await store_workflow(store, source, USER)
+    spec = workflow.spec
     key = AggregateKey("run", run_id)
     request = RunRequested(workflow=spec.name, version=1, digest=spec.digest(), inputs=inputs)
     await store.append(key, [new_event(request, aggregate_id=run_id, actor=USER)], 0)

@@ -26,22 +26,20 @@ from chiffon.devstack.ports import free_port
 from chiffon.events import CATALOG, Actor, new_event, uuid7
 from chiffon.events.agents import AgentRegistered
 from chiffon.events.runs import ApprovalDecided, RunClaimed, RunRequested
-from chiffon.events.workflows import WorkflowVersionRegistered
 from chiffon.eventstore import AggregateKey, JetStreamEventStore
 from chiffon.executor.agents.client import AgentClient
 from chiffon.executor.agents.directory import AgentDirectory
 from chiffon.executor.agents.dispatch import AgentDispatch, install
 from chiffon.executor.domain import RunState
 from chiffon.executor.execution import LoadedWorkflow, RunExecution
-from chiffon.executor.graph import build_graph
 from chiffon.executor.models import ModelGateway
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.replay.driver import Counters, verify_run
 from chiffon.executor.replay.source import RunSource
-from chiffon.workflow import load_spec
 from tests.integration.agent.conftest import AgentProcess, start_agent, stop_agent
 from tests.integration.executor.openai_server import FakeOpenAI
 from tests.support.cli import run_cli
+from tests.support.workflows import store_workflow
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
@@ -123,17 +121,7 @@ class Stored:
 
 
 async def register_workflow(store: JetStreamEventStore, source: str) -> LoadedWorkflow:
-    spec = load_spec(source)
-    registered = WorkflowVersionRegistered(
-        name=spec.name,
-        version=spec.version,
-        digest=spec.digest(),
-        spec=json.loads(spec.canonical_json()),
-        source=source,
-    )
-    key = AggregateKey("workflow", spec.name)
-    await store.append(key, [new_event(registered, aggregate_id=spec.name, actor=USER)])
-    return LoadedWorkflow(spec=spec, digest=spec.digest(), graph=build_graph(spec))
+    return await store_workflow(store, source, USER)
 
 
 async def run_once(

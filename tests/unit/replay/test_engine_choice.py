@@ -4,38 +4,24 @@ stepped by the replay; ``--through-langgraph`` sends every run through LangGraph
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chiffon.events import CATALOG, new_event
-from chiffon.events.workflows import WorkflowVersionRegistered
-from chiffon.eventstore import AggregateKey, InMemoryEventStore
+from chiffon.events import CATALOG
+from chiffon.eventstore import InMemoryEventStore
 from chiffon.executor.replay import driver
 from chiffon.executor.replay.batch import default_processes, verify_runs
-from chiffon.workflow import load_spec
-from tests.unit.executor.test_replay_verify import USER, compiled, record
+from tests.support.workflows import store_workflow
+from tests.unit.executor.test_replay_verify import USER, record
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 async def stored_runs(store: InMemoryEventStore, count: int) -> list[str]:
     source = (EXAMPLES / "linear.yaml").read_text()
-    spec = load_spec(source)
-    registered = WorkflowVersionRegistered(
-        name=spec.name,
-        version=spec.version,
-        digest=spec.digest(),
-        spec=json.loads(spec.canonical_json()),
-        source=source,
-    )
-    await store.append(
-        AggregateKey("workflow", spec.name),
-        [new_event(registered, aggregate_id=spec.name, actor=USER)],
-    )
-    workflow = compiled(source)
+    workflow = await store_workflow(store, source, USER)
     runs = [f"run-{n}" for n in range(count)]
     for run_id in runs:
         assert await record(store, workflow, run_id, {"topic": run_id}) == "succeeded"
