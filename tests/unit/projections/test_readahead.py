@@ -40,3 +40,26 @@ async def test_an_error_of_the_source_comes_after_the_batches_before_it() -> Non
             async for batch in ahead:
                 seen.extend(batch)
     assert seen == [1, 2]
+
+
+async def test_a_reader_cancelled_while_waiting_leaves_no_task_behind() -> None:
+    """A projection runner is cancelled when its service stops: nothing it started may
+    be left pending (asyncio reports such a task "destroyed but pending" at exit)."""
+    before = asyncio.all_tasks()
+    taken = asyncio.Event()
+    never = asyncio.Event()
+
+    async def follow() -> None:
+        async with contextlib.aclosing(read_ahead(batches([1], never))) as ahead:
+            async for _batch in ahead:
+                taken.set()
+
+    follower = asyncio.create_task(follow())
+    await asyncio.wait_for(taken.wait(), 5)
+    for _ in range(5):  # the reader waits on ``never``, the next get on the queue
+        await asyncio.sleep(0)
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    left = asyncio.all_tasks() - before
+    assert left == set(), left

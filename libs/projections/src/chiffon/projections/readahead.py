@@ -29,6 +29,7 @@ async def read_ahead(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator
         await queue.put(_END)
 
     reader = asyncio.create_task(read(), name="read-ahead")
+    getter: asyncio.Future[T | _End] | None = None
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
@@ -42,5 +43,9 @@ async def read_ahead(source: AsyncIterator[T], depth: int = 2) -> AsyncGenerator
                 return
             yield item
     finally:
+        # Cancelled while waiting (the caller stopped): the pending get goes too, or
+        # asyncio reports it destroyed while pending when the loop closes.
+        if getter is not None:
+            getter.cancel()
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
