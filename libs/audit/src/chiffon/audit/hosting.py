@@ -1,5 +1,5 @@
-"""The audit projections a gateway hosts: the index always, the git export when
-``CHIFFON_AUDIT_GIT_DIR`` names a folder."""
+"""The audit projections a gateway hosts: the index of every audited stream always, the
+git export when ``CHIFFON_AUDIT_GIT_DIR`` names a folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chiffon.audit.gitexport import GitAuditTrail, GitExportProjection
 from chiffon.audit.index import AuditIndexProjection
+from chiffon.audit.streams import STREAM_PROJECTIONS
 from chiffon.eventstore import EventStore
 from chiffon.projections import Projection
 
@@ -24,6 +25,7 @@ class AuditSettings(BaseSettings):
 def audit_projections(store: EventStore, settings: AuditSettings | None = None) -> list[Projection]:
     chosen = settings or AuditSettings()
     hosted: list[Projection] = [AuditIndexProjection()]
+    hosted += [projection() for projection in STREAM_PROJECTIONS]
     if chosen.git_dir is not None:
         hosted.append(GitExportProjection(store, GitAuditTrail(chosen.git_dir)))
     return hosted

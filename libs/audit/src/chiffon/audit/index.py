@@ -1,4 +1,4 @@
-"""The audit-index projection: folds the RUNS stream into ``audit_events``.
+"""The audit-index projection of run events: folds the RUNS stream into ``audit_events``.
 
 Hosted by the gateway, which serves the search over it. Each row is written from its
 own event plus two facts of earlier events of the same run: the run's workflow (from
@@ -9,7 +9,6 @@ rows already written.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -17,6 +16,8 @@ from sqlalchemy import Table, and_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chiffon.audit.ordering import order_before, order_times
+from chiffon.audit.storable import storable
 from chiffon.audit.tables import ERROR_MESSAGE_MAX_CHARS, audit_events
 from chiffon.events import actor_label
 from chiffon.events.runs import (
@@ -29,21 +30,9 @@ from chiffon.events.runs import (
 from chiffon.eventstore import RecordedEvent
 from chiffon.projections import Projection
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
 FAILURE_TYPES = ("run.failed", "run.node.failed")
 """The rows ``chiffon audit failures`` counts: an agent task's failure also fails its
 node, so counting both would count one failure twice."""
-
-
-def storable(text: str | None, limit: int | None = None) -> str | None:
-    """``text`` as PostgreSQL can store it: a NUL or a lone surrogate (both legal in an
-    event's JSON, from a tool's output or a model's answer) made U+FFFD, since either one
-    would make the insert fail and stop the projection for every user."""
-    if text is None:
-        return None
-    cut = text[:limit] if limit is not None else text
-    return cut if cut.isascii() and "\x00" not in cut else _UNSTORABLE.sub("\ufffd", cut)
 
 
 def _failure(event: RecordedEvent) -> tuple[str, str] | None:
@@ -72,8 +61,9 @@ class AuditIndexProjection(Projection):
             if isinstance(p, RunRequested):
                 workflows[event.envelope.aggregate_id] = p.workflow
         await self._load_earlier(conn, events, workflows, agents)
+        times = order_times(await order_before(conn, audit_events, events), events)
         rows: list[dict[str, Any]] = []
-        for event in events:
+        for event, order_at in zip(events, times, strict=True):
             envelope = event.envelope
             p = envelope.payload
             run_id = envelope.aggregate_id
@@ -96,6 +86,7 @@ class AuditIndexProjection(Projection):
                     "run_id": run_id,
                     "actor": storable(actor_label(envelope.actor)),
                     "occurred_at": envelope.occurred_at,
+                    "order_at": order_at,
                     "node_id": node_id,
                     "workflow": workflows.get(run_id),
                     "agent_id": storable(agent_id),

@@ -10,15 +10,30 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, desc, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    Table,
+    and_,
+    cast,
+    desc,
+    func,
+    literal,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chiffon.audit.index import FAILURE_TYPES
-from chiffon.audit.tables import audit_events
+from chiffon.audit.tables import STREAM_TABLES, audit_events
 
 MAX_LIMIT = 500
 SEQUENCE_MAX = 2**63 - 1  # a PostgreSQL bigint
@@ -27,29 +42,54 @@ FAILURE_GROUPS_MAX = 1000
 first. A post-mortem reads the top ones; a million distinct error types is an attack."""
 SAMPLE_RUNS = 5
 
-_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
+RUNS = "RUNS"
+CONTEXTS: tuple[str, ...] = (RUNS, *STREAM_TABLES)
+"""The streams the search covers."""
+
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_POSITION = re.compile(r"audit2:(-?[0-9]{1,19}):([A-Z]{1,20}):([0-9]{1,19})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class InvalidCursor(ValueError):
     """A cursor this API did not hand out."""
 
 
-def encode_cursor(sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"audit:{sequence}".encode()).decode().rstrip("=")
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a page ended, in the search's order: ``order_at``, then the stream, then
+    its sequence (sequences are per stream), all descending."""
+
+    order_at: datetime
+    context: str
+    sequence: int
 
 
-def decode_cursor(cursor: str) -> int:
-    """The stream sequence a page ended at (the next page holds older events)."""
+def encode_cursor(position: Position) -> str:
+    micros = (position.order_at - _EPOCH) // _MICROSECOND
+    text = f"audit2:{micros}:{position.context}:{position.sequence}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Position:
+    """The position a page ended at (the next page holds older events). Cursors of the
+    run-only search (``audit:<sequence>``) are refused like any other stranger: they
+    name a place in one stream, not in the order of all of them."""
     if not _CURSOR.fullmatch(cursor):
         raise InvalidCursor("not a cursor this API handed out")
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor("not a cursor this API handed out") from None
-    kind, _, value = text.partition(":")
-    if kind != "audit" or not value.isdigit() or len(value) > 19 or int(value) > SEQUENCE_MAX:
+    match = _POSITION.fullmatch(text)
+    if match is None or match[2] not in CONTEXTS or int(match[3]) > SEQUENCE_MAX:
         raise InvalidCursor("not a cursor this API handed out")
-    return int(value)
+    try:
+        at = _EPOCH + int(match[1]) * _MICROSECOND
+    except OverflowError:
+        raise InvalidCursor("not a cursor this API handed out") from None
+    return Position(at, match[2], int(match[3]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +97,82 @@ class AuditFilter:
     actor: str | None = None
     type: str | None = None
     run_id: str | None = None
+    context: str | None = None  # a stream: RUNS, KEYS, COSTS, AGENTS, TRIGGERS, WORKFLOWS
+    aggregate_id: str | None = None  # a run's, key's, agent's... id
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
 
-    def where(self, query: Select[Any]) -> Select[Any]:
-        c = audit_events.c
-        if self.actor is not None:
-            query = query.where(c.actor == self.actor)
-        if self.type is not None:
-            query = query.where(c.type == self.type)
+    def contexts(self) -> tuple[str, ...]:
+        """The streams that can hold a match: a run filter finds run events only."""
+        if self.context is not None and self.context not in CONTEXTS:
+            return ()
         if self.run_id is not None:
-            query = query.where(c.run_id == self.run_id)
+            return (RUNS,) if self.context in (None, RUNS) else ()
+        return (self.context,) if self.context is not None else CONTEXTS
+
+    def conditions(self, table: Table) -> list[ColumnElement[bool]]:
+        c = table.c
+        found: list[ColumnElement[bool]] = []
+        if self.actor is not None:
+            found.append(c.actor == self.actor)
+        if self.type is not None:
+            found.append(c.type == self.type)
+        if self.run_id is not None:
+            found.append(c.run_id == self.run_id)
+        if self.aggregate_id is not None:
+            found.append(
+                (c.run_id if table is audit_events else c.aggregate_id) == self.aggregate_id
+            )
         if self.since is not None:
-            query = query.where(c.occurred_at >= self.since)
+            # order_at is never before occurred_at: the same bound, on the search's index.
+            found += [c.occurred_at >= self.since, c.order_at >= self.since]
         if self.until is not None:
-            query = query.where(c.occurred_at < self.until)
-        return query
+            found.append(c.occurred_at < self.until)
+        return found
+
+
+def _after(table: Table, context: str, cursor: Position) -> ColumnElement[bool]:
+    """Rows of ``context`` that come after ``cursor`` in the search's (descending) order."""
+    c = table.c
+    if context < cursor.context:
+        return c.order_at <= cursor.order_at
+    if context > cursor.context:
+        return c.order_at < cursor.order_at
+    return tuple_(c.order_at, c.sequence) < tuple_(cursor.order_at, cursor.sequence)
+
+
+def _branch(context: str, found: AuditFilter, cursor: Position | None, rows: int) -> Select[Any]:
+    """One stream's matches, in the search's order, as the union's common columns."""
+    table = audit_events if context == RUNS else STREAM_TABLES[context]
+    c = table.c
+    text = cast(null(), String)
+    if table is audit_events:
+        own = [literal("run", String), c.run_id, c.run_id, c.node_id, c.error_type, text]
+        version: Any = cast(null(), Integer)
+    else:
+        own = [c.aggregate, c.aggregate_id, text, text, text, c.name]
+        version = c.version
+    query = select(
+        literal(context, String).label("context"),
+        c.sequence,
+        c.event_id,
+        c.type,
+        own[0].label("aggregate"),
+        own[1].label("aggregate_id"),
+        own[2].label("run_id"),
+        c.actor,
+        c.occurred_at,
+        c.order_at,
+        own[3].label("node_id"),
+        c.workflow,
+        c.agent_id,
+        own[4].label("error_type"),
+        own[5].label("name"),
+        version.label("version"),
+    ).where(*found.conditions(table))
+    if cursor is not None:
+        query = query.where(_after(table, context, cursor))
+    return query.order_by(desc(c.order_at), desc(c.sequence)).limit(rows)
 
 
 def _event(row: Any) -> dict[str, Any]:
@@ -88,24 +188,44 @@ def _event(row: Any) -> dict[str, Any]:
         "workflow": m["workflow"],
         "agent_id": m["agent_id"],
         "error_type": m["error_type"],
+        "context": m["context"],
+        "aggregate": m["aggregate"],
+        "aggregate_id": m["aggregate_id"],
+        "name": m["name"],
+        "version": m["version"],
     }
 
 
 async def search_events(
     conn: AsyncConnection, found: AuditFilter, *, limit: int = 100, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Matching events, newest first, and the cursor of the next (older) page or None."""
-    query = found.where(select(audit_events))
-    if cursor is not None:
-        query = query.where(audit_events.c.sequence < decode_cursor(cursor))
+    """Matching events of every audited stream, newest first, and the cursor of the next
+    (older) page or None."""
+    after = decode_cursor(cursor) if cursor is not None else None
+    rows_wanted = min(limit, MAX_LIMIT) + 1
+    # Each stream's newest matches come from its own index; the union merges them.
+    branches = [_branch(context, found, after, rows_wanted) for context in found.contexts()]
+    if not branches:
+        return [], None
+    merged = (union_all(*branches) if len(branches) > 1 else branches[0]).subquery()
     rows = (
         await conn.execute(
-            query.order_by(desc(audit_events.c.sequence)).limit(min(limit, MAX_LIMIT) + 1)
+            select(merged)
+            .order_by(
+                desc(merged.c.order_at),
+                desc(merged.c.context.collate("C")),
+                desc(merged.c.sequence),
+            )
+            .limit(rows_wanted)
         )
     ).all()
-    page = [_event(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return page, encode_cursor(page[-1]["sequence"]) if more and page else None
+    page = rows[:limit]
+    if len(rows) <= limit or not page:
+        return [_event(row) for row in page], None
+    last = page[-1]
+    return [_event(row) for row in page], encode_cursor(
+        Position(last.order_at, last.context, last.sequence)
+    )
 
 
 async def failures(

@@ -20,6 +20,7 @@ from chiffon.audit.gitexport import known_prices
 from chiffon.audit.record import audit_record
 from chiffon.audit.render import to_html, to_text
 from chiffon.audit.search import (
+    CONTEXTS,
     MAX_LIMIT,
     AuditFilter,
     InvalidCursor,
@@ -75,16 +76,21 @@ class AuditRecordPublic(BaseModel):
 
 
 class AuditEventPublic(BaseModel):
-    sequence: int
+    sequence: int  # in its stream (``context``)
     event_id: str
     type: str
-    run_id: str
+    run_id: str | None  # null for an event of another stream than RUNS
     actor: str
     at: AwareDatetime
     node_id: str | None
     workflow: str | None
     agent_id: str | None
     error_type: str | None
+    context: str  # the stream: RUNS, KEYS, COSTS, AGENTS, TRIGGERS, WORKFLOWS
+    aggregate: str  # run, apikey, budget, agent, agent_credential, trigger, schedule, workflow
+    aggregate_id: str
+    name: str | None  # the key's, agent's, trigger's, schedule's or workflow's name
+    version: int | None  # the workflow version it registers or names
 
 
 class AuditEventsPublic(BaseModel):
@@ -198,6 +204,14 @@ async def search(
         ),
     ] = None,
     run: Annotated[str | None, Query(max_length=128, description="A run id")] = None,
+    context: Annotated[
+        str | None,
+        Query(max_length=20, description="A stream: " + ", ".join(CONTEXTS)),
+    ] = None,
+    aggregate_id: Annotated[
+        str | None,
+        Query(max_length=128, description="The id of what the event is about: a run, key..."),
+    ] = None,
     from_: Annotated[
         str | None, Query(alias="from", min_length=1, max_length=40, description=BOUND_DOC)
     ] = None,
@@ -207,10 +221,15 @@ async def search(
         str | None, Query(max_length=100, description="From the last page's next_cursor")
     ] = None,
 ) -> Response:
-    """Run events matching every filter given, newest first, a page at a time
-    (``next_cursor``, and a ``Link: rel=next`` header, while there are more)."""
+    """Events of every audited stream (runs, API keys, budgets, agents, triggers and
+    schedules, workflow versions) matching every filter given, newest first, a page at a
+    time (``next_cursor``, and a ``Link: rel=next`` header, while there are more)."""
     if run is not None and not RUN_ID.fullmatch(run):
         raise _bad("run", "run must be a run id (letters, digits, _ and -)")
+    if context is not None and context not in CONTEXTS:
+        raise _bad("context", "context must be one of " + ", ".join(CONTEXTS))
+    if aggregate_id is not None and not RUN_ID.fullmatch(aggregate_id):  # every aggregate's
+        raise _bad("aggregate_id", "aggregate_id must be an id (letters, digits, _ and -)")
     start = _bound(from_, "from", end=False)
     end = _bound(to, "to", end=True)
     if start is not None and end is not None and start >= end:
@@ -221,7 +240,13 @@ async def search(
         except InvalidCursor as error:
             raise _bad("cursor", str(error)) from None
     found = AuditFilter(
-        actor=_text("actor", actor), type=_text("type", type), run_id=run, since=start, until=end
+        actor=_text("actor", actor),
+        type=_text("type", type),
+        run_id=run,
+        context=context,
+        aggregate_id=aggregate_id,
+        since=start,
+        until=end,
     )
 
     async def page() -> tuple[list[dict[str, Any]], str | None]:
