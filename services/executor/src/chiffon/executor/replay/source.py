@@ -14,9 +14,10 @@ from chiffon.eventstore import (
     EventStore,
     EventStoreError,
     EventStoreUnavailable,
-    RecordedEvent,
-    StoredMessage,
+    JetStreamEventStore,
 )
+from chiffon.eventstore.stream_reader import ack_sequence, raw_batches
+from chiffon.eventstore.wire import fast_parser
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.replay.recorded import RecordedRun, RecordError, index_run
 
@@ -69,7 +70,7 @@ class RunSource:
             raise RunNotFound(run_id) from error
         if not events:
             raise RunNotFound(run_id)
-        return await self._indexed(run_id, events)
+        return await self._indexed(run_id, [(e.envelope, e.sequence) for e in events])
 
     async def runs(
         self, refs: Sequence[RunRef]
@@ -80,52 +81,60 @@ class RunSource:
         direct-get reply's headers: 0.38 ms of CPU per replayed node. Here the stream is
         read once, sequentially and in big batches, from the earliest request asked for
         (a run's events all follow its request); other runs' events are skipped by
-        subject, never decoded."""
+        subject, never decoded. On JetStream the messages are taken raw
+        (``eventstore.stream_reader``: no nats-py message, no header parsing)."""
         ordered = list(refs)
         for begin in range(0, len(ordered), RUNS_PER_PASS):
             chunk = ordered[begin : begin + RUNS_PER_PASS]
             held = await self._gather(chunk)
             for ref in chunk:
-                yield ref.run_id, await self._decoded(ref.run_id, held.pop(ref.run_id))
+                yield ref.run_id, await self._decoded(ref.run_id, held.pop(ref.run_id.encode()))
 
-    async def _gather(self, refs: Sequence[RunRef]) -> dict[str, list[StoredMessage]]:
-        """The stored messages of ``refs``, by run, from one pass over the stream."""
-        held: dict[str, list[StoredMessage]] = {ref.run_id: [] for ref in refs}
-        prefix = self.store.streams.aggregate_filter("run", "").removesuffix(".>")
+    async def _gather(self, refs: Sequence[RunRef]) -> dict[bytes, list[tuple[bytes, int]]]:
+        """The stored data and stream sequence of each event of ``refs``, by run id (as
+        bytes), from one pass over the stream."""
+        held: dict[bytes, list[tuple[bytes, int]]] = {ref.run_id.encode(): [] for ref in refs}
+        prefix = self.store.streams.aggregate_filter("run", "").removesuffix(".>").encode()
         cut = len(prefix)
         start = min(ref.requested for ref in refs)
         # No subject filter: a consumer filtered on 500 runs' subjects made the server
         # take 5x as long to deliver the same messages (16 s against 3 s here).
+        if isinstance(self.store, JetStreamEventStore) and fast_parser(self.store.nc):
+            async for raw in raw_batches(self.store, RUNS_CONTEXT, start=start, batch=READ_BATCH):
+                for subject, reply, data in raw:
+                    kept = held.get(subject[cut : subject.find(b".", cut)])
+                    if kept is not None:
+                        kept.append((data, ack_sequence(reply)))
+            return held
         async for batch in self.store.stored_batches(RUNS_CONTEXT, start=start, batch=READ_BATCH):
             for message in batch:
-                subject = message.subject
-                kept = held.get(subject[cut : subject.find(".", cut)])
+                name = message.subject.encode()
+                kept = held.get(name[cut : name.find(b".", cut)])
                 if kept is not None:
-                    kept.append(message)
+                    kept.append((message.data, message.sequence))
         return held
 
     async def _decoded(
-        self, run_id: str, messages: list[StoredMessage]
+        self, run_id: str, messages: list[tuple[bytes, int]]
     ) -> RecordedRun | RunNotFound | RecordError:
         if not messages:
             return RunNotFound(run_id)
-        stream = self.store.streams.stream_name(RUNS_CONTEXT)
+        decode = self.store.catalog.decode
         try:
-            events = [message.decode(self.store.catalog, stream) for message in messages]
+            events = [(decode(data), sequence) for data, sequence in messages]
             return await self._indexed(run_id, events)
         except EventValidationError as error:
             return RecordError(f"run {run_id}: a stored event cannot be read: {error}")
         except RecordError as error:
             return error
 
-    async def _indexed(self, run_id: str, events: list[RecordedEvent]) -> RecordedRun:
+    async def _indexed(self, run_id: str, events: list[tuple[Envelope[Any], int]]) -> RecordedRun:
         resolved: list[tuple[Envelope[Any], int]] = []
-        for event in events:
-            envelope = event.envelope
+        for envelope, sequence in events:
             payload = envelope.payload
             if isinstance(payload, ev.NodeCompleted) and payload.outputs_ref:
-                envelope = await self._inline(run_id, envelope, payload, event.sequence)
-            resolved.append((envelope, event.sequence))
+                envelope = await self._inline(run_id, envelope, payload, sequence)
+            resolved.append((envelope, sequence))
         return index_run(run_id, resolved)
 
     async def _inline(
