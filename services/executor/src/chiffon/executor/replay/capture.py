@@ -24,6 +24,36 @@ from chiffon.eventstore import (
 from chiffon.eventstore.model import _Any
 
 STREAM = "REPLAY"
+_set = object.__setattr__
+_PLAIN: dict[Any, bool] = {}  # whether a model can be made by ``construct``
+
+
+def construct(model: Any, values: dict[str, Any]) -> Any:
+    """``model.model_construct(**values)`` when ``values`` holds every field by its own
+    name: the instance is made as pydantic makes it (its ``__dict__``, the fields set, no
+    extra, no private attributes), without its loop over each field's aliases and
+    defaults. A model with aliases, a post-init hook, private attributes or extra fields
+    goes through ``model_construct`` itself."""
+    plain = _PLAIN.get(model)
+    if plain is None:
+        plain = _PLAIN[model] = (
+            not model.__pydantic_root_model__
+            and model.__pydantic_post_init__ is None
+            and not model.__private_attributes__
+            and model.model_config.get("extra") != "allow"
+            and all(
+                field.alias in (None, name) and field.validation_alias in (None, name)
+                for name, field in model.__pydantic_fields__.items()
+            )
+        )
+    if not plain or values.keys() != model.__pydantic_fields__.keys():
+        return model.model_construct(**values)
+    instance = model.__new__(model)
+    _set(instance, "__dict__", values)
+    _set(instance, "__pydantic_fields_set__", set(values))
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
+    return instance
 
 
 class CaptureStore:

@@ -28,7 +28,7 @@ from chiffon.executor.replay.answers import (
     RecordedModels,
     current_node,
 )
-from chiffon.executor.replay.capture import CaptureStore
+from chiffon.executor.replay.capture import CaptureStore, construct
 from chiffon.executor.replay.normalize import Divergence, Step, first_divergence, steps
 from chiffon.executor.replay.recorded import RecordedRun
 from chiffon.executor.replay.steps import direct
@@ -73,22 +73,28 @@ class ReplayExecution(RunExecution):
     def event(self, payload: Any) -> Envelope[Any]:
         """``payload`` as this run's event, its envelope not validated again: its fields
         are the payload's own (validated when it was made), the run's id and the replay's
-        actor, and nothing stores it. Validating it took a tenth of a replayed node."""
+        actor, and nothing stores it. Validating it took a tenth of a replayed node, and
+        pydantic's ``model_construct`` (a loop over the fields' aliases and defaults) 5%
+        more: every field is given here, so the instance is made as it makes one."""
         envelope_type = _ENVELOPES.get(type(payload))
         if envelope_type is None:
             envelope_type = _ENVELOPES[type(payload)] = Envelope[type(payload)]  # type: ignore[misc]
-        return envelope_type.model_construct(  # type: ignore[no-any-return]
-            event_id=uuid7(),
-            type=payload.event_type,
-            schema_version=payload.schema_version,
-            aggregate=payload.aggregate,
-            aggregate_id=self.run.run_id,
-            occurred_at=datetime.now(UTC),
-            correlation_id=self.run.run_id,
-            causation_id=None,
-            actor=self.actor,
-            trace=self.trace,
-            payload=payload,
+        run_id = self.run.run_id
+        return construct(  # type: ignore[no-any-return]
+            envelope_type,
+            {
+                "event_id": uuid7(),
+                "type": payload.event_type,
+                "schema_version": payload.schema_version,
+                "aggregate": payload.aggregate,
+                "aggregate_id": run_id,
+                "occurred_at": datetime.now(UTC),
+                "correlation_id": run_id,
+                "causation_id": None,
+                "actor": self.actor,
+                "trace": self.trace,
+                "payload": payload,
+            },
         )
 
     def next_iteration(self, node_id: str) -> int:
