@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -71,11 +72,16 @@ def called(run_id: str, model: str = "openai/gpt-4o-mini", **fields: Any) -> Env
 class Item:
     """A delivered work item that records how it was settled."""
 
-    def __init__(self, sequence: int, event: Envelope[Any] | bytes) -> None:
+    def __init__(
+        self,
+        sequence: int,
+        event: Envelope[Any] | bytes,
+        subject: str = "chiffon.run.x.run.llm.called",
+    ) -> None:
         self.sequence = sequence
         self.delivered = 1
         if isinstance(event, bytes):
-            self.data, self.subject = event, "chiffon.run.x.run.llm.called"
+            self.data, self.subject = event, subject
         else:
             self.data = event.model_dump_json().encode()
             self.subject = f"chiffon.run.{event.aggregate_id}.{event.type}"
@@ -115,7 +121,7 @@ def test_a_batch_holds_each_call_and_its_models_prices_once() -> None:
     for call in calls:
         row, model_prices = priced_call(BOOK, call, RunOrigin("triage", "key-1"))
         rows.append(row)
-        prices[call.payload["provider"], call.payload["model"]] = model_prices
+        prices[call.payload.provider, call.payload.model] = model_prices
     payload, bad = calls_priced(rows, prices, BOOK.version)
     assert bad == {} and payload is not None
     assert len(payload) == 4
@@ -216,9 +222,43 @@ async def test_a_pull_is_priced_into_batches_warnings_and_settled_items() -> Non
     assert warning.payload.llm_event_id == str(unknown.event_id)
 
     # The same pull delivered again (a crash before its acks): the same events, stored once.
-    again = [Item(item.sequence, item.data) for item in items]
+    again = [Item(item.sequence, item.data, item.subject) for item in items]
     await pricer.price(again)
     assert len(await priced_events(store)) == len(recorded)
+
+
+def test_a_call_reads_the_same_by_its_subject_by_its_type_and_from_an_old_schema() -> None:
+    event = called("run-1", prompt_tokens=1000, cached_read_tokens=600, reasoning_tokens=0)
+    data = event.model_dump_json().encode()
+    by_subject = read_work(data, f"chiffon.run.run-1.{event.type}")
+    assert by_subject == read_work(data) == ("run.llm.called", call_of(event))
+    [call] = [by_subject[1]]
+    assert isinstance(call, Call)
+    assert (call.event_id, call.run_id, call.occurred_at) == (
+        str(event.event_id),
+        "run-1",
+        event.occurred_at,
+    )
+    assert (call.payload.prompt_tokens, call.payload.cached_read_tokens) == (1000, 600)
+    old = orjson.loads(data)
+    old["schema_version"] = 1
+    for field in ("cached_read_tokens", "cache_write_tokens", "reasoning_tokens", "budget_note"):
+        old["payload"].pop(field)
+    old["payload"].pop("budget_holds")
+    _, upcast = read_work(orjson.dumps(old), f"chiffon.run.run-1.{event.type}")
+    assert isinstance(upcast, Call) and upcast.payload.cached_read_tokens == 0
+
+
+async def test_a_call_whose_fields_are_not_what_its_schema_says_is_terminated_alone() -> None:
+    store = InMemoryEventStore(CATALOG)
+    good = called("run-1")
+    bad = orjson.loads(called("run-1").model_dump_json())
+    bad["payload"]["prompt_tokens"] = "many"
+    items = [Item(1, requested("run-1")), Item(2, good), Item(3, orjson.dumps(bad))]
+    pricer = Pricer(store, BOOK, COST)
+    await pricer.price(items)
+    assert [item.settled for item in items] == [["ack"], ["ack"], ["term"]]
+    assert pricer.priced == 1
 
 
 class RefusingStore(InMemoryEventStore):

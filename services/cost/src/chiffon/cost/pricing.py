@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+import msgspec
 import orjson
 from pydantic import ValidationError
 
@@ -91,49 +92,60 @@ def origin_of(event: Envelope[Any]) -> RunOrigin:
     return RunOrigin(workflow, key_id)
 
 
-@dataclass(slots=True)
-class Call:
-    """What pricing needs of a ``run.llm.called``: its envelope's ids and its payload.
+class CallPayload(msgspec.Struct, frozen=True):
+    """What pricing reads of a ``run.llm.called``'s payload (its current schema)."""
 
-    Not frozen, and made with positional arguments: a frozen dataclass made with
-    keywords took 3.0 us per call here, this one 0.4."""
+    node_id: str
+    attempt: int
+    provider: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class Call(msgspec.Struct, frozen=True):
+    """What pricing reads of a ``run.llm.called``: its envelope's ids and its payload."""
 
     event_id: str
-    run_id: str
+    run_id: str = msgspec.field(name="aggregate_id")
     occurred_at: datetime
-    correlation_id: str | None
-    trace: str | None
-    payload: dict[str, Any]  # LlmCalled's fields, as of the current schema version
+    payload: CallPayload
+    correlation_id: str | None = None
+    trace: str | None = None
+    schema_version: int = 0
 
 
-def read_work(data: bytes) -> tuple[str, Call | RunOrigin | None]:
+_CALL = msgspec.json.Decoder(Call)
+_CALL_SUBJECT_END = "." + LlmCalled.event_type
+
+
+def read_work(data: bytes, subject: str | None = None) -> tuple[str, Call | RunOrigin | None]:
     """A work item's event: a call to price, a run's origin, or None (another type).
 
-    Read as JSON, not validated into the event's model: the store validated it when it
-    was appended, and the pricer's own event is validated before its append. That halves
-    the CPU a call costs here. An event of an older schema version takes the catalog's
-    path (upcast, validate). ``ValueError`` (or ``KeyError``) for a document that is not
-    an event."""
-    raw = orjson.loads(data)
-    kind = raw["type"]
-    if kind == LlmCalled.event_type:
-        if raw["schema_version"] != LlmCalled.schema_version:
-            envelope = CATALOG.decode(data)
-            raw = orjson.loads(envelope.model_dump_json())
-        at = datetime.fromisoformat(raw["occurred_at"])
-        return kind, Call(
-            raw["event_id"],
-            raw["aggregate_id"],
-            at if at.tzinfo else at.replace(tzinfo=UTC),
-            raw.get("correlation_id"),
-            raw.get("trace"),
-            raw["payload"],
-        )
-    if kind == RunRequested.event_type:
-        actor = raw["actor"]
-        key_id = actor["id"] if actor["kind"] == "api_key" else None
-        return kind, RunOrigin(raw["payload"].get("workflow"), key_id)
-    return kind, None
+    A call is decoded straight into ``Call`` (msgspec: only the fields pricing reads,
+    their types checked), not validated into the event's pydantic model: the store
+    validated it when it was appended, and the pricer's own event is validated before
+    its append. (Against the whole document read with orjson and then picked apart:
+    10.3 against 14.9 us per call for reading and pricing one, medians of 7 over the
+    same 2,800 calls.) An event of an older schema version takes the catalog's path
+    (upcast, validate). The type is told by the stream subject's end when given.
+    ``ValueError`` (or ``KeyError``) for a document that is not an event."""
+    if subject is None or not subject.endswith(_CALL_SUBJECT_END):
+        raw = orjson.loads(data)
+        kind = raw["type"]
+        if kind == RunRequested.event_type:
+            actor = raw["actor"]
+            key_id = actor["id"] if actor["kind"] == "api_key" else None
+            return kind, RunOrigin(raw["payload"].get("workflow"), key_id)
+        if kind != LlmCalled.event_type:
+            return kind, None
+    call = _CALL.decode(data)
+    if call.schema_version != LlmCalled.schema_version:
+        call = _CALL.decode(CATALOG.decode(data).model_dump_json())
+    return LlmCalled.event_type, call
 
 
 Row = tuple[Any, ...]
@@ -144,24 +156,25 @@ def priced_call(book: PriceBook, call: Call, origin: RunOrigin) -> tuple[Row, Pr
     """A call priced: its row of a ``CallsPriced`` (validated with the rest of its batch,
     in one call into pydantic-core), and the prices of its model."""
     p = call.payload
-    provider, model = p["provider"], p["model"]
-    prompt = p.get("prompt_tokens", 0)
-    completion = p.get("completion_tokens", 0)
-    cached = p.get("cached_read_tokens", 0)
-    written = p.get("cache_write_tokens", 0)
-    reasoning = p.get("reasoning_tokens", 0)
+    provider, model = p.provider, p.model
+    prompt = p.prompt_tokens
+    completion = p.completion_tokens
+    cached = p.cached_read_tokens
+    written = p.cache_write_tokens
+    reasoning = p.reasoning_tokens
     rate = book.rate(provider, model)
+    at = call.occurred_at
     row = (
         call.event_id,
         call.run_id,
         origin.workflow,
         origin.key_id,
         None,  # agent_id: run.llm.called does not say which agent ran the node
-        p["node_id"],
-        p["attempt"],
+        p.node_id,
+        p.attempt,
         provider,
         model,
-        call.occurred_at,
+        at if at.tzinfo else at.replace(tzinfo=UTC),
         prompt,
         completion,
         cached,
@@ -248,8 +261,8 @@ def unknown_event(call: Call, version: str, actor: Actor) -> Envelope[PriceUnkno
     """The warning for a call no price is known for (rare: one event per call)."""
     payload = PriceUnknown(
         llm_event_id=call.event_id,
-        provider=call.payload["provider"],
-        model=call.payload["model"],
+        provider=call.payload.provider,
+        model=call.payload.model,
         price_map_version=version,
     )
     return Envelope[PriceUnknown](
@@ -418,7 +431,7 @@ class Pricer:
         done: list[WorkItem] = []
         for item in sorted(items, key=_sequence):
             try:
-                kind, read = read_work(item.data)
+                kind, read = read_work(item.data, item.subject)
             except (EventValidationError, ValueError, KeyError, TypeError) as error:
                 log.error("cost.poison_work_item", sequence=item.sequence, error=str(error))
                 await item.term()
