@@ -7,12 +7,17 @@ A real NATS (JetStream) and PostgreSQL. Each round has its own namespace and dat
 three models, cached and cache-write tokens) are appended first. Then the cost service's
 own parts start in this process, as its composition root wires them: the ``Pricer`` (the
 durable consumer, ``PriceBook``, ``append_many`` of the priced events, acks) and the
-spend projection's runner (``cost_calls``, ``cost_runs``). The clock runs from their start
+spend projection's runner (``cost_calls``, ``cost_runs``), set up (the consumer made, a
+database connection open) as a running service is. The clock runs from their start
 until every call has its row in ``cost_calls``; the time at which the COSTS stream holds
 every priced event is taken too, to tell pricing from projecting.
 
-Baseline, in the same round: the bare projection apply rate, a rebuild of the spend read
-models from the priced events already in the stream (no pricing, no appends), in calls/s
+Baselines, in the same round: NATS's CPU per message to deliver as many messages of the
+same shape to a plain nats-py pull consumer (acknowledged a pull at a time, as the pricer
+does), filtered as the pricer's consumer is and unfiltered: what the server spends per
+call before any Chiffon code runs. And the bare projection apply rate, a rebuild of the
+spend read models from the priced events already in the stream (no pricing, no appends),
+in calls/s
 (the stream holds ``cost.calls.priced`` events of up to 500 calls each; the events/s are
 printed per round too).
 
@@ -34,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import multiprocessing
 import statistics
 import time
@@ -42,6 +49,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+from nats.js import api
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -53,7 +61,7 @@ from chiffon.cost.projections import SpendProjection
 from chiffon.cost.readmodel import cost_calls
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.runs import LlmCalled, RunRequested
-from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore
+from chiffon.eventstore import ANY, AggregateKey, JetStreamEventStore, wire
 from chiffon.projections import ProjectionRunner
 from chiffon.projections.host import all_migrations
 from chiffon.spend.prices import PriceBook
@@ -214,12 +222,17 @@ async def one_round(
             while not ready.is_set():
                 await asyncio.sleep(0.01)
         go.set()
+        # What a running service did once at its start: its consumer made, its
+        # database connection open (a new connection and its first statements took
+        # 0.1-0.3 s of a round of about 1.5 s).
+        await pricer.setup()
+        async with engine.connect() as conn:
+            await conn.execute(select(1))
         nats = nats or ProcessCpu(None)
         postgres = postgres or ProcessCpu(None)
         nats_started, pg_started = nats.seconds(), postgres.seconds()
         cpu_started = time.process_time()
         started = time.perf_counter()
-        await pricer.setup()
         tasks = [asyncio.create_task(pricer.run(stopping)), asyncio.create_task(runner.run())]
         priced_at = None
         try:
@@ -262,6 +275,83 @@ async def one_round(
     }
 
 
+async def delivery_baseline(nats_url: str, calls: int, nats: ProcessCpu) -> dict[str, float]:
+    """NATS's CPU per message to deliver ``calls`` messages shaped like the workload's
+    (a ``run.llm.called`` of about 620 bytes with its message id, 200 runs' subjects)
+    to a plain nats-py pull consumer acknowledging each pull in one write, as the pricer
+    does: once through a consumer filtered as the pricer's is (the run id is a token in
+    the middle of the subject, ``<ns>.run.*.run.llm.called``), once unfiltered. What
+    the server spends per call before any Chiffon code runs."""
+    namespace = "d" + uuid.uuid4().hex[:10]
+    stream = f"{namespace}_BASE"
+    nc = wire.new_client()
+    await nc.connect(nats_url)
+    js = nc.jetstream()
+    body = workload(1)[-1].model_dump_json().encode()
+    try:
+        await js.add_stream(name=stream, subjects=[f"{namespace}.run.>"])
+        for n in range(calls):
+            subject = f"{namespace}.run.run-{n % RUNS}.run.llm.called"
+            await nc.publish(subject, body, headers={"Nats-Msg-Id": str(n)})
+            if n % 1000 == 999:
+                await nc.flush()
+        await nc.flush()
+        figures = {}
+        for label, subjects in (
+            ("filtered", [f"{namespace}.run.*.run.llm.called"]),
+            ("unfiltered", None),
+        ):
+            started = nats.seconds()
+            await _pull_all(nc, js, stream, label, subjects, calls)
+            figures[label] = (nats.seconds() - started) / calls * 1e6
+        return figures
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.close()
+
+
+async def _pull_all(
+    nc: Any, js: Any, stream: str, name: str, subjects: list[str] | None, count: int
+) -> None:
+    await js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            durable_name=name,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            max_ack_pending=100_000,
+            filter_subjects=subjects,
+        ),
+    )
+    taken = 0
+    while taken < count:
+        want = min(3000, count - taken)
+        replies: list[bytes] = []
+        full = asyncio.Event()
+
+        def on_message(
+            _subject: bytes, reply: bytes, _headers: bytes | None, payload: bytes
+        ) -> None:
+            if payload:
+                replies.append(reply)
+            if len(replies) >= want or not payload:
+                full.set()
+
+        inbox = nc.new_inbox()
+        subscription = await wire.raw_subscribe(nc, inbox, on_message)
+        request = {"batch": want, "expires": 5_000_000_000}
+        await nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+            json.dumps(request).encode(),
+            reply=inbox,
+        )
+        await asyncio.wait_for(full.wait(), 30)
+        await wire.send_raw(nc, wire.ack_commands(replies))
+        await subscription.unsubscribe()
+        taken += len(replies)
+    await nc.flush()
+
+
 def total_us(result: dict[str, float]) -> float:
     """CPU per call of the whole pipeline: this process, NATS and PostgreSQL."""
     return result["cpu_us"] + result["nats_us"] + result["pg_us"]
@@ -287,6 +377,14 @@ async def main(args: argparse.Namespace) -> None:
                 nats=nats,
                 postgres=postgres,
             )
+            result.update(
+                {
+                    f"nats_{label}_us": value
+                    for label, value in (
+                        await delivery_baseline(srv.nats.url, args.calls, nats)
+                    ).items()
+                }
+            )
             rounds.append(result)
             print(
                 f"  round {index + 1}: {result['rate']:,.0f} calls/s into cost_calls, "
@@ -295,7 +393,9 @@ async def main(args: argparse.Namespace) -> None:
                 f"bare projection rebuild {result['rebuild']:,.0f} calls/s "
                 f"({result['rebuild_events']:,.0f} events/s); CPU per call: "
                 f"this process {result['cpu_us']:,.1f} us, NATS {result['nats_us']:,.1f} us, "
-                f"PostgreSQL {result['pg_us']:,.1f} us"
+                f"PostgreSQL {result['pg_us']:,.1f} us; raw nats-py delivery, NATS CPU per "
+                f"message: filtered as the pricer's {result['nats_filtered_us']:,.1f} us, "
+                f"unfiltered {result['nats_unfiltered_us']:,.1f} us"
             )
 
     def median(name: str) -> float:
@@ -317,6 +417,15 @@ async def main(args: argparse.Namespace) -> None:
         f"(two free cores' ceiling {2e6 / total:,.0f} calls/s)",
     )
     row("baseline: bare projection apply (rebuild)", f"{median('rebuild'):,.0f} calls/s")
+    row(
+        "baseline: raw nats-py pull + ack, NATS CPU",
+        f"{median('nats_filtered_us'):,.1f} us/msg",
+        "(a consumer filtered as the pricer's)",
+    )
+    row(
+        "  the same, the consumer unfiltered",
+        f"{median('nats_unfiltered_us'):,.1f} us/msg",
+    )
 
 
 if __name__ == "__main__":
