@@ -11,6 +11,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +27,7 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    text,
     tuple_,
     union_all,
 )
@@ -68,8 +70,8 @@ class Position:
 
 def encode_cursor(position: Position) -> str:
     micros = (position.order_at - _EPOCH) // _MICROSECOND
-    text = f"audit2:{micros}:{position.context}:{position.sequence}"
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    plain = f"audit2:{micros}:{position.context}:{position.sequence}"
+    return base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> Position:
@@ -79,10 +81,10 @@ def decode_cursor(cursor: str) -> Position:
     if not _CURSOR.fullmatch(cursor):
         raise InvalidCursor("not a cursor this API handed out")
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        plain = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor("not a cursor this API handed out") from None
-    match = _POSITION.fullmatch(text)
+    match = _POSITION.fullmatch(plain)
     if match is None or match[2] not in CONTEXTS or int(match[3]) > SEQUENCE_MAX:
         raise InvalidCursor("not a cursor this API handed out")
     try:
@@ -141,38 +143,49 @@ def _after(table: Table, context: str, cursor: Position) -> ColumnElement[bool]:
     return tuple_(c.order_at, c.sequence) < tuple_(cursor.order_at, cursor.sequence)
 
 
-def _branch(context: str, found: AuditFilter, cursor: Position | None, rows: int) -> Select[Any]:
-    """One stream's matches, in the search's order, as the union's common columns."""
+@cache
+def _columns(context: str) -> tuple[Any, ...]:
+    """A stream's table and its columns as the union's common ones (built once: building
+    them took half the client CPU of a search)."""
     table = audit_events if context == RUNS else STREAM_TABLES[context]
     c = table.c
-    text = cast(null(), String)
+    none: Any = cast(null(), String)
     if table is audit_events:
-        own = [literal("run", String), c.run_id, c.run_id, c.node_id, c.error_type, text]
+        aggregate: Any = literal("run", String)
+        aggregate_id, run_id = c.run_id, c.run_id
+        node_id, error_type, name = c.node_id, c.error_type, none
         version: Any = cast(null(), Integer)
     else:
-        own = [c.aggregate, c.aggregate_id, text, text, text, c.name]
-        version = c.version
-    query = select(
-        literal(context, String).label("context"),
+        aggregate, aggregate_id, run_id = c.aggregate, c.aggregate_id, none
+        node_id, error_type, name, version = none, none, c.name, c.version
+    return (
+        # Compared byte-wise like Python's ``<`` on the cursor's context, whatever the locale.
+        literal(context, String).collate("C").label("context"),
         c.sequence,
         c.event_id,
         c.type,
-        own[0].label("aggregate"),
-        own[1].label("aggregate_id"),
-        own[2].label("run_id"),
+        aggregate.label("aggregate"),
+        aggregate_id.label("aggregate_id"),
+        run_id.label("run_id"),
         c.actor,
         c.occurred_at,
         c.order_at,
-        own[3].label("node_id"),
+        node_id.label("node_id"),
         c.workflow,
         c.agent_id,
-        own[4].label("error_type"),
-        own[5].label("name"),
+        error_type.label("error_type"),
+        name.label("name"),
         version.label("version"),
-    ).where(*found.conditions(table))
+    )
+
+
+def _branch(context: str, found: AuditFilter, cursor: Position | None, rows: int) -> Select[Any]:
+    """One stream's matches, in the search's order, as the union's common columns."""
+    table = audit_events if context == RUNS else STREAM_TABLES[context]
+    query = select(*_columns(context)).where(*found.conditions(table))
     if cursor is not None:
         query = query.where(_after(table, context, cursor))
-    return query.order_by(desc(c.order_at), desc(c.sequence)).limit(rows)
+    return query.order_by(desc(table.c.order_at), desc(table.c.sequence)).limit(rows)
 
 
 def _event(row: Any) -> dict[str, Any]:
@@ -207,18 +220,16 @@ async def search_events(
     branches = [_branch(context, found, after, rows_wanted) for context in found.contexts()]
     if not branches:
         return [], None
-    merged = (union_all(*branches) if len(branches) > 1 else branches[0]).subquery()
-    rows = (
-        await conn.execute(
-            select(merged)
-            .order_by(
-                desc(merged.c.order_at),
-                desc(merged.c.context.collate("C")),
-                desc(merged.c.sequence),
-            )
-            .limit(rows_wanted)
-        )
-    ).all()
+    # One stream's branch is ordered already; several are merged by the same order
+    # (by name: a subquery's column proxies cost more client CPU than the query's run).
+    query = (
+        branches[0]
+        if len(branches) == 1
+        else union_all(*branches)
+        .order_by(text("order_at DESC, context DESC, sequence DESC"))
+        .limit(rows_wanted)
+    )
+    rows = (await conn.execute(query)).all()
     page = rows[:limit]
     if len(rows) <= limit or not page:
         return [_event(row) for row in page], None
