@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import typer
 
-from chiffon.audit.render import RENDERERS
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.http_client import gateway_client
 from chiffon.cli.text import printable
@@ -100,6 +99,8 @@ def register(app: typer.Typer) -> None:
             if since or workflow or agent:
                 raise codes.fail("--since, --workflow and --agent go with `failures`", codes.USAGE)
             record = codes.run_async(lambda: _get(f"/v1/runs/{quote(target, safe='')}/audit"))
+            from chiffon.audit.render import RENDERERS  # jinja2 and the templates: 0.45 s
+
             text = RENDERERS[output_format.value](record)
         if output is None:
             typer.echo(text, nl=False)

@@ -11,15 +11,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from chiffon.readmodels.views import (
-    ApprovalPublic,
-    RunPublic,
-    RunSummary,
-    WorkflowPublic,
-    WorkflowSummary,
-)
+if TYPE_CHECKING:
+    from chiffon.readmodels.views import (
+        ApprovalPublic,
+        RunPublic,
+        RunSummary,
+        WorkflowPublic,
+        WorkflowSummary,
+    )
 
 
 class ClientError(Exception):

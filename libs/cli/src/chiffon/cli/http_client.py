@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -35,14 +35,17 @@ from chiffon.cli.client import (
     Unavailable,
 )
 from chiffon.cli.config import find_config_file
-from chiffon.events.runs import RUN_ENDINGS
-from chiffon.readmodels.views import (
-    ApprovalPublic,
-    RunPublic,
-    RunSummary,
-    WorkflowPublic,
-    WorkflowSummary,
-)
+
+# The read models' pydantic classes (0.3 s of CPU to import) and the event catalog (0.35 s)
+# are imported by the calls that use them: most commands never do, and pay neither.
+if TYPE_CHECKING:
+    from chiffon.readmodels.views import (
+        ApprovalPublic,
+        RunPublic,
+        RunSummary,
+        WorkflowPublic,
+        WorkflowSummary,
+    )
 
 PROBLEMS = "https://chiffon.dev/problems/"
 
@@ -186,10 +189,14 @@ class GatewayClient(ChiffonClient):
         return result
 
     async def list_workflows(self) -> list[WorkflowSummary]:
+        from chiffon.readmodels.views import WorkflowSummary
+
         body = await self._json("GET", "/v1/workflows")
         return [WorkflowSummary.model_validate(w) for w in body["workflows"]]
 
     async def get_workflow(self, name: str, version: int | None = None) -> WorkflowPublic | None:
+        from chiffon.readmodels.views import WorkflowPublic
+
         params = {"version": version} if version is not None else None
         body = await self._maybe(f"/v1/workflows/{_segment(name)}", params=params)
         return WorkflowPublic.model_validate(body) if body is not None else None
@@ -212,6 +219,8 @@ class GatewayClient(ChiffonClient):
         return result
 
     async def get_run(self, run_id: str) -> RunPublic | None:
+        from chiffon.readmodels.views import RunPublic
+
         body = await self._maybe(f"/v1/runs/{_segment(run_id)}")
         return RunPublic.model_validate(body) if body is not None else None
 
@@ -223,6 +232,8 @@ class GatewayClient(ChiffonClient):
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[RunSummary], str | None]:
+        from chiffon.readmodels.views import RunSummary
+
         params: dict[str, Any] = {"limit": limit}
         for name, value in (("status", status), ("workflow", workflow), ("cursor", cursor)):
             if value is not None:
@@ -247,6 +258,8 @@ class GatewayClient(ChiffonClient):
         return result
 
     async def list_pending_approvals(self) -> list[ApprovalPublic]:
+        from chiffon.readmodels.views import ApprovalPublic
+
         body = await self._json("GET", "/v1/approvals")
         return [ApprovalPublic.model_validate(a) for a in body["approvals"]]
 
@@ -319,6 +332,8 @@ class GatewayClient(ChiffonClient):
     ) -> AsyncIterator[RunEvent]:
         """History, then live; on a dropped connection, reconnect and resume after the
         last event received (``Last-Event-ID``). Stops after the run's ending event."""
+        from chiffon.events.runs import RUN_ENDINGS
+
         last = after_seq
         delay = 0.2
         retry_ms: float | None = None

@@ -14,7 +14,6 @@ import typer
 from chiffon.cli import exit_codes as codes
 from chiffon.cli.http_client import GatewayClient, gateway_client
 from chiffon.cli.runs_cmd import follow_run
-from chiffon.events.runs import RUN_ENDING_STATUS
 
 
 async def _open() -> GatewayClient:
@@ -34,6 +33,7 @@ def logs(
     ),
 ) -> None:
     """Print a run's events. With --follow, exit with the run's end (0, 1 or 3)."""
+    from chiffon.events.runs import RUN_ENDING_STATUS  # the event catalog: 0.35 s of CPU
 
     async def main() -> int:
         async with await _open() as client:
