@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,8 +46,9 @@ async def audit_engine(postgres_server: PostgresServer) -> AsyncIterator[AsyncEn
 
 @dataclass
 class AuditServices:
-    """A gateway (hosting every audit projection), a cost service (budgets) and a
-    registry (agent credentials) on the session's NATS and a database of their own."""
+    """A gateway (hosting every audit projection), a cost service (budgets) and a trigger
+    service on the session's NATS and a database of their own (the agents' stream is
+    covered in test_streams: a registry would be one more process to start)."""
 
     gateway: Service
     others: list[Service]
@@ -72,9 +74,9 @@ async def audit_services(
         start_service("chiffon.gateway", "gateway", gateway_env(env), log_dir, free_port()),
         start_service("chiffon.cost", "cost", quiet, log_dir, free_port()),
         start_service(
-            "chiffon.registry",
-            "registry",
-            {**quiet, "CHIFFON_REGISTRY_PORT": str(free_port())},
+            "chiffon.trigger",
+            "trigger",
+            {**quiet, "CHIFFON_TRIGGER_SECRETS_KEY": Fernet.generate_key().decode()},
             log_dir,
             free_port(),
         ),

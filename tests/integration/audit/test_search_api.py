@@ -1,6 +1,6 @@
 """The audit search through a real gateway finds what an admin did outside any run: a
-key created, a budget set, an agent credential issued (three streams, three services),
-by actor and by type, newest first, a page boundary between two streams."""
+key created, a budget set, a trigger created (three streams, three services), by actor
+and by type, newest first, each page boundary between two streams."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import httpx
 from tests.support.fixtures import eventually
 
 from .conftest import AuditServices
+
+TRIGGER_SECRET = "whsec-audited-0123456789abcdef"
 
 
 async def _pages(http: httpx.AsyncClient, params: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -27,7 +29,7 @@ async def _pages(http: httpx.AsyncClient, params: dict[str, Any]) -> list[list[d
         params = {**params, "cursor": body["next_cursor"]}
 
 
-async def test_keys_budgets_and_agent_credentials_are_found_by_actor_and_type(
+async def test_keys_budgets_and_triggers_are_found_by_actor_and_type(
     audit_services: AuditServices,
 ) -> None:
     async with audit_services.client() as admin:
@@ -37,9 +39,17 @@ async def test_keys_budgets_and_agent_credentials_are_found_by_actor_and_type(
             "/v1/budgets/workflow/audited", json={"period": "day", "hard_usd": "5"}
         )
         assert budget.status_code == 200, budget.text
-        credential = await admin.post("/v1/agents/credentials", json={"name": "audited-agent"})
-        assert credential.status_code == 201, credential.text
-    made, issued = key.json(), credential.json()
+        trigger = await admin.post(
+            "/v1/triggers",
+            json={
+                "name": "audited-hook",
+                "workflow": "audited",
+                "scheme": "standard-webhooks",
+                "secret": TRIGGER_SECRET,
+            },
+        )
+        assert trigger.status_code == 201, trigger.text
+    made = key.json()
     actor = made["created_by"]
 
     async with audit_services.client(made["key"]) as viewer:
@@ -51,7 +61,11 @@ async def test_keys_budgets_and_agent_credentials_are_found_by_actor_and_type(
         pages = await eventually(all_three, timeout=30, message="three events in the index")
         by_type = {
             kind: (await viewer.get("/v1/audit", params={"type": kind})).json()["events"]
-            for kind in ("apikey.created", "budget.set", "agent.credential.issued")
+            for kind in (
+                "apikey.created",
+                "budget.set",
+                "trigger.created",
+            )
         }
         text = (await viewer.get("/v1/audit", params={"actor": actor})).text
         of_key = await viewer.get(
@@ -73,17 +87,23 @@ async def test_keys_budgets_and_agent_credentials_are_found_by_actor_and_type(
     assert [
         [(e["type"], e["context"], e["aggregate_id"], e["run_id"]) for e in page] for page in pages
     ] == [
-        [("agent.credential.issued", "AGENTS", issued["id"], None)],
+        [("trigger.created", "TRIGGERS", "audited-hook", None)],
         [("budget.set", "COSTS", "workflow_audited", None)],
         [("apikey.created", "KEYS", made["id"], None)],
     ]
-    assert [e["name"] for page in pages for e in page] == ["audited-agent", "audited", "auditor"]
+    assert [e["name"] for page in pages for e in page] == [
+        "audited-hook",
+        "audited",
+        "auditor",
+    ]
     assert [e["aggregate_id"] for e in by_type["apikey.created"]] == [made["id"]]
     assert [(e["actor"], e["aggregate"]) for e in by_type["budget.set"]] == [(actor, "budget")]
-    assert [e["name"] for e in by_type["agent.credential.issued"]] == ["audited-agent"]
+    assert [(e["workflow"], e["aggregate"]) for e in by_type["trigger.created"]] == [
+        ("audited", "trigger")
+    ]
     assert [e["type"] for e in of_key.json()["events"]] == ["apikey.created"]
     assert [r.status_code for r in hostile] == [422] * len(hostile)
     assert {r.headers["content-type"] for r in hostile} == {"application/problem+json"}
     assert unknown.status_code == 200 and unknown.json()["events"] == []
     # The secrets each answer showed once are in no event of the search.
-    assert made["key"] not in text and issued["credential"] not in text
+    assert made["key"] not in text and TRIGGER_SECRET not in text
