@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import io
 import os
-import pstats
 import statistics
 import time
 from collections import Counter
@@ -130,14 +128,32 @@ async def store_runs(url: str, namespace: str, runs: int) -> list[RunRef]:
         return [RunRef(run_id, requested[run_id]) for run_id in run_ids]
 
 
+class _NatsPyReads(RunSource):
+    """``RunSource`` reading its pass as it did before ``eventstore.stream_reader``: the
+    store's ``stored_batches`` (a nats-py ``Msg`` per message, its headers parsed)."""
+
+    async def _gather(self, refs: Any) -> dict[bytes, list[tuple[bytes, int]]]:
+        held: dict[bytes, list[tuple[bytes, int]]] = {r.run_id.encode(): [] for r in refs}
+        prefix = self.store.streams.aggregate_filter("run", "").removesuffix(".>")
+        cut = len(prefix)
+        start = min(r.requested for r in refs)
+        async for batch in self.store.stored_batches("RUNS", start=start, batch=1_000):
+            for message in batch:
+                subject = message.subject
+                kept = held.get(subject[cut : subject.find(".", cut)].encode())
+                if kept is not None:
+                    kept.append((message.data, message.sequence))
+        return held
+
+
 async def _read_chunk(
-    url: str, namespace: str, runs: list[RunRef], one_by_one: bool
+    url: str, namespace: str, runs: list[RunRef], how: str
 ) -> tuple[int, float, float]:
     started, began = time.process_time(), time.perf_counter()
     nodes = 0
     async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
-        source = RunSource(store)
-        if one_by_one:
+        source = _NatsPyReads(store) if how == "nats-py" else RunSource(store)
+        if how == "one-by-one":
             for begin in range(0, len(runs), 32):
                 records = await asyncio.gather(
                     *(source.run(r.run_id) for r in runs[begin : begin + 32])
@@ -151,15 +167,13 @@ async def _read_chunk(
     return nodes, time.process_time() - started, time.perf_counter() - began
 
 
-def read_worker(
-    url: str, namespace: str, runs: list[RunRef], one_by_one: bool
-) -> tuple[int, float, float]:
+def read_worker(url: str, namespace: str, runs: list[RunRef], how: str) -> tuple[int, float, float]:
     tune_gc()
-    return asyncio.run(_read_chunk(url, namespace, runs, one_by_one))
+    return asyncio.run(_read_chunk(url, namespace, runs, how))
 
 
 def read_in_processes(
-    url: str, namespace: str, runs: list[RunRef], processes: int, *, one_by_one: bool = False
+    url: str, namespace: str, runs: list[RunRef], processes: int, *, how: str = "raw"
 ) -> tuple[int, float, float]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -167,52 +181,118 @@ def read_in_processes(
     size = -(-len(runs) // processes)
     shares = [runs[i : i + size] for i in range(0, len(runs), size)]
     with ProcessPoolExecutor(len(shares), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(read_worker, url, namespace, s, one_by_one) for s in shares]
+        futures = [pool.submit(read_worker, url, namespace, s, how) for s in shares]
         done = [f.result() for f in futures]
     return sum(n for n, _, _ in done), sum(c for _, c, _ in done), max(w for _, _, w in done)
 
 
+# Where a sample's CPU is counted: the first rule with a frame on the sample's stack
+# (file fragment, function name or "" for any), in this order.
+WHERE: list[tuple[str, list[tuple[str, str]]]] = [
+    ("decoding the events (pydantic, from JSON)", [("events/registry.py", "decode")]),
+    (
+        "reading the stream (NATS wire, raw messages, picked by run)",
+        [("eventstore/", ""), ("nats/", ""), ("replay/source.py", "_gather")],
+    ),
+    ("the comparison (steps, first divergence)", [("replay/normalize.py", "")]),
+    ("compiling each workflow version once", [("executor/repository.py", "compile")]),
+    ("indexing the record", [("replay/recorded.py", "index_run")]),
+    ("the node runners (the executor's own code, below)", [("executor/graph.py", "run_node")]),
+    (
+        "the run's set-up and end (prefix, RunExecution, end event)",
+        [("replay/driver.py", "verify_run"), ("executor/execution.py", "")],
+    ),
+    ("stepping the graph (replay.steps)", [("replay/steps.py", "")]),
+]
+# Inside the node runners, the same way.
+INSIDE_NODES: list[tuple[str, list[tuple[str, str]]]] = [
+    (
+        "the run's events: envelope, capture store, fold",
+        [
+            ("replay/driver.py", "event"),
+            ("replay/capture.py", ""),
+            ("executor/domain.py", ""),
+        ],
+    ),
+    ("payloads (pydantic validation)", [("pydantic/", "")]),
+    ("spans (no tracer configured)", [("opentelemetry/", ""), ("core/tracing.py", "")]),
+    ("output-size JSON and storable checks", [("json/", ""), ("events/storable.py", "")]),
+    (
+        "templates, expressions, output parsing",
+        [
+            ("chiffon/workflow/", ""),
+            ("nodes/output_schema.py", ""),
+        ],
+    ),
+    ("recorded answers (models, agents)", [("replay/answers.py", ""), ("replay/recorded.py", "")]),
+    ("asyncio (timeouts, locks, tasks)", [("asyncio/", "")]),
+    ("the node runners' own lines", [("executor/nodes/", ""), ("executor/execution.py", "")]),
+]
+
+
+def _place(stack: list[tuple[str, str]], rules: list[tuple[str, list[tuple[str, str]]]]) -> str:
+    for name, marks in rules:
+        for file, function in marks:
+            if any(file in f and (not function or function == n) for f, n in stack):
+                return name
+    return "the rest (event loop, batching, results)"
+
+
 async def profile_one_process(url: str, namespace: str, runs: list[RunRef]) -> str:
+    """Where one process's CPU goes while it verifies ``runs``, sampled: every 0.5 ms of
+    its CPU a signal notes the stack. cProfile's cost per call made the engine's many
+    small calls look two to three times their share."""
+    import signal
+
+    samples: list[list[tuple[str, str]]] = []
+
+    def sample(_signal: int, frame: Any) -> None:
+        stack = []
+        while frame is not None:
+            stack.append((frame.f_code.co_filename, frame.f_code.co_name))
+            frame = frame.f_back
+        samples.append(stack)
+
     async with JetStreamEventStore.connect(url, CATALOG, namespace=namespace) as store:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        results = [r async for r in verify_stored(store, runs, Counters())]
-        profiler.disable()
+        [r async for r in verify_stored(store, runs[:8], Counters())]  # imports
+        previous = signal.signal(signal.SIGPROF, sample)
+        signal.setitimer(signal.ITIMER_PROF, 0.0005, 0.0005)
+        started = time.process_time()
+        try:
+            results = [r async for r in verify_stored(store, runs, Counters())]
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            signal.signal(signal.SIGPROF, previous)
+        cpu = time.process_time() - started
     nodes = sum(r.verdict.nodes for r in results if r.verdict is not None)
-    stats = pstats.Stats(profiler)
-    total = sum(t for (_, _, t, _, _) in stats.stats.values())  # type: ignore[attr-defined]
-    by_area: Counter[str] = Counter()
-    for (filename, _, _), (_, _, own, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        by_area[_area(filename)] += own
+    per_node = cpu / nodes * 1000
+    where = Counter(_place(stack, WHERE) for stack in samples)
+    inside = Counter(
+        _place(stack, INSIDE_NODES)
+        for stack in samples
+        if _place(stack, WHERE).startswith("the node runners")
+    )
+    own = Counter(f"{Path(s[0][0]).name}:{s[0][1]}" for s in samples if s)
+    total = len(samples) or 1
     out = io.StringIO()
     out.write(
-        f"  one process, {len(runs)} runs, {nodes} nodes: {total / nodes * 1000:.3f} ms CPU/node (profiled)\n"
+        f"  one process, {len(runs)} runs, {nodes} nodes: {per_node:.3f} ms CPU/node,"
+        f" {len(samples)} samples\n"
     )
-    for area, seconds in by_area.most_common(10):
-        out.write(f"    {area:<40} {seconds / total:6.1%}  {seconds / nodes * 1000:.3f} ms/node\n")
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
-    out.write("\n".join(text.getvalue().splitlines()[6:22]))
+    for name, count in where.most_common():
+        out.write(f"    {name:<60} {count / total:6.1%}  {count / total * per_node:.3f} ms/node\n")
+        if name.startswith("the node runners"):
+            for part, inner in inside.most_common():
+                out.write(
+                    f"      {part:<58} {inner / total:6.1%}  {inner / total * per_node:.3f}\n"
+                )
+    # A signal is handled between Python lines: time inside a C function (pydantic's
+    # validation, JSON encoding) is counted to the Python line that runs next, so the
+    # JSON validation of an event shows under its envelope's ``_utc`` validator.
+    out.write("  functions by their own time (C time counted to the next Python line):\n")
+    for name, count in own.most_common(15):
+        out.write(f"    {name:<60} {count / total:6.1%}  {count / total * per_node:.3f} ms/node\n")
     return out.getvalue()
-
-
-def _area(filename: str) -> str:
-    for marker, area in (
-        ("langgraph", "langgraph (graph runtime)"),
-        ("langchain_core", "langchain_core (runnables, config)"),
-        ("pydantic", "pydantic (events, outputs)"),
-        ("chiffon/eventstore", "event store (in-memory + JetStream reads)"),
-        ("chiffon/events", "event envelopes and codecs"),
-        ("chiffon/executor/replay", "replay (answers, comparison)"),
-        ("chiffon/executor", "executor engine (execution, nodes)"),
-        ("chiffon/workflow", "workflow expressions and templates"),
-        ("nats", "nats client"),
-        ("asyncio", "asyncio"),
-        ("json", "json"),
-    ):
-        if marker in filename:
-            return area
-    return "other" if filename != "~" else "builtins"
 
 
 def bare_langgraph_ms_per_node(nodes: int = 10, invocations: int = 300) -> float:
@@ -252,7 +332,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--profile-runs", type=int, default=100)
+    parser.add_argument("--profile-runs", type=int, default=500)
     args = parser.parse_args()
     tune_gc()
     with servers(postgres=False) as running:
@@ -264,6 +344,7 @@ def main() -> None:
         )
         reads: list[tuple[float, float, float]] = []  # wall with start-up, CPU, wall without
         lookups: list[tuple[float, float]] = []  # the same runs read one by one: CPU, wall
+        natspy: list[tuple[float, float]] = []  # one pass through nats-py's messages
         verifies: list[tuple[float, float, float]] = []
         through: list[tuple[float, float]] = []  # verify through LangGraph: CPU, wall
         nodes = 0
@@ -274,9 +355,13 @@ def main() -> None:
             )
             reads.append((time.perf_counter() - began, read_cpu, read_inside))
             _, lookup_cpu, lookup_inside = read_in_processes(
-                url, namespace, run_ids, args.processes, one_by_one=True
+                url, namespace, run_ids, args.processes, how="one-by-one"
             )
             lookups.append((lookup_cpu, lookup_inside))
+            _, natspy_cpu, natspy_inside = read_in_processes(
+                url, namespace, run_ids, args.processes, how="nats-py"
+            )
+            natspy.append((natspy_cpu, natspy_inside))
             began = time.perf_counter()
             totals: Totals = verify_in_processes(url, namespace, run_ids, args.processes)
             verifies.append((time.perf_counter() - began, totals.cpu_seconds, totals.wall_seconds))
@@ -309,6 +394,11 @@ def main() -> None:
             "read the runs' events (baseline)",
             f"{nodes / read_wall:,.0f} nodes/s",
             f"{read_cpu / nodes * 1000:.3f} ms CPU/node",
+        )
+        row(
+            "  the same pass through nats-py's messages",
+            f"{nodes / statistics.median(w for _, w in natspy):,.0f} nodes/s",
+            f"{statistics.median(c for c, _ in natspy) / nodes * 1000:.3f} ms CPU/node",
         )
         row(
             "read them one run at a time (a lookup each)",
