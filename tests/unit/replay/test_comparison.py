@@ -106,7 +106,7 @@ def test_a_step_reads_as_before() -> None:
 
 
 def test_the_replay_makes_envelopes_as_pydantic_does() -> None:
-    values = {
+    values: dict[str, Any] = {
         "event_id": uuid7(),
         "type": NodeStarted.event_type,
         "schema_version": NodeStarted.schema_version,
