@@ -42,6 +42,21 @@ COST_USD = "chiffon.cost_usd"
 RUN_ID = "chiffon.run_id"
 
 
+_UNCHANGED: Span = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+"""A ``SpanScope``'s span when no tracer provider is set: the scope leaves the context as
+it is (``__enter__`` gives the current span)."""
+
+
+def tracing_on() -> bool:
+    """Whether Chiffon's spans go anywhere: ``tracer`` is a tracer of its own (a test's),
+    or the API's proxy and a provider is set that is not the no-op one."""
+    if not isinstance(tracer, trace.ProxyTracer):
+        return not isinstance(tracer, trace.NoOpTracer)
+    return not isinstance(
+        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    )
+
+
 class SpanScope:
     """``with SpanScope(name, ...) as span:`` a span, current for the block's duration.
 
@@ -63,13 +78,21 @@ class SpanScope:
         signals: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._signals = signals
+        self._token: object = None
+        if parent is None and not tracing_on():
+            # No tracer provider: the API's no-op span would carry the current span's
+            # context, which is current already; nothing to start, attach or end
+            # (3-5 us per scope, and a replay opens one or two per node).
+            self.span: Span = _UNCHANGED
+            return
         context = context_of(parent) if parent else None
-        self.span: Span = tracer.start_span(
+        self.span = tracer.start_span(
             name, context=context, kind=kind, attributes=attributes, links=links
         )
-        self._token: object = None
 
     def __enter__(self) -> Span:
+        if self.span is _UNCHANGED:
+            return trace.get_current_span()
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
         return self.span
 
@@ -79,6 +102,8 @@ class SpanScope:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self.span is _UNCHANGED:
+            return
         if error is not None:
             if isinstance(error, self._signals):
                 self.span.set_attribute("chiffon.stopped_by", type(error).__name__)

@@ -50,6 +50,9 @@ from chiffon.executor.outputs import OutputStore
 from chiffon.workflow import InputError, WorkflowSpec
 
 log = get_logger(__name__)
+# What a node's outputs weigh against the run's output limit. One encoder, made once:
+# ``json.dumps`` with arguments makes a new one on every call.
+_SIZE_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 Outcome = Literal["succeeded", "failed", "cancelled", "suspended", "paused", "lost"]
 IDLE_GRACE = 0.05  # let every task of a step start before calling the run idle
@@ -558,7 +561,7 @@ class RunExecution:
         else:
             outputs = dict(completed.outputs)
         # Replayed outputs count as they did when they were recorded.
-        size = len(json.dumps(outputs, ensure_ascii=False, default=str))
+        size = len(_SIZE_JSON.encode(outputs))
         self._count_output(size, completed.node_id)
         return outputs
 
@@ -570,7 +573,7 @@ class RunExecution:
         outputs: dict[str, Any],
         duration_ms: float,
     ) -> NodeCompleted:
-        size = len(json.dumps(outputs, ensure_ascii=False, default=str))
+        size = len(_SIZE_JSON.encode(outputs))
         self._count_output(size, node_id)
         if size <= self.inline_output_limit:
             return NodeCompleted(
