@@ -1,16 +1,17 @@
 """Pricing throughput of the cost service: calls priced into the spend read models per second.
 
-    .venv/bin/python -m bench.cost_pricing [--calls 20000] [--rounds 3] [--replicas 2]
+    .venv/bin/python -m bench.cost_pricing [--calls 20000] [--runs 200] [--rounds 3]
+                                           [--replicas 2]
 
 A real NATS (JetStream) and PostgreSQL. Each round has its own namespace and database:
-``--calls`` ``run.llm.called`` events (over 200 runs, each with its ``run.requested``;
-three models, cached and cache-write tokens) are appended first. Then the cost service's
-own parts start in this process, as its composition root wires them: the ``Pricer`` (the
-durable consumer, ``PriceBook``, ``append_many`` of the priced events, acks) and the
-spend projection's runner (``cost_calls``, ``cost_runs``), set up (the consumer made, a
-database connection open) as a running service is. The clock runs from their start
-until every call has its row in ``cost_calls``; the time at which the COSTS stream holds
-every priced event is taken too, to tell pricing from projecting.
+``--calls`` ``run.llm.called`` events (over ``--runs`` runs, 200 unless told, each with
+its ``run.requested``; three models, cached and cache-write tokens) are appended first.
+Then the cost service's own parts start in this process, as its composition root wires
+them: the ``Pricer`` (the durable consumer, ``PriceBook``, ``append_many`` of the priced
+events, acks) and the spend projection's runner (``cost_calls``, ``cost_runs``), set up
+(the consumer made, a database connection open) as a running service is. The clock runs
+from their start until every call has its row in ``cost_calls``; the time at which the
+COSTS stream holds every priced event is taken too, to tell pricing from projecting.
 
 Baselines, in the same round: NATS's CPU per message to deliver as many messages of the
 same shape to a plain nats-py pull consumer (acknowledged a pull at a time, as the pricer
@@ -73,8 +74,8 @@ KEY = Actor(kind="api_key", id="bench-key", name="bench")
 EXECUTOR = Actor.service("executor", 1)
 
 
-def workload(calls: int) -> list[Any]:
-    runs = [f"run-{i}" for i in range(RUNS)]
+def workload(calls: int, run_count: int = RUNS) -> list[Any]:
+    runs = [f"run-{i}" for i in range(run_count)]
     events: list[Any] = [
         new_event(
             RunRequested(workflow=f"wf{i % 7}", version=1, digest="sha256:bench"),
@@ -98,7 +99,7 @@ def workload(calls: int) -> list[Any]:
                     cache_write_tokens=n % 7,
                     latency_ms=250.0,
                 ),
-                aggregate_id=runs[n % RUNS],
+                aggregate_id=runs[n % run_count],
                 actor=EXECUTOR,
             )
         )
@@ -180,6 +181,7 @@ async def one_round(
     calls: int,
     replicas: int = 1,
     *,
+    runs: int = RUNS,
     pull: int = 3000,
     nats: ProcessCpu | None = None,
     postgres: ProcessCpu | None = None,
@@ -195,7 +197,7 @@ async def one_round(
     )
     async with JetStreamEventStore.connect(nats_url, CATALOG, namespace=namespace) as store:
         await store.setup()
-        events = workload(calls)
+        events = workload(calls, runs)
         for start in range(0, len(events), CHUNK):
             batch = events[start : start + CHUNK]
             results = await store.append_many(
@@ -275,7 +277,9 @@ async def one_round(
     }
 
 
-async def delivery_baseline(nats_url: str, calls: int, nats: ProcessCpu) -> dict[str, float]:
+async def delivery_baseline(
+    nats_url: str, calls: int, nats: ProcessCpu, runs: int = RUNS
+) -> dict[str, float]:
     """NATS's CPU per message to deliver ``calls`` messages shaped like the workload's
     (a ``run.llm.called`` of about 620 bytes with its message id, 200 runs' subjects)
     to a plain nats-py pull consumer acknowledging each pull in one write, as the pricer
@@ -291,7 +295,7 @@ async def delivery_baseline(nats_url: str, calls: int, nats: ProcessCpu) -> dict
     try:
         await js.add_stream(name=stream, subjects=[f"{namespace}.run.>"])
         for n in range(calls):
-            subject = f"{namespace}.run.run-{n % RUNS}.run.llm.called"
+            subject = f"{namespace}.run.run-{n % runs}.run.llm.called"
             await nc.publish(subject, body, headers={"Nats-Msg-Id": str(n)})
             if n % 1000 == 999:
                 await nc.flush()
@@ -361,7 +365,8 @@ async def main(args: argparse.Namespace) -> None:
     tune_gc()  # as every Chiffon service process does at start
     with servers() as srv:
         print(
-            f"chiffon bench:cost pricing  ({args.calls:,} calls, {args.rounds} rounds, "
+            f"chiffon bench:cost pricing  ({args.calls:,} calls of {args.runs:,} runs, "
+            f"{args.rounds} rounds, "
             f"{args.replicas} cost replica{'s' if args.replicas > 1 else ''}, "
             f"pulls of {args.batch:,})"
         )
@@ -373,6 +378,7 @@ async def main(args: argparse.Namespace) -> None:
                 srv.postgres.dsn,
                 args.calls,
                 args.replicas,
+                runs=args.runs,
                 pull=args.batch,
                 nats=nats,
                 postgres=postgres,
@@ -381,7 +387,7 @@ async def main(args: argparse.Namespace) -> None:
                 {
                     f"nats_{label}_us": value
                     for label, value in (
-                        await delivery_baseline(srv.nats.url, args.calls, nats)
+                        await delivery_baseline(srv.nats.url, args.calls, nats, args.runs)
                     ).items()
                 }
             )
@@ -434,6 +440,12 @@ if __name__ == "__main__":
     )
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=RUNS,
+        help="runs the calls belong to (NATS's cost per call depends on how many)",
+    )
     parser.add_argument("--replicas", type=int, default=1, help="cost replicas (processes)")
     parser.add_argument(
         "--batch", type=int, default=3000, help="the pricer's pull size (the service's default)"
