@@ -305,7 +305,7 @@ async def test_the_last_runs_of_a_workflow_verify_and_errors_get_a_message_and_a
             stored.env,
             ("--workflow", "review-loop", "--last", "1000"),
             0,
-            "1 runs of review-loop: 1 the same, 0 diverged, 0 could not be replayed",
+            "1 run of review-loop: 1 the same, 0 diverged, 0 could not be replayed",
         ),
         (stored.env, ("nope-no-such-run",), 4, "error: no run nope-no-such-run"),
         (stored.env, ("run-broken",), 1, "not run.requested: the stream lost events"),

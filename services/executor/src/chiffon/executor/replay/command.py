@@ -151,12 +151,16 @@ def _many(
             if result.verdict is None or not result.verdict.same:
                 typer.echo(describe(result, short=True))
         typer.echo(
-            f"{summary['runs']} runs of {workflow}: {summary['same']} the same,"
+            f"{_count(summary['runs'], 'run')} of {workflow}: {summary['same']} the same,"
             f" {summary['diverged']} diverged, {summary['unreadable']} could not be replayed;"
-            f" {summary['nodes']} node executions in {seconds:.2f}s"
+            f" {_count(summary['nodes'], 'node execution')} in {seconds:.2f}s"
             f" ({summary['nodes_per_second']:,.0f} nodes/s), no provider or agent called"
         )
     return OK if summary["same"] == summary["runs"] else DIVERGED
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
 
 
 def _summary(workflow: str, totals: Totals, seconds: float) -> dict[str, Any]:
