@@ -115,7 +115,10 @@ class StreamIndexProjection(Projection):
 
     tables: ClassVar[Sequence[Table]]
     partitioned: ClassVar[bool] = False  # a row's place follows the row before it
-    poll: ClassVar[float] = 0.2
+    # A waiting pull, not a look every 0.2 s: these events are rare (a key, a budget, a
+    # trigger), and five projections looking five times a second each took an idle
+    # gateway from 8 to 11-18 ms of CPU a second, and NATS 3-4 ms more.
+    poll: ClassVar[float] = 0.0
 
     async def apply(self, conn: AsyncConnection, events: Sequence[RecordedEvent]) -> None:
         audited = self.event_types
