@@ -17,7 +17,8 @@ from nats.aio.client import Client as NATS
 from chiffon.events import CATALOG, Actor, new_event
 from chiffon.events.runs import RunClaimed
 from chiffon.eventstore import AggregateKey, EventStoreError, JetStreamEventStore
-from chiffon.eventstore.stream_reader import ack_sequence, raw_batches, status_code
+from chiffon.eventstore.stream_reader import RawMessage, raw_batches
+from chiffon.eventstore.wire import pull_status
 
 EXECUTOR = Actor.service("executor", 1)
 
@@ -85,14 +86,17 @@ async def test_a_client_not_made_by_wire_is_refused(store: JetStreamEventStore) 
 
 
 def test_the_stream_sequence_is_read_from_the_ack_subject() -> None:
-    assert ack_sequence(b"$JS.ACK.S.C.1.42.7.1700000000.3") == 42
-    assert ack_sequence(b"$JS.ACK.domain.account.S.C.1.43.7.1700000000.3.token") == 43
+    def sequence(reply: bytes) -> int:
+        return RawMessage(b"s", reply, b"{}").sequence
+
+    assert sequence(b"$JS.ACK.S.C.1.42.7.1700000000.3") == 42
+    assert sequence(b"$JS.ACK.domain.account.S.C.1.43.7.1700000000.3.token") == 43
     with pytest.raises(ValueError, match="not a JetStream ack subject"):
-        ack_sequence(b"_INBOX.abc")
+        sequence(b"_INBOX.abc")
 
 
 def test_a_status_message_is_told_from_a_stored_message() -> None:
-    assert status_code(b"NATS/1.0 404 No Messages\r\n\r\n", b"") == b"404"
-    assert status_code(b"NATS/1.0 100 Idle Heartbeat\r\n\r\n", b"") == b"100"
-    assert status_code(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n", b"{}") is None
-    assert status_code(None, b"{}") is None
+    assert pull_status(b"NATS/1.0 404 No Messages\r\n\r\n", b"") == "404"
+    assert pull_status(b"NATS/1.0 100 Idle Heartbeat\r\n\r\n", b"") == "100"
+    assert pull_status(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n", b"{}") is None
+    assert pull_status(None, b"{}") is None

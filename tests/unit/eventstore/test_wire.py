@@ -17,8 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from chiffon.eventstore.intake import _ack_position, _status
-from chiffon.eventstore.wire import Client, FastParser, ack_commands
+from chiffon.eventstore.wire import Client, FastParser, ack_commands, ack_position, pull_status
 
 
 def hmsg(subject: bytes, sid: int, reply: bytes, headers: bytes, data: bytes) -> bytes:
@@ -116,9 +115,9 @@ async def test_raw_subscriptions_get_bytes_and_skip_nats_py() -> None:
     ]
     assert [call[1] for call in client.calls if call[0] == "msg"] == [1, 1, 3]
     # What the work intake reads of them: a status, a position, nothing for an item.
-    assert _status(raw[1][2], raw[1][3]) == "408"
-    assert _status(raw[0][2], raw[0][3]) is None
-    assert _ack_position(raw[0][1]) == (1, 42)
+    assert pull_status(raw[1][2], raw[1][3]) == "408"
+    assert pull_status(raw[0][2], raw[0][3]) is None
+    assert ack_position(raw[0][1]) == (1, 42)
 
 
 async def test_a_malformed_message_line_is_a_protocol_error() -> None:

@@ -40,8 +40,8 @@ from chiffon.eventstore.errors import EventStoreUnavailable
 from chiffon.eventstore.port import WorkConsumer, WorkItem
 
 STATUS = "Status"
-HEARTBEAT = "100"
-NO_RESPONDERS = "503"
+HEARTBEAT = wire.PULL_HEARTBEAT
+NO_RESPONDERS = wire.NO_RESPONDERS
 
 
 class JetStreamWorkItem:
@@ -81,16 +81,6 @@ class JetStreamWorkItem:
         return self._msg.term()
 
 
-def _ack_position(reply: bytes) -> tuple[int, int]:
-    """(delivered, stream sequence) from a ``$JS.ACK`` reply subject."""
-    tokens = reply.split(b".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<n>
-        return int(tokens[4]), int(tokens[5])
-    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...
-        return int(tokens[6]), int(tokens[7])
-    raise ValueError(f"not a JetStream ack subject: {reply!r}")
-
-
 class RawWorkItem:
     """A delivered work item read off the wire (see the module's doc): the ``WorkItem``
     of the port without a nats-py ``Msg``."""
@@ -102,7 +92,7 @@ class RawWorkItem:
         self._subject = subject
         self._reply = reply
         self.data = data
-        self.delivered, self.sequence = _ack_position(reply)
+        self.delivered, self.sequence = wire.ack_position(reply)
 
     @property
     def subject(self) -> str:
@@ -122,13 +112,6 @@ class RawWorkItem:
 
     async def term(self) -> None:
         await self._nc.publish(self._reply.decode(), b"+TERM")
-
-
-def _status(headers: bytes | None, payload: bytes) -> str | None:
-    """A pull's status message (``NATS/1.0 408 Request Timeout``): its code, else None."""
-    if headers is None or payload or headers[8:9] != b" ":
-        return None
-    return headers[9:12].decode()
 
 
 def consumer_config(consumer: WorkConsumer, subjects: list[str]) -> api.ConsumerConfig:
@@ -221,7 +204,7 @@ class JetStreamWorkIntake:
             self._on_message(pull, msg)
 
         def on_raw(subject: bytes, reply: bytes, headers: bytes | None, payload: bytes) -> None:
-            status = _status(headers, payload)
+            status = wire.pull_status(headers, payload)
             self._settle(
                 pull, status, None if status else RawWorkItem(self._nc, subject, reply, payload)
             )

@@ -32,8 +32,6 @@ from chiffon.eventstore import wire
 from chiffon.eventstore.errors import EventStoreError, EventStoreUnavailable
 from chiffon.eventstore.jetstream import JetStreamEventStore
 
-HEARTBEAT = b"100"
-NO_RESPONDERS = b"503"
 CONSUMER_IDLE_SECONDS = 30.0  # the server deletes a consumer left behind after this
 
 
@@ -47,25 +45,7 @@ class RawMessage(NamedTuple):
 
     @property
     def sequence(self) -> int:
-        return ack_sequence(self.reply)
-
-
-def ack_sequence(reply: bytes) -> int:
-    """The stream sequence a ``$JS.ACK`` reply subject names."""
-    tokens = reply.split(b".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<n>
-        return int(tokens[5])
-    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>...
-        return int(tokens[7])
-    raise ValueError(f"not a JetStream ack subject: {reply!r}")
-
-
-def status_code(headers: bytes | None, data: bytes) -> bytes | None:
-    """The code of a pull's status message (``NATS/1.0 404 No Messages``), else None (a
-    stored message's own header block starts ``NATS/1.0\\r\\n``)."""
-    if headers is None or data or headers[8:9] != b" ":
-        return None
-    return headers[9:12]
+        return wire.ack_position(self.reply)[1]
 
 
 class _Pull:
@@ -81,15 +61,15 @@ class _Pull:
         self.sub: wire.RawSubscription | None = None
 
     def take(self, subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
-        code = status_code(headers, data)
+        code = wire.pull_status(headers, data)
         if code is None:
             self.messages.append(RawMessage(subject, reply, data))
             if len(self.messages) < self.asked:
                 return
-        elif code == HEARTBEAT:
+        elif code == wire.PULL_HEARTBEAT:
             return
         else:  # 404 no more messages, 408 expired, 409 conflict: over; 503: nobody serves it
-            self.lost = code == NO_RESPONDERS
+            self.lost = code == wire.NO_RESPONDERS
         if not self.done.done():
             self.done.set_result(None)
 

@@ -231,3 +231,27 @@ async def send_raw(nc: NATS, commands: bytes) -> None:
 def ack_commands(replies: list[bytes]) -> bytes:
     """JetStream acks (``+ACK`` to each message's reply subject), as one write."""
     return b"".join([b"PUB " + reply + b" 4\r\n+ACK\r\n" for reply in replies])
+
+
+# -- JetStream's pull replies, read off the wire ------------------------------------
+
+PULL_HEARTBEAT = "100"
+NO_RESPONDERS = "503"
+
+
+def ack_position(reply: bytes) -> tuple[int, int]:
+    """(delivered, stream sequence) from a ``$JS.ACK`` reply subject."""
+    tokens = reply.split(b".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<n>
+        return int(tokens[4]), int(tokens[5])
+    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...
+        return int(tokens[6]), int(tokens[7])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
+def pull_status(headers: bytes | None, payload: bytes) -> str | None:
+    """A pull's status message (``NATS/1.0 408 Request Timeout``): its code, else None (a
+    stored message's own header block starts ``NATS/1.0\\r\\n``)."""
+    if headers is None or payload or headers[8:9] != b" ":
+        return None
+    return headers[9:12].decode()

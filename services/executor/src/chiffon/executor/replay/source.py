@@ -15,8 +15,9 @@ from chiffon.eventstore import (
     EventStoreError,
     EventStoreUnavailable,
     JetStreamEventStore,
+    wire,
 )
-from chiffon.eventstore.stream_reader import ack_sequence, raw_batches
+from chiffon.eventstore.stream_reader import raw_batches
 from chiffon.eventstore.wire import fast_parser
 from chiffon.executor.outputs import OutputStore
 from chiffon.executor.replay.recorded import RecordedRun, RecordError, index_run
@@ -104,7 +105,7 @@ class RunSource:
                 for subject, reply, data in raw:
                     kept = held.get(subject[cut : subject.find(b".", cut)])
                     if kept is not None:
-                        kept.append((data, ack_sequence(reply)))
+                        kept.append((data, wire.ack_position(reply)[1]))
             return held
         async for batch in self.store.stored_batches(RUNS_CONTEXT, start=start, batch=READ_BATCH):
             for message in batch:
